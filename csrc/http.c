@@ -1,0 +1,360 @@
+/* The HTTP session: one libcurl easy handle per client, so connections are kept alive and
+ * reused. Callbacks only append to C buffers; Lua sees the response after the transfer. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+
+#include "wxpay.h"
+
+#define DEFAULT_MAX_BODY (16L * 1024 * 1024)
+#define MAX_HEADER_BYTES (256 * 1024)
+
+typedef struct {
+  char *data;
+  size_t len, cap, limit;
+  int overflow;
+} wx_buf;
+
+typedef struct {
+  CURL *easy;
+  wx_buf body, headers;
+  lua_Integer requests, connects;
+  char errbuf[CURL_ERROR_SIZE];
+} wx_http;
+
+static size_t buf_append(wx_buf *b, const char *p, size_t n) {
+  if (n > b->limit - b->len) { b->overflow = 1; return 0; }
+  if (b->len + n > b->cap) {
+    size_t cap = b->cap ? b->cap : 4096;
+    char *d;
+    while (cap < b->len + n) cap *= 2;
+    if ((d = (char *)realloc(b->data, cap)) == NULL) { b->overflow = 1; return 0; }
+    b->data = d;
+    b->cap = cap;
+  }
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
+  return n;
+}
+
+static void buf_free(wx_buf *b) {
+  free(b->data);
+  b->data = NULL;
+  b->len = b->cap = 0;
+}
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud) {
+  wx_buf *b = (wx_buf *)ud;
+  return buf_append(b, p, size * n) == size * n ? size * n : 0;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud) {
+  wx_buf *b = (wx_buf *)ud;
+  return buf_append(b, p, size * n) == size * n ? size * n : 0;
+}
+
+/* ---- header block parsing (pure C, fuzzed on its own) ---- */
+
+static int is_tchar(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+int wx_parse_headers(const char *buf, size_t len, wx_header_cb cb, void *ud) {
+  size_t pos = 0, start = 0, count = 0;
+  /* Only the last response counts (after 100 Continue or a proxy's 200): find its status line. */
+  while (pos < len) {
+    const char *nl = (const char *)memchr(buf + pos, '\n', len - pos);
+    size_t end = nl ? (size_t)(nl - buf) : len;
+    if (end - pos >= 5 && memcmp(buf + pos, "HTTP/", 5) == 0) start = end + (nl != NULL);
+    pos = end + (nl != NULL);
+  }
+  pos = start;
+  while (pos < len) {
+    const char *line = buf + pos, *colon, *v;
+    const char *nl = (const char *)memchr(line, '\n', len - pos);
+    size_t llen = nl ? (size_t)(nl - line) : len - pos, nlen, vlen, i;
+    pos += llen + (nl != NULL);
+    if (llen > 0 && line[llen - 1] == '\r') llen--;
+    if (llen == 0 || line[0] == ' ' || line[0] == '\t') continue; /* blank or obsolete fold */
+    colon = (const char *)memchr(line, ':', llen);
+    if (colon == NULL || colon == line) continue;
+    nlen = (size_t)(colon - line);
+    for (i = 0; i < nlen && is_tchar((unsigned char)line[i]); i++) {}
+    if (i != nlen) continue;
+    v = colon + 1;
+    vlen = llen - nlen - 1;
+    while (vlen > 0 && (*v == ' ' || *v == '\t')) { v++; vlen--; }
+    while (vlen > 0 && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t')) vlen--;
+    cb(ud, line, nlen, v, vlen);
+    count++;
+  }
+  return (int)count;
+}
+
+static void push_header(void *ud, const char *name, size_t nlen, const char *value, size_t vlen) {
+  lua_State *L = (lua_State *)ud;
+  size_t i;
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (i = 0; i < nlen; i++) {
+    char c = name[i];
+    luaL_addchar(&b, (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c);
+  }
+  luaL_pushresult(&b);        /* t name */
+  lua_pushvalue(L, -1);
+  lua_rawget(L, -3);          /* t name old */
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushlstring(L, value, vlen);
+  } else {                    /* repeated header: join as HTTP allows */
+    lua_pushliteral(L, ", ");
+    lua_pushlstring(L, value, vlen);
+    lua_concat(L, 3);
+  }
+  lua_rawset(L, -3);
+}
+
+/* ---- the session userdata ---- */
+
+static wx_http *check_http(lua_State *L) {
+  wx_http *h = (wx_http *)luaL_checkudata(L, 1, WX_HTTP);
+  if (h->easy == NULL) luaL_error(L, "wxpay.core: attempt to use a closed http session");
+  return h;
+}
+
+static const char *opt_string(lua_State *L, int t, const char *k) {
+  const char *s;
+  lua_getfield(L, t, k);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return NULL; }
+  if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "wxpay.core.http: '%s' must be a string", k);
+  s = lua_tostring(L, -1);
+  lua_pop(L, 1); /* still referenced by the table */
+  return s;
+}
+
+static long opt_ms(lua_State *L, int t, const char *k, long dflt) {
+  lua_Number n;
+  lua_getfield(L, t, k);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return dflt; }
+  if (lua_type(L, -1) != LUA_TNUMBER) luaL_error(L, "wxpay.core.http: '%s' must be a number", k);
+  n = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (!(n > 0) || n > 86400) luaL_error(L, "wxpay.core.http: '%s' must be 0 < seconds <= 86400", k);
+  n *= 1000;
+  return n < 1 ? 1 : (long)n;
+}
+
+/*** core.http_session{ ca_file=, proxy=, max_body= } */
+static int l_http_session(lua_State *L) {
+  const char *ca_file = NULL, *proxy = NULL;
+  long max_body = DEFAULT_MAX_BODY;
+  wx_http *h;
+  if (!lua_isnoneornil(L, 1)) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    ca_file = opt_string(L, 1, "ca_file");
+    proxy = opt_string(L, 1, "proxy");
+    lua_getfield(L, 1, "max_body");
+    if (!lua_isnil(L, -1)) max_body = (long)luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+    luaL_argcheck(L, max_body > 0, 1, "max_body must be positive");
+  }
+  h = (wx_http *)lua_newuserdata(L, sizeof *h);
+  memset(h, 0, sizeof *h);
+  luaL_getmetatable(L, WX_HTTP);
+  lua_setmetatable(L, -2);
+  h->body.limit = (size_t)max_body;
+  h->headers.limit = MAX_HEADER_BYTES;
+  if ((h->easy = curl_easy_init()) == NULL) return luaL_error(L, "wxpay.core.http_session: curl_easy_init failed");
+  curl_easy_setopt(h->easy, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(h->easy, CURLOPT_ERRORBUFFER, h->errbuf);
+  curl_easy_setopt(h->easy, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(h->easy, CURLOPT_WRITEDATA, &h->body);
+  curl_easy_setopt(h->easy, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(h->easy, CURLOPT_HEADERDATA, &h->headers);
+  curl_easy_setopt(h->easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)max_body);
+  /* TLS verification is never optional for payment traffic. */
+  curl_easy_setopt(h->easy, CURLOPT_SSL_VERIFYPEER, 1L);
+  curl_easy_setopt(h->easy, CURLOPT_SSL_VERIFYHOST, 2L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+  curl_easy_setopt(h->easy, CURLOPT_PROTOCOLS_STR, "https");
+#else
+  curl_easy_setopt(h->easy, CURLOPT_PROTOCOLS, (long)CURLPROTO_HTTPS);
+#endif
+  curl_easy_setopt(h->easy, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(h->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+  if (ca_file) curl_easy_setopt(h->easy, CURLOPT_CAINFO, ca_file);
+  if (proxy) curl_easy_setopt(h->easy, CURLOPT_PROXY, proxy);
+  return 1;
+}
+
+static void push_transfer_error(lua_State *L, wx_http *h, CURLcode rc) {
+  curl_off_t pretransfer = 0;
+  int connected;
+  curl_easy_getinfo(h->easy, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
+  /* Failures before the request could be sent are safe to send elsewhere (spec 8.4). */
+  switch (rc) {
+  case CURLE_COULDNT_RESOLVE_HOST: case CURLE_COULDNT_RESOLVE_PROXY:
+  case CURLE_COULDNT_CONNECT: case CURLE_SSL_CONNECT_ERROR:
+  case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CACERT_BADFILE:
+  case CURLE_UNSUPPORTED_PROTOCOL: case CURLE_URL_MALFORMAT:
+    connected = 0; break;
+  case CURLE_OPERATION_TIMEDOUT:
+    connected = pretransfer > 0; break;
+  default:
+    connected = 1;
+  }
+  lua_pushnil(L);
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, rc == CURLE_OPERATION_TIMEDOUT ? "timeout" : "network");
+  lua_setfield(L, -2, "kind");
+  lua_pushinteger(L, (lua_Integer)rc);
+  lua_setfield(L, -2, "code");
+  if (h->body.overflow || h->headers.overflow) lua_pushliteral(L, "response too large");
+  else lua_pushstring(L, h->errbuf[0] ? h->errbuf : curl_easy_strerror(rc));
+  lua_setfield(L, -2, "message");
+  lua_pushboolean(L, connected);
+  lua_setfield(L, -2, "connected");
+}
+
+/*** session:request{ method, url, headers = { "K: v", … }, body?, timeout?, connect_timeout? } */
+static int l_http_request(lua_State *L) {
+  wx_http *h = check_http(L);
+  const char *method, *url, *body;
+  size_t blen = 0, nh, i;
+  long timeout, ctimeout, status = 0, nconn = 0;
+  struct curl_slist *hdrs = NULL, *tmp;
+  CURLcode rc;
+  double total = 0;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  method = opt_string(L, 2, "method");
+  url = opt_string(L, 2, "url");
+  if (method == NULL || url == NULL) return luaL_error(L, "wxpay.core.http: 'method' and 'url' are required");
+  lua_getfield(L, 2, "body");
+  body = lua_isnil(L, -1) ? NULL : luaL_checklstring(L, -1, &blen);
+  /* the body string stays on the stack (and so alive) through the transfer */
+  timeout = opt_ms(L, 2, "timeout", 10000);
+  ctimeout = opt_ms(L, 2, "connect_timeout", 5000);
+
+  /* Build the header list; refuse CR/LF so no caller can inject a header or a request. */
+  lua_getfield(L, 2, "headers");
+  if (!lua_isnil(L, -1)) {
+    luaL_checktype(L, -1, LUA_TTABLE);
+    nh = wx_rawlen(L, -1);
+    for (i = 1; i <= nh; i++) {
+      const char *line;
+      size_t llen;
+      lua_rawgeti(L, -1, (int)i);
+      line = lua_tolstring(L, -1, &llen);
+      if (line == NULL || memchr(line, '\r', llen) || memchr(line, '\n', llen) || strlen(line) != llen) {
+        curl_slist_free_all(hdrs);
+        return luaL_error(L, "wxpay.core.http: header %d must be a string without CR, LF or NUL", (int)i);
+      }
+      tmp = curl_slist_append(hdrs, line);
+      lua_pop(L, 1);
+      if (tmp == NULL) { curl_slist_free_all(hdrs); return luaL_error(L, "wxpay.core.http: out of memory"); }
+      hdrs = tmp;
+    }
+  }
+  lua_pop(L, 1);
+  /* No 100-continue round trip: bodies are small and the server answers at once. */
+  if ((tmp = curl_slist_append(hdrs, "Expect:")) == NULL) {
+    curl_slist_free_all(hdrs);
+    return luaL_error(L, "wxpay.core.http: out of memory");
+  }
+  hdrs = tmp;
+
+  h->body.len = h->headers.len = 0;
+  h->body.overflow = h->headers.overflow = 0;
+  h->errbuf[0] = '\0';
+  curl_easy_setopt(h->easy, CURLOPT_URL, url);
+  curl_easy_setopt(h->easy, CURLOPT_HTTPHEADER, hdrs);
+  curl_easy_setopt(h->easy, CURLOPT_TIMEOUT_MS, timeout);
+  curl_easy_setopt(h->easy, CURLOPT_CONNECTTIMEOUT_MS, ctimeout);
+  curl_easy_setopt(h->easy, CURLOPT_CUSTOMREQUEST, NULL);
+  curl_easy_setopt(h->easy, CURLOPT_HTTPGET, 1L); /* resets any previous POST state */
+  if (strcmp(method, "HEAD") == 0) {
+    curl_easy_setopt(h->easy, CURLOPT_NOBODY, 1L);
+  } else {
+    curl_easy_setopt(h->easy, CURLOPT_NOBODY, 0L);
+    if (body != NULL || strcmp(method, "POST") == 0) {
+      curl_easy_setopt(h->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+      curl_easy_setopt(h->easy, CURLOPT_POSTFIELDS, body ? body : "");
+    }
+    if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)
+      curl_easy_setopt(h->easy, CURLOPT_CUSTOMREQUEST, method);
+  }
+  rc = curl_easy_perform(h->easy);
+  curl_easy_setopt(h->easy, CURLOPT_HTTPHEADER, NULL);
+  curl_easy_setopt(h->easy, CURLOPT_POSTFIELDS, NULL);
+  curl_slist_free_all(hdrs);
+  h->requests++;
+  curl_easy_getinfo(h->easy, CURLINFO_NUM_CONNECTS, &nconn);
+  h->connects += nconn;
+  if (rc != CURLE_OK) {
+    push_transfer_error(L, h, rc);
+    return 2;
+  }
+  curl_easy_getinfo(h->easy, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_getinfo(h->easy, CURLINFO_TOTAL_TIME, &total);
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, status);
+  lua_setfield(L, -2, "status");
+  lua_newtable(L);
+  wx_parse_headers(h->headers.data ? h->headers.data : "", h->headers.len, push_header, L);
+  lua_setfield(L, -2, "headers");
+  lua_pushlstring(L, h->body.data ? h->body.data : "", h->body.len);
+  lua_setfield(L, -2, "body");
+  lua_pushinteger(L, nconn);
+  lua_setfield(L, -2, "connects");
+  lua_pushnumber(L, total);
+  lua_setfield(L, -2, "time");
+  /* Keep big buffers from pinning memory after a large response. */
+  if (h->body.cap > 1024 * 1024) buf_free(&h->body);
+  return 1;
+}
+
+static int l_http_stats(lua_State *L) {
+  wx_http *h = check_http(L);
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, h->requests);
+  lua_setfield(L, -2, "requests");
+  lua_pushinteger(L, h->connects);
+  lua_setfield(L, -2, "connects");
+  return 1;
+}
+
+static int l_http_close(lua_State *L) {
+  wx_http *h = (wx_http *)luaL_checkudata(L, 1, WX_HTTP);
+  if (h->easy) { curl_easy_cleanup(h->easy); h->easy = NULL; }
+  buf_free(&h->body);
+  buf_free(&h->headers);
+  return 0;
+}
+
+static int l_http_tostring(lua_State *L) {
+  wx_http *h = (wx_http *)luaL_checkudata(L, 1, WX_HTTP);
+  if (h->easy == NULL) lua_pushliteral(L, WX_HTTP " (closed)");
+  else lua_pushfstring(L, WX_HTTP " (%d requests)", (int)h->requests);
+  return 1;
+}
+
+void wx_open_http(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"request", l_http_request}, {"stats", l_http_stats}, {"close", l_http_close}, {NULL, NULL}};
+  luaL_newmetatable(L, WX_HTTP);
+  wx_newlib(L, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, l_http_close);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, l_http_close);
+  lua_setfield(L, -2, "__close");
+  lua_pushcfunction(L, l_http_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushliteral(L, "locked");
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, l_http_session);
+  lua_setfield(L, -2, "http_session");
+}

@@ -1,0 +1,540 @@
+/* Keys and certificates: parsed once into EVP_PKEY / X509 and kept in userdata that behave
+ * like Lua file handles (one idempotent close shared by __gc, __close and :close()). */
+#include <string.h>
+#include <time.h>
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+#include <openssl/sha.h>
+#include <openssl/x509.h>
+
+#include "wxpay.h"
+
+#define MIN_RSA_BITS 2048
+#define MAX_PEM_LEN (1024 * 1024)
+
+/* A private or public key. The sign / verify contexts are set up once per key so each
+ * operation is a digest plus one EVP_PKEY_sign / EVP_PKEY_verify, as `openssl speed` does. */
+typedef struct {
+  EVP_PKEY *pkey;
+  EVP_PKEY_CTX *ctx; /* sign ctx for private keys, verify ctx for public keys */
+} wx_key;
+
+typedef struct {
+  X509 *x509;
+} wx_cert;
+
+/* Never prompt for a passphrase: an encrypted key is an error, not a terminal read. */
+static int no_password(char *buf, int size, int rwflag, void *u) {
+  (void)buf; (void)size; (void)rwflag; (void)u;
+  return -1;
+}
+
+static void key_free(wx_key *k) {
+  if (k->ctx) { EVP_PKEY_CTX_free(k->ctx); k->ctx = NULL; }
+  if (k->pkey) { EVP_PKEY_free(k->pkey); k->pkey = NULL; }
+}
+
+static wx_key *key_new(lua_State *L, const char *tname) {
+  wx_key *k = (wx_key *)lua_newuserdata(L, sizeof *k);
+  k->pkey = NULL; /* created closed, filled afterwards */
+  k->ctx = NULL;
+  luaL_getmetatable(L, tname);
+  lua_setmetatable(L, -2);
+  return k;
+}
+
+static wx_key *check_open_key(lua_State *L, int i, const char *tname) {
+  wx_key *k = (wx_key *)luaL_checkudata(L, i, tname);
+  if (k->pkey == NULL) luaL_error(L, "wxpay.core: attempt to use a closed %s", tname + 6);
+  return k;
+}
+
+static int check_rsa(lua_State *L, EVP_PKEY *pkey, const char *fn) {
+  if (EVP_PKEY_get_base_id(pkey) != EVP_PKEY_RSA) return wx_fail(L, fn, "not an RSA key");
+  if (EVP_PKEY_get_bits(pkey) < MIN_RSA_BITS) return wx_fail(L, fn, "RSA key shorter than 2048 bits");
+  return 0;
+}
+
+static BIO *pem_bio(lua_State *L, int i, const char *fn, int *failed) {
+  size_t len;
+  const char *pem = luaL_checklstring(L, i, &len);
+  BIO *bio;
+  *failed = 0;
+  if (len == 0 || len > MAX_PEM_LEN) { *failed = wx_fail(L, fn, len ? "PEM too large" : "empty PEM"); return NULL; }
+  bio = BIO_new_mem_buf(pem, (int)len);
+  if (bio == NULL) *failed = wx_fail(L, fn, "out of memory");
+  return bio;
+}
+
+/* Wraps an owned EVP_PKEY into a public key userdata (taking the reference). Returns 1, or
+ * pushes nil, err and returns 2. */
+static int push_public_key(lua_State *L, EVP_PKEY *pkey, const char *fn) {
+  wx_key *k = key_new(L, WX_PUBLIC_KEY);
+  k->pkey = pkey;
+  k->ctx = EVP_PKEY_CTX_new(pkey, NULL);
+  if (k->ctx == NULL || EVP_PKEY_verify_init(k->ctx) <= 0 ||
+      EVP_PKEY_CTX_set_rsa_padding(k->ctx, RSA_PKCS1_PADDING) <= 0 ||
+      EVP_PKEY_CTX_set_signature_md(k->ctx, EVP_sha256()) <= 0) {
+    key_free(k);
+    lua_pop(L, 1);
+    return wx_fail(L, fn, "cannot set up verification");
+  }
+  return 1;
+}
+
+/*** core.load_private_key(pem) */
+static int l_load_private_key(lua_State *L) {
+  static const char fn[] = "load_private_key";
+  int failed, r;
+  BIO *bio = pem_bio(L, 1, fn, &failed);
+  EVP_PKEY *pkey;
+  wx_key *k;
+  if (bio == NULL) return failed;
+  ERR_clear_error();
+  /* PEM_read_bio_PrivateKey reads PKCS#8 and the traditional PKCS#1 "RSA PRIVATE KEY". */
+  pkey = PEM_read_bio_PrivateKey(bio, NULL, no_password, NULL);
+  BIO_free(bio);
+  if (pkey == NULL) return wx_fail(L, fn, "no RSA private key in PEM");
+  if ((r = check_rsa(L, pkey, fn)) != 0) { EVP_PKEY_free(pkey); return r; }
+  k = key_new(L, WX_PRIVATE_KEY);
+  k->pkey = pkey;
+  k->ctx = EVP_PKEY_CTX_new(pkey, NULL);
+  if (k->ctx == NULL || EVP_PKEY_sign_init(k->ctx) <= 0 ||
+      EVP_PKEY_CTX_set_rsa_padding(k->ctx, RSA_PKCS1_PADDING) <= 0 ||
+      EVP_PKEY_CTX_set_signature_md(k->ctx, EVP_sha256()) <= 0) {
+    key_free(k);
+    return wx_fail(L, fn, "cannot set up signing");
+  }
+  return 1;
+}
+
+/*** core.load_public_key(pem) */
+static int l_load_public_key(lua_State *L) {
+  static const char fn[] = "load_public_key";
+  int failed, r;
+  BIO *bio = pem_bio(L, 1, fn, &failed);
+  EVP_PKEY *pkey;
+  if (bio == NULL) return failed;
+  ERR_clear_error();
+  pkey = PEM_read_bio_PUBKEY(bio, NULL, no_password, NULL);
+  BIO_free(bio);
+  if (pkey == NULL) return wx_fail(L, fn, "no SubjectPublicKeyInfo public key in PEM");
+  if ((r = check_rsa(L, pkey, fn)) != 0) { EVP_PKEY_free(pkey); return r; }
+  return push_public_key(L, pkey, fn);
+}
+
+/*** core.load_certificate(pem) */
+static int l_load_certificate(lua_State *L) {
+  static const char fn[] = "load_certificate";
+  int failed, r;
+  BIO *bio = pem_bio(L, 1, fn, &failed);
+  X509 *x;
+  EVP_PKEY *pkey;
+  wx_cert *c;
+  if (bio == NULL) return failed;
+  ERR_clear_error();
+  x = PEM_read_bio_X509(bio, NULL, no_password, NULL);
+  BIO_free(bio);
+  if (x == NULL) return wx_fail(L, fn, "no X.509 certificate in PEM");
+  pkey = X509_get0_pubkey(x);
+  if (pkey == NULL) { X509_free(x); return wx_fail(L, fn, "certificate has no usable public key"); }
+  if ((r = check_rsa(L, pkey, fn)) != 0) { X509_free(x); return r; }
+  c = (wx_cert *)lua_newuserdata(L, sizeof *c);
+  c->x509 = x;
+  luaL_getmetatable(L, WX_CERTIFICATE);
+  lua_setmetatable(L, -2);
+  ERR_clear_error();
+  return 1;
+}
+
+/* Pushes the base64 signature of msg (1 result) or nil, err (2 results). */
+static int sign_b64(lua_State *L, wx_key *k, const char *msg, size_t len, const char *fn) {
+  size_t siglen = (size_t)EVP_PKEY_get_size(k->pkey);
+  unsigned char dgst[SHA256_DIGEST_LENGTH];
+  unsigned char *sig = wx_scratch(L, siglen);
+  SHA256((const unsigned char *)msg, len, dgst);
+  if (EVP_PKEY_sign(k->ctx, sig, &siglen, dgst, sizeof dgst) <= 0)
+    return wx_fail(L, fn, "RSA signing failed");
+  wx_push_b64(L, sig, siglen);
+  lua_remove(L, -2); /* the scratch */
+  return 1;
+}
+
+/*** key:sign(message) -> base64 SHA256withRSA signature */
+static int l_sign(lua_State *L) {
+  wx_key *k = check_open_key(L, 1, WX_PRIVATE_KEY);
+  size_t len;
+  const char *msg = luaL_checklstring(L, 2, &len);
+  return sign_b64(L, k, msg, len, "sign");
+}
+
+/* Verifies base64 `sig` over `msg`; 1 valid, 0 anything else (malformed included). */
+static int verify_b64(lua_State *L, wx_key *k, const char *msg, size_t len, const char *sig,
+                      size_t siglen) {
+  size_t keylen = (size_t)EVP_PKEY_get_size(k->pkey), n;
+  unsigned char dgst[SHA256_DIGEST_LENGTH];
+  unsigned char *raw;
+  int ok;
+  /* A base64 signature for this key has exactly this many characters; anything else
+   * (including WECHATPAY/SIGNTEST/ probes) fails before any decoding work. */
+  if (siglen != wx_b64_encoded_len(keylen)) return 0;
+  raw = wx_scratch(L, 3 * (siglen / 4));
+  n = wx_b64_decode(sig, siglen, raw);
+  lua_pop(L, 1);
+  if (n != keylen) return 0;
+  SHA256((const unsigned char *)msg, len, dgst);
+  ok = EVP_PKEY_verify(k->ctx, raw, n, dgst, sizeof dgst) == 1;
+  ERR_clear_error();
+  return ok;
+}
+
+/*** pub:verify(message, signature_b64) -> boolean */
+static int l_verify(lua_State *L) {
+  wx_key *k = check_open_key(L, 1, WX_PUBLIC_KEY);
+  size_t len, siglen;
+  const char *msg = luaL_checklstring(L, 2, &len);
+  const char *sig = luaL_checklstring(L, 3, &siglen);
+  lua_pushboolean(L, verify_b64(L, k, msg, len, sig, siglen));
+  return 1;
+}
+
+static EVP_PKEY_CTX *oaep_ctx(EVP_PKEY *pkey, int encrypt) {
+  EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(pkey, NULL);
+  if (ctx == NULL) return NULL;
+  if ((encrypt ? EVP_PKEY_encrypt_init(ctx) : EVP_PKEY_decrypt_init(ctx)) <= 0 ||
+      EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
+      EVP_PKEY_CTX_set_rsa_oaep_md(ctx, EVP_sha1()) <= 0 ||
+      EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, EVP_sha1()) <= 0) {
+    EVP_PKEY_CTX_free(ctx);
+    return NULL;
+  }
+  return ctx;
+}
+
+/*** pub:encrypt_oaep(plaintext) -> base64 | nil, err */
+static int l_encrypt_oaep(lua_State *L) {
+  static const char fn[] = "encrypt_oaep";
+  wx_key *k = check_open_key(L, 1, WX_PUBLIC_KEY);
+  size_t len, outlen = (size_t)EVP_PKEY_get_size(k->pkey);
+  const char *pt = luaL_checklstring(L, 2, &len);
+  unsigned char *out;
+  EVP_PKEY_CTX *ctx;
+  int ok;
+  if (len > outlen - 2 * SHA_DIGEST_LENGTH - 2) return wx_fail(L, fn, "plaintext too long for RSA-OAEP");
+  out = wx_scratch(L, outlen);
+  ERR_clear_error();
+  if ((ctx = oaep_ctx(k->pkey, 1)) == NULL) return wx_fail(L, fn, "cannot set up RSA-OAEP");
+  ok = EVP_PKEY_encrypt(ctx, out, &outlen, (const unsigned char *)pt, len) > 0;
+  EVP_PKEY_CTX_free(ctx);
+  if (!ok) return wx_fail(L, fn, "RSA-OAEP encryption failed");
+  wx_push_b64(L, out, outlen);
+  return 1;
+}
+
+/*** key:decrypt_oaep(ciphertext_b64) -> plaintext | nil, err */
+static int l_decrypt_oaep(lua_State *L) {
+  static const char fn[] = "decrypt_oaep";
+  wx_key *k = check_open_key(L, 1, WX_PRIVATE_KEY);
+  size_t len, n, keylen = (size_t)EVP_PKEY_get_size(k->pkey), outlen;
+  const char *b64 = luaL_checklstring(L, 2, &len);
+  unsigned char *raw, *out;
+  EVP_PKEY_CTX *ctx;
+  int ok;
+  if (len != wx_b64_encoded_len(keylen)) return wx_fail(L, fn, "ciphertext has the wrong length for this key");
+  raw = wx_scratch(L, 3 * (len / 4));
+  if ((n = wx_b64_decode(b64, len, raw)) != keylen) return wx_fail(L, fn, "ciphertext is not valid base64 of the key's size");
+  outlen = keylen;
+  out = wx_scratch(L, outlen);
+  ERR_clear_error();
+  if ((ctx = oaep_ctx(k->pkey, 0)) == NULL) return wx_fail(L, fn, "cannot set up RSA-OAEP");
+  ok = EVP_PKEY_decrypt(ctx, out, &outlen, raw, n) > 0;
+  EVP_PKEY_CTX_free(ctx);
+  if (!ok) return wx_fail(L, fn, "RSA-OAEP decryption failed");
+  lua_pushlstring(L, (const char *)out, outlen);
+  OPENSSL_cleanse(out, keylen); /* the plaintext is sensitive; leave no copy in the scratch */
+  return 1;
+}
+
+/*** key:public_key() -> public key userdata */
+static int l_key_public_key(lua_State *L) {
+  wx_key *k = check_open_key(L, 1, WX_PRIVATE_KEY);
+  unsigned char *der = NULL;
+  const unsigned char *p;
+  EVP_PKEY *pub;
+  int len;
+  /* Round-trip through DER SubjectPublicKeyInfo so the public half carries no private parts. */
+  ERR_clear_error();
+  len = i2d_PUBKEY(k->pkey, &der);
+  if (len <= 0) return wx_fail(L, "public_key", "cannot encode the public key");
+  p = der;
+  pub = d2i_PUBKEY(NULL, &p, len);
+  OPENSSL_free(der);
+  if (pub == NULL) return wx_fail(L, "public_key", "cannot decode the public key");
+  return push_public_key(L, pub, "public_key");
+}
+
+/*** pub:fingerprint() -> lower-case hex SHA-256 of the DER SubjectPublicKeyInfo */
+static int l_fingerprint(lua_State *L) {
+  static const char hex[] = "0123456789abcdef";
+  wx_key *k = check_open_key(L, 1, WX_PUBLIC_KEY);
+  unsigned char *der = NULL, dgst[SHA256_DIGEST_LENGTH];
+  char out[2 * SHA256_DIGEST_LENGTH];
+  int len, i;
+  len = i2d_PUBKEY(k->pkey, &der);
+  if (len <= 0) return wx_fail(L, "fingerprint", "cannot encode the public key");
+  SHA256(der, (size_t)len, dgst);
+  OPENSSL_free(der);
+  for (i = 0; i < SHA256_DIGEST_LENGTH; i++) {
+    out[2 * i] = hex[dgst[i] >> 4];
+    out[2 * i + 1] = hex[dgst[i] & 15];
+  }
+  lua_pushlstring(L, out, sizeof out);
+  return 1;
+}
+
+static int l_key_bits(lua_State *L) {
+  wx_key *k = (wx_key *)lua_touserdata(L, 1);
+  if (luaL_testudata(L, 1, WX_PRIVATE_KEY) == NULL) check_open_key(L, 1, WX_PUBLIC_KEY);
+  else check_open_key(L, 1, WX_PRIVATE_KEY);
+  lua_pushinteger(L, EVP_PKEY_get_bits(k->pkey));
+  return 1;
+}
+
+static int key_close(lua_State *L, const char *tname) {
+  wx_key *k = (wx_key *)luaL_checkudata(L, 1, tname);
+  key_free(k);
+  return 0;
+}
+static int l_private_close(lua_State *L) { return key_close(L, WX_PRIVATE_KEY); }
+static int l_public_close(lua_State *L) { return key_close(L, WX_PUBLIC_KEY); }
+
+static int key_tostring(lua_State *L, const char *tname) {
+  wx_key *k = (wx_key *)luaL_checkudata(L, 1, tname);
+  if (k->pkey == NULL) lua_pushfstring(L, "%s (closed)", tname);
+  else lua_pushfstring(L, "%s (RSA-%d)", tname, EVP_PKEY_get_bits(k->pkey));
+  return 1;
+}
+static int l_private_tostring(lua_State *L) { return key_tostring(L, WX_PRIVATE_KEY); }
+static int l_public_tostring(lua_State *L) { return key_tostring(L, WX_PUBLIC_KEY); }
+
+/* ---- certificates ---- */
+
+static wx_cert *check_cert(lua_State *L) {
+  wx_cert *c = (wx_cert *)luaL_checkudata(L, 1, WX_CERTIFICATE);
+  if (c->x509 == NULL) luaL_error(L, "wxpay.core: attempt to use a closed certificate");
+  return c;
+}
+
+/* Upper-case hex of the serial's magnitude bytes, as WeChat Pay prints it. */
+static void push_serial(lua_State *L, X509 *x) {
+  static const char hex[] = "0123456789ABCDEF";
+  const ASN1_INTEGER *s = X509_get0_serialNumber(x);
+  const unsigned char *d = ASN1_STRING_get0_data(s);
+  int n = ASN1_STRING_length(s), i;
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (i = 0; i < n; i++) {
+    luaL_addchar(&b, hex[d[i] >> 4]);
+    luaL_addchar(&b, hex[d[i] & 15]);
+  }
+  luaL_pushresult(&b);
+}
+
+static int l_cert_serial(lua_State *L) {
+  push_serial(L, check_cert(L)->x509);
+  return 1;
+}
+
+static int push_time(lua_State *L, const ASN1_TIME *t) {
+  struct tm tm;
+  memset(&tm, 0, sizeof tm);
+  if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1) return wx_fail(L, "certificate", "unreadable validity time");
+  lua_pushinteger(L, (lua_Integer)timegm(&tm));
+  return 1;
+}
+static int l_cert_not_before(lua_State *L) { return push_time(L, X509_get0_notBefore(check_cert(L)->x509)); }
+static int l_cert_not_after(lua_State *L) { return push_time(L, X509_get0_notAfter(check_cert(L)->x509)); }
+
+static int l_cert_public_key(lua_State *L) {
+  wx_cert *c = check_cert(L);
+  EVP_PKEY *pkey = X509_get_pubkey(c->x509); /* takes a reference */
+  if (pkey == NULL) return wx_fail(L, "public_key", "certificate has no public key");
+  return push_public_key(L, pkey, "public_key");
+}
+
+static int push_name(lua_State *L, const X509_NAME *name) {
+  BIO *bio = BIO_new(BIO_s_mem());
+  char *data;
+  long len;
+  if (bio == NULL) return wx_fail(L, "certificate", "out of memory");
+  X509_NAME_print_ex(bio, name, 0, XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB);
+  len = BIO_get_mem_data(bio, &data);
+  lua_pushlstring(L, data, (size_t)len);
+  BIO_free(bio);
+  return 1;
+}
+static int l_cert_subject(lua_State *L) { return push_name(L, X509_get_subject_name(check_cert(L)->x509)); }
+static int l_cert_issuer(lua_State *L) { return push_name(L, X509_get_issuer_name(check_cert(L)->x509)); }
+
+static int l_cert_close(lua_State *L) {
+  wx_cert *c = (wx_cert *)luaL_checkudata(L, 1, WX_CERTIFICATE);
+  if (c->x509) { X509_free(c->x509); c->x509 = NULL; }
+  return 0;
+}
+
+static int l_cert_tostring(lua_State *L) {
+  wx_cert *c = (wx_cert *)luaL_checkudata(L, 1, WX_CERTIFICATE);
+  if (c->x509 == NULL) { lua_pushliteral(L, WX_CERTIFICATE " (closed)"); return 1; }
+  lua_pushliteral(L, WX_CERTIFICATE " (serial ");
+  push_serial(L, c->x509);
+  lua_pushliteral(L, ")");
+  lua_concat(L, 3);
+  return 1;
+}
+
+/* ---- the Authorization header ---- */
+
+static const char *opt_field(lua_State *L, const char *name, size_t *len) {
+  const char *s;
+  lua_getfield(L, 1, name);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return NULL; }
+  if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+    luaL_error(L, "wxpay.core.authorization: field '%s' must be a string", name);
+  s = lua_tolstring(L, -1, len); /* stays referenced on the stack until we return */
+  return s;
+}
+
+static const char *req_field(lua_State *L, const char *name, size_t *len) {
+  const char *s = opt_field(L, name, len);
+  if (s == NULL) luaL_error(L, "wxpay.core.authorization: field '%s' is required", name);
+  return s;
+}
+
+/* Header values go inside double quotes: refuse anything that could break the syntax. */
+static int header_safe(const char *s, size_t n) {
+  size_t i;
+  if (n == 0) return 0;
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c < 0x21 || c > 0x7e || c == '"' || c == ',' || c == '\\') return 0;
+  }
+  return 1;
+}
+
+/*** core.authorization{ mchid, serial_no, key, method, url, body?, timestamp?, nonce? }
+ * -> header, timestamp, nonce */
+static int l_authorization(lua_State *L) {
+  static const char fn[] = "authorization";
+  size_t mlen, slen, melen, ulen, blen = 0, tlen, nlen, msglen, siglen, i;
+  const char *mchid, *serial, *method, *url, *body, *ts, *nonce, *message, *sig;
+  char tsbuf[32], noncebuf[32];
+  wx_key *k;
+  luaL_Buffer b;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  mchid = req_field(L, "mchid", &mlen);
+  serial = req_field(L, "serial_no", &slen);
+  method = req_field(L, "method", &melen);
+  url = req_field(L, "url", &ulen);
+  body = opt_field(L, "body", &blen);
+  ts = opt_field(L, "timestamp", &tlen);
+  nonce = opt_field(L, "nonce", &nlen);
+  lua_getfield(L, 1, "key");
+  k = check_open_key(L, lua_gettop(L), WX_PRIVATE_KEY);
+  if (!header_safe(mchid, mlen)) return wx_fail(L, fn, "mchid is empty or has characters a header cannot carry");
+  if (!header_safe(serial, slen)) return wx_fail(L, fn, "serial_no is empty or has characters a header cannot carry");
+  for (i = 0; i < melen; i++)
+    if (method[i] < 'A' || method[i] > 'Z') return wx_fail(L, fn, "method must be upper-case letters");
+  if (melen == 0) return wx_fail(L, fn, "method is empty");
+  if (ulen == 0 || url[0] != '/') return wx_fail(L, fn, "url must be the path (and query) starting with '/'");
+  for (i = 0; i < ulen; i++)
+    if ((unsigned char)url[i] <= 0x20 || (unsigned char)url[i] >= 0x7f || url[i] == '#')
+      return wx_fail(L, fn, "url must be percent-encoded ASCII without spaces or a fragment");
+  if (ts == NULL) {
+    snprintf(tsbuf, sizeof tsbuf, "%lld", (long long)time(NULL));
+    ts = tsbuf;
+    tlen = strlen(tsbuf);
+  } else {
+    if (tlen == 0 || tlen > 20) return wx_fail(L, fn, "timestamp must be decimal seconds");
+    for (i = 0; i < tlen; i++)
+      if (ts[i] < '0' || ts[i] > '9') return wx_fail(L, fn, "timestamp must be decimal seconds");
+  }
+  if (nonce == NULL) {
+    if (!wx_nonce(noncebuf, 32)) return wx_fail(L, fn, "no randomness available");
+    nonce = noncebuf;
+    nlen = 32;
+  } else if (!header_safe(nonce, nlen) || nlen > 64) {
+    return wx_fail(L, fn, "nonce must be 1-64 printable characters without '\"' or ','");
+  }
+  /* The string to sign: five lines, each ending in \n (spec 1.1). */
+  luaL_buffinit(L, &b);
+  luaL_addlstring(&b, method, melen); luaL_addchar(&b, '\n');
+  luaL_addlstring(&b, url, ulen); luaL_addchar(&b, '\n');
+  luaL_addlstring(&b, ts, tlen); luaL_addchar(&b, '\n');
+  luaL_addlstring(&b, nonce, nlen); luaL_addchar(&b, '\n');
+  if (body) luaL_addlstring(&b, body, blen);
+  luaL_addchar(&b, '\n');
+  luaL_pushresult(&b);
+  message = lua_tolstring(L, -1, &msglen);
+  if (sign_b64(L, k, message, msglen, fn) != 1) return 2;
+  sig = lua_tolstring(L, -1, &siglen);
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, "WECHATPAY2-SHA256-RSA2048 mchid=\"");
+  luaL_addlstring(&b, mchid, mlen);
+  luaL_addstring(&b, "\",nonce_str=\"");
+  luaL_addlstring(&b, nonce, nlen);
+  luaL_addstring(&b, "\",timestamp=\"");
+  luaL_addlstring(&b, ts, tlen);
+  luaL_addstring(&b, "\",serial_no=\"");
+  luaL_addlstring(&b, serial, slen);
+  luaL_addstring(&b, "\",signature=\"");
+  luaL_addlstring(&b, sig, siglen);
+  luaL_addchar(&b, '"');
+  luaL_pushresult(&b);
+  lua_pushlstring(L, ts, tlen);
+  lua_pushlstring(L, nonce, nlen);
+  return 3;
+}
+
+static void new_class(lua_State *L, const char *tname, const luaL_Reg *methods,
+                      lua_CFunction close, lua_CFunction tostr) {
+  luaL_newmetatable(L, tname);
+  wx_newlib(L, methods);
+  lua_pushcfunction(L, close);
+  lua_setfield(L, -2, "close");
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, close);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, close);
+  lua_setfield(L, -2, "__close");
+  lua_pushcfunction(L, tostr);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushliteral(L, "locked");
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+}
+
+void wx_open_pkey(lua_State *L) {
+  static const luaL_Reg private_methods[] = {
+    {"sign", l_sign}, {"decrypt_oaep", l_decrypt_oaep}, {"public_key", l_key_public_key},
+    {"bits", l_key_bits}, {NULL, NULL}};
+  static const luaL_Reg public_methods[] = {
+    {"verify", l_verify}, {"encrypt_oaep", l_encrypt_oaep}, {"fingerprint", l_fingerprint},
+    {"bits", l_key_bits}, {NULL, NULL}};
+  static const luaL_Reg cert_methods[] = {
+    {"serial", l_cert_serial}, {"not_before", l_cert_not_before},
+    {"not_after", l_cert_not_after}, {"public_key", l_cert_public_key},
+    {"subject", l_cert_subject}, {"issuer", l_cert_issuer}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {
+    {"load_private_key", l_load_private_key}, {"load_public_key", l_load_public_key},
+    {"load_certificate", l_load_certificate}, {NULL, NULL}};
+  new_class(L, WX_PRIVATE_KEY, private_methods, l_private_close, l_private_tostring);
+  new_class(L, WX_PUBLIC_KEY, public_methods, l_public_close, l_public_tostring);
+  new_class(L, WX_CERTIFICATE, cert_methods, l_cert_close, l_cert_tostring);
+  luaL_setfuncs(L, funcs, 0);
+  lua_pushcfunction(L, l_authorization);
+  lua_setfield(L, -2, "authorization");
+}
