@@ -154,13 +154,14 @@ static int l_load_certificate(lua_State *L) {
 /* Pushes the base64 signature of msg (1 result) or nil, err (2 results). */
 static int sign_b64(lua_State *L, wx_key *k, const char *msg, size_t len, const char *fn) {
   size_t siglen = (size_t)EVP_PKEY_get_size(k->pkey);
-  unsigned char dgst[SHA256_DIGEST_LENGTH];
-  unsigned char *sig = wx_scratch(L, siglen);
+  unsigned char dgst[SHA256_DIGEST_LENGTH], sig[1024];
+  char b64[4 * sizeof sig / 3 + 4];
+  if (siglen > sizeof sig) return wx_fail(L, fn, "RSA key too large");
   SHA256((const unsigned char *)msg, len, dgst);
   if (EVP_PKEY_sign(k->ctx, sig, &siglen, dgst, sizeof dgst) <= 0)
     return wx_fail(L, fn, "RSA signing failed");
-  wx_push_b64(L, sig, siglen);
-  lua_remove(L, -2); /* the scratch */
+  wx_b64_encode(sig, siglen, b64);
+  lua_pushlstring(L, b64, wx_b64_encoded_len(siglen));
   return 1;
 }
 
@@ -176,19 +177,23 @@ static int l_sign(lua_State *L) {
 static int verify_b64(lua_State *L, wx_key *k, const char *msg, size_t len, const char *sig,
                       size_t siglen) {
   size_t keylen = (size_t)EVP_PKEY_get_size(k->pkey), n;
-  unsigned char dgst[SHA256_DIGEST_LENGTH];
+  unsigned char dgst[SHA256_DIGEST_LENGTH], stackbuf[512];
   unsigned char *raw;
   int ok;
   /* A base64 signature for this key has exactly this many characters; anything else
    * (including WECHATPAY/SIGNTEST/ probes) fails before any decoding work. */
   if (siglen != wx_b64_encoded_len(keylen)) return 0;
-  raw = wx_scratch(L, 3 * (siglen / 4));
+  /* The hot path of every response: decode on the stack, no allocation. */
+  raw = keylen <= sizeof stackbuf ? stackbuf : wx_scratch(L, 3 * (siglen / 4));
   n = wx_b64_decode(sig, siglen, raw);
-  lua_pop(L, 1);
-  if (n != keylen) return 0;
-  SHA256((const unsigned char *)msg, len, dgst);
-  ok = EVP_PKEY_verify(k->ctx, raw, n, dgst, sizeof dgst) == 1;
-  ERR_clear_error();
+  if (n == keylen) {
+    SHA256((const unsigned char *)msg, len, dgst);
+    ok = EVP_PKEY_verify(k->ctx, raw, n, dgst, sizeof dgst) == 1;
+    ERR_clear_error();
+  } else {
+    ok = 0;
+  }
+  if (raw != stackbuf) lua_pop(L, 1);
   return ok;
 }
 

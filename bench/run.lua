@@ -1,0 +1,15 @@
+--- `make bench`: prints the project's performance figures (no pass/fail).
+package.path = "lua/?.lua;lua/?/init.lua;./?.lua;" .. package.path
+package.cpath = "build/?.so;" .. package.cpath
+
+local sections = { "bench.core" }
+for _, extra in ipairs({ "bench.client" }) do
+  local f = io.open(extra:gsub("%.", "/") .. ".lua")
+  if f then f:close(); sections[#sections + 1] = extra end
+end
+local shared = {}
+for _, name in ipairs(sections) do
+  local r = require(name).run({ seconds = tonumber(os.getenv("BENCH_SECONDS")) or 3, shared = shared })
+  shared[name] = r
+  print()
+end
