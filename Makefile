@@ -47,7 +47,7 @@ test-asan: asan
 test-valgrind: build
 	WXPAY_UNDER_VALGRIND=1 $(VALGRIND) $(LUA) /usr/bin/busted $(SPECS)
 
-test: deps build luajit lint test-lua54 test-luajit test-asan test-valgrind
+test: deps build luajit lint rock test-lua54 test-luajit test-asan test-valgrind
 
 fuzz:
 	@sh tools/fuzz.sh
@@ -58,8 +58,13 @@ demo: deps build
 bench: deps build
 	$(LUA) bench/run.lua
 
+# Builds and installs the rock from the same sources into a private tree, then loads it.
 rock:
-	luarocks --lua-version=5.4 make --deps-mode=none wxpay-scm-1.rockspec
+	luarocks --lua-version=5.4 --tree build/rocktree make --deps-mode=none wxpay-scm-1.rockspec
+	$(LUA) -e 'package.cpath = "build/rocktree/lib/lua/5.4/?.so;" .. package.cpath; \
+	  package.path = "build/rocktree/share/lua/5.4/?.lua;build/rocktree/share/lua/5.4/?/init.lua;" .. package.path; \
+	  local w = require("wxpay"); assert(package.searchpath("wxpay.core", package.cpath):find("rocktree")); \
+	  print("rock ok: wxpay " .. w._VERSION)'
 
 clean:
 	rm -rf build build-luajit build-asan build-fuzz

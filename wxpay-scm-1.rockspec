@@ -1,0 +1,58 @@
+rockspec_format = "3.0"
+package = "wxpay"
+version = "scm-1"
+source = {
+  url = "git+https://github.com/wxpay-lua/wxpay.git",
+  branch = "main",
+}
+description = {
+  summary = "WeChat Pay APIv3 client for Lua and OpenResty, with a C core (OpenSSL, libcurl)",
+  detailed = [[
+Signs requests, verifies responses (platform certificates and the WeChat Pay public key),
+and wraps the commissioned-marketing (partnerships) API, with a local sandbox of the API.
+]],
+  license = "Apache-2.0",
+  labels = { "wechatpay", "payments", "openresty" },
+}
+dependencies = {
+  "lua >= 5.1, < 5.5",
+  "lua-cjson",
+}
+external_dependencies = {
+  OPENSSL = { header = "openssl/evp.h", library = "crypto" },
+  -- Debian keeps curl.h in a multiarch include dir luarocks does not search: check the library.
+  CURL = { library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["wxpay.core"] = {
+      sources = { "csrc/core.c", "csrc/crypto.c", "csrc/http.c", "csrc/pkey.c" },
+      libraries = { "crypto", "curl", "pthread" },
+      incdirs = { "$(OPENSSL_INCDIR)", "$(CURL_INCDIR)" },
+      libdirs = { "$(OPENSSL_LIBDIR)", "$(CURL_LIBDIR)" },
+      defines = { "_GNU_SOURCE" },
+    },
+    -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
+    ["wxpay.api.partnerships"] = "lua/wxpay/api/partnerships.lua",
+    ["wxpay.client"] = "lua/wxpay/client.lua",
+    ["wxpay.errors"] = "lua/wxpay/errors.lua",
+    ["wxpay"] = "lua/wxpay/init.lua",
+    ["wxpay.sandbox.api"] = "lua/wxpay/sandbox/api.lua",
+    ["wxpay.sandbox.control"] = "lua/wxpay/sandbox/control.lua",
+    ["wxpay.sandbox.faults"] = "lua/wxpay/sandbox/faults.lua",
+    ["wxpay.sandbox.http"] = "lua/wxpay/sandbox/http.lua",
+    ["wxpay.sandbox"] = "lua/wxpay/sandbox/init.lua",
+    ["wxpay.sandbox.json"] = "lua/wxpay/sandbox/json.lua",
+    ["wxpay.sandbox.keys"] = "lua/wxpay/sandbox/keys.lua",
+    ["wxpay.sandbox.server"] = "lua/wxpay/sandbox/server.lua",
+    ["wxpay.sandbox.store"] = "lua/wxpay/sandbox/store.lua",
+    ["wxpay.sandbox.util"] = "lua/wxpay/sandbox/util.lua",
+    ["wxpay.transport.curl"] = "lua/wxpay/transport/curl.lua",
+    -- END LUA MODULES
+  },
+  install = {
+    bin = { ["wxpay-sandbox"] = "bin/wxpay-sandbox" },
+  },
+  copy_directories = { "docs", "examples" },
+}
