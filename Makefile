@@ -47,7 +47,7 @@ test-asan: asan
 test-valgrind: build
 	WXPAY_UNDER_VALGRIND=1 $(VALGRIND) $(LUA) /usr/bin/busted $(SPECS)
 
-test: deps build luajit lint rock test-lua54 test-luajit test-asan test-valgrind
+test: deps build luajit lint rock test-lua54 test-luajit test-asan test-valgrind fuzz
 
 fuzz:
 	@sh tools/fuzz.sh
