@@ -1,0 +1,182 @@
+--- The sandbox control API: plain JSON under /_sandbox/, no signatures.
+-- Specs and demos use it to inject faults, inspect requests and reshape behaviour.
+local json = require("wxpay.sandbox.json")
+
+local M = {}
+
+local function reply(status, value)
+  return { status = status, body = type(value) == "string" and value or json.encode(value) }
+end
+
+local function bad(message)
+  return reply(400, { error = message })
+end
+
+local function body_table(req)
+  if req.body == "" then return {} end
+  local v = json.decode(req.body)
+  if type(v) ~= "table" then return nil end
+  return v
+end
+
+local function config_view(config)
+  return '{"mode":' .. json.encode(config.mode)
+    .. ',"offset_mode":' .. json.encode(config.offset_mode)
+    .. ',"empty_list":' .. json.encode(config.empty_list)
+    .. ',"state_in_list":' .. json.encode(config.state_in_list)
+    .. ',"signing_certificate":' .. json.encode(config.signing_certificate)
+    .. ',"advertised_certificates":' .. json.array(config.advertised_certificates) .. "}"
+end
+
+local ENUMS = {
+  mode = { certificate = true, public_key = true, combined = true },
+  offset_mode = { page = true, item = true },
+  empty_list = { ["404"] = true, ["200"] = true },
+  signing_certificate = { primary = true, secondary = true },
+}
+
+--- Validate and apply a partial configuration (all or nothing).
+-- @tparam table config the live configuration
+-- @tparam table changes e.g. `{ offset_mode = "item", empty_list = "200" }`
+-- @return true, or nil and an error message
+function M.apply_config(config, changes)
+  local new = {}
+  for k, v in pairs(changes) do
+    if k == "empty_list" and type(v) == "number" then v = tostring(math.tointeger(v)) end
+    if ENUMS[k] then
+      if not ENUMS[k][v] then return nil, "bad value for " .. k .. ": " .. tostring(v) end
+    elseif k == "state_in_list" then
+      if type(v) ~= "boolean" then return nil, "state_in_list must be a boolean" end
+    elseif k == "advertised_certificates" then
+      if type(v) ~= "table" or #v == 0 then
+        return nil, "advertised_certificates must be a non-empty array"
+      end
+      for _, name in ipairs(v) do
+        if not ENUMS.signing_certificate[name] then
+          return nil, "advertised_certificates: unknown certificate " .. tostring(name)
+        end
+      end
+    else
+      return nil, "unknown config key: " .. tostring(k)
+    end
+    new[k] = v
+  end
+  for k, v in pairs(new) do config[k] = v end
+  return true
+end
+
+local function seed(server, spec)
+  local count = math.tointeger(spec.count or 0)
+  if not count or count < 0 or count > 1000000 then return bad("count must be 0..1000000") end
+  local ok, added = server:seed{
+    count = count, business_type = spec.business_type, stock_id = spec.stock_id,
+    partner_type = spec.partner_type, prefix = spec.prefix, start = spec.start,
+  }
+  if not ok then return bad(added) end
+  return reply(200, { added = added, total = server.state.store:count() })
+end
+
+local function requests(server, req)
+  local since = tonumber(req.target:match("[?&]since=(%d+)") or 0)
+  local log = server.state.log
+  local out = {}
+  for seq = math.max(log.first, since + 1), log.last do
+    local e = log.items[seq]
+    out[#out + 1] = json.encode{
+      seq = e.seq, connection = e.connection, method = e.method, target = e.target,
+      headers = e.headers, body = e.body, status = e.status, fault = e.fault,
+    }
+  end
+  return reply(200, '{"requests":[' .. table.concat(out, ",") .. "]}")
+end
+
+local function relations(server)
+  local out = {}
+  for _, rel in ipairs(server.state.store.relations) do
+    out[#out + 1] = json.encode{
+      mchid = rel.mchid, partner = rel.partner, authorized_data = rel.authorized_data,
+      state = rel.state, build_time = rel.build_time, terminate_time = rel.terminate_time,
+      create_time = rel.create_time, update_time = rel.update_time,
+    }
+  end
+  return reply(200, string.format('{"count":%d,"relations":[%s]}', #out, table.concat(out, ",")))
+end
+
+local function info(server)
+  local keys = server.state.keys
+  return reply(200, {
+    mchid = keys.mchid, serial_no = keys.serial_no,
+    platform_serial_no = keys.platform_serial_no,
+    platform2_serial_no = keys.platform2_serial_no,
+    wechatpay_public_key_id = keys.wechatpay_public_key_id,
+    files = keys.files, dir = keys.dir,
+  })
+end
+
+local ROUTES = {
+  ["/_sandbox"] = { GET = function(server) return reply(200, server:startup_line()) end },
+  ["/_sandbox/info"] = { GET = info },
+  ["/_sandbox/faults"] = {
+    GET = function(server)
+      return reply(200, '{"faults":' .. json.array(server.state.faults:list()) .. "}")
+    end,
+    POST = function(server, req)
+      local spec = body_table(req)
+      if not spec then return bad("body must be a JSON object") end
+      -- A JSON array queues several faults at once.
+      local specs = spec[1] and spec or { spec }
+      for _, s in ipairs(specs) do
+        local ok, err = server.state.faults:add(s)
+        if not ok then return bad(err) end
+      end
+      return reply(200, '{"faults":' .. json.array(server.state.faults:list()) .. "}")
+    end,
+    DELETE = function(server)
+      server.state.faults:clear()
+      return reply(200, '{"faults":[]}')
+    end,
+  },
+  ["/_sandbox/requests"] = {
+    GET = requests,
+    DELETE = function(server)
+      server:clear_log()
+      return reply(200, '{"requests":[]}')
+    end,
+  },
+  ["/_sandbox/stats"] = { GET = function(server) return reply(200, server:stats()) end },
+  ["/_sandbox/reset"] = { POST = function(server)
+    server:reset()
+    return reply(200, { ok = true })
+  end },
+  ["/_sandbox/seed"] = { POST = function(server, req)
+    local spec = body_table(req)
+    if not spec then return bad("body must be a JSON object") end
+    return seed(server, spec)
+  end },
+  ["/_sandbox/config"] = {
+    GET = function(server) return reply(200, config_view(server.state.config)) end,
+    POST = function(server, req)
+      local changes = body_table(req)
+      if not changes then return bad("body must be a JSON object") end
+      local ok, err = M.apply_config(server.state.config, changes)
+      if not ok then return bad(err) end
+      return reply(200, config_view(server.state.config))
+    end,
+  },
+  ["/_sandbox/relations"] = { GET = relations },
+}
+
+--- Answer one control request.
+-- @tparam table server the running sandbox server
+-- @tparam table req parsed request
+-- @treturn table `{ status =, body = }`
+function M.handle(server, req)
+  local path = req.target:match("^[^?]*"):gsub("/$", "")
+  local route = ROUTES[path]
+  if not route then return reply(404, { error = "no such control path: " .. path }) end
+  local handler = route[req.method]
+  if not handler then return reply(405, { error = "method not allowed" }) end
+  return handler(server, req)
+end
+
+return M

@@ -1,0 +1,169 @@
+--- wxpay-sandbox: a local WeChat Pay APIv3 look-alike for the partnerships API.
+-- `require("wxpay.sandbox").main(arg)` is what `bin/wxpay-sandbox` runs; `parse_args`
+-- and `start` are there for embedding it.
+local M = {}
+
+M.USAGE = [[
+Usage: wxpay-sandbox [options]
+
+A local HTTPS look-alike of the WeChat Pay APIv3 partnerships API (and /v3/certificates).
+When it listens it prints one line of JSON to stdout:
+  {"config":{...wxpay.new config...},"control_url":"https://127.0.0.1:PORT/_sandbox","pid":N,"dir":"..."}
+then logs one line per API request to stderr.
+
+Options:
+  --host HOST               address to listen on (default 127.0.0.1)
+  --port N                  port, 0 = ephemeral (default 0)
+  --dir DIR                 state directory for keys (default: a fresh temporary directory);
+                            keys already in DIR are reused
+  --mode MODE               certificate | public_key | combined (default combined)
+  --seed N                  pre-populate N relations (BUSIFAVOR_STOCK, stock SEED_STOCK,
+                            APPID partners wxseed000001...)
+  --offset-mode MODE        page | item: how list offsets count (default page)
+  --empty-list STATUS       404 | 200: answer to an empty list page (default 404)
+  --no-state-in-list        omit "state" from list items
+  --exit-on-stdin-close     exit when stdin reaches end of file
+  --exit-with-pid PID       exit when process PID is gone (checked every second)
+  --quiet                   no request log on stderr
+  --help                    this text
+]]
+
+local VALUES = {
+  ["--host"] = "host", ["--port"] = "port", ["--dir"] = "dir", ["--mode"] = "mode",
+  ["--seed"] = "seed", ["--offset-mode"] = "offset_mode", ["--empty-list"] = "empty_list",
+  ["--exit-with-pid"] = "exit_with_pid",
+}
+local FLAGS = {
+  ["--no-state-in-list"] = "no_state_in_list", ["--quiet"] = "quiet", ["--help"] = "help",
+  ["--exit-on-stdin-close"] = "exit_on_stdin_close",
+}
+local CHOICES = {
+  mode = { certificate = true, public_key = true, combined = true },
+  offset_mode = { page = true, item = true },
+  empty_list = { ["404"] = true, ["200"] = true },
+}
+
+--- Parse command-line arguments.
+-- @tparam table argv e.g. `{ "--port", "0", "--quiet" }`
+-- @return options table, or nil and an error message
+function M.parse_args(argv)
+  local opts = { host = "127.0.0.1", port = 0, mode = "combined", offset_mode = "page",
+                 empty_list = "404", state_in_list = true, seed = 0 }
+  local i = 1
+  while i <= #argv do
+    local a = argv[i]
+    local name, inline = a:match("^(%-%-[%w-]+)=(.*)$")
+    name = name or a
+    if VALUES[name] then
+      local v = inline
+      if not v then
+        i = i + 1
+        v = argv[i]
+      end
+      if v == nil then return nil, name .. " needs a value" end
+      opts[VALUES[name]] = v
+    elseif FLAGS[name] and not inline then
+      opts[FLAGS[name]] = true
+    else
+      return nil, "unknown option: " .. a
+    end
+    i = i + 1
+  end
+  for key, choices in pairs(CHOICES) do
+    if not choices[opts[key]] then return nil, "bad value for " .. key .. ": " .. opts[key] end
+  end
+  for _, key in ipairs{ "port", "seed", "exit_with_pid" } do
+    if opts[key] ~= nil then
+      local n = math.tointeger(tonumber(opts[key]))
+      if not n or n < 0 then return nil, "--" .. key:gsub("_", "-") .. " needs a number" end
+      opts[key] = n
+    end
+  end
+  if opts.no_state_in_list then opts.state_in_list = false end
+  return opts
+end
+
+--- Load or create the keys and build a listening server.
+-- @tparam table opts from `parse_args`
+-- @treturn table server (see wxpay.sandbox.server), already listening
+function M.start(opts)
+  local keys_mod = require("wxpay.sandbox.keys")
+  local server_mod = require("wxpay.sandbox.server")
+  local keys = keys_mod.load(opts.dir or keys_mod.tempdir())
+  local server = server_mod.new{
+    keys = keys, host = opts.host, port = opts.port, mode = opts.mode,
+    offset_mode = opts.offset_mode, empty_list = opts.empty_list,
+    state_in_list = opts.state_in_list, quiet = opts.quiet, seed = opts.seed, pid = opts.pid,
+  }
+  server:listen()
+  return server
+end
+
+local function own_pid()
+  local f = io.open("/proc/self/stat")
+  if not f then return nil end
+  local pid = f:read("n")
+  f:close()
+  return math.tointeger(pid)
+end
+
+-- Coroutines that end the server: SIGTERM/SIGINT, stdin EOF, a watched pid going away.
+local function watchers(server, opts)
+  local cqueues = require("cqueues")
+  local signal = require("cqueues.signal")
+  local list = {}
+  signal.block(signal.SIGTERM, signal.SIGINT)
+  local listener = signal.listen(signal.SIGTERM, signal.SIGINT)
+  list[#list + 1] = function()
+    listener:wait()
+    server:stop()
+  end
+  if opts.exit_on_stdin_close then
+    list[#list + 1] = function()
+      local stdin = require("cqueues.socket").fdopen(0)
+      stdin:setmode("b", "b")
+      -- Negative size: whatever is there, up to that many bytes; nil at end of file.
+      while stdin:read(-4096) do end
+      server:stop()
+    end
+  end
+  if opts.exit_with_pid then
+    local proc = "/proc/" .. opts.exit_with_pid
+    list[#list + 1] = function()
+      while true do
+        cqueues.sleep(1)
+        local alive = io.open(proc .. "/stat")
+        if alive then alive:close() else break end
+      end
+      server:stop()
+    end
+  end
+  return list
+end
+
+--- Run the sandbox as a program.
+-- @tparam table argv command-line arguments
+-- @treturn int exit status
+function M.main(argv)
+  local opts, err = M.parse_args(argv)
+  if not opts then
+    io.stderr:write("wxpay-sandbox: ", err, "\n", M.USAGE)
+    return 2
+  end
+  if opts.help then
+    io.stdout:write(M.USAGE)
+    return 0
+  end
+  opts.pid = own_pid()
+  local ok, server = pcall(M.start, opts)
+  if not ok then
+    io.stderr:write("wxpay-sandbox: ", tostring(server), "\n")
+    return 1
+  end
+  io.stdout:write(server:startup_line(), "\n")
+  io.stdout:flush()
+  server:run(watchers(server, opts))
+  return 0
+end
+
+return M

@@ -1,0 +1,299 @@
+--- The sandbox HTTPS server: cqueues, one coroutine per connection, HTTP/1.1 keep-alive.
+-- A delayed answer only sleeps its own coroutine, so other connections carry on.
+local cqueues = require("cqueues")
+local csocket = require("cqueues.socket")
+local ssl_context = require("openssl.ssl.context")
+local openssl_pkey = require("openssl.pkey")
+local openssl_x509 = require("openssl.x509")
+
+local api = require("wxpay.sandbox.api")
+local control = require("wxpay.sandbox.control")
+local faults_mod = require("wxpay.sandbox.faults")
+local http = require("wxpay.sandbox.http")
+local json = require("wxpay.sandbox.json")
+local store_mod = require("wxpay.sandbox.store")
+local util = require("wxpay.sandbox.util")
+
+local M = {}
+
+local IDLE_TIMEOUT = 300
+local HANDSHAKE_TIMEOUT = 10
+local LOG_CAP = 20000
+
+local Server = {}
+Server.__index = Server
+
+local DEFAULTS = {
+  mode = "combined", offset_mode = "page", empty_list = "404", state_in_list = true,
+  signing_certificate = "primary",
+}
+
+local function default_config(opts)
+  local config = { advertised_certificates = { "primary" } }
+  for k, v in pairs(DEFAULTS) do
+    if opts[k] ~= nil then config[k] = opts[k] else config[k] = v end
+  end
+  return config
+end
+
+--- Create a server (not listening yet).
+-- @tparam table opts `keys` (from wxpay.sandbox.keys.load), `host`, `port`, `mode`,
+--   `offset_mode`, `empty_list`, `state_in_list`, `quiet`, `log` (function(line)),
+--   `seed` (number of relations to pre-populate)
+-- @treturn table server
+function M.new(opts)
+  local self = setmetatable({ opts = opts, host = opts.host or "127.0.0.1",
+                              port = opts.port or 0, connections = {} }, Server)
+  local state = {
+    keys = opts.keys,
+    crypto = api.load_crypto(opts.keys),
+    store = store_mod.new(),
+    faults = faults_mod.new(),
+    config = default_config(opts),
+  }
+  local request_ids = 0
+  local prefix = util.random_hex(8)
+  function state.next_request_id()
+    request_ids = request_ids + 1
+    return string.format("%s%016X", prefix, request_ids)
+  end
+  self.state = state
+  self.connection_ids = 0
+  self:clear_log()
+  self:reset_counters()
+  if (opts.seed or 0) > 0 then assert(self:seed{ count = opts.seed }) end
+  return self
+end
+
+function Server:reset_counters()
+  self.counters = { connections = 0, api_connections = 0, requests = 0 }
+end
+
+--- Forget the request log.
+function Server:clear_log()
+  self.state.log = { items = {}, first = 1, last = 0 }
+end
+
+--- Clear relations, idempotency records, faults, the request log and the counters, and
+-- put the run-time configuration back to the startup options.
+function Server:reset()
+  self.state.store:clear()
+  self.state.faults:clear()
+  self.state.config = default_config(self.opts)
+  self:clear_log()
+  self:reset_counters()
+end
+
+--- Counters for the control API.
+-- @treturn table `{ connections, api_connections, requests, open_connections }`
+function Server:stats()
+  local open = 0
+  for _ in pairs(self.connections) do open = open + 1 end
+  return { connections = self.counters.connections,
+           api_connections = self.counters.api_connections,
+           requests = self.counters.requests, open_connections = open }
+end
+
+--- Add relations quickly (no HTTP, no signatures).
+-- @tparam table spec `{ count, business_type = "BUSIFAVOR_STOCK", stock_id = "SEED_STOCK",
+--   partner_type = "APPID", prefix = "wxseed" | "1900", start = 1 }`
+-- @return true and the number added, or nil and an error message
+function Server:seed(spec)
+  local business_type = spec.business_type or "BUSIFAVOR_STOCK"
+  local stock_id = spec.stock_id or "SEED_STOCK"
+  local partner_type = spec.partner_type or "APPID"
+  if business_type ~= "FAVOR_STOCK" and business_type ~= "BUSIFAVOR_STOCK" then
+    return nil, "bad business_type"
+  end
+  if partner_type ~= "APPID" and partner_type ~= "MERCHANT" then return nil, "bad partner_type" end
+  if business_type == "FAVOR_STOCK" and partner_type == "MERCHANT" then
+    return nil, "FAVOR_STOCK does not support MERCHANT partners"
+  end
+  local prefix = spec.prefix or (partner_type == "APPID" and "wxseed" or "1900")
+  local start = math.tointeger(spec.start or 1) or 1
+  local width = math.max(6, #tostring(start + spec.count - 1))
+  local mchid = self.state.keys.mchid
+  local store = self.state.store
+  local authorized_data = { business_type = business_type, stock_id = stock_id }
+  local added = 0
+  for i = start, start + spec.count - 1 do
+    local id = prefix .. string.format("%0" .. width .. "d", i)
+    local partner = partner_type == "APPID" and { type = "APPID", appid = id }
+                    or { type = "MERCHANT", merchant_id = id }
+    if not store:get(mchid, partner, authorized_data) then
+      store:insert(mchid, partner, { business_type = business_type, stock_id = stock_id })
+      added = added + 1
+    end
+  end
+  return true, added
+end
+
+function Server:log(fmt, ...)
+  if self.opts.quiet then return end
+  local line = string.format(fmt, ...)
+  if self.opts.log then self.opts.log(line) else io.stderr:write(line, "\n") end
+end
+
+local function log_request(self, conn_id, req)
+  local log = self.state.log
+  log.last = log.last + 1
+  local entry = { seq = log.last, connection = conn_id, method = req.method,
+                  target = req.target, headers = req.headers, body = req.body, status = 0 }
+  log.items[log.last] = entry
+  while log.last - log.first + 1 > LOG_CAP do
+    log.items[log.first] = nil
+    log.first = log.first + 1
+  end
+  return entry
+end
+
+-- Handle one APIv3 request. Returns false when the connection is to be dropped.
+function Server:api_request(con, conn, req)
+  local state = self.state
+  self.counters.requests = self.counters.requests + 1
+  if not conn.api then
+    conn.api = true
+    self.counters.api_connections = self.counters.api_connections + 1
+  end
+  local entry = log_request(self, conn.id, req)
+  local f = state.faults:take()
+  local resp
+  local extra = {}
+  if f.pre then
+    entry.fault = f.pre.fault
+    if f.pre.fault == "drop" then
+      self:log("#%d conn=%d %s %s -> dropped", entry.seq, conn.id, req.method, req.target)
+      return false
+    elseif f.pre.fault == "500" then
+      resp = api.error_response(500, "SYSTEM_ERROR", "系统错误")
+    else
+      resp = api.error_response(429, "FREQUENCY_LIMITED", "频率超限")
+      if f.pre.retry_after then extra[1] = { "Retry-After", tostring(f.pre.retry_after) } end
+    end
+  else
+    local ok, res = pcall(api.handle, state, req)
+    if ok then
+      resp = res
+    else
+      self:log("internal error: %s", tostring(res))
+      resp = api.error_response(500, "SYSTEM_ERROR", "sandbox internal error")
+    end
+  end
+  if f.delay then
+    entry.fault = (entry.fault and entry.fault .. "," or "") .. "delay"
+    cqueues.sleep(f.delay.seconds)
+  end
+  local post = f.post and f.post.fault
+  if post then entry.fault = (entry.fault and entry.fault .. "," or "") .. post end
+  local headers, body = api.finish(state, req, resp, post)
+  for _, h in ipairs(extra) do headers[#headers + 1] = h end
+  entry.status = resp.status
+  self:log("#%d conn=%d %s %s -> %d%s", entry.seq, conn.id, req.method, req.target,
+           resp.status, entry.fault and (" [" .. entry.fault .. "]") or "")
+  return http.write_response(con, resp.status, headers, body, req.keep_alive)
+end
+
+function Server:serve(con)
+  self.connection_ids = self.connection_ids + 1
+  self.counters.connections = self.counters.connections + 1
+  local conn = { id = self.connection_ids }
+  self.connections[con] = conn
+  -- Full output buffering, a buffer larger than any API answer, and one flush per
+  -- response: otherwise the answer leaves in several TLS records and Nagle plus delayed
+  -- ACKs stall each one after the first by ~40 ms.
+  con:setmode("b", "bf")
+  con:setbufsiz(nil, 1048576)
+  local ok = con:starttls(self.tls, HANDSHAKE_TIMEOUT)
+  if ok then con:settimeout(IDLE_TIMEOUT) end
+  while ok do
+    local req, err, status = http.read_request(con)
+    if not req then
+      if status then
+        http.write_response(con, status, { { "Content-Type", "application/json" } },
+                            json.encode{ code = "INVALID_REQUEST", message = err }, false)
+      end
+      break
+    end
+    local path = req.target:match("^[^?]*")
+    if path == "/_sandbox" or path:sub(1, 10) == "/_sandbox/" then
+      local resp = control.handle(self, req)
+      ok = http.write_response(con, resp.status, { { "Content-Type", "application/json" } },
+                               resp.body, req.keep_alive)
+    else
+      ok = self:api_request(con, conn, req)
+    end
+    ok = ok and req.keep_alive
+  end
+  self.connections[con] = nil
+  con:close()
+end
+
+--- The startup line: client config, control URL, pid and state directory, as JSON.
+-- @treturn string one line of JSON
+function Server:startup_line()
+  local keys = self.state.keys
+  local base_url = string.format("https://%s:%d", self.host, self.port)
+  local mode = self.opts.mode or DEFAULTS.mode
+  local config = {
+    mchid = keys.mchid, serial_no = keys.serial_no,
+    private_key_file = keys.files.private_key_file,
+    merchant_certificate_file = keys.files.merchant_certificate_file,
+    apiv3_key = keys.apiv3_key, base_url = base_url, backup_url = false,
+    ca_file = keys.files.ca_file,
+  }
+  if mode ~= "public_key" then
+    config.platform_certificate_files = { keys.files.platform_certificate_file }
+  end
+  if mode ~= "certificate" then
+    config.wechatpay_public_key_file = keys.files.wechatpay_public_key_file
+    config.wechatpay_public_key_id = keys.wechatpay_public_key_id
+  end
+  return json.encode{ config = config, control_url = base_url .. "/_sandbox",
+                      pid = self.opts.pid, dir = keys.dir }
+end
+
+--- Bind and listen. Returns the port (useful with port 0).
+-- @treturn int port
+function Server:listen()
+  local files = self.state.keys.files
+  local ctx = ssl_context.new("TLS", true)
+  ctx:setPrivateKey(openssl_pkey.new(self.state.keys.pem.server_key_file))
+  ctx:setCertificate(openssl_x509.new(self.state.keys.pem.server_cert_file))
+  self.tls = ctx
+  self.files = files
+  self.listener = assert(csocket.listen{ host = self.host, port = self.port,
+                                         reuseaddr = true, nodelay = true })
+  assert(self.listener:listen())
+  local _, _, port = self.listener:localname()
+  self.port = port
+  return port
+end
+
+--- Run until `stop()` is called. Extra coroutines (signal and stdin watchers) can be
+-- given as functions; they run on the same loop.
+-- @tparam[opt] table extra array of functions
+function Server:run(extra)
+  local cq = cqueues.new()
+  self.cq = cq
+  cq:wrap(function()
+    for con in self.listener:clients() do
+      cq:wrap(function() self:serve(con) end)
+    end
+  end)
+  for _, fn in ipairs(extra or {}) do cq:wrap(fn) end
+  while not self.stopped do
+    local ok, err = cq:step(1)
+    -- One broken coroutine must not take the whole sandbox down.
+    if not ok then self:log("error: %s", tostring(err)) end
+  end
+  self.listener:close()
+  for con in pairs(self.connections) do con:close() end
+  self.connections = {}
+end
+
+--- Ask `run()` to return after the current step.
+function Server:stop()
+  self.stopped = true
+end
+
+return M
