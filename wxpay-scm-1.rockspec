@@ -45,6 +45,7 @@ build = {
     ["wxpay.sandbox"] = "lua/wxpay/sandbox/init.lua",
     ["wxpay.sandbox.json"] = "lua/wxpay/sandbox/json.lua",
     ["wxpay.sandbox.keys"] = "lua/wxpay/sandbox/keys.lua",
+    ["wxpay.sandbox.process"] = "lua/wxpay/sandbox/process.lua",
     ["wxpay.sandbox.server"] = "lua/wxpay/sandbox/server.lua",
     ["wxpay.sandbox.store"] = "lua/wxpay/sandbox/store.lua",
     ["wxpay.sandbox.util"] = "lua/wxpay/sandbox/util.lua",
