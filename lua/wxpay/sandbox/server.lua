@@ -156,7 +156,7 @@ function Server:api_request(con, conn, req)
     self.counters.api_connections = self.counters.api_connections + 1
   end
   local entry = log_request(self, conn.id, req)
-  local f = state.faults:take()
+  local f = state.faults:take(req.method, req.target)
   local resp
   local extra = {}
   if f.pre then
