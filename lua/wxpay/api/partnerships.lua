@@ -1,0 +1,376 @@
+--- 委托营销 partnerships: build, terminate, page and list (spec §9).
+-- Reached as `client.partnerships`; every function is a dot-called closure bound to the
+-- client.
+--
+-- Input rules (checked before anything is sent; a failure is `nil, err` with
+-- `kind = "invalid_argument"`, `code = "INVALID_ARGUMENT"` and `field` naming the input,
+-- e.g. `partner.appid`, and no request is made):
+--
+-- * `params` that is not a table, or `opts` that is neither nil nor a table, raises (a
+--   wrong argument type in the programmer's own call, like `luaL_argcheck`). Every other
+--   problem, including a field of the wrong Lua type (`stock_id = 2433405`, a number), is
+--   an `invalid_argument` error, so data-driven callers can report it per record.
+-- * `partner.type` is `APPID` or `MERCHANT`; `appid` (1-32 characters) is required for
+--   APPID, `merchant_id` (8-15 digits) for MERCHANT. The id field that does not match
+--   `type` is left out of the request, as the spec recommends (official examples carry
+--   both); it is not validated.
+-- * `authorized_data.business_type` is `FAVOR_STOCK` or `BUSIFAVOR_STOCK`; `stock_id`
+--   (1-20 characters) is required for build/terminate and optional as a list filter;
+--   `scenarios` (build/terminate only) is a non-empty array of distinct `COUPON_SEND` /
+--   `STOCK_QUERY` and is sent only when given. `FAVOR_STOCK` with a `MERCHANT` partner is
+--   refused (the API does not support it).
+-- * Unknown fields anywhere in `params`, `partner`, `authorized_data` or `opts` are refused.
+-- * Strings must be UTF-8 without 4-byte characters; lengths count characters.
+-- * `limit` is an integer 1..50, `offset` an integer >= 0.
+-- * `opts.idempotency_key` matches `^[A-Za-z0-9|_*-]{1,48}$`.
+-- @module wxpay.api.partnerships
+
+local M = {}
+
+local PARTNER_TYPES = { APPID = true, MERCHANT = true }
+local BUSINESS_TYPES = { FAVOR_STOCK = true, BUSIFAVOR_STOCK = true }
+local SCENARIOS = { COUPON_SEND = true, STOCK_QUERY = true }
+local OPTS_KEYS = { idempotency_key = true, wechatpay_serial = true, timeout = true,
+  connect_timeout = true, deadline = true, max_retries = true }
+local BUILD_PATH = "/v3/marketing/partnerships/build"
+local TERMINATE_PATH = "/v3/marketing/partnerships/terminate"
+local LIST_PATH = "/v3/marketing/partnerships"
+
+-- Protocol key order for the JSON objects (reproduces spec §10.1 and §10.2 byte for byte).
+local PARTNER_ORDER = { __jsonorder = { "type", "appid", "merchant_id" } }
+local AUTHORIZED_ORDER = { __jsonorder = { "business_type", "stock_id", "scenarios" } }
+local BODY_ORDER = { __jsonorder = { "partner", "authorized_data" } }
+local ARRAY = { __jsontype = "array" }
+
+local function utf8_len(s)
+  local n = 0
+  for i = 1, #s do
+    local c = s:byte(i)
+    if c < 0x80 or c >= 0xC0 then n = n + 1 end
+  end
+  return n
+end
+
+local function new(api)
+  local errors = require("wxpay.errors")
+  local invalid = errors.invalid_argument
+
+  local function check_string(v, field, min, max)
+    if type(v) ~= "string" then return nil, invalid(field, "must be a string, got " .. type(v)) end
+    local ok, why = api.check_utf8(v)
+    if not ok then return nil, invalid(field, why) end
+    local n = utf8_len(v)
+    if n < min or n > max then
+      return nil, invalid(field, string.format("must be %d-%d characters, got %d", min, max, n))
+    end
+    return v
+  end
+
+  local function check_fields(t, allowed, prefix)
+    for k in pairs(t) do
+      if type(k) ~= "string" or not allowed[k] then
+        return nil, invalid(prefix .. tostring(k), "unknown field")
+      end
+    end
+    return true
+  end
+
+  -- `write`: build/terminate (ids required); otherwise a list filter (ids optional).
+  local function partner_object(p, write)
+    if p == nil and not write then return false end
+    if type(p) ~= "table" then return nil, invalid("partner", "must be a table, got " .. type(p)) end
+    local ok, err = check_fields(p, { type = true, appid = true, merchant_id = true }, "partner.")
+    if not ok then return nil, err end
+    if p.type == nil then return nil, invalid("partner.type", "required") end
+    if type(p.type) ~= "string" or not PARTNER_TYPES[p.type] then
+      return nil, invalid("partner.type", "must be APPID or MERCHANT")
+    end
+    local out = setmetatable({ type = p.type }, PARTNER_ORDER)
+    if p.type == "APPID" then
+      if p.appid ~= nil or write then
+        if p.appid == nil then return nil, invalid("partner.appid", "required when partner.type is APPID") end
+        out.appid, err = check_string(p.appid, "partner.appid", 1, 32)
+        if not out.appid then return nil, err end
+      end
+    else
+      if p.merchant_id ~= nil or write then
+        if p.merchant_id == nil then
+          return nil, invalid("partner.merchant_id", "required when partner.type is MERCHANT")
+        end
+        out.merchant_id, err = check_string(p.merchant_id, "partner.merchant_id", 8, 15)
+        if not out.merchant_id then return nil, err end
+        if not out.merchant_id:match("^%d+$") then
+          return nil, invalid("partner.merchant_id", "must be digits")
+        end
+      end
+    end
+    return out
+  end
+
+  local function authorized_object(a, write)
+    if a == nil then return nil, invalid("authorized_data", "required") end
+    if type(a) ~= "table" then
+      return nil, invalid("authorized_data", "must be a table, got " .. type(a))
+    end
+    local allowed = { business_type = true, stock_id = true, scenarios = write or nil }
+    local ok, err = check_fields(a, allowed, "authorized_data.")
+    if not ok then return nil, err end
+    if a.business_type == nil then return nil, invalid("authorized_data.business_type", "required") end
+    if type(a.business_type) ~= "string" or not BUSINESS_TYPES[a.business_type] then
+      return nil, invalid("authorized_data.business_type", "must be FAVOR_STOCK or BUSIFAVOR_STOCK")
+    end
+    local out = setmetatable({ business_type = a.business_type }, AUTHORIZED_ORDER)
+    if a.stock_id ~= nil or write then
+      if a.stock_id == nil then return nil, invalid("authorized_data.stock_id", "required") end
+      out.stock_id, err = check_string(a.stock_id, "authorized_data.stock_id", 1, 20)
+      if not out.stock_id then return nil, err end
+    end
+    if a.scenarios ~= nil then
+      local s = a.scenarios
+      if type(s) ~= "table" then
+        return nil, invalid("authorized_data.scenarios", "must be an array, got " .. type(s))
+      end
+      local n, count = #s, 0
+      for _ in pairs(s) do count = count + 1 end
+      if n == 0 or count ~= n then
+        return nil, invalid("authorized_data.scenarios", "must be a non-empty array")
+      end
+      local seen, list = {}, setmetatable({}, ARRAY)
+      for i = 1, n do
+        local field = "authorized_data.scenarios[" .. i .. "]"
+        if type(s[i]) ~= "string" or not SCENARIOS[s[i]] then
+          return nil, invalid(field, "must be COUPON_SEND or STOCK_QUERY")
+        end
+        if seen[s[i]] then return nil, invalid(field, "duplicate " .. s[i]) end
+        seen[s[i]] = true
+        list[i] = s[i]
+      end
+      out.scenarios = list
+    end
+    return out
+  end
+
+  -- Validate partner + authorized_data; returns the two ordered objects.
+  local function objects(params, write)
+    local partner, err = partner_object(params.partner, write)
+    if partner == nil then return nil, err end
+    local ad
+    ad, err = authorized_object(params.authorized_data, write)
+    if not ad then return nil, err end
+    if partner and partner.type == "MERCHANT" and ad.business_type == "FAVOR_STOCK" then
+      return nil, invalid("partner.type", "FAVOR_STOCK cannot be authorised to a MERCHANT partner")
+    end
+    return partner, ad
+  end
+
+  local function check_integer(v, field, min, max)
+    if type(v) ~= "number" then return nil, invalid(field, "must be an integer, got " .. type(v)) end
+    if v ~= v or math.floor(v) ~= v or v < min or (max and v > max) then
+      return nil, invalid(field, "must be an integer " .. min .. ".." .. (max or "n"))
+    end
+    return true
+  end
+
+  local function check_args(fname, params, opts)
+    if type(params) ~= "table" then
+      error("bad argument #1 to '" .. fname .. "' (table expected, got " .. type(params) .. ")", 3)
+    end
+    if opts ~= nil and type(opts) ~= "table" then
+      error("bad argument #2 to '" .. fname .. "' (table or nil expected, got " .. type(opts) .. ")", 3)
+    end
+  end
+
+  -- build and terminate: POST partner + authorized_data with an Idempotency-Key.
+  local function write_call(fname, path, params, opts)
+    check_args(fname, params, opts)
+    opts = opts or {}
+    local ok, err = check_fields(params, { partner = true, authorized_data = true }, "")
+    if not ok then return nil, err end
+    local partner, ad = objects(params, true)
+    if not partner then return nil, ad end
+    ok, err = check_fields(opts, OPTS_KEYS, "opts.")
+    if not ok then return nil, err end
+    ok, err = api.check_call_options(opts, "opts.")
+    if not ok then return nil, err end
+    local key = opts.idempotency_key
+    if key == nil then
+      key = api.new_idempotency_key()
+    else
+      ok, err = api.check_idempotency_key(key, "opts.idempotency_key")
+      if not ok then return nil, err end
+    end
+    local body = api.encode_json(setmetatable({ partner = partner, authorized_data = ad }, BODY_ORDER))
+    return api.send{ method = "POST", target = path, body = body, idempotency_key = key,
+      wechatpay_serial = opts.wechatpay_serial, timeout = opts.timeout,
+      connect_timeout = opts.connect_timeout, deadline = opts.deadline,
+      max_retries = opts.max_retries }
+  end
+
+  -- Validate list/page params; returns the canonical query builder inputs.
+  local function list_query(params, extra_keys)
+    local allowed = { partner = true, authorized_data = true, limit = true, offset = true }
+    for k in pairs(extra_keys or {}) do allowed[k] = true end
+    local ok, err = check_fields(params, allowed, "")
+    if not ok then return nil, err end
+    local partner, ad = objects(params, false)
+    if partner == nil then return nil, ad end
+    if params.limit ~= nil then
+      ok, err = check_integer(params.limit, "limit", 1, 50)
+      if not ok then return nil, err end
+    end
+    if params.offset ~= nil then
+      ok, err = check_integer(params.offset, "offset", 0, nil)
+      if not ok then return nil, err end
+    end
+    return { partner = partner or nil, authorized_data = ad }
+  end
+
+  -- Canonical target: partner, authorized_data, limit, offset (spec §9.5 / vector §10.2).
+  local function list_target(q, limit, offset)
+    local parts = {}
+    if q.partner then parts[#parts + 1] = "partner=" .. api.percent_encode(api.encode_json(q.partner)) end
+    parts[#parts + 1] = "authorized_data=" .. api.percent_encode(api.encode_json(q.authorized_data))
+    if limit then parts[#parts + 1] = string.format("limit=%d", limit) end
+    if offset then parts[#parts + 1] = string.format("offset=%d", offset) end
+    return LIST_PATH .. "?" .. table.concat(parts, "&")
+  end
+
+  local function number_or_nil(v)
+    return type(v) == "number" and v or nil
+  end
+
+  local function fetch_page(q, limit, offset)
+    local data, err, meta = api.send{ method = "GET", target = list_target(q, limit, offset) }
+    if not data then return nil, err, meta end
+    local items = type(data.data) == "table" and data.data or {}
+    for _, item in ipairs(items) do
+      -- `state` is not in every schema (spec §9.5): derive it and say so.
+      if type(item) == "table" and item.state == nil then
+        item.state = item.terminate_time and "TERMINATED" or "ESTABLISHED"
+        item.state_derived = true
+      end
+    end
+    return {
+      data = items,
+      offset = number_or_nil(data.offset) or offset,
+      limit = number_or_nil(data.limit) or limit,
+      total_count = number_or_nil(data.total_count),
+    }, nil, meta
+  end
+
+  local P = {}
+
+  --- Authorise a coupon stock to a partner (`POST /v3/marketing/partnerships/build`).
+  -- @tparam table params `{ partner = { type, appid | merchant_id }, authorized_data =
+  --   { business_type, stock_id, scenarios? } }`
+  -- @tparam[opt] table opts `idempotency_key` (generated, 32 alphanumerics, when absent;
+  --   always returned in `meta` and in errors so a later call can reuse it),
+  --   `wechatpay_serial`, `timeout`, `connect_timeout`, `deadline`, `max_retries`
+  -- @treturn table|nil the relation (`partner`, `authorized_data`, `state`, `build_time`, …)
+  -- @treturn table|nil err
+  -- @treturn table|nil meta
+  function P.build(params, opts)
+    return write_call("build", BUILD_PATH, params, opts)
+  end
+
+  --- End a partnership (`POST /v3/marketing/partnerships/terminate`).
+  -- Same arguments and Idempotency-Key handling as `build`.
+  -- @treturn table|nil `{ terminate_time = "…" }`
+  -- @treturn table|nil err
+  -- @treturn table|nil meta
+  function P.terminate(params, opts)
+    return write_call("terminate", TERMINATE_PATH, params, opts)
+  end
+
+  --- Fetch one page (`GET /v3/marketing/partnerships`), the raw outcome.
+  -- `limit` and `offset` are sent only when given (the server's defaults apply otherwise);
+  -- errors, including the 404 `RESOURCE_NOT_EXISTS` an empty result may produce, are
+  -- returned as they are. Items without `state` get one derived from `terminate_time` and
+  -- `state_derived = true`.
+  -- @tparam table params `{ authorized_data = {business_type, stock_id?}, partner = {type,
+  --   appid? | merchant_id?}?, limit?, offset? }`
+  -- @treturn table|nil `{ data = {…}, offset = n, limit = n, total_count = n|nil }`
+  -- @treturn table|nil err
+  -- @treturn table|nil meta
+  function P.page(params)
+    check_args("page", params)
+    local q, err = list_query(params)
+    if not q then return nil, err end
+    return fetch_page(q, params.limit, params.offset)
+  end
+
+  --- Iterate over every matching relation, fetching pages lazily (one page in memory).
+  -- `limit` defaults to 50, `offset` to 0; `offset_mode` (`"page"`: next = offset + 1, the
+  -- default, or `"item"`: next = offset + #data) comes from the call or the client config.
+  -- It stops after a short page, when `total_count` is reached, or if the offset would not
+  -- advance. An empty result (404 `RESOURCE_NOT_EXISTS`, missing or empty `data`,
+  -- `total_count == 0`) gives zero iterations. Invalid params raise at the call; a failure
+  -- while paging raises the structured error from inside the loop, like `io.lines`. Catch
+  -- it with pcall:
+  --
+  --     local ok, err = pcall(function()
+  --       for rel in client.partnerships.list{ authorized_data = { business_type = "BUSIFAVOR_STOCK" } } do
+  --         handle(rel)
+  --       end
+  --     end)
+  --     if not ok then print(tostring(err), err.kind, err.retryable) end
+  -- @tparam table params as `page`, plus `offset_mode`
+  -- @treturn function the iterator, yielding one relation per step
+  function P.list(params)
+    check_args("list", params)
+    local q, err = list_query(params, { offset_mode = true })
+    if not q then error(err, 2) end
+    local mode = params.offset_mode or api.offset_mode
+    if mode ~= "page" and mode ~= "item" then
+      error(invalid("offset_mode", 'must be "page" or "item"'), 2)
+    end
+    local limit, offset = params.limit or 50, params.offset or 0
+    local buf, idx, done, failure, total = nil, 0, false, nil, nil
+
+    return function()
+      if buf and idx < #buf then
+        idx = idx + 1
+        return buf[idx]
+      end
+      if failure then error(failure, 0) end
+      if done then return nil end
+      local page, perr = fetch_page(q, limit, offset)
+      if not page then
+        if perr.kind == "api" and perr.status == 404 and perr.code == "RESOURCE_NOT_EXISTS" then
+          done = true
+          return nil
+        end
+        failure = perr
+        error(perr, 0)
+      end
+      local n = #page.data
+      if page.total_count then total = total or page.total_count end
+      if n == 0 or total == 0 then
+        done = true
+        return nil
+      end
+      -- Step from the offset and page size the server says it used: a server that ignores
+      -- `offset` then shows up as an offset that does not advance, instead of a loop.
+      local size = page.limit or limit
+      local next_offset = mode == "page" and page.offset + 1 or page.offset + n
+      local position = (mode == "page" and page.offset * size or page.offset) + n
+      if n < size or (total and position >= total) or next_offset <= offset then
+        done = true
+      end
+      offset = next_offset
+      buf, idx = page.data, 1
+      return buf[1]
+    end
+  end
+
+  return P
+end
+
+--- Bind the partnerships functions to a client's internal API handle.
+-- @tparam table api the handle `wxpay.client` passes (pipeline + encoders)
+-- @treturn table `{ build, terminate, page, list }`
+function M.new(api)
+  return new(api)
+end
+
+return M

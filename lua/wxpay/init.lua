@@ -1,0 +1,69 @@
+--- wxpay: WeChat Pay APIv3 for merchants, a Lua layer over a C core (OpenSSL, libcurl).
+--
+--     local wxpay = require("wxpay")
+--     local client, err = wxpay.new{ mchid = "1900000001", serial_no = "…",
+--       private_key_file = "apiclient_key.pem",
+--       wechatpay_public_key_file = "pub_key.pem", wechatpay_public_key_id = "PUB_KEY_ID_…" }
+--     local rel, err, meta = client.partnerships.build{ … }
+--
+-- For scripts there is one optional module-level default client: `wxpay.configure(config)`,
+-- then `wxpay.partnerships.build(…)`, `wxpay.request(…)` and so on.
+-- @module wxpay
+
+local errors = require("wxpay.errors")
+
+local wxpay = {
+  _VERSION = "0.1.0",
+  errors = errors,
+}
+
+local default_client -- the only module-level state
+
+--- Create a client. Loads and checks every key once.
+-- @tparam table config see ARCHITECTURE.md; unknown keys are refused as typos
+-- @return client, or `nil` and an error of kind `"config"` naming the field
+function wxpay.new(config)
+  return require("wxpay.client").new(config, wxpay._VERSION)
+end
+
+--- Create the module-level default client used by `wxpay.partnerships.*` and
+-- `wxpay.request`. A failed configure keeps the previous default.
+-- @tparam table config as for `new`
+-- @return the client, or `nil` and a `"config"` error
+function wxpay.configure(config)
+  local client, err = wxpay.new(config)
+  if not client then return nil, err end
+  if default_client then default_client.close() end
+  default_client = client
+  return client
+end
+
+local function not_configured()
+  return errors.new("config", "no default client: call wxpay.configure(config) first",
+    { field = "configure" })
+end
+
+-- Forward to the default client; functions that return errors return this one too.
+local function forward(get)
+  return function(...)
+    if not default_client then return nil, not_configured() end
+    return get(default_client)(...)
+  end
+end
+
+--- `client.request` of the default client.
+wxpay.request = forward(function(c) return c.request end)
+
+--- The partnerships functions of the default client (`list` raises when not configured,
+-- as iterators report failures by raising).
+wxpay.partnerships = {
+  build = forward(function(c) return c.partnerships.build end),
+  terminate = forward(function(c) return c.partnerships.terminate end),
+  page = forward(function(c) return c.partnerships.page end),
+  list = function(...)
+    if not default_client then error(not_configured(), 2) end
+    return default_client.partnerships.list(...)
+  end,
+}
+
+return wxpay

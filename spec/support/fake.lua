@@ -1,0 +1,180 @@
+-- Shared fixtures for the unit specs (03, 04): fresh test keys made with the openssl CLI,
+-- a fake transport that records what the client sent and answers like WeChat Pay, and a
+-- checker for the request signature. Not a spec itself (no _spec suffix).
+
+local core = require("wxpay.core")
+
+local F = {}
+
+local function sh(cmd)
+  local ok = os.execute(cmd .. " >/dev/null 2>&1")
+  assert(ok == true or ok == 0, "command failed: " .. cmd)
+end
+
+local function slurp(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+F.slurp = slurp
+
+local keys
+--- Generate (once per process) a merchant key + certificate, two platform certificates
+-- (an older and a newer one, different keys), a WeChat Pay public key pair, and an
+-- unrelated key. Returns a table of PEM strings, paths and serials.
+function F.keys()
+  if keys then return keys end
+  local dir = os.tmpname()
+  os.remove(dir)
+  sh("mkdir -p " .. dir)
+  local function gen(name, days, not_before_offset)
+    local key, cert = dir .. "/" .. name .. "_key.pem", dir .. "/" .. name .. "_cert.pem"
+    sh(string.format("openssl genrsa -out %s 2048", key))
+    sh(string.format("openssl req -new -x509 -key %s -subj /CN=%s -days %d -set_serial 0x%s -out %s",
+      key, name, days, core.sha256_hex(name .. (not_before_offset or "")):sub(1, 32), cert))
+    return key, cert
+  end
+  local mk, mc = gen("merchant", 30)
+  local pk1, pc1 = gen("platform_old", 10)
+  -- "newer" must have a later not_before: wait a second so the validity start differs
+  local t = os.time()
+  while os.time() == t do end
+  local pk2, pc2 = gen("platform_new", 20)
+  local wk = dir .. "/wechatpay_pub_key.pem"
+  sh("openssl genrsa -out " .. wk .. " 2048")
+  sh("openssl pkey -in " .. wk .. " -pubout -out " .. dir .. "/wechatpay_pub.pem")
+  local other = dir .. "/other_key.pem"
+  sh("openssl genrsa -out " .. other .. " 2048")
+  keys = {
+    merchant_key = slurp(mk), merchant_cert = slurp(mc),
+    platform_old_key = slurp(pk1), platform_old_cert = slurp(pc1),
+    platform_new_key = slurp(pk2), platform_new_cert = slurp(pc2),
+    wechatpay_key = slurp(wk), wechatpay_pub = slurp(dir .. "/wechatpay_pub.pem"),
+    other_key = slurp(other),
+    pub_key_id = "PUB_KEY_ID_0114232134912410000000000000000001",
+  }
+  sh("rm -rf " .. dir) -- everything is in memory now; specs write files they need
+  keys.merchant_serial = core.load_certificate(keys.merchant_cert):serial()
+  keys.platform_old_serial = core.load_certificate(keys.platform_old_cert):serial()
+  keys.platform_new_serial = core.load_certificate(keys.platform_new_cert):serial()
+  -- Key objects for signing fake responses / checking requests.
+  keys.merchant_pub = core.load_private_key(keys.merchant_key):public_key()
+  keys.signers = {
+    [keys.pub_key_id] = core.load_private_key(keys.wechatpay_key),
+    [keys.platform_old_serial] = core.load_private_key(keys.platform_old_key),
+    [keys.platform_new_serial] = core.load_private_key(keys.platform_new_key),
+    other = core.load_private_key(keys.other_key),
+  }
+  return keys
+end
+
+--- Write `content` to a fresh temporary file; returns its path (the caller removes it).
+function F.temp_file(content)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "wb"))
+  f:write(content)
+  f:close()
+  return path
+end
+
+--- A base config using the generated keys; `overrides` replaces fields (use F.NIL to drop one).
+F.NIL = {}
+function F.config(transport, overrides)
+  local k = F.keys()
+  local c = {
+    mchid = "1900000001",
+    serial_no = k.merchant_serial,
+    private_key = k.merchant_key,
+    merchant_certificate = k.merchant_cert,
+    apiv3_key = "0123456789abcdef0123456789ABCDEF",
+    wechatpay_public_key = k.wechatpay_pub,
+    wechatpay_public_key_id = k.pub_key_id,
+    platform_certificates = { k.platform_old_cert, k.platform_new_cert },
+    base_url = "https://api.example.test",
+    backup_url = "https://backup.example.test",
+    transport = transport,
+    sleep = function() end,
+  }
+  for key, v in pairs(overrides or {}) do
+    if v == F.NIL then c[key] = nil else c[key] = v end
+  end
+  return c
+end
+
+--- Sign a response as WeChat Pay would. opts: serial (default pub key id), signer (a key
+-- name in keys.signers), timestamp, nonce, headers (extra/overrides; false removes).
+function F.response(status, body, opts)
+  local k = F.keys()
+  opts = opts or {}
+  body = body or ""
+  local serial = opts.serial or k.pub_key_id
+  local ts = tostring(opts.timestamp or core.time())
+  local nonce = opts.nonce or core.nonce(32)
+  local signer = k.signers[opts.signer or serial] or k.signers.other
+  local headers = {
+    ["Request-ID"] = opts.request_id or ("req-" .. core.nonce(8)),
+    ["Wechatpay-Timestamp"] = ts,
+    ["Wechatpay-Nonce"] = nonce,
+    ["Wechatpay-Serial"] = serial,
+    ["Wechatpay-Signature"] = signer:sign(ts .. "\n" .. nonce .. "\n" .. body .. "\n"),
+    ["Wechatpay-Signature-Type"] = "WECHATPAY2-SHA256-RSA2048",
+    ["Content-Type"] = "application/json",
+  }
+  for name, v in pairs(opts.headers or {}) do
+    headers[name] = v or nil
+  end
+  return { status = status, headers = headers, body = body }
+end
+
+--- An unsigned error answer.
+function F.error_response(status, code, message, extra_headers)
+  local body = code and string.format('{"code":"%s","message":"%s"}', code, message or "") or (message or "")
+  local headers = { ["Request-ID"] = "req-err" }
+  for k, v in pairs(extra_headers or {}) do headers[k] = v end
+  return { status = status, headers = headers, body = body }
+end
+
+--- A fake transport. `handler(req, n)` returns what `request` returns; every request is
+-- recorded in `t.calls` (with the request target parsed back out of the URL).
+function F.transport(handler)
+  local t = { calls = {} }
+  function t.request(req)
+    local base, target = req.url:match("^(https://[^/]+)(/.*)$")
+    local rec = { method = req.method, url = req.url, base = base, target = target,
+      headers = req.headers, body = req.body, timeout = req.timeout,
+      connect_timeout = req.connect_timeout }
+    t.calls[#t.calls + 1] = rec
+    return handler(req, #t.calls, rec)
+  end
+  return t
+end
+
+--- Parse and check a recorded request's Authorization against the merchant public key,
+-- over the bytes that were actually sent (target from the URL, the body). Returns the
+-- parsed fields, or nil and a reason.
+function F.check_signature(rec)
+  local auth = rec.headers.Authorization
+  if not auth then return nil, "no Authorization" end
+  local scheme, rest = auth:match("^(%S+) (.*)$")
+  if scheme ~= "WECHATPAY2-SHA256-RSA2048" then return nil, "scheme" end
+  local fields, order = {}, {}
+  for k, v in rest:gmatch('([%w_]+)="([^"]*)"') do fields[k] = v; order[#order + 1] = k end
+  local msg = rec.method .. "\n" .. rec.target .. "\n" .. fields.timestamp .. "\n" ..
+    fields.nonce_str .. "\n" .. (rec.body or "") .. "\n"
+  if not F.keys().merchant_pub:verify(msg, fields.signature) then return nil, "bad signature" end
+  fields.order = table.concat(order, ",")
+  return fields
+end
+
+--- Collects every logger call.
+function F.logger()
+  local lines = {}
+  return function(level, message, fields)
+    local parts = { level, message }
+    for k, v in pairs(fields or {}) do parts[#parts + 1] = tostring(k) .. "=" .. tostring(v) end
+    lines[#lines + 1] = table.concat(parts, " ")
+  end, lines
+end
+
+return F
