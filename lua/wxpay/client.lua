@@ -331,7 +331,9 @@ local function build_state(config, version)
   if mcert == nil then return nil, err end
   if mcert then
     if mcert:public_key():fingerprint() ~= key:public_key():fingerprint() then
-      return nil, errors.config("merchant_certificate", "does not match private_key (different public key)")
+      -- name the key the caller actually set
+      local field = config.merchant_certificate_file ~= nil and "merchant_certificate_file" or "merchant_certificate"
+      return nil, errors.config(field, "does not match private_key (different public key)")
     end
     if serial_key(mcert:serial()) ~= serial_key(st.serial_no) then
       return nil, errors.config("serial_no", "does not match merchant_certificate serial " .. mcert:serial())
