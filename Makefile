@@ -38,14 +38,15 @@ test-luajit: luajit
 	$(BUSTED) --lua=luajit --run=luajit $(SPECS)
 
 # The module is instrumented; the interpreter is not, so the ASan runtime is preloaded.
+# Specs tagged #scale (thousands of requests) run in the plain Lua 5.4 and LuaJIT runs only.
 test-asan: asan
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0 \
 	LSAN_OPTIONS=suppressions=$(CURDIR)/tools/lsan.supp:print_suppressions=0 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	LD_PRELOAD=$(ASAN_LIB) WXPAY_UNDER_SANITIZER=1 $(LUA) /usr/bin/busted --run=asan $(SPECS)
+	LD_PRELOAD=$(ASAN_LIB) WXPAY_UNDER_SANITIZER=1 $(LUA) /usr/bin/busted --run=asan --exclude-tags=scale $(SPECS)
 
 test-valgrind: build
-	WXPAY_UNDER_VALGRIND=1 $(VALGRIND) $(LUA) /usr/bin/busted $(SPECS)
+	WXPAY_UNDER_VALGRIND=1 $(VALGRIND) $(LUA) /usr/bin/busted --exclude-tags=scale $(SPECS)
 
 test: deps build luajit lint rock test-lua54 test-luajit test-asan test-valgrind fuzz
 
