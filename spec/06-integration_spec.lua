@@ -64,8 +64,9 @@ describe("build, replay, terminate", function()
     assert.equal("application/json", r.headers["content-type"])
     assert.equal(sb.config.wechatpay_public_key_id, r.headers["wechatpay-serial"])
     local v = core.versions()
-    assert.matches("^wxpay/" .. wxpay._VERSION:gsub("%.", "%%.") .. " %(Linux/[^)]+%) Lua/%S+ " .. (jit and "LuaJIT/%S+ " or "") .. "libcurl/"
-      .. v.libcurl:gsub("%.", "%%.") .. " OpenSSL/%S+$", r.headers["user-agent"])
+    local ua = "^wxpay/" .. wxpay._VERSION:gsub("%.", "%%.") .. " %(Linux/[^)]+%) Lua/%S+ "
+      .. (jit and "LuaJIT/%S+ " or "") .. "libcurl/" .. v.libcurl:gsub("%.", "%%.") .. " OpenSSL/%S+$"
+    assert.matches(ua, r.headers["user-agent"])
     assert.matches('^WECHATPAY2%-SHA256%-RSA2048 mchid="' .. sb.config.mchid .. '",nonce_str="%w+",timestamp="%d+",'
       .. 'serial_no="' .. sb.config.serial_no .. '",signature="[%w+/=]+"$', r.headers["authorization"])
   end)
