@@ -8,7 +8,8 @@ SPECS    ?= spec
 VALGRIND ?= valgrind --error-exitcode=3 --leak-check=full --errors-for-leak-kinds=definite \
             --show-leak-kinds=definite --suppressions=tools/valgrind.supp --quiet
 
-.PHONY: all build luajit asan deps lint test test-lua54 test-luajit test-asan test-valgrind \
+.PHONY: all build luajit lua51 lua53 asan deps lint test test-lua54 test-luajit test-lua51 test-lua53 \
+        test-asan test-valgrind \
         fuzz demo bench rock clean
 
 all: build
@@ -29,13 +30,27 @@ deps:
 	@sh tools/deps.sh
 
 lint:
-	luacheck -q lua spec bench examples bin/wxpay-sandbox
+	luacheck -q lua spec bench examples tools bin/wxpay-sandbox
 
 test-lua54: build
 	$(BUSTED) --lua=$(LUA) $(SPECS)
 
 test-luajit: luajit
 	$(BUSTED) --lua=luajit --run=luajit $(SPECS)
+
+# The unit specs (00-04) on Debian's Lua 5.1 and 5.3 (build-lua51/, build-lua53/).
+UNIT_SPECS := spec/00-rockspec_spec.lua spec/01-core_spec.lua spec/02-vectors_spec.lua \
+              spec/03-client_spec.lua spec/04-partnerships_spec.lua
+
+lua51 lua53:
+	@cmake -S . -B build-$@ -DWXPAY_LUA_VERSION=$(subst lua5,5.,$@) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build build-$@ -j $(JOBS)
+
+test-lua51: lua51
+	$(BUSTED) --lua=lua5.1 --run=lua51 $(UNIT_SPECS)
+
+test-lua53: lua53
+	$(BUSTED) --lua=lua5.3 --run=lua53 $(UNIT_SPECS)
 
 # The module is instrumented; the interpreter is not, so the ASan runtime is preloaded.
 # Specs tagged #scale (thousands of requests) run in the plain Lua 5.4 and LuaJIT runs only.
@@ -62,10 +77,7 @@ bench: deps build
 # Builds and installs the rock from the same sources into a private tree, then loads it.
 rock:
 	luarocks --lua-version=5.4 --tree build/rocktree make --deps-mode=none wxpay-scm-1.rockspec
-	$(LUA) -e 'package.cpath = "build/rocktree/lib/lua/5.4/?.so;" .. package.cpath; \
-	  package.path = "build/rocktree/share/lua/5.4/?.lua;build/rocktree/share/lua/5.4/?/init.lua;" .. package.path; \
-	  local w = require("wxpay"); assert(package.searchpath("wxpay.core", package.cpath):find("rocktree")); \
-	  print("rock ok: wxpay " .. w._VERSION)'
+	$(LUA) tools/rock-check.lua
 
 clean:
-	rm -rf build build-luajit build-asan build-fuzz
+	rm -rf build build-luajit build-asan build-fuzz build-lua51 build-lua53
