@@ -1,6 +1,6 @@
 /* luaopen_wxpay_core: registers the C core. The rest of the core is in pkey.c (keys,
  * signatures, OAEP, the Authorization header), crypto.c (base64, digests, nonces, AES-GCM)
- * and http.c (the libcurl session). */
+ * http.c (the libcurl session) and multi.c (concurrent transfers). */
 #include <errno.h>
 #include <pthread.h>
 #include <string.h>
@@ -95,6 +95,7 @@ __attribute__((visibility("default"))) int luaopen_wxpay_core(lua_State *L) {
   wx_open_crypto(L);
   wx_open_pkey(L);
   wx_open_http(L);
+  wx_open_multi(L);
   lua_pushliteral(L, WXPAY_CORE_VERSION);
   lua_setfield(L, -2, "_VERSION");
   return 1;

@@ -11,16 +11,8 @@
 #define MAX_HEADER_BYTES (256 * 1024)
 
 typedef struct {
-  char *data;
-  size_t len, cap, limit;
-  int overflow;
-} wx_buf;
-
-typedef struct {
-  CURL *easy;
-  wx_buf body, headers;
+  wx_xfer x;
   lua_Integer requests, connects;
-  char errbuf[CURL_ERROR_SIZE];
 } wx_http;
 
 static size_t buf_append(wx_buf *b, const char *p, size_t n) {
@@ -44,12 +36,8 @@ static void buf_free(wx_buf *b) {
   b->len = b->cap = 0;
 }
 
-static size_t on_body(char *p, size_t size, size_t n, void *ud) {
-  wx_buf *b = (wx_buf *)ud;
-  return buf_append(b, p, size * n) == size * n ? size * n : 0;
-}
-
-static size_t on_header(char *p, size_t size, size_t n, void *ud) {
+/* Body and header callbacks: append only (no Lua runs inside libcurl). */
+static size_t on_data(char *p, size_t size, size_t n, void *ud) {
   wx_buf *b = (wx_buf *)ud;
   return buf_append(b, p, size * n) == size * n ? size * n : 0;
 }
@@ -116,83 +104,151 @@ static void push_header(void *ud, const char *name, size_t nlen, const char *val
   lua_rawset(L, -3);
 }
 
-/* ---- the session userdata ---- */
+/* ---- one transfer: options, request, response ---- */
 
-static wx_http *check_http(lua_State *L) {
-  wx_http *h = (wx_http *)luaL_checkudata(L, 1, WX_HTTP);
-  if (h->easy == NULL) luaL_error(L, "wxpay.core: attempt to use a closed http session");
-  return h;
+int wx_xfer_init(wx_xfer *x, long max_body, const char *ca_file, const char *proxy) {
+  CURL *e;
+  memset(x, 0, sizeof *x);
+  x->body.limit = (size_t)max_body;
+  x->headers.limit = MAX_HEADER_BYTES;
+  if ((e = x->easy = curl_easy_init()) == NULL) return 0;
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_data);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, &x->body);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_data);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, &x->headers);
+  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)max_body);
+  /* TLS verification is never optional for payment traffic. */
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
+#else
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)CURLPROTO_HTTPS);
+#endif
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  if (ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, ca_file);
+  if (proxy) curl_easy_setopt(e, CURLOPT_PROXY, proxy);
+  return 1;
 }
 
-static const char *opt_string(lua_State *L, int t, const char *k) {
+void wx_xfer_finish(wx_xfer *x) {
+  if (x->easy) {
+    curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, NULL);
+    curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, NULL); /* frees libcurl's body copy */
+  }
+  curl_slist_free_all(x->hdrs);
+  x->hdrs = NULL;
+}
+
+void wx_xfer_free(wx_xfer *x) {
+  wx_xfer_finish(x);
+  if (x->easy) { curl_easy_cleanup(x->easy); x->easy = NULL; }
+  buf_free(&x->body);
+  buf_free(&x->headers);
+}
+
+static const char *opt_string(lua_State *L, int t, const char *k, const char *fn) {
   const char *s;
   lua_getfield(L, t, k);
   if (lua_isnil(L, -1)) { lua_pop(L, 1); return NULL; }
-  if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "wxpay.core.http: '%s' must be a string", k);
+  if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "%s: '%s' must be a string", fn, k);
   s = lua_tostring(L, -1);
   lua_pop(L, 1); /* still referenced by the table */
   return s;
 }
 
-static long opt_ms(lua_State *L, int t, const char *k, long dflt) {
+static long opt_ms(lua_State *L, int t, const char *k, long dflt, const char *fn) {
   lua_Number n;
   lua_getfield(L, t, k);
   if (lua_isnil(L, -1)) { lua_pop(L, 1); return dflt; }
-  if (lua_type(L, -1) != LUA_TNUMBER) luaL_error(L, "wxpay.core.http: '%s' must be a number", k);
+  if (lua_type(L, -1) != LUA_TNUMBER) luaL_error(L, "%s: '%s' must be a number", fn, k);
   n = lua_tonumber(L, -1);
   lua_pop(L, 1);
-  if (!(n > 0) || n > 86400) luaL_error(L, "wxpay.core.http: '%s' must be 0 < seconds <= 86400", k);
+  if (!(n > 0) || n > 86400) luaL_error(L, "%s: '%s' must be 0 < seconds <= 86400", fn, k);
   n *= 1000;
   return n < 1 ? 1 : (long)n;
 }
 
-/*** core.http_session{ ca_file=, proxy=, max_body= } */
-static int l_http_session(lua_State *L) {
-  const char *ca_file = NULL, *proxy = NULL;
-  long max_body = DEFAULT_MAX_BODY;
-  wx_http *h;
-  if (!lua_isnoneornil(L, 1)) {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    ca_file = opt_string(L, 1, "ca_file");
-    proxy = opt_string(L, 1, "proxy");
-    lua_getfield(L, 1, "max_body");
-    if (!lua_isnil(L, -1)) max_body = (long)luaL_checkinteger(L, -1);
-    lua_pop(L, 1);
-    luaL_argcheck(L, max_body > 0, 1, "max_body must be positive");
+/* idx must be a positive (absolute) stack index. */
+void wx_xfer_prepare(lua_State *L, int idx, wx_xfer *x, const char *fn) {
+  const char *method, *url, *body;
+  size_t blen = 0, nh, i;
+  long timeout, ctimeout;
+  struct curl_slist *hdrs = NULL, *tmp;
+  CURL *e = x->easy;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  /* Everything that can raise comes first, while nothing is held but the header list. */
+  method = opt_string(L, idx, "method", fn);
+  url = opt_string(L, idx, "url", fn);
+  if (method == NULL || url == NULL) luaL_error(L, "%s: 'method' and 'url' are required", fn);
+  lua_getfield(L, idx, "body");
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "%s: 'body' must be a string", fn);
+  body = lua_isnil(L, -1) ? NULL : lua_tolstring(L, -1, &blen);
+  lua_pop(L, 1); /* still referenced by the table */
+  timeout = opt_ms(L, idx, "timeout", 10000, fn);
+  ctimeout = opt_ms(L, idx, "connect_timeout", 5000, fn);
+
+  /* Build the header list; refuse CR/LF so no caller can inject a header or a request. */
+  lua_getfield(L, idx, "headers");
+  if (!lua_isnil(L, -1)) {
+    if (!lua_istable(L, -1)) luaL_error(L, "%s: 'headers' must be a table", fn);
+    nh = wx_rawlen(L, -1);
+    for (i = 1; i <= nh; i++) {
+      const char *line;
+      size_t llen;
+      lua_rawgeti(L, -1, (int)i);
+      line = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &llen) : NULL;
+      if (line == NULL || memchr(line, '\r', llen) || memchr(line, '\n', llen) || strlen(line) != llen) {
+        curl_slist_free_all(hdrs);
+        luaL_error(L, "%s: header %d must be a string without CR, LF or NUL", fn, (int)i);
+      }
+      tmp = curl_slist_append(hdrs, line);
+      lua_pop(L, 1);
+      if (tmp == NULL) { curl_slist_free_all(hdrs); luaL_error(L, "%s: out of memory", fn); }
+      hdrs = tmp;
+    }
   }
-  h = (wx_http *)lua_newuserdata(L, sizeof *h);
-  memset(h, 0, sizeof *h);
-  luaL_getmetatable(L, WX_HTTP);
-  lua_setmetatable(L, -2);
-  h->body.limit = (size_t)max_body;
-  h->headers.limit = MAX_HEADER_BYTES;
-  if ((h->easy = curl_easy_init()) == NULL) return luaL_error(L, "wxpay.core.http_session: curl_easy_init failed");
-  curl_easy_setopt(h->easy, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(h->easy, CURLOPT_ERRORBUFFER, h->errbuf);
-  curl_easy_setopt(h->easy, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(h->easy, CURLOPT_WRITEDATA, &h->body);
-  curl_easy_setopt(h->easy, CURLOPT_HEADERFUNCTION, on_header);
-  curl_easy_setopt(h->easy, CURLOPT_HEADERDATA, &h->headers);
-  curl_easy_setopt(h->easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)max_body);
-  /* TLS verification is never optional for payment traffic. */
-  curl_easy_setopt(h->easy, CURLOPT_SSL_VERIFYPEER, 1L);
-  curl_easy_setopt(h->easy, CURLOPT_SSL_VERIFYHOST, 2L);
-#if LIBCURL_VERSION_NUM >= 0x075500
-  curl_easy_setopt(h->easy, CURLOPT_PROTOCOLS_STR, "https");
-#else
-  curl_easy_setopt(h->easy, CURLOPT_PROTOCOLS, (long)CURLPROTO_HTTPS);
-#endif
-  curl_easy_setopt(h->easy, CURLOPT_FOLLOWLOCATION, 0L);
-  curl_easy_setopt(h->easy, CURLOPT_TCP_KEEPALIVE, 1L);
-  if (ca_file) curl_easy_setopt(h->easy, CURLOPT_CAINFO, ca_file);
-  if (proxy) curl_easy_setopt(h->easy, CURLOPT_PROXY, proxy);
-  return 1;
+  lua_pop(L, 1);
+  /* No 100-continue round trip: bodies are small and the server answers at once. */
+  if ((tmp = curl_slist_append(hdrs, "Expect:")) == NULL) {
+    curl_slist_free_all(hdrs);
+    luaL_error(L, "%s: out of memory", fn);
+  }
+  hdrs = tmp;
+
+  /* From here on nothing raises. */
+  wx_xfer_finish(x); /* a previous request's leftovers, if any */
+  x->hdrs = hdrs;
+  x->body.len = x->headers.len = 0;
+  x->body.overflow = x->headers.overflow = 0;
+  x->errbuf[0] = '\0';
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, ctimeout);
+  curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
+  curl_easy_setopt(e, CURLOPT_HTTPGET, 1L); /* resets any previous POST state */
+  if (strcmp(method, "HEAD") == 0) {
+    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  } else {
+    curl_easy_setopt(e, CURLOPT_NOBODY, 0L);
+    if (body != NULL || strcmp(method, "POST") == 0) {
+      /* Copied: a multi transfer outlives the Lua call that started it. */
+      curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+      curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body ? body : "");
+    }
+    if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+  }
 }
 
-static void push_transfer_error(lua_State *L, wx_http *h, CURLcode rc) {
+static void push_transfer_error(lua_State *L, wx_xfer *x, CURLcode rc) {
   curl_off_t pretransfer = 0;
   int connected;
-  curl_easy_getinfo(h->easy, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
+  curl_easy_getinfo(x->easy, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
   /* Failures before the request could be sent are safe to send elsewhere (spec 8.4). */
   switch (rc) {
   case CURLE_COULDNT_RESOLVE_HOST: case CURLE_COULDNT_RESOLVE_PROXY:
@@ -211,108 +267,82 @@ static void push_transfer_error(lua_State *L, wx_http *h, CURLcode rc) {
   lua_setfield(L, -2, "kind");
   lua_pushinteger(L, (lua_Integer)rc);
   lua_setfield(L, -2, "code");
-  if (h->body.overflow || h->headers.overflow) lua_pushliteral(L, "response too large");
-  else lua_pushstring(L, h->errbuf[0] ? h->errbuf : curl_easy_strerror(rc));
+  if (x->body.overflow || x->headers.overflow) lua_pushliteral(L, "response too large");
+  else lua_pushstring(L, x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
   lua_setfield(L, -2, "message");
   lua_pushboolean(L, connected);
   lua_setfield(L, -2, "connected");
 }
 
-/*** session:request{ method, url, headers = { "K: v", … }, body?, timeout?, connect_timeout? } */
-static int l_http_request(lua_State *L) {
-  wx_http *h = check_http(L);
-  const char *method, *url, *body;
-  size_t blen = 0, nh, i;
-  long timeout, ctimeout, status = 0, nconn = 0;
-  struct curl_slist *hdrs = NULL, *tmp;
-  CURLcode rc;
+int wx_xfer_push(lua_State *L, wx_xfer *x, CURLcode rc, lua_Integer *connects) {
+  long status = 0, nconn = 0;
   double total = 0;
-  luaL_checktype(L, 2, LUA_TTABLE);
-  method = opt_string(L, 2, "method");
-  url = opt_string(L, 2, "url");
-  if (method == NULL || url == NULL) return luaL_error(L, "wxpay.core.http: 'method' and 'url' are required");
-  lua_getfield(L, 2, "body");
-  body = lua_isnil(L, -1) ? NULL : luaL_checklstring(L, -1, &blen);
-  /* the body string stays on the stack (and so alive) through the transfer */
-  timeout = opt_ms(L, 2, "timeout", 10000);
-  ctimeout = opt_ms(L, 2, "connect_timeout", 5000);
-
-  /* Build the header list; refuse CR/LF so no caller can inject a header or a request. */
-  lua_getfield(L, 2, "headers");
-  if (!lua_isnil(L, -1)) {
-    luaL_checktype(L, -1, LUA_TTABLE);
-    nh = wx_rawlen(L, -1);
-    for (i = 1; i <= nh; i++) {
-      const char *line;
-      size_t llen;
-      lua_rawgeti(L, -1, (int)i);
-      line = lua_tolstring(L, -1, &llen);
-      if (line == NULL || memchr(line, '\r', llen) || memchr(line, '\n', llen) || strlen(line) != llen) {
-        curl_slist_free_all(hdrs);
-        return luaL_error(L, "wxpay.core.http: header %d must be a string without CR, LF or NUL", (int)i);
-      }
-      tmp = curl_slist_append(hdrs, line);
-      lua_pop(L, 1);
-      if (tmp == NULL) { curl_slist_free_all(hdrs); return luaL_error(L, "wxpay.core.http: out of memory"); }
-      hdrs = tmp;
-    }
-  }
-  lua_pop(L, 1);
-  /* No 100-continue round trip: bodies are small and the server answers at once. */
-  if ((tmp = curl_slist_append(hdrs, "Expect:")) == NULL) {
-    curl_slist_free_all(hdrs);
-    return luaL_error(L, "wxpay.core.http: out of memory");
-  }
-  hdrs = tmp;
-
-  h->body.len = h->headers.len = 0;
-  h->body.overflow = h->headers.overflow = 0;
-  h->errbuf[0] = '\0';
-  curl_easy_setopt(h->easy, CURLOPT_URL, url);
-  curl_easy_setopt(h->easy, CURLOPT_HTTPHEADER, hdrs);
-  curl_easy_setopt(h->easy, CURLOPT_TIMEOUT_MS, timeout);
-  curl_easy_setopt(h->easy, CURLOPT_CONNECTTIMEOUT_MS, ctimeout);
-  curl_easy_setopt(h->easy, CURLOPT_CUSTOMREQUEST, NULL);
-  curl_easy_setopt(h->easy, CURLOPT_HTTPGET, 1L); /* resets any previous POST state */
-  if (strcmp(method, "HEAD") == 0) {
-    curl_easy_setopt(h->easy, CURLOPT_NOBODY, 1L);
-  } else {
-    curl_easy_setopt(h->easy, CURLOPT_NOBODY, 0L);
-    if (body != NULL || strcmp(method, "POST") == 0) {
-      curl_easy_setopt(h->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
-      curl_easy_setopt(h->easy, CURLOPT_POSTFIELDS, body ? body : "");
-    }
-    if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)
-      curl_easy_setopt(h->easy, CURLOPT_CUSTOMREQUEST, method);
-  }
-  rc = curl_easy_perform(h->easy);
-  curl_easy_setopt(h->easy, CURLOPT_HTTPHEADER, NULL);
-  curl_easy_setopt(h->easy, CURLOPT_POSTFIELDS, NULL);
-  curl_slist_free_all(hdrs);
-  h->requests++;
-  curl_easy_getinfo(h->easy, CURLINFO_NUM_CONNECTS, &nconn);
-  h->connects += nconn;
+  curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &nconn);
+  *connects += nconn;
+  wx_xfer_finish(x);
   if (rc != CURLE_OK) {
-    push_transfer_error(L, h, rc);
+    push_transfer_error(L, x, rc);
     return 2;
   }
-  curl_easy_getinfo(h->easy, CURLINFO_RESPONSE_CODE, &status);
-  curl_easy_getinfo(h->easy, CURLINFO_TOTAL_TIME, &total);
+  curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME, &total);
   lua_createtable(L, 0, 5);
   lua_pushinteger(L, status);
   lua_setfield(L, -2, "status");
   lua_newtable(L);
-  wx_parse_headers(h->headers.data ? h->headers.data : "", h->headers.len, push_header, L);
+  wx_parse_headers(x->headers.data ? x->headers.data : "", x->headers.len, push_header, L);
   lua_setfield(L, -2, "headers");
-  lua_pushlstring(L, h->body.data ? h->body.data : "", h->body.len);
+  lua_pushlstring(L, x->body.data ? x->body.data : "", x->body.len);
   lua_setfield(L, -2, "body");
   lua_pushinteger(L, nconn);
   lua_setfield(L, -2, "connects");
   lua_pushnumber(L, total);
   lua_setfield(L, -2, "time");
   /* Keep big buffers from pinning memory after a large response. */
-  if (h->body.cap > 1024 * 1024) buf_free(&h->body);
+  if (x->body.cap > 1024 * 1024) buf_free(&x->body);
   return 1;
+}
+
+/* ---- the session userdata ---- */
+
+static wx_http *check_http(lua_State *L) {
+  wx_http *h = (wx_http *)luaL_checkudata(L, 1, WX_HTTP);
+  if (h->x.easy == NULL) luaL_error(L, "wxpay.core: attempt to use a closed http session");
+  return h;
+}
+
+/*** core.http_session{ ca_file=, proxy=, max_body= } */
+static int l_http_session(lua_State *L) {
+  const char *ca_file = NULL, *proxy = NULL;
+  long max_body = DEFAULT_MAX_BODY;
+  wx_http *h;
+  if (!lua_isnoneornil(L, 1)) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    ca_file = opt_string(L, 1, "ca_file", "wxpay.core.http");
+    proxy = opt_string(L, 1, "proxy", "wxpay.core.http");
+    lua_getfield(L, 1, "max_body");
+    if (!lua_isnil(L, -1)) max_body = (long)luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+    luaL_argcheck(L, max_body > 0, 1, "max_body must be positive");
+  }
+  /* Created closed, then filled: __gc is safe whatever happens below. */
+  h = (wx_http *)lua_newuserdata(L, sizeof *h);
+  memset(h, 0, sizeof *h);
+  luaL_getmetatable(L, WX_HTTP);
+  lua_setmetatable(L, -2);
+  if (!wx_xfer_init(&h->x, max_body, ca_file, proxy))
+    return luaL_error(L, "wxpay.core.http_session: curl_easy_init failed");
+  return 1;
+}
+
+/*** session:request{ method, url, headers = { "K: v", … }, body?, timeout?, connect_timeout? } */
+static int l_http_request(lua_State *L) {
+  wx_http *h = check_http(L);
+  CURLcode rc;
+  wx_xfer_prepare(L, 2, &h->x, "wxpay.core.http");
+  rc = curl_easy_perform(h->x.easy);
+  h->requests++;
+  return wx_xfer_push(L, &h->x, rc, &h->connects);
 }
 
 static int l_http_stats(lua_State *L) {
@@ -327,15 +357,13 @@ static int l_http_stats(lua_State *L) {
 
 static int l_http_close(lua_State *L) {
   wx_http *h = (wx_http *)luaL_checkudata(L, 1, WX_HTTP);
-  if (h->easy) { curl_easy_cleanup(h->easy); h->easy = NULL; }
-  buf_free(&h->body);
-  buf_free(&h->headers);
+  wx_xfer_free(&h->x);
   return 0;
 }
 
 static int l_http_tostring(lua_State *L) {
   wx_http *h = (wx_http *)luaL_checkudata(L, 1, WX_HTTP);
-  if (h->easy == NULL) lua_pushliteral(L, WX_HTTP " (closed)");
+  if (h->x.easy == NULL) lua_pushliteral(L, WX_HTTP " (closed)");
   else lua_pushfstring(L, WX_HTTP " (%d requests)", (int)h->requests);
   return 1;
 }

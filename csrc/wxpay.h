@@ -3,6 +3,7 @@
 #define WXPAY_H
 
 #include <stddef.h>
+#include <curl/curl.h>
 #include "compat.h"
 
 #define WX_HIDDEN __attribute__((visibility("hidden")))
@@ -11,6 +12,7 @@
 #define WX_PUBLIC_KEY  "wxpay.public_key"
 #define WX_CERTIFICATE "wxpay.certificate"
 #define WX_HTTP        "wxpay.http_session"
+#define WX_MULTI       "wxpay.http_multi"
 
 /* Pushes nil and "wxpay.core.<fn>: <reason>[: <openssl reason>]", draining OpenSSL's error
  * queue. Returns 2, so callers can `return wx_fail(...)`. */
@@ -35,12 +37,41 @@ typedef void (*wx_header_cb)(void *ud, const char *name, size_t nlen, const char
                              size_t vlen);
 WX_HIDDEN int wx_parse_headers(const char *buf, size_t len, wx_header_cb cb, void *ud);
 
+/* One libcurl transfer and what it collects (http.c), shared by the session (http.c) and
+ * the multi interface (multi.c). The callbacks only append to these C buffers. */
+typedef struct {
+  char *data;
+  size_t len, cap, limit;
+  int overflow;
+} wx_buf;
+
+typedef struct {
+  CURL *easy;
+  struct curl_slist *hdrs; /* the request's header lines, kept until the transfer ends */
+  wx_buf body, headers;
+  char errbuf[CURL_ERROR_SIZE];
+} wx_xfer;
+
+/* Creates the easy handle with the options every transfer shares (TLS verification,
+ * https only, callbacks into x's buffers, ca_file, proxy). Returns 0 if libcurl fails. */
+WX_HIDDEN int wx_xfer_init(wx_xfer *x, long max_body, const char *ca_file, const char *proxy);
+/* Reads the request table at (positive) idx ({ method, url, headers, body, timeout, connect_timeout })
+ * and sets it on x->easy; raises on bad types (holding nothing then). The body is copied. */
+WX_HIDDEN void wx_xfer_prepare(lua_State *L, int idx, wx_xfer *x, const char *fn);
+/* After the transfer: pushes resp (1 result) or nil, err (2 results); returns the count and
+ * adds the transfer's new connections to *connects. Then releases the request's memory. */
+WX_HIDDEN int wx_xfer_push(lua_State *L, wx_xfer *x, CURLcode rc, lua_Integer *connects);
+/* Releases the request's header list and body copy (the handle stays usable). */
+WX_HIDDEN void wx_xfer_finish(wx_xfer *x);
+WX_HIDDEN void wx_xfer_free(wx_xfer *x); /* idempotent */
+
 /* Fills out[0..n) with random [0-9A-Za-z] from the OS CSPRNG (crypto.c); no terminator. */
 WX_HIDDEN int wx_nonce(char *out, size_t n); /* 1 on success */
 
 WX_HIDDEN void wx_open_pkey(lua_State *L);   /* adds key functions to the table on top */
 WX_HIDDEN void wx_open_crypto(lua_State *L);
 WX_HIDDEN void wx_open_http(lua_State *L);
+WX_HIDDEN void wx_open_multi(lua_State *L);
 
 /* Library-wide one-time initialisation (OpenSSL, libcurl), behind pthread_once. */
 WX_HIDDEN int wx_global_init(void);
