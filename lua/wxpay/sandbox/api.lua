@@ -6,6 +6,7 @@ local core = require("wxpay.core")
 local rand = require("openssl.rand")
 
 local json = require("wxpay.sandbox.json")
+local media = require("wxpay.sandbox.media")
 local util = require("wxpay.sandbox.util")
 
 local M = {}
@@ -77,8 +78,8 @@ local function sign_error(message, detail)
 end
 
 -- The checks of spec §1.9, in its order. Returns the parsed Authorization fields, or nil
--- and the error response.
-local function authenticate(state, req)
+-- and the error response. `body` is the signed body line (the meta JSON for uploads).
+local function authenticate(state, req, body)
   local h = req.headers
   if (h["accept"] or "") == "" or (h["user-agent"] or "") == "" then
     return nil, error_response(400, "INVALID_REQUEST", "Http头缺少Accept或User-Agent")
@@ -97,12 +98,12 @@ local function authenticate(state, req)
                            { field = "serial_no", location = "authorization" })
   end
   local message = table.concat({ req.method, req.target, auth.timestamp, auth.nonce_str,
-                                 req.body }, "\n") .. "\n"
+                                 body }, "\n") .. "\n"
   if not state.crypto.merchant_public_key:verify(message, auth.signature) then
     local path = req.target:match("^[^?]*")
     -- Like the real service: the first lines of the string it built, body cut short.
     local truncated = table.concat({ req.method, req.target, auth.timestamp, auth.nonce_str,
-                                     req.body:sub(1, 8) }, "\n") .. "\n"
+                                     body:sub(1, 8) }, "\n") .. "\n"
     return nil, sign_error("签名错误，请检查后再试", {
       field = "signature", location = "authorization",
       detail = { issue = "sign not match" },
@@ -342,6 +343,8 @@ local ROUTES = {
   end },
   ["/v3/marketing/partnerships"] = { GET = list },
   ["/v3/certificates"] = { GET = certificates },
+  ["/v3/marketing/favor/media/image-upload"] = { POST = media.handler("marketing"), multipart = true },
+  ["/v3/merchant/media/upload"] = { POST = media.handler("merchant"), multipart = true },
 }
 
 --- Process one APIv3 request (no faults, no signature yet).
@@ -356,9 +359,18 @@ function M.handle(state, req)
   end
   local handler = route[req.method]
   if not handler then return { status = 405, body = "" } end
-  local auth, err = authenticate(state, req)
+  local signed, parts = req.body, nil
+  if route.multipart then
+    -- Uploads sign the meta part only (spec §1.3, §7.2).
+    parts = media.parse(req)
+    if not parts then
+      return param_error("meta", "body", "multipart/form-data with a meta part, then a file part, is required")
+    end
+    signed = parts.meta
+  end
+  local auth, err = authenticate(state, req, signed)
   if not auth then return err end
-  return handler(state, req, auth)
+  return handler(state, req, auth, parts)
 end
 
 -- The key that signs a response (spec §9.7): in combined mode the request's

@@ -1,5 +1,6 @@
 --- The sandbox control API: plain JSON under /_sandbox/, no signatures.
 -- Specs and demos use it to inject faults, inspect requests and reshape behaviour.
+local callbacks = require("wxpay.sandbox.callbacks")
 local json = require("wxpay.sandbox.json")
 
 local M = {}
@@ -25,6 +26,8 @@ local function config_view(config)
     .. ',"empty_list":' .. json.encode(config.empty_list)
     .. ',"state_in_list":' .. json.encode(config.state_in_list)
     .. ',"signing_certificate":' .. json.encode(config.signing_certificate)
+    .. ',"latency":' .. json.encode(config.latency)
+    .. ',"clock_offset":' .. json.encode(config.clock_offset)
     .. ',"advertised_certificates":' .. json.array(config.advertised_certificates) .. "}"
 end
 
@@ -47,6 +50,13 @@ function M.apply_config(config, changes)
       if not ENUMS[k][v] then return nil, "bad value for " .. k .. ": " .. tostring(v) end
     elseif k == "state_in_list" then
       if type(v) ~= "boolean" then return nil, "state_in_list must be a boolean" end
+    elseif k == "latency" then -- seconds every API answer waits (other connections go on)
+      if type(v) ~= "number" or not (v >= 0 and v <= 60) then return nil, "latency must be 0..60 seconds" end
+    elseif k == "clock_offset" then -- seconds added to the Date header's time
+      if math.type(v) == "float" then v = math.tointeger(v) end
+      if math.type(v) ~= "integer" or v < -86400 or v > 86400 then
+        return nil, "clock_offset must be an integer -86400..86400"
+      end
     elseif k == "advertised_certificates" then
       if type(v) ~= "table" or #v == 0 then
         return nil, "advertised_certificates must be a non-empty array"
@@ -85,6 +95,7 @@ local function requests(server, req)
     out[#out + 1] = json.encode{
       seq = e.seq, connection = e.connection, method = e.method, target = e.target,
       headers = e.headers, body = e.body, status = e.status, fault = e.fault,
+      received_at = e.received_at, answered_at = e.answered_at,
     }
   end
   return reply(200, '{"requests":[' .. table.concat(out, ",") .. "]}")
@@ -146,6 +157,7 @@ local ROUTES = {
   ["/_sandbox/stats"] = { GET = function(server) return reply(200, server:stats()) end },
   ["/_sandbox/reset"] = { POST = function(server)
     server:reset()
+    server.state.media, server.state.callbacks = nil, nil -- uploads and callbacks too
     return reply(200, { ok = true })
   end },
   ["/_sandbox/seed"] = { POST = function(server, req)
@@ -164,6 +176,43 @@ local ROUTES = {
     end,
   },
   ["/_sandbox/relations"] = { GET = relations },
+  -- Callbacks to the app under test (see wxpay.sandbox.callbacks).
+  ["/_sandbox/callbacks"] = {
+    GET = function(server) return reply(200, '{"callbacks":' .. callbacks.list(server.state) .. "}") end,
+    POST = function(server, req)
+      local spec = body_table(req)
+      if not spec then return bad("body must be a JSON object") end
+      local view, err = callbacks.send(server, spec)
+      if not view then return bad(err) end
+      return reply(200, view)
+    end,
+  },
+  ["/_sandbox/media"] = { GET = function(server)
+    return reply(200, '{"media":' .. json.array(server.state.media or {}) .. "}")
+  end },
+  -- Rotation in one step: advertise both platform certificates, sign with `to`.
+  ["/_sandbox/rotate"] = { POST = function(server, req)
+    local spec = body_table(req)
+    local to = spec and spec.to or "secondary"
+    local ok, err = M.apply_config(server.state.config, { signing_certificate = to,
+      advertised_certificates = { "primary", "secondary" } })
+    if not ok then return bad(err) end
+    return reply(200, config_view(server.state.config))
+  end },
+  -- What WeChat Pay would decrypt: an OAEP ciphertext under the key `serial` names.
+  ["/_sandbox/decrypt"] = { POST = function(server, req)
+    local spec = body_table(req)
+    if not spec or type(spec.ciphertext) ~= "string" then return bad("ciphertext is required") end
+    local crypto = server.state.crypto
+    local key
+    for _, k in ipairs{ crypto.public_key, crypto.platforms.primary, crypto.platforms.secondary } do
+      if k.serial == spec.serial then key = k.key end
+    end
+    if not key then return bad("unknown serial: " .. tostring(spec.serial)) end
+    local plaintext = key:decrypt_oaep(spec.ciphertext)
+    if not plaintext then return bad("does not decrypt") end
+    return reply(200, { plaintext = plaintext })
+  end },
 }
 
 --- Answer one control request.

@@ -6,7 +6,11 @@ local M = {}
 M.USAGE = [[
 Usage: wxpay-sandbox [options]
 
-A local HTTPS look-alike of the WeChat Pay APIv3 partnerships API (and /v3/certificates).
+A local HTTPS look-alike of the WeChat Pay APIv3 partnerships API (and /v3/certificates,
+the two media upload endpoints). The control API under /_sandbox/ also rotates the
+platform certificate (POST /_sandbox/rotate) and sends signed, encrypted callbacks to a
+local URL with WeChat Pay's retry schedule (POST /_sandbox/callbacks, see
+wxpay.sandbox.callbacks).
 When it listens it prints one line of JSON to stdout:
   {"config":{...wxpay.new config...},"control_url":"https://127.0.0.1:PORT/_sandbox","pid":N,"dir":"..."}
 then logs one line per API request to stderr.
@@ -22,6 +26,8 @@ Options:
   --offset-mode MODE        page | item: how list offsets count (default page)
   --empty-list STATUS       404 | 200: answer to an empty list page (default 404)
   --no-state-in-list        omit "state" from list items
+  --fault-seed N            seed for random fault rates ({"fault":"500","rate":0.2}), for
+                            reproducible runs (default: from the clock)
   --exit-on-stdin-close     exit when stdin reaches end of file
   --exit-with-pid PID       exit when process PID is gone (checked every second)
   --quiet                   no request log on stderr
@@ -31,7 +37,7 @@ Options:
 local VALUES = {
   ["--host"] = "host", ["--port"] = "port", ["--dir"] = "dir", ["--mode"] = "mode",
   ["--seed"] = "seed", ["--offset-mode"] = "offset_mode", ["--empty-list"] = "empty_list",
-  ["--exit-with-pid"] = "exit_with_pid",
+  ["--exit-with-pid"] = "exit_with_pid", ["--fault-seed"] = "fault_seed",
 }
 local FLAGS = {
   ["--no-state-in-list"] = "no_state_in_list", ["--quiet"] = "quiet", ["--help"] = "help",
@@ -72,7 +78,7 @@ function M.parse_args(argv)
   for key, choices in pairs(CHOICES) do
     if not choices[opts[key]] then return nil, "bad value for " .. key .. ": " .. opts[key] end
   end
-  for _, key in ipairs{ "port", "seed", "exit_with_pid" } do
+  for _, key in ipairs{ "port", "seed", "exit_with_pid", "fault_seed" } do
     if opts[key] ~= nil then
       local n = math.tointeger(tonumber(opts[key]))
       if not n or n < 0 then return nil, "--" .. key:gsub("_", "-") .. " needs a number" end
@@ -94,6 +100,7 @@ function M.start(opts)
     keys = keys, host = opts.host, port = opts.port, mode = opts.mode,
     offset_mode = opts.offset_mode, empty_list = opts.empty_list,
     state_in_list = opts.state_in_list, quiet = opts.quiet, seed = opts.seed, pid = opts.pid,
+    fault_seed = opts.fault_seed,
   }
   server:listen()
   return server

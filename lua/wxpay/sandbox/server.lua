@@ -25,7 +25,7 @@ Server.__index = Server
 
 local DEFAULTS = {
   mode = "combined", offset_mode = "page", empty_list = "404", state_in_list = true,
-  signing_certificate = "primary",
+  signing_certificate = "primary", latency = 0, clock_offset = 0,
 }
 
 local function default_config(opts)
@@ -39,7 +39,7 @@ end
 --- Create a server (not listening yet).
 -- @tparam table opts `keys` (from wxpay.sandbox.keys.load), `host`, `port`, `mode`,
 --   `offset_mode`, `empty_list`, `state_in_list`, `quiet`, `log` (function(line)),
---   `seed` (number of relations to pre-populate)
+--   `seed` (number of relations to pre-populate), `fault_seed` (for random fault rates)
 -- @treturn table server
 function M.new(opts)
   local self = setmetatable({ opts = opts, host = opts.host or "127.0.0.1",
@@ -48,7 +48,7 @@ function M.new(opts)
     keys = opts.keys,
     crypto = api.load_crypto(opts.keys),
     store = store_mod.new(),
-    faults = faults_mod.new(),
+    faults = faults_mod.new(opts.fault_seed),
     config = default_config(opts),
   }
   local request_ids = 0
@@ -58,6 +58,7 @@ function M.new(opts)
     return string.format("%s%016X", prefix, request_ids)
   end
   self.state = state
+  self:wall_time()
   self.connection_ids = 0
   self:clear_log()
   self:reset_counters()
@@ -134,11 +135,24 @@ function Server:log(fmt, ...)
   if self.opts.log then self.opts.log(line) else io.stderr:write(line, "\n") end
 end
 
+-- Wall-clock seconds with sub-second precision: the epoch read once from date(1) plus the
+-- monotonic clock since, so logged requests can be grouped by calendar second.
+function Server:wall_time()
+  if not self.wall0 then
+    local p = io.popen("date +%s.%N")
+    local s = p and p:read("l")
+    if p then p:close() end
+    self.mono0, self.wall0 = cqueues.monotime(), tonumber(s) or os.time()
+  end
+  return self.wall0 + (cqueues.monotime() - self.mono0)
+end
+
 local function log_request(self, conn_id, req)
   local log = self.state.log
   log.last = log.last + 1
   local entry = { seq = log.last, connection = conn_id, method = req.method,
-                  target = req.target, headers = req.headers, body = req.body, status = 0 }
+                  target = req.target, headers = req.headers, body = req.body, status = 0,
+                  received_at = self:wall_time() }
   log.items[log.last] = entry
   while log.last - log.first + 1 > LOG_CAP do
     log.items[log.first] = nil
@@ -179,6 +193,8 @@ function Server:api_request(con, conn, req)
       resp = api.error_response(500, "SYSTEM_ERROR", "sandbox internal error")
     end
   end
+  -- Configured round-trip latency for every answer (`latency` in /_sandbox/config).
+  if state.config.latency > 0 then cqueues.sleep(state.config.latency) end
   if f.delay then
     entry.fault = (entry.fault and entry.fault .. "," or "") .. "delay"
     cqueues.sleep(f.delay.seconds)
@@ -187,7 +203,10 @@ function Server:api_request(con, conn, req)
   if post then entry.fault = (entry.fault and entry.fault .. "," or "") .. post end
   local headers, body = api.finish(state, req, resp, post)
   for _, h in ipairs(extra) do headers[#headers + 1] = h end
+  -- A Date header (shifted by `clock_offset`), which `wxpay doctor` checks clock skew with.
+  headers[#headers + 1] = { "Date", os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + state.config.clock_offset) }
   entry.status = resp.status
+  entry.answered_at = self:wall_time()
   self:log("#%d conn=%d %s %s -> %d%s", entry.seq, conn.id, req.method, req.target,
            resp.status, entry.fault and (" [" .. entry.fault .. "]") or "")
   return http.write_response(con, resp.status, headers, body, req.keep_alive)
