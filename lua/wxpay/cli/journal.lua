@@ -1,0 +1,167 @@
+--- The campaign journal: a SQLite database (through LuaSQL's sqlite3 driver, Debian's
+-- `lua-sql-sqlite3`) recording every partner of a campaign and what happened to it.
+--
+-- Each state change is its own committed transaction, written before the runner takes the
+-- next step, so a runner killed at any point (even `kill -9`) leaves a journal that says
+-- exactly what is known: `pending` (never sent), `sending` (sent, answer unknown), `done`,
+-- `failed`. WAL mode with `synchronous = NORMAL`: a committed change survives the process
+-- dying; only a power loss could lose the last few (which the deterministic
+-- Idempotency-Key then makes harmless to re-send).
+-- @module wxpay.cli.journal
+
+local M = {}
+
+local SCHEMA = {
+  [[CREATE TABLE IF NOT EXISTS campaigns (
+      id TEXT PRIMARY KEY, stock_id TEXT NOT NULL, business_type TEXT NOT NULL,
+      plan TEXT, created_at INTEGER NOT NULL)]],
+  [[CREATE TABLE IF NOT EXISTS partners (
+      campaign TEXT NOT NULL, seq INTEGER NOT NULL, partner_type TEXT NOT NULL,
+      partner_id TEXT NOT NULL, idempotency_key TEXT NOT NULL,
+      state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+      sends INTEGER NOT NULL DEFAULT 0, retryable INTEGER, error_code TEXT, error_message TEXT,
+      request_id TEXT, relation_state TEXT, updated_at INTEGER,
+      PRIMARY KEY (campaign, partner_type, partner_id))]],
+}
+
+local Journal = {}
+Journal.__index = Journal
+
+--- Open (or create) a journal.
+-- @tparam string path
+-- @return journal, or nil and an error message
+function M.open(path)
+  local ok, driver = pcall(require, "luasql.sqlite3")
+  if not ok then
+    return nil, "the journal needs LuaSQL's SQLite driver (Debian: apt-get install lua-sql-sqlite3)"
+  end
+  local env = driver.sqlite3()
+  local conn, err = env:connect(path)
+  if not conn then env:close(); return nil, "cannot open journal " .. path .. ": " .. tostring(err) end
+  local self = setmetatable({ env = env, conn = conn }, Journal)
+  for _, sql in ipairs({ "PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=5000" }) do
+    local cur = conn:execute(sql)
+    if type(cur) == "userdata" then cur:close() end
+  end
+  for _, sql in ipairs(SCHEMA) do
+    local r, serr = conn:execute(sql)
+    if not r then self:close(); return nil, "journal " .. path .. ": " .. tostring(serr) end
+  end
+  return self
+end
+
+function Journal:q(s)
+  if s == nil then return "NULL" end
+  if type(s) == "number" then return string.format("%d", s) end
+  if type(s) == "boolean" then return s and "1" or "0" end
+  return "'" .. self.conn:escape(tostring(s)) .. "'"
+end
+
+function Journal:exec(sql)
+  local r, err = self.conn:execute(sql)
+  if not r then error("wxpay journal: " .. tostring(err), 0) end
+  return r
+end
+
+function Journal:rows(sql)
+  local cur = self:exec(sql)
+  local out = {}
+  local row = cur:fetch({}, "a")
+  while row do
+    out[#out + 1] = row
+    row = cur:fetch({}, "a")
+  end
+  cur:close()
+  return out
+end
+
+--- The campaign's row, or nil.
+function Journal:campaign(id)
+  return self:rows("SELECT * FROM campaigns WHERE id = " .. self:q(id))[1]
+end
+
+--- Every campaign in the journal.
+function Journal:campaigns()
+  return self:rows("SELECT * FROM campaigns ORDER BY created_at, id")
+end
+
+--- Record a campaign and its partners (new partners as `pending`) in one transaction.
+-- @tparam table c `id`, `stock_id`, `business_type`, `plan`
+-- @tparam table partners array of `{ type, id, idempotency_key }`
+-- @return true, or nil and a message when the campaign id exists for another stock
+function Journal:start(c, partners, now)
+  local old = self:campaign(c.id)
+  if old and (old.stock_id ~= c.stock_id or old.business_type ~= c.business_type) then
+    return nil, string.format("campaign %s in this journal is for %s %s, not %s %s", c.id,
+      old.business_type, old.stock_id, c.business_type, c.stock_id)
+  end
+  self:exec("BEGIN IMMEDIATE")
+  local ok, err = pcall(function()
+    if not old then
+      self:exec(string.format("INSERT INTO campaigns (id, stock_id, business_type, plan, created_at) "
+        .. "VALUES (%s, %s, %s, %s, %s)", self:q(c.id), self:q(c.stock_id), self:q(c.business_type),
+        self:q(c.plan), self:q(now)))
+    end
+    local base = tonumber(self:rows("SELECT COALESCE(MAX(seq), 0) AS n FROM partners WHERE campaign = "
+      .. self:q(c.id))[1].n)
+    for i, p in ipairs(partners) do
+      self:exec(string.format("INSERT OR IGNORE INTO partners (campaign, seq, partner_type, partner_id, "
+        .. "idempotency_key, updated_at) VALUES (%s, %d, %s, %s, %s, %s)", self:q(c.id), base + i,
+        self:q(p.type), self:q(p.id), self:q(p.idempotency_key), self:q(now)))
+    end
+  end)
+  if not ok then
+    self.conn:execute("ROLLBACK")
+    error(err, 0)
+  end
+  self:exec("COMMIT")
+  return true
+end
+
+--- Partners still to do: never sent, in doubt, or failed in a way a retry may fix.
+function Journal:todo(campaign)
+  return self:rows("SELECT * FROM partners WHERE campaign = " .. self:q(campaign)
+    .. " AND (state IN ('pending', 'sending') OR (state = 'failed' AND retryable = 1)) ORDER BY seq")
+end
+
+--- Every partner of a campaign, in plan order.
+function Journal:partners(campaign)
+  return self:rows("SELECT * FROM partners WHERE campaign = " .. self:q(campaign) .. " ORDER BY seq")
+end
+
+--- Mark a partner as being sent (committed before the request leaves).
+function Journal:sending(campaign, p, now)
+  self:exec(string.format("UPDATE partners SET state = 'sending', sends = sends + 1, updated_at = %s "
+    .. "WHERE campaign = %s AND partner_type = %s AND partner_id = %s", self:q(now), self:q(campaign),
+    self:q(p.partner_type), self:q(p.partner_id)))
+end
+
+--- Record an outcome.
+-- @tparam table o `state` ("done"|"failed"), `attempts`, `retryable`, `error_code`,
+--   `error_message`, `request_id`, `relation_state`
+function Journal:outcome(campaign, p, o, now)
+  self:exec(string.format("UPDATE partners SET state = %s, attempts = attempts + %s, retryable = %s, "
+    .. "error_code = %s, error_message = %s, request_id = %s, relation_state = %s, updated_at = %s "
+    .. "WHERE campaign = %s AND partner_type = %s AND partner_id = %s",
+    self:q(o.state), self:q(o.attempts or 0), o.retryable == nil and "NULL" or self:q(o.retryable),
+    self:q(o.error_code), self:q(o.error_message), self:q(o.request_id), self:q(o.relation_state),
+    self:q(now), self:q(campaign), self:q(p.partner_type), self:q(p.partner_id)))
+end
+
+--- Counts per state: `{ total, pending, sending, done, failed }`.
+function Journal:counts(campaign)
+  local c = { total = 0, pending = 0, sending = 0, done = 0, failed = 0 }
+  for _, r in ipairs(self:rows("SELECT state, COUNT(*) AS n FROM partners WHERE campaign = "
+      .. self:q(campaign) .. " GROUP BY state")) do
+    c[r.state] = tonumber(r.n)
+    c.total = c.total + tonumber(r.n)
+  end
+  return c
+end
+
+function Journal:close()
+  if self.conn then self.conn:close(); self.conn = nil end
+  if self.env then self.env:close(); self.env = nil end
+end
+
+return M

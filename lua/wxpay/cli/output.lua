@@ -1,0 +1,195 @@
+--- Output for the `wxpay` command: tables, CSV, JSON and the campaign progress display.
+-- @module wxpay.cli.output
+
+local client_mod = require("wxpay.client")
+
+local M = {}
+
+M.FORMATS = { table = true, csv = true, json = true }
+
+local function cell(v)
+  if v == nil then return "" end
+  return tostring(v)
+end
+
+-- Display width: one column per UTF-8 character (CJK text may look a little narrower).
+local function width(s)
+  local _, n = s:gsub("[^\128-\191]", "")
+  return n
+end
+
+--- Render rows as an aligned text table.
+-- @tparam table rows array of maps
+-- @tparam table columns array of column names (the keys)
+-- @treturn string
+function M.table(rows, columns)
+  local widths = {}
+  for i, c in ipairs(columns) do widths[i] = width(c) end
+  for _, r in ipairs(rows) do
+    for i, c in ipairs(columns) do
+      local w = width(cell(r[c]))
+      if w > widths[i] then widths[i] = w end
+    end
+  end
+  local function line(values)
+    local parts = {}
+    for i, v in ipairs(values) do
+      parts[i] = v .. string.rep(" ", widths[i] - width(v))
+    end
+    return (table.concat(parts, "  "):gsub("%s+$", ""))
+  end
+  local out = { line(columns) }
+  local rule = {}
+  for i in ipairs(columns) do rule[i] = string.rep("-", widths[i]) end
+  out[#out + 1] = line(rule)
+  for _, r in ipairs(rows) do
+    local values = {}
+    for i, c in ipairs(columns) do values[i] = cell(r[c]) end
+    out[#out + 1] = line(values)
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+local function csv_field(v)
+  local s = cell(v)
+  if s:find('[",\r\n]') or s:match("^%s") or s:match("%s$") then
+    s = '"' .. s:gsub('"', '""') .. '"'
+  end
+  return s
+end
+
+--- Render rows as CSV (RFC 4180, CRLF line ends, a header row).
+function M.csv(rows, columns)
+  local out = {}
+  local head = {}
+  for i, c in ipairs(columns) do head[i] = csv_field(c) end
+  out[1] = table.concat(head, ",")
+  for _, r in ipairs(rows) do
+    local f = {}
+    for i, c in ipairs(columns) do f[i] = csv_field(r[c]) end
+    out[#out + 1] = table.concat(f, ",")
+  end
+  return table.concat(out, "\r\n") .. "\r\n"
+end
+
+--- Encode a value as JSON (keys sorted, so output is stable), with a final newline.
+function M.json(value)
+  return client_mod.encode_json(value) .. "\n"
+end
+
+--- Render rows in `format` ("table", "csv" or "json": an array of objects).
+function M.render(rows, columns, format)
+  if format == "csv" then return M.csv(rows, columns) end
+  if format == "json" then
+    local arr = setmetatable({}, { __jsontype = "array" })
+    for i, r in ipairs(rows) do
+      local o = {}
+      for _, c in ipairs(columns) do o[c] = r[c] end
+      arr[i] = o
+    end
+    return M.json(arr)
+  end
+  return M.table(rows, columns)
+end
+
+--- Parse CSV text (RFC 4180: quotes, doubled quotes, CRLF or LF).
+-- @treturn table array of records (arrays of strings), or nil and an error
+function M.parse_csv(text)
+  local records, record, field = {}, {}, {}
+  local i, n, line = 1, #text, 1
+  local quoted_field = false
+  local function end_field()
+    record[#record + 1] = table.concat(field)
+    field, quoted_field = {}, false
+  end
+  local function end_record()
+    end_field()
+    if not (#record == 1 and record[1] == "") then records[#records + 1] = record end
+    record = {}
+    line = line + 1
+  end
+  while i <= n do
+    local c = text:sub(i, i)
+    if c == '"' and #field == 0 and not quoted_field then
+      local j = i + 1
+      while true do
+        local q = text:find('"', j, true)
+        if not q then return nil, "unterminated quoted field on line " .. line end
+        field[#field + 1] = text:sub(j, q - 1)
+        if text:sub(q + 1, q + 1) == '"' then
+          field[#field + 1] = '"'
+          j = q + 2
+        else
+          i = q + 1
+          break
+        end
+      end
+      quoted_field = true
+    elseif c == "," then
+      end_field()
+      i = i + 1
+    elseif c == "\r" or c == "\n" then
+      end_record()
+      i = i + ((c == "\r" and text:sub(i + 1, i + 1) == "\n") and 2 or 1)
+    else
+      if quoted_field then return nil, "text after a closing quote on line " .. line end
+      local j = text:find('[,\r\n]', i) or n + 1
+      field[#field + 1] = text:sub(i, j - 1)
+      i = j
+    end
+  end
+  if #field > 0 or #record > 0 or quoted_field then end_record() end
+  return records
+end
+
+local function duration(s)
+  if s == nil or s ~= s or s == math.huge then return "?" end
+  s = math.floor(s + 0.5)
+  if s >= 3600 then return string.format("%dh%02dm", math.floor(s / 3600), math.floor(s % 3600 / 60)) end
+  if s >= 60 then return string.format("%dm%02ds", math.floor(s / 60), s % 60) end
+  return s .. "s"
+end
+
+--- A progress display: a redrawn bar on a terminal, a plain line every `every` seconds
+-- (and at the end) otherwise.
+-- @tparam table opts `total`, `start` (done before), `tty` (boolean), `out` (file, default
+--   io.stderr), `clock` (function returning seconds), `label`, `every` (plain-line period,
+--   default 5)
+-- @treturn table with `update(done, errors)` and `finish(done, errors)`
+function M.progress(opts)
+  local out, clock = opts.out or io.stderr, opts.clock
+  local t0 = clock()
+  local last = -math.huge
+  local p = {}
+  local start = opts.start or 0 -- done before this run: not part of its rate
+  local function text(done, errors, now)
+    local elapsed = now - t0
+    local rate = elapsed > 0 and (done - start) / elapsed or 0
+    local eta = rate > 0 and (opts.total - done) / rate or nil
+    return done, rate, errors, eta
+  end
+  local function draw(done, errors, final)
+    local now = clock()
+    if not final and now - last < (opts.tty and 0.1 or (opts.every or 5)) then return end
+    last = now
+    local d, rate, e, eta = text(done, errors, now)
+    local total = opts.total
+    if opts.tty then
+      local w = 30
+      local fill = total > 0 and math.floor(w * d / total) or w
+      out:write(string.format("\r%s [%s%s] %d/%d %3d%%  %.1f/s  errors %d  ETA %s\027[K",
+        opts.label or "", string.rep("#", fill), string.rep(".", w - fill), d, total,
+        total > 0 and math.floor(100 * d / total) or 100, rate, e, final and "0s" or duration(eta)))
+      if final then out:write("\n") end
+    else
+      out:write(string.format("%s%d/%d done, %d errors, %.1f/s, ETA %s\n", opts.label and (opts.label .. ": ") or "",
+        d, total, e, rate, final and "0s" or duration(eta)))
+    end
+    out:flush()
+  end
+  function p.update(done, errors) draw(done, errors, false) end
+  function p.finish(done, errors) draw(done, errors, true) end
+  return p
+end
+
+return M

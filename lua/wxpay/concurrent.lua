@@ -1,0 +1,371 @@
+--- `client.concurrent(tasks, opts)`: many client calls at once, in one thread.
+--
+--     local results, summary = client.concurrent(tasks, { concurrency = 16, qps = 50 })
+--
+-- Each task is a function making ordinary client calls. In plain Lua every task runs as a
+-- coroutine; when its call reaches the libcurl transport the coroutine yields the request to
+-- the scheduler here, which drives the C core's multi interface (`core.http_multi`, waiting
+-- in poll(2), never spinning) and resumes the task with the answer. Backoff sleeps between
+-- retries yield the same way, so one task's retry does not hold up the others.
+--
+-- * `results[i]` holds task i's return values as `table.pack` would; a task that raised
+--   gives `{ n = 2, nil, err }`. Results are in the order of `tasks`.
+-- * `concurrency` (default 16): at most that many tasks run at once, so at most that many
+--   requests are in flight.
+-- * `qps` (default none): requests start evenly spaced, never more than `qps` in any
+--   one-second window (so in any calendar second): a bucket with no burst, spaced 1 % wider
+--   than 1/qps so that jitter between our clock and the server's cannot push a 101st start
+--   into a second.
+-- * A 429 anywhere in the batch halves the rate for the whole batch (without `qps`: half the
+--   rate of the last second); the rate then climbs back by a tenth of the limit each second
+--   without a 429 (additive increase, multiplicative decrease, as TCP does). A 429 on a
+--   request that started before the last cut does not cut again.
+-- * A task's calls on another client, or from a coroutine of its own, run blocking.
+--   Batches do not nest: `client.concurrent` inside a task raises.
+-- * Under OpenResty the same call is meant to use light threads: when `ngx` is present and
+--   `M.light_threads` has been set (by the OpenResty transport) it runs the batch with the
+--   same arguments and the same result shape; `M.new_limiter` gives it the same qps rules.
+--   Until then, under OpenResty the tasks run one after another (no blocking waits there).
+--
+-- The second result, `summary`, is `{ elapsed, requests, throttled, rate_cuts, min_rate,
+-- max_in_flight }` (seconds; requests started through the multi interface; 429 answers;
+-- times the rate was cut; the lowest rate used, nil when never limited).
+-- @module wxpay.concurrent
+
+local core = require("wxpay.core")
+
+local M = {}
+
+local unpack = table.unpack or unpack -- luacheck: ignore 143
+local TOKEN = {} -- marks the scheduler's own yields, so a task's plain yield stays its own
+local GUARD = 0.02      -- starts are spaced (1 + GUARD) / rate apart
+local TOLERANCE = 0.005 -- a start may come this early, to catch up after a late one
+local MIN_RATE = 0.5    -- a cut never goes below one start every two seconds
+
+local function pack(...)
+  return { n = select("#", ...), ... }
+end
+
+---------------------------------------------------------------------------------------------
+-- Rate limiter: a generic cell rate algorithm (GCRA) with AIMD on 429
+---------------------------------------------------------------------------------------------
+
+local Limiter = {}
+Limiter.__index = Limiter
+
+--- A start-rate limiter.
+-- With spacing T = (1 + GUARD) / rate and tolerance τ < GUARD seconds, any one-second window
+-- holds at most floor((1 + τ) / T) + 1 <= rate starts.
+-- @tparam number|nil qps nil: unlimited until a 429
+-- @treturn table limiter with `wait(now)`, `start(now)`, `throttle(now, started_at)`
+function M.new_limiter(qps)
+  return setmetatable({ ceiling = qps, rate = qps, min_rate = qps, recent = {}, rfirst = 1,
+                        throttled = 0, cuts = 0 }, Limiter)
+end
+
+-- Climb back towards the target by a tenth of it per second since the last step.
+function Limiter:recover(now)
+  if not self.target then return end
+  while self.rate < self.target and now - self.last_step >= 1 do
+    self.rate = math.min(self.target, self.rate + self.target / 10)
+    self.last_step = self.last_step + 1
+  end
+  if self.rate >= self.target then
+    self.target = nil
+    if not self.ceiling then self.rate, self.tat = nil, nil end -- unlimited again
+  end
+end
+
+--- Seconds until the next request may start (0: now).
+function Limiter:wait(now)
+  self:recover(now)
+  if not self.rate or not self.tat then return 0 end
+  local d = self.tat - TOLERANCE - now
+  return d > 0 and d or 0
+end
+
+--- Record a start at `now`.
+function Limiter:start(now)
+  if self.rate then
+    local tat = self.tat or now
+    self.tat = (tat > now and tat or now) + (1 + GUARD) / self.rate
+  end
+  local recent = self.recent
+  recent[#recent + 1] = now
+  while recent[self.rfirst] and now - recent[self.rfirst] > 1 do
+    recent[self.rfirst] = nil
+    self.rfirst = self.rfirst + 1
+  end
+end
+
+--- A 429 arrived for a request started at `started_at`: halve the rate (once per cut).
+-- @treturn boolean whether the rate was cut
+function Limiter:throttle(now, started_at)
+  self.throttled = self.throttled + 1
+  if self.cut_at and started_at < self.cut_at then return false end
+  local current = self.rate
+  if not current then
+    current = 0
+    for i = self.rfirst, #self.recent do
+      if now - self.recent[i] <= 1 then current = current + 1 end
+    end
+    current = math.max(current, 1)
+  end
+  self.target = self.target or self.ceiling or current
+  self.rate = math.max(math.min(MIN_RATE, self.target), current / 2)
+  self.min_rate = math.min(self.min_rate or self.rate, self.rate)
+  self.cut_at, self.last_step = now, now
+  self.cuts = self.cuts + 1
+  return true
+end
+
+---------------------------------------------------------------------------------------------
+-- Arguments
+---------------------------------------------------------------------------------------------
+
+--- Check `tasks` and `opts` (raises on misuse, like a wrong argument type).
+-- @return n, concurrency, qps
+function M.check_args(tasks, opts)
+  if type(tasks) ~= "table" then
+    error("bad argument #1 to 'concurrent' (table of functions expected, got " .. type(tasks) .. ")", 3)
+  end
+  local n = #tasks
+  for i = 1, n do
+    if type(tasks[i]) ~= "function" then
+      error("bad argument #1 to 'concurrent' (tasks[" .. i .. "] is a " .. type(tasks[i]) .. ", not a function)", 3)
+    end
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #2 to 'concurrent' (table expected, got " .. type(opts) .. ")", 3)
+  end
+  opts = opts or {}
+  local c, qps = opts.concurrency or 16, opts.qps
+  if type(c) ~= "number" or c < 1 or math.floor(c) ~= c or c > 10000 then
+    error("bad argument #2 to 'concurrent' (concurrency must be an integer 1..10000)", 3)
+  end
+  if qps ~= nil and (type(qps) ~= "number" or qps ~= qps or qps <= 0 or qps == math.huge) then
+    error("bad argument #2 to 'concurrent' (qps must be a positive number)", 3)
+  end
+  return n, c, qps
+end
+
+---------------------------------------------------------------------------------------------
+-- The scheduler (plain Lua: coroutines over the multi interface)
+---------------------------------------------------------------------------------------------
+
+local Scheduler = {}
+Scheduler.__index = Scheduler
+
+--- Called by the transport inside a task: yield the request, get `resp` or `nil, err`.
+function Scheduler.http(_, req)
+  return coroutine.yield(TOKEN, "http", req)
+end
+
+--- Called by the client's sleep inside a task: yield for `seconds`.
+function Scheduler.sleep(_, seconds)
+  return coroutine.yield(TOKEN, "sleep", seconds)
+end
+
+-- A FIFO queue.
+local function queue()
+  return { first = 1, last = 0 }
+end
+local function push(q, v)
+  q.last = q.last + 1
+  q[q.last] = v
+end
+local function shift(q)
+  if q.first > q.last then return nil end
+  local v = q[q.first]
+  q[q.first] = nil
+  q.first = q.first + 1
+  return v
+end
+local function peek(q)
+  return q[q.first]
+end
+
+-- Run the batch. `ctx` is the client's: `owner` (weak map coroutine -> scheduler),
+-- `transport` (with `multi(n)`, or nil when the client's transport is not libcurl's).
+local function schedule(ctx, tasks, n, concurrency, qps)
+  local mono = core.monotonic
+  local t0 = mono()
+  local results = {}
+  local limiter = M.new_limiter(qps)
+  local sched = setmetatable({}, Scheduler)
+  local owner = ctx.owner
+  local runnable, waiting, sleepers = queue(), queue(), {}
+  local inflight, ninflight, max_in_flight, started = {}, 0, 0, 0
+  local next_task, alive = 1, 0
+  local multi
+
+  local function resume(task, args)
+    local r = pack(coroutine.resume(task.co, unpack(args or {}, 1, args and args.n or 0)))
+    if coroutine.status(task.co) == "dead" then
+      owner[task.co] = nil
+      alive = alive - 1
+      if r[1] then
+        local out = { n = r.n - 1 }
+        for k = 2, r.n do out[k - 1] = r[k] end
+        results[task.i] = out
+      else
+        results[task.i] = { n = 2, nil, r[2] }
+      end
+    elseif r[2] == TOKEN and r[3] == "http" then
+      push(waiting, { task = task, req = r[4] })
+    elseif r[2] == TOKEN and r[3] == "sleep" then
+      sleepers[#sleepers + 1] = { wake = mono() + (tonumber(r[4]) or 0), task = task }
+    else
+      push(runnable, { task = task }) -- a yield of the task's own: let the others run first
+    end
+  end
+
+  -- Completed transfers: their tasks become runnable with the answer.
+  local function finished(done)
+    for _, d in ipairs(done) do
+      local f = inflight[d.id]
+      inflight[d.id] = nil
+      ninflight = ninflight - 1
+      if d.resp and d.resp.status == 429 then limiter:throttle(mono(), f.started) end
+      push(runnable, { task = f.task, args = pack(d.resp, d.err) })
+    end
+  end
+
+  while true do
+    while alive < concurrency and next_task <= n do
+      local co = coroutine.create(tasks[next_task])
+      owner[co] = sched
+      push(runnable, { task = { i = next_task, co = co } })
+      next_task, alive = next_task + 1, alive + 1
+    end
+    local item = shift(runnable)
+    if item then resume(item.task, item.args) end
+    -- Start what the limiter allows at once, so the server works while we sign the next
+    -- requests (otherwise client and server would take turns).
+    local now = mono()
+    if peek(waiting) and limiter:wait(now) <= 0 then
+      while peek(waiting) and limiter:wait(now) <= 0 do
+        local w = shift(waiting)
+        multi = multi or ctx.transport.multi(concurrency)
+        local ok, id, aerr = pcall(multi.add, multi, w.req)
+        if ok and id then
+          inflight[id] = { task = w.task, started = now }
+          ninflight, started = ninflight + 1, started + 1
+          if ninflight > max_in_flight then max_in_flight = ninflight end
+          limiter:start(now)
+        else
+          push(runnable, { task = w.task, args = pack(nil, { kind = "network", connected = false,
+            message = tostring(ok and aerr or id) }) })
+        end
+      end
+      if ninflight > 0 then finished(multi:perform(0)) end
+    end
+    if not item and not peek(runnable) then
+      if alive == 0 and next_task > n then break end
+      -- Wait for a transfer, a sleeper's wake-up or the limiter, whichever comes first.
+      local wait = math.huge
+      for _, s in ipairs(sleepers) do
+        if s.wake - now < wait then wait = s.wake - now end
+      end
+      if peek(waiting) then wait = math.min(wait, limiter:wait(now)) end
+      if wait < 0 then wait = 0 end
+      if ninflight > 0 then
+        finished(multi:perform(math.min(wait, 1)))
+      elseif wait < math.huge then
+        core.sleep(wait)
+      else
+        error("wxpay.concurrent: no task can make progress (scheduler bug)")
+      end
+      now = mono()
+      local keep = {}
+      for _, s in ipairs(sleepers) do
+        if s.wake <= now then push(runnable, { task = s.task }) else keep[#keep + 1] = s end
+      end
+      sleepers = keep
+    end
+  end
+  return results, { elapsed = mono() - t0, requests = started, throttled = limiter.throttled,
+                    rate_cuts = limiter.cuts, min_rate = limiter.min_rate, max_in_flight = max_in_flight }
+end
+
+-- Without a scheduler (OpenResty before light threads are wired in): one task after another,
+-- still within qps, sleeping with the client's own (non-blocking there) sleep.
+local function sequential(ctx, tasks, n, qps)
+  local mono = core.monotonic
+  local t0 = mono()
+  local limiter = M.new_limiter(qps)
+  local results = {}
+  for i = 1, n do
+    local wait = limiter:wait(mono())
+    if wait > 0 then ctx.sleep(wait) end
+    limiter:start(mono())
+    local r = pack(pcall(tasks[i]))
+    if r[1] then
+      local out = { n = r.n - 1 }
+      for k = 2, r.n do out[k - 1] = r[k] end
+      results[i] = out
+    else
+      results[i] = { n = 2, nil, r[2] }
+    end
+  end
+  return results, { elapsed = mono() - t0, requests = 0, throttled = 0, rate_cuts = 0,
+                    min_rate = limiter.min_rate, max_in_flight = 1 }
+end
+
+--- Set by the OpenResty transport: `function(tasks, opts) -> results, summary` running the
+-- batch on light threads (`opts` has checked `concurrency` and `qps`).
+M.light_threads = nil
+
+--- Hook `client.concurrent` into a client. Called once by `wxpay.client.new`.
+-- Wraps the client's libcurl transport so requests made by tasks go through the scheduler,
+-- and its default sleep so backoff inside a task yields. A `sleep` given in the config is
+-- left alone (it is the caller's to make non-blocking).
+-- @tparam table st the client's private state (`transport`, `sleep`)
+-- @tparam table config the client's configuration
+-- @treturn function `concurrent(tasks, opts)`
+function M.attach(st, config)
+  local ctx = { owner = setmetatable({}, { __mode = "k" }) }
+  local function current()
+    local co = coroutine.running()
+    return co and ctx.owner[co] or nil
+  end
+  if tostring(st.transport) == "wxpay.transport.curl" then
+    ctx.transport = require("wxpay.transport.multi").new{ base = st.transport, current = current,
+      ca_file = config.ca_file, proxy = config.proxy }
+    st.transport = ctx.transport
+  end
+  local base_sleep = st.sleep
+  ctx.sleep = base_sleep
+  if config.sleep == nil then
+    st.sleep = function(seconds)
+      local sched = current()
+      if sched then return sched:sleep(seconds) end
+      return base_sleep(seconds)
+    end
+  end
+
+  --- Run `tasks` (functions making client calls) concurrently; see the module doc.
+  -- @tparam table tasks array of functions
+  -- @tparam[opt] table opts `concurrency` (16), `qps` (none)
+  -- @treturn table results, `results[i]` packed like `table.pack`
+  -- @treturn table summary
+  return function(tasks, opts)
+    local n, concurrency, qps = M.check_args(tasks, opts)
+    if current() or ctx.busy then error("client.concurrent: batches do not nest", 2) end
+    if rawget(_G, "ngx") then
+      if M.light_threads then return M.light_threads(tasks, { concurrency = concurrency, qps = qps }) end
+      return sequential(ctx, tasks, n, qps)
+    end
+    if not ctx.transport then
+      -- A custom transport answers synchronously: coroutines still give ordering and sleeps.
+      ctx.transport = { multi = function() error("wxpay.concurrent: the client's transport is not libcurl's") end }
+    end
+    ctx.busy = true
+    local ok, results, summary = pcall(schedule, ctx, tasks, n, concurrency, qps)
+    ctx.busy = false
+    if not ok then error(results, 0) end
+    return results, summary
+  end
+end
+
+return M

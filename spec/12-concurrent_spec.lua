@@ -1,0 +1,381 @@
+-- The C core's multi interface and client.concurrent, against the real sandbox over HTTPS:
+-- result shapes, the concurrency cap and the qps cap as the sandbox saw them, a 429 slowing
+-- the whole batch, backoff that yields. The #scale specs are the issue's timing runs
+-- (2,000 builds at 40 ms latency).
+
+local core = require("wxpay.core")
+local wxpay = require("wxpay")
+local sandbox = require("spec.support.sandbox")
+
+-- Upper time bounds stretch under valgrind and the sanitizers (the client is slower there).
+local SLOW = (os.getenv("WXPAY_UNDER_VALGRIND") and 8) or (os.getenv("WXPAY_UNDER_SANITIZER") and 2) or 1
+
+local sb
+setup(function() sb = sandbox.start{ mode = "public_key" } end)
+teardown(function() if sb then sb:stop() end end)
+before_each(function() sb:reset() end)
+
+local function config(extra)
+  local c = {}
+  for k, v in pairs(sb.config) do c[k] = v end
+  for k, v in pairs(extra or {}) do c[k] = v end
+  return c
+end
+
+local function build_task(client, stock, i, results)
+  return function()
+    local appid = string.format("wx%s%010d", stock, i)
+    local rel, err, meta = client.partnerships.build({
+      partner = { type = "APPID", appid = appid },
+      authorized_data = { business_type = "FAVOR_STOCK", stock_id = stock },
+    }, { idempotency_key = stock .. "-" .. i })
+    if results then results[#results + 1] = i end
+    if not rel then error(err, 0) end
+    return rel.partner.appid, meta.attempts
+  end
+end
+
+local function api_log()
+  local out = {}
+  for _, e in ipairs(sb:requests()) do
+    if e.target:sub(1, 4) == "/v3/" then out[#out + 1] = e end
+  end
+  return out
+end
+
+-- Requests per calendar second and in the busiest sliding one-second window.
+local function rate_profile(log)
+  local ts = {}
+  for _, e in ipairs(log) do ts[#ts + 1] = e.received_at end
+  table.sort(ts)
+  local per_second, max_calendar, max_sliding, j = {}, 0, 0, 1
+  for i, t in ipairs(ts) do
+    local s = math.floor(t)
+    per_second[s] = (per_second[s] or 0) + 1
+    if per_second[s] > max_calendar then max_calendar = per_second[s] end
+    while t - ts[j] >= 1 do j = j + 1 end
+    if i - j + 1 > max_sliding then max_sliding = i - j + 1 end
+  end
+  return { max_calendar = max_calendar, max_sliding = max_sliding, first = ts[1], last = ts[#ts],
+           per_second = per_second }
+end
+
+-- Most requests the sandbox was holding at one time.
+local function max_overlap(log)
+  local ev = {}
+  for _, e in ipairs(log) do
+    ev[#ev + 1] = { e.received_at, 1 }
+    ev[#ev + 1] = { e.answered_at, -1 }
+  end
+  table.sort(ev, function(a, b) if a[1] ~= b[1] then return a[1] < b[1] end return a[2] < b[2] end)
+  local cur, best = 0, 0
+  for _, x in ipairs(ev) do
+    cur = cur + x[2]
+    if cur > best then best = cur end
+  end
+  return best
+end
+
+local function proc_cpu(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return 0 end
+  local s = f:read("*a")
+  f:close()
+  local fields = {}
+  for x in s:gsub("^.-%) ", ""):gmatch("%S+") do fields[#fields + 1] = x end
+  return (tonumber(fields[12]) + tonumber(fields[13])) / 100 -- utime + stime, in ticks of 1/100 s
+end
+
+describe("core.http_multi", function()
+  local function get(path)
+    return { method = "GET", url = sb.base_url .. path,
+             headers = { "Accept: application/json", "User-Agent: spec" },
+             timeout = 5 }
+  end
+
+  it("runs transfers concurrently over kept-alive connections and returns session shapes", function()
+    sb:configure{ latency = 0.2 }
+    local m = core.http_multi{ ca_file = sb.config.ca_file, max_connections = 4 }
+    local ids = {}
+    local t0 = core.monotonic()
+    for i = 1, 8 do ids[i] = m:add(get("/v3/certificates?algorithm_type=RSA&i=" .. i)) end
+    assert.equal(8, m:pending())
+    local done, seen = {}, {}
+    while #done < 8 do
+      for _, d in ipairs(m:perform(2)) do
+        done[#done + 1] = d
+        seen[d.id] = true
+      end
+    end
+    local elapsed = core.monotonic() - t0
+    for _, id in ipairs(ids) do assert.is_true(seen[id]) end
+    for _, d in ipairs(done) do
+      assert.is_nil(d.err)
+      -- unsigned requests: the sandbox answers 401 with a JSON body, like the session would see
+      assert.equal(401, d.resp.status)
+      assert.is_string(d.resp.headers["request-id"])
+      assert.truthy(d.resp.body:find("SIGN_ERROR", 1, true))
+      assert.is_number(d.resp.time)
+    end
+    -- 4 connections, two waves of 0.2 s: not 8 x 0.2 s in a row, not one wave
+    assert.is_true(elapsed >= 0.4 and elapsed < 1.2 * SLOW, "elapsed " .. elapsed)
+    local st = m:stats()
+    assert.same({ requests = 8, connects = 4, pending = 0 }, st)
+    -- a second round reuses the cached connections
+    for i = 1, 4 do m:add(get("/v3/certificates?round=2&i=" .. i)) end
+    local n = 0
+    while n < 4 do n = n + #m:perform(2) end
+    assert.equal(4, m:stats().connects)
+    assert.equal(4, sb:stats().api_connections)
+    m:close()
+    assert.has_error(function() m:pending() end)
+    m:close() -- idempotent
+    assert.truthy(tostring(m):find("closed", 1, true))
+  end)
+
+  it("reports network errors and timeouts per transfer, like the session", function()
+    sb:configure{ latency = 2 }
+    local m = core.http_multi{ ca_file = sb.config.ca_file }
+    local slow = m:add{ method = "GET", url = sb.base_url .. "/v3/slow", headers = {}, timeout = 0.3 }
+    local refused = m:add{ method = "GET", url = "https://127.0.0.1:1/v3/x", headers = {}, timeout = 2 }
+    local got = {}
+    while (got[slow] and got[refused]) == nil do
+      for _, d in ipairs(m:perform(3)) do got[d.id] = d end
+    end
+    assert.is_nil(got[slow].resp)
+    assert.equal("timeout", got[slow].err.kind)
+    assert.is_true(got[slow].err.connected)
+    assert.equal("network", got[refused].err.kind)
+    assert.is_false(got[refused].err.connected)
+    assert.equal(7, got[refused].err.code) -- CURLE_COULDNT_CONNECT
+    m:close()
+  end)
+
+  it("cancels a pending transfer and waits without spinning", function()
+    sb:configure{ latency = 1 }
+    local m = core.http_multi{ ca_file = sb.config.ca_file }
+    local id = m:add{ method = "GET", url = sb.base_url .. "/v3/held", headers = {} }
+    assert.equal(0, #m:perform(0))
+    assert.is_true(m:cancel(id))
+    assert.is_false(m:cancel(id))
+    assert.equal(0, m:pending())
+    local c0, w0 = os.clock(), core.monotonic()
+    assert.equal(0, #m:perform(0.3))
+    local wall, cpu = core.monotonic() - w0, os.clock() - c0
+    assert.is_true(wall >= 0.29, "waited " .. wall)
+    assert.is_true(cpu < 0.05 * SLOW, "spent " .. cpu .. " s CPU waiting")
+    m:close()
+  end)
+
+  it("refuses bad requests before sending anything", function()
+    local m = core.http_multi()
+    assert.has_error(function() m:add("GET") end)
+    assert.has_error(function() m:add{ method = "GET" } end)
+    assert.has_error(function() m:add{ method = "GET", url = "https://x/", headers = { "A: b\r\nC: d" } } end)
+    assert.has_error(function() m:add{ method = "GET", url = "https://x/", timeout = -1 } end)
+    assert.has_error(function() core.http_multi{ max_connections = 0 } end)
+    assert.equal(0, m:pending())
+    m:close()
+  end)
+end)
+
+describe("client.concurrent", function()
+  it("returns each task's values packed, in task order, and a raising task as nil, err", function()
+    local client = assert(wxpay.new(sb.config))
+    sb:configure{ latency = 0.05 }
+    local tasks = {}
+    for i = 1, 12 do tasks[i] = build_task(client, "1000001", i) end
+    tasks[13] = function() return nil, "second", nil end
+    tasks[14] = function() error({ code = "MINE" }) end
+    tasks[15] = function() error("plain", 0) end
+    tasks[16] = function() end
+    local results, summary = client.concurrent(tasks, { concurrency = 5 })
+    assert.equal(16, #results)
+    for i = 1, 12 do
+      assert.same({ n = 2, string.format("wx1000001%010d", i), 1 }, results[i])
+    end
+    assert.same({ n = 3, nil, "second", nil }, results[13])
+    assert.equal(2, results[14].n)
+    assert.is_nil(results[14][1])
+    assert.same({ code = "MINE" }, results[14][2])
+    assert.same({ n = 2, nil, "plain" }, results[15])
+    assert.same({ n = 0 }, results[16])
+    assert.equal(12, summary.requests)
+    assert.is_true(summary.max_in_flight <= 5)
+    -- the client still works outside a batch (the blocking session)
+    local page = assert(client.partnerships.page{ authorized_data = { business_type = "FAVOR_STOCK",
+      stock_id = "1000001" }, limit = 20 })
+    assert.equal(12, page.total_count or #page.data)
+    client.close()
+  end)
+
+  it("never has more than `concurrency` requests at the sandbox at once", function()
+    local client = assert(wxpay.new(sb.config))
+    local latency = 0.1 * SLOW -- long enough that every slot fills even where signing is slow
+    sb:configure{ latency = latency }
+    local tasks = {}
+    for i = 1, 24 do tasks[i] = build_task(client, "1000002", i) end
+    local t0 = core.monotonic()
+    local results = client.concurrent(tasks, { concurrency = 4 })
+    local elapsed = core.monotonic() - t0
+    for i = 1, 24 do assert.equal(string.format("wx1000002%010d", i), results[i][1]) end
+    local log = api_log()
+    assert.equal(24, #log)
+    assert.equal(4, max_overlap(log))
+    assert.is_true(sb:stats().api_connections <= 4)
+    -- 24 / 4 = 6 rounds: concurrent, and capped
+    assert.is_true(elapsed >= 6 * latency and elapsed < 16 * latency, "elapsed " .. elapsed)
+    client.close()
+  end)
+
+  it("starts no more than qps requests in any calendar second", function()
+    local client = assert(wxpay.new(sb.config))
+    sb:configure{ latency = 0.02 }
+    local tasks = {}
+    for i = 1, 45 do tasks[i] = build_task(client, "1000003", i) end
+    local t0 = core.monotonic()
+    local results = client.concurrent(tasks, { concurrency = 16, qps = 15 })
+    local elapsed = core.monotonic() - t0
+    for i = 1, 45 do assert.equal(2, results[i].n) end
+    local p = rate_profile(api_log())
+    assert.is_true(p.max_calendar <= 15, "a second held " .. p.max_calendar)
+    -- spaced evenly (no burst): 45 starts take about 3 s, not 2 (burst of 15 each second)
+    assert.is_true(elapsed > 2.85 and elapsed < 4 * SLOW, "elapsed " .. elapsed)
+    assert.is_true(p.last - p.first > 2.8)
+    client.close()
+  end)
+
+  it("halves the rate of the whole batch on a 429 and recovers gradually", function()
+    local client = assert(wxpay.new(config{ retry_base_delay = 0.05, retry_max_delay = 0.05 }))
+    sb:configure{ latency = 0.02 }
+    -- the batch's first request is refused with 429
+    sb:fault{ fault = "429", count = 1 }
+    local tasks = {}
+    for i = 1, 100 do tasks[i] = build_task(client, "1000004", i) end
+    local results, summary = client.concurrent(tasks, { concurrency = 8, qps = 40 })
+    for i = 1, 100 do assert.equal(2, results[i].n, tostring(results[i][2])) end
+    assert.equal(1, summary.throttled)
+    assert.equal(1, summary.rate_cuts)
+    assert.equal(20, summary.min_rate)
+    local log = api_log()
+    assert.equal(101, #log) -- one retry
+    assert.equal(429, log[1].status)
+    local cut = log[1].answered_at
+    -- the second after the cut runs at about half the rate; the batch climbs back later
+    local after = 0
+    for _, e in ipairs(log) do
+      if e.received_at > cut + 0.05 and e.received_at <= cut + 1.05 then after = after + 1 end
+    end
+    assert.is_true(after <= 23, after .. " starts in the second after the 429")
+    local p = rate_profile(log)
+    local seconds = {}
+    for s in pairs(p.per_second) do seconds[#seconds + 1] = s end
+    table.sort(seconds)
+    local last_full = p.per_second[seconds[#seconds - 1]]
+    if SLOW == 1 then -- under valgrind the client itself cannot go much faster than 20/s
+      assert.is_true(last_full > after, "recovered to " .. last_full .. " per second")
+    end
+    assert.is_true(p.max_calendar <= 40)
+    client.close()
+  end)
+
+  it("cuts an unlimited batch to half its rate on a 429", function()
+    local client = assert(wxpay.new(config{ retry_base_delay = 0.05, retry_max_delay = 0.05 }))
+    sb:fault{ fault = "429", count = 1 }
+    local tasks = {}
+    for i = 1, 60 do tasks[i] = build_task(client, "1000005", i) end
+    local results, summary = client.concurrent(tasks, { concurrency = 8 })
+    for i = 1, 60 do assert.equal(2, results[i].n) end
+    assert.equal(1, summary.rate_cuts)
+    assert.is_number(summary.min_rate)
+    client.close()
+  end)
+
+  it("lets other tasks run while one waits out its retry backoff", function()
+    local client = assert(wxpay.new(config{ retry_base_delay = 0.6 * SLOW, retry_max_delay = 0.6 * SLOW }))
+    -- Task 1 is the only one calling terminate, so the 500 hits it whichever task's
+    -- request reaches the sandbox first (they travel on two connections).
+    local params = { partner = { type = "APPID", appid = "wx1000006end" },
+                     authorized_data = { business_type = "FAVOR_STOCK", stock_id = "1000006" } }
+    assert(client.partnerships.build(params))
+    sb:fault{ fault = "500", count = 1, path = "/v3/marketing/partnerships/terminate" }
+    local order = {}
+    local tasks = {
+      function()
+        local res, err, meta = client.partnerships.terminate(params, { idempotency_key = "1000006-end" })
+        order[#order + 1] = 1
+        if not res then error(err, 0) end
+        return res.terminate_time, meta.attempts
+      end,
+      function()
+        for i = 2, 6 do build_task(client, "1000006", i, order)() end
+        return true
+      end,
+    }
+    local t0 = core.monotonic()
+    local results = client.concurrent(tasks, { concurrency = 2 })
+    local elapsed = core.monotonic() - t0
+    assert.equal(2, results[1][2]) -- two attempts
+    assert.is_true(results[2][1])
+    -- task 2's five calls finished while task 1 slept, so task 1 finished last
+    assert.same({ 2, 3, 4, 5, 6, 1 }, order)
+    assert.is_true(elapsed >= 0.3 and elapsed < 2 * SLOW, "elapsed " .. elapsed)
+    client.close()
+  end)
+
+  it("raises on misuse and does not nest", function()
+    local client = assert(wxpay.new(sb.config))
+    assert.has_error(function() client.concurrent("x") end)
+    assert.has_error(function() client.concurrent({ 1 }) end)
+    assert.has_error(function() client.concurrent({}, { concurrency = 0 }) end)
+    assert.has_error(function() client.concurrent({}, { qps = -1 }) end)
+    local r = client.concurrent({ function() return client.concurrent({}) end })
+    assert.is_nil(r[1][1])
+    assert.truthy(tostring(r[1][2]):find("nest", 1, true))
+    assert.same({}, (client.concurrent({})))
+    client.close()
+  end)
+end)
+
+describe("client.concurrent at scale #scale", function()
+  local function run_builds(client, stock, n, opts)
+    local tasks = {}
+    for i = 1, n do tasks[i] = build_task(client, stock, i) end
+    local c0, s0, t0 = os.clock(), proc_cpu(sb.pid), core.monotonic()
+    local results, summary = client.concurrent(tasks, opts)
+    local r = { elapsed = core.monotonic() - t0, cpu = os.clock() - c0, sandbox_cpu = proc_cpu(sb.pid) - s0,
+                summary = summary }
+    for i = 1, n do assert.equal(2, results[i].n, tostring(results[i][2])) end
+    return r
+  end
+
+  it("2,000 builds at 40 ms latency and concurrency 32 take <= 1.3 x the ideal", function()
+    local client = assert(wxpay.new(sb.config))
+    sb:configure{ latency = 0.04 }
+    local r = run_builds(client, "2000002", 2000, { concurrency = 32 })
+    local ideal = 2000 * 0.04 / 32
+    -- The ideal assumes free CPU. Client and sandbox each sign every message (RSA-2048), so
+    -- on a small machine their CPU, not the latency, sets the floor: the bound is 1.3 x the
+    -- larger of the two. On a machine with a core to spare for each side it is the ideal.
+    local floor = r.cpu + r.sandbox_cpu
+    print(("\n2,000 builds, concurrency 32, 40 ms latency: %.2f s = %.2f x the ideal %.2f s; "
+      .. "client CPU %.2f s, sandbox CPU %.2f s"):format(r.elapsed, r.elapsed / ideal, ideal, r.cpu, r.sandbox_cpu))
+    assert.equal(2000, #api_log())
+    assert.equal(32, r.summary.max_in_flight)
+    assert.is_true(r.elapsed <= 1.3 * math.max(ideal, floor),
+      ("%.2f s > 1.3 x max(ideal %.2f s, CPU floor %.2f s)"):format(r.elapsed, ideal, floor))
+    client.close()
+  end)
+
+  it("the same run at qps = 100 takes about 20 s and never starts more than 100 in a second", function()
+    local client = assert(wxpay.new(sb.config))
+    sb:configure{ latency = 0.04 }
+    local r = run_builds(client, "2000003", 2000, { concurrency = 32, qps = 100 })
+    local p = rate_profile(api_log())
+    print(("\nqps 100: %.2f s; busiest calendar second %d, busiest sliding second %d"):format(
+      r.elapsed, p.max_calendar, p.max_sliding))
+    assert.is_true(p.max_calendar <= 100, "a second held " .. p.max_calendar)
+    assert.is_true(r.elapsed >= 19.5 and r.elapsed <= 22, "elapsed " .. r.elapsed)
+    client.close()
+  end)
+end)

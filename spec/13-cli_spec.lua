@@ -1,0 +1,338 @@
+-- The `wxpay` command, run as a program against the real sandbox: table/CSV/JSON output,
+-- doctor's diagnosis of each kind of broken configuration, campaign run and status, and
+-- (#scale) a 2,000-partner campaign killed with SIGKILL five times, then finished.
+
+local h = require("spec.helpers")
+local sandbox = require("spec.support.sandbox")
+local cjson = require("cjson").new()
+
+local sb, dir, config_file
+setup(function()
+  sb = sandbox.start{ mode = "combined" }
+  dir = h.tmpdir()
+  config_file = dir .. "/config.json"
+  h.write(config_file, cjson.encode(sb.config))
+end)
+teardown(function()
+  if sb then sb:stop() end
+  h.cleanup()
+end)
+
+-- Run bin/wxpay; returns stdout, stderr, exit status.
+local function wxpay(args, env)
+  local out, err = dir .. "/out", dir .. "/err"
+  local cmd = string.format("env -u LD_PRELOAD %s bin/wxpay %s >%s 2>%s; echo $?", env or "", args, h.q(out), h.q(err))
+  local p = assert(io.popen(cmd))
+  local rc = tonumber(p:read("*a"):match("(%d+)%s*$"))
+  p:close()
+  return h.read(out), h.read(err), rc
+end
+
+local function with_config(changes)
+  local c = {}
+  for k, v in pairs(sb.config) do c[k] = v end
+  for k, v in pairs(changes) do
+    if v == false and k ~= "backup_url" then c[k] = nil else c[k] = v end
+  end
+  local path = os.tmpname()
+  h.write(path, cjson.encode(c))
+  return path
+end
+
+local function plan(path, n, prefix, column)
+  local lines = { (column or "appid") .. ",note" }
+  for i = 1, n do lines[#lines + 1] = string.format("%s%012d,row %d", prefix, i, i) end
+  h.write(path, table.concat(lines, "\n") .. "\n")
+end
+
+local function parse_csv(text)
+  local rows = {}
+  for line in text:gmatch("([^\r\n]+)") do
+    local r = {}
+    for f in (line .. ","):gmatch("([^,]*),") do r[#r + 1] = f end
+    rows[#rows + 1] = r
+  end
+  return rows
+end
+
+local function builds_for(stock)
+  local out = {}
+  for _, e in ipairs(sb:requests()) do
+    if e.method == "POST" and e.target == "/v3/marketing/partnerships/build" then
+      local body = cjson.decode(e.body)
+      if body.authorized_data.stock_id == stock then out[#out + 1] = { e = e, body = body } end
+    end
+  end
+  return out
+end
+
+describe("wxpay partnerships", function()
+  before_each(function() sb:reset() end)
+
+  it("builds, lists and terminates with table, CSV and JSON output", function()
+    local base = "--config " .. config_file .. " partnerships "
+    local ad = " --business-type FAVOR_STOCK --stock 7001"
+    for i = 1, 3 do
+      local out, err, rc = wxpay(base .. "build" .. ad .. " --appid wxcli00000000000" .. i .. " --output json")
+      assert.equal(0, rc, err)
+      local rows = cjson.decode(out)
+      assert.equal(1, #rows)
+      assert.equal("wxcli00000000000" .. i, rows[1].partner_id)
+      assert.equal("ESTABLISHED", rows[1].state)
+      assert.equal("7001", rows[1].stock_id)
+    end
+    local out, err, rc = wxpay(base .. "list" .. ad)
+    assert.equal(0, rc, err)
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.equal(5, #lines) -- header, rule, three rows
+    assert.truthy(lines[1]:match("^partner_type%s+partner_id%s+business_type%s+stock_id%s+state"))
+    assert.truthy(lines[2]:match("^%-+  %-+"))
+    assert.truthy(lines[3]:match("^APPID%s+wxcli000000000001%s+FAVOR_STOCK%s+7001%s+ESTABLISHED"))
+    -- columns line up: every row's second column starts where the header's does
+    local col = lines[1]:find("partner_id", 1, true)
+    for i = 3, 5 do assert.equal("wx", lines[i]:sub(col, col + 1)) end
+
+    out, err, rc = wxpay(base .. "list" .. ad .. " --output csv")
+    assert.equal(0, rc, err)
+    assert.truthy(out:find("\r\n", 1, true))
+    local rows = parse_csv(out)
+    assert.same({ "partner_type", "partner_id", "business_type", "stock_id", "state", "build_time",
+                  "terminate_time" }, rows[1])
+    assert.equal(4, #rows)
+    assert.equal("wxcli000000000002", rows[3][2])
+
+    out, err, rc = wxpay(base .. "terminate" .. ad .. " --appid wxcli000000000002 --output csv")
+    assert.equal(0, rc, err)
+    assert.equal("TERMINATED", parse_csv(out)[2][5])
+
+    out, err, rc = wxpay(base .. "list" .. ad .. " --output json")
+    assert.equal(0, rc, err)
+    local list = cjson.decode(out)
+    assert.equal(3, #list)
+    local states = {}
+    for _, r in ipairs(list) do states[r.partner_id] = r.state end
+    assert.equal("TERMINATED", states.wxcli000000000002)
+    assert.equal("ESTABLISHED", states.wxcli000000000003)
+  end)
+
+  it("reports API errors and usage mistakes with an exit status", function()
+    local out, err, rc = wxpay("--config " .. config_file .. " partnerships terminate --business-type FAVOR_STOCK"
+      .. " --stock 7002 --appid wxnothere")
+    assert.equal(1, rc)
+    assert.equal("", out)
+    assert.truthy(err:find("RESOURCE_NOT_EXISTS", 1, true))
+    out, err, rc = wxpay("--config " .. config_file .. " partnerships build --business-type FAVOR_STOCK --stock 1")
+    assert.equal(2, rc)
+    assert.equal("", out)
+    assert.truthy(err:find("--appid", 1, true))
+    out, err, rc = wxpay("partnerships list --business-type FAVOR_STOCK", "WXPAY_CONFIG=" .. dir .. "/nothing.json")
+    assert.equal(1, rc)
+    assert.equal("", out)
+    assert.truthy(err:find("cannot read config", 1, true))
+    out, err, rc = wxpay("--config " .. config_file .. " partnerships list --business-type X --output xml")
+    assert.equal(2, rc)
+    assert.equal("", out)
+    assert.truthy(err:find("--output", 1, true))
+    -- WXPAY_CONFIG works like --config
+    local o2, e2, rc2 = wxpay("partnerships list --business-type FAVOR_STOCK --stock 7002 --output json",
+      "WXPAY_CONFIG=" .. config_file)
+    assert.equal(0, rc2, e2)
+    assert.same({}, cjson.decode(o2))
+  end)
+end)
+
+describe("wxpay doctor", function()
+  before_each(function() sb:reset() end)
+
+  local function never_echoes_secrets(text)
+    assert.falsy(text:find(sb.config.apiv3_key, 1, true))
+    assert.falsy(text:find("PRIVATE KEY", 1, true))
+  end
+
+  it("passes a good configuration", function()
+    local out, err, rc = wxpay("--config " .. config_file .. " doctor")
+    assert.equal(0, rc, out .. err)
+    for _, check in ipairs{ "private key", "key matches certificate", "serial_no", "apiv3_key",
+                            "endpoint reachable", "clock", "signed request", "answer verified" } do
+      assert.truthy(out:find("ok    " .. check, 1, true), check .. " not ok in:\n" .. out)
+    end
+    never_echoes_secrets(out .. err)
+  end)
+
+  -- { what is broken, config changes, sandbox config, the FAIL line, words of the advice }
+  local other_key
+  local cases = {
+    { "a key that is not the certificate's", function() return { private_key_file = other_key } end, nil,
+      "FAIL  key matches certificate", "issued together" },
+    { "a wrong serial_no", { serial_no = "0123456789ABCDEF" }, nil, "FAIL  serial_no", "openssl x509" },
+    { "a 31-byte APIv3 key", { apiv3_key = string.rep("k", 31) }, nil, "FAIL  apiv3_key", "exactly 32" },
+    { "a missing key file", { private_key_file = "/nonexistent/apiclient_key.pem" }, nil, "FAIL  private key",
+      "apiclient_key.pem" },
+    { "a clock 15 minutes off", {}, { clock_offset = 900 }, "FAIL  clock", "NTP" },
+    { "an unreachable endpoint", { base_url = "https://127.0.0.1:1" }, nil, "FAIL  endpoint reachable",
+      "Cannot connect" },
+    { "the wrong WeChat Pay public key", function()
+        return { wechatpay_public_key_file = other_key .. ".pub", platform_certificate_files = false,
+                 apiv3_key = false }
+      end, nil, "FAIL  answer verified", "platform public key" },
+  }
+  for _, case in ipairs(cases) do
+    it("diagnoses " .. case[1], function()
+      if not other_key then
+        other_key = dir .. "/other_key.pem"
+        assert(select(2, h.sh("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out " .. other_key)))
+        assert(select(2, h.sh("openssl pkey -in " .. other_key .. " -pubout -out " .. other_key .. ".pub")))
+      end
+      local changes = type(case[2]) == "function" and case[2]() or case[2]
+      if case[3] then sb:configure(case[3]) end
+      local path = with_config(changes)
+      local out, err, rc = wxpay("--config " .. path .. " doctor")
+      os.remove(path)
+      sb:configure{ clock_offset = 0 }
+      assert.equal(1, rc, out .. err)
+      assert.truthy(out:find(case[4], 1, true), "no '" .. case[4] .. "' in:\n" .. out)
+      assert.truthy(out:find(case[5], 1, true), "no advice '" .. case[5] .. "' in:\n" .. out)
+      assert.truthy(out:find("problem", 1, true))
+      never_echoes_secrets(out .. err)
+    end)
+  end
+end)
+
+describe("wxpay campaign", function()
+  before_each(function() sb:reset() end)
+
+  it("runs a plan, reports it, and a rerun sends nothing", function()
+    local p, db = dir .. "/plan.csv", dir .. "/small.db"
+    plan(p, 40, "wxsmall")
+    local run = "--config " .. config_file .. " campaign run " .. p
+      .. " --stock 8001 --business-type FAVOR_STOCK --journal " .. db .. " --concurrency 8 --qps 200"
+    local out, err, rc = wxpay(run)
+    assert.equal(0, rc, err)
+    assert.truthy(out:find("40 partners, 40 done, 0 failed, 0 not finished", 1, true), out)
+    assert.truthy(err:find("40/40 done, 0 errors", 1, true), err) -- plain lines: no terminal here
+    assert.falsy(err:find("\r", 1, true))
+    local builds = builds_for("8001")
+    assert.equal(40, #builds)
+    -- keys are deterministic per campaign and partner
+    local keys = {}
+    for _, b in ipairs(builds) do keys[b.e.headers["idempotency-key"]] = b.body.partner.appid end
+    local n = 0
+    for k in pairs(keys) do n = n + 1; assert.equal(48, #k) end
+    assert.equal(40, n)
+
+    local _
+    _, err, rc = wxpay(run)
+    assert.equal(0, rc, err)
+    assert.equal(40, #builds_for("8001")) -- nothing sent again
+
+    out, err, rc = wxpay("campaign status " .. db)
+    assert.equal(0, rc, err)
+    assert.truthy(out:match("FAVOR_STOCK%-8001%s+FAVOR_STOCK%s+8001%s+40%s+40%s+0%s+0%s+0"), out)
+    out = wxpay("campaign status " .. db .. " --output csv")
+    local rows = parse_csv(out)
+    assert.equal(41, #rows)
+    assert.equal("campaign", rows[1][1])
+    assert.equal("done", rows[2][4])
+    assert.equal(keys[rows[2][10]], rows[2][3]) -- the key the sandbox saw for that partner
+    out = wxpay("campaign status " .. db .. " --output json")
+    local j = cjson.decode(out)
+    assert.equal(1, #j.campaigns)
+    assert.equal(40, j.campaigns[1].done)
+    assert.equal(40, #j.campaigns[1].partners)
+  end)
+
+  it("records failures, retries the retryable ones on a rerun, and identifies campaigns by --campaign", function()
+    local p, db = dir .. "/merchants.csv", dir .. "/m.db"
+    plan(p, 5, "1", "merchant_id")
+    -- FAVOR_STOCK refuses merchant partners: a permanent failure per partner
+    local out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. p
+      .. " --stock 8002 --business-type FAVOR_STOCK --journal " .. db .. " --campaign spring")
+    assert.equal(1, rc, err)
+    assert.truthy(out:find("5 partners, 0 done, 5 failed", 1, true), out)
+    out = wxpay("campaign status " .. db .. " --campaign spring")
+    assert.truthy(out:find("failed partners", 1, true))
+    assert.truthy(out:find("INVALID_", 1, true))
+    -- a 500 storm exhausts the retries of one partner; the rerun finishes it
+    sb:fault{ fault = "500", count = 3 }
+    out, err, rc = wxpay("--config " .. with_config{ retry_base_delay = 0.01 } .. " campaign run " .. p
+      .. " --stock 8003 --business-type BUSIFAVOR_STOCK --journal " .. db .. " --concurrency 1")
+    assert.equal(1, rc, err)
+    assert.truthy(out:find("4 done, 1 failed", 1, true), out)
+    out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. p
+      .. " --stock 8003 --business-type BUSIFAVOR_STOCK --journal " .. db)
+    assert.equal(0, rc, err)
+    assert.truthy(out:find("5 done, 0 failed", 1, true), out)
+    -- the same key each time for that partner
+    local per = {}
+    for _, b in ipairs(builds_for("8003")) do
+      local id = b.body.partner.merchant_id
+      per[id] = per[id] or b.e.headers["idempotency-key"]
+      assert.equal(per[id], b.e.headers["idempotency-key"])
+    end
+    -- two campaigns in one journal
+    local j = cjson.decode((wxpay("campaign status " .. db .. " --output json")))
+    assert.equal(2, #j.campaigns)
+  end)
+
+  it("survives SIGKILL at random points five times, then finishes: nothing built twice #scale", function()
+    local p, db = dir .. "/big.csv", dir .. "/big.db"
+    local n = 2000
+    plan(p, n, "wxkill")
+    local seed = os.time()
+    math.randomseed(seed)
+    local run = string.format("env -u LD_PRELOAD bin/wxpay --config %s campaign run %s --stock 9001 "
+      .. "--business-type BUSIFAVOR_STOCK --journal %s --concurrency 16 --qps 300", config_file, p, db)
+    local kills = {}
+    for k = 1, 5 do
+      local pr = assert(io.popen(run .. " >/dev/null 2>&1 & echo $!"))
+      local pid = tonumber(pr:read("*l"))
+      pr:close()
+      local wait = 0.05 + math.random() * 1.4 -- paced at 300/s, so each kill lands mid-campaign
+      os.execute("sleep " .. string.format("%.2f", wait))
+      os.execute("kill -KILL " .. pid .. " 2>/dev/null")
+      os.execute("while kill -0 " .. pid .. " 2>/dev/null; do sleep 0.05; done")
+      local st = cjson.decode((wxpay("campaign status " .. db .. " --output json")))
+      kills[k] = string.format("%.2f s: %d done", wait, st.campaigns[1] and st.campaigns[1].done or 0)
+    end
+    local out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. p
+      .. " --stock 9001 --business-type BUSIFAVOR_STOCK --journal " .. db .. " --concurrency 16")
+    print(("\nkill -9 campaign (seed %d): %s"):format(seed, table.concat(kills, "; ")))
+    assert.equal(0, rc, out .. err)
+    assert.truthy(out:find("2000 partners, 2000 done, 0 failed, 0 not finished", 1, true), out)
+
+    -- The sandbox: exactly 2,000 relations, each built by requests carrying one key only,
+    -- no build refused as already existing (which a second key would cause).
+    local rels = sb:control("GET", "/relations").relations
+    local built = {}
+    for _, r in ipairs(rels) do
+      if r.authorized_data.stock_id == "9001" then
+        assert.is_nil(built[r.partner.appid])
+        built[r.partner.appid] = r.state
+      end
+    end
+    local count = 0
+    for _, state in pairs(built) do count = count + 1; assert.equal("ESTABLISHED", state) end
+    assert.equal(n, count)
+    local key_of, sends = {}, 0
+    for _, b in ipairs(builds_for("9001")) do
+      local appid = b.body.partner.appid
+      local key = b.e.headers["idempotency-key"]
+      key_of[appid] = key_of[appid] or key
+      assert.equal(key_of[appid], key, "two keys for " .. appid)
+      assert.equal(200, b.e.status, "build of " .. appid .. " answered " .. tostring(b.e.status))
+      sends = sends + 1
+    end
+    print(("%d build requests for %d partners (re-sends after a kill are replays)"):format(sends, n))
+
+    -- The journal agrees with the sandbox, partner by partner.
+    local rows = parse_csv((wxpay("campaign status " .. db .. " --output csv")))
+    assert.equal(n + 1, #rows)
+    for i = 2, #rows do
+      local partner, state, key = rows[i][3], rows[i][4], rows[i][10]
+      assert.equal("done", state)
+      assert.equal("ESTABLISHED", built[partner])
+      assert.equal(key_of[partner], key)
+    end
+  end)
+end)
