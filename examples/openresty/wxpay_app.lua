@@ -1,0 +1,142 @@
+--- Handlers for examples/openresty/nginx.conf: an admin API over client.partnerships and
+-- the WeChat Pay callback endpoint. Everything answers JSON.
+--
+--   POST /admin/partnerships            {"appid":…,"stock_id":…,"business_type":…,"idempotency_key"?:…}
+--   GET  /admin/partnerships?stock_id=…&business_type=…[&limit=50]   every relation, all pages
+--   POST /admin/partnerships/terminate  {"appid":…,"stock_id":…,"business_type":…}
+--   POST /wxpay/notify                  WeChat Pay callbacks: 204 when verified and decrypted,
+--                                       4xx/5xx {"code":"FAIL",…} otherwise
+--
+-- The client is created once per nginx master (`init`, from the config file named by
+-- WXPAY_CONFIG) and so once per worker after the fork. Requests run over cosockets (the
+-- automatic transport in content phases), so a slow WeChat Pay never blocks the worker.
+-- @module wxpay_app
+
+local ngx = ngx
+local cjson = require("cjson.safe").new()
+local wxpay = require("wxpay")
+
+local M = {}
+
+local client -- one per worker (inherited from the master), shared by all its requests
+
+local function reply(status, value)
+  ngx.status = status
+  ngx.header["Content-Type"] = "application/json"
+  ngx.print(type(value) == "string" and value or cjson.encode(value))
+  return ngx.exit(status)
+end
+
+-- A wxpay error as JSON: its fields without anything secret (errors never hold secrets).
+local function error_reply(err)
+  local status = err.kind == "invalid_argument" and 400 or err.kind == "api" and (err.status or 502) or 502
+  return reply(status, { error = { kind = err.kind, code = err.code, message = err.message,
+    status = err.status, request_id = err.request_id, idempotency_key = err.idempotency_key,
+    attempts = err.attempts } })
+end
+
+local function json_body()
+  ngx.req.read_body()
+  local body = ngx.req.get_body_data()
+  local obj = body and cjson.decode(body)
+  if type(obj) ~= "table" then return nil end
+  return obj
+end
+
+local function partner_params(obj)
+  return {
+    partner = { type = "APPID", appid = obj.appid },
+    authorized_data = { business_type = obj.business_type or "BUSIFAVOR_STOCK", stock_id = obj.stock_id },
+  }
+end
+
+--- Create the client (init_by_lua: keys are parsed once, before the workers fork).
+-- @tparam string config_file path of a JSON file holding the `wxpay.new` config
+function M.init(config_file)
+  local f = assert(io.open(assert(config_file, "WXPAY_CONFIG is not set"), "rb"))
+  local config = assert(cjson.decode(f:read("*a")), "WXPAY_CONFIG is not JSON")
+  f:close()
+  config.logger = function(level, message, fields)
+    if level == "warn" or level == "error" then
+      ngx.log(level == "warn" and ngx.WARN or ngx.ERR, message, " ", cjson.encode(fields or {}))
+    end
+  end
+  client = assert(wxpay.new(config))
+end
+
+--- Warm the key ring in a timer (cosockets work there): a worker downloads the platform
+-- certificates once, before its first request needs them, when the config asks for
+-- downloads. Requests arriving meanwhile wait for this download instead of starting another.
+function M.init_worker()
+  local ok, err = ngx.timer.at(0, function(premature)
+    if premature then return end
+    if #client.certificates.list() > 0 then return end -- configured keys: nothing to fetch
+    local done, rerr = client.certificates.refresh()
+    if not done and rerr.kind ~= "config" then
+      ngx.log(ngx.WARN, "wxpay certificate warm-up failed: ", tostring(rerr))
+    end
+  end)
+  if not ok then ngx.log(ngx.ERR, "wxpay warm-up timer: ", err) end
+end
+
+--- GET: list every relation of a stock; POST: build one.
+function M.partnerships()
+  local method = ngx.req.get_method()
+  if method == "POST" then
+    local obj = json_body()
+    if not obj or type(obj.appid) ~= "string" or type(obj.stock_id) ~= "string" then
+      return reply(400, { error = { message = "need a JSON body with appid and stock_id" } })
+    end
+    local rel, err, meta = client.partnerships.build(partner_params(obj),
+      { idempotency_key = obj.idempotency_key })
+    if not rel then return error_reply(err) end
+    return reply(200, { relation = rel, idempotency_key = meta.idempotency_key, attempts = meta.attempts })
+  elseif method == "GET" then
+    local args = ngx.req.get_uri_args()
+    local query = { authorized_data = { business_type = args.business_type or "BUSIFAVOR_STOCK",
+      stock_id = args.stock_id }, limit = tonumber(args.limit) or 50 }
+    local out = {}
+    -- The iterator fetches page after page and raises a structured error on failure.
+    local ok, err = pcall(function()
+      for rel in client.partnerships.list(query) do out[#out + 1] = rel end
+    end)
+    if not ok then
+      if type(err) == "table" and err.kind then return error_reply(err) end
+      error(err, 0)
+    end
+    -- Debian's lua-cjson has no array marker: an empty list is written out by hand.
+    return reply(200, '{"count":' .. #out .. ',"data":' .. (#out == 0 and "[]" or cjson.encode(out)) .. "}")
+  end
+  return reply(405, { error = { message = "GET or POST" } })
+end
+
+--- POST: terminate one partnership.
+function M.terminate()
+  if ngx.req.get_method() ~= "POST" then return reply(405, { error = { message = "POST" } }) end
+  local obj = json_body()
+  if not obj or type(obj.appid) ~= "string" or type(obj.stock_id) ~= "string" then
+    return reply(400, { error = { message = "need a JSON body with appid and stock_id" } })
+  end
+  local res, err = client.partnerships.terminate(partner_params(obj))
+  if not res then return error_reply(err) end
+  return reply(200, res)
+end
+
+--- The WeChat Pay callback: verify over the raw body, decrypt, answer 204 (accepted) or the
+-- 4xx/5xx `{"code":"FAIL",…}` that makes WeChat Pay send it again later.
+function M.notify()
+  if ngx.req.get_method() ~= "POST" then return reply(405, { code = "FAIL", message = "POST" }) end
+  ngx.req.read_body()
+  local body = ngx.req.get_body_data() -- the raw bytes; nginx.conf keeps them in memory
+  local n, err, meta = client.notify.parse(ngx.req.get_headers(), body or "")
+  if not n then
+    ngx.log(ngx.WARN, "wxpay callback refused: ", tostring(err))
+    return reply(err.answer.status, err.answer.body)
+  end
+  -- Here the application records n.id (callbacks repeat) and acts on n.resource_data.
+  ngx.log(ngx.INFO, "wxpay callback ", n.id, " ", n.event_type, " accepted")
+  ngx.status = meta.answer.status
+  return ngx.exit(meta.answer.status)
+end
+
+return M
