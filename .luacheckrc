@@ -7,3 +7,5 @@ files["spec/"] = { std = "+busted" }
 files["bench/"] = { allow_defined_top = false }
 files["lua/wxpay/sandbox/"] = { std = "lua54" }
 files["bin/wxpay-sandbox"] = { std = "lua54" }
+files["bin/wxpay"] = { std = "lua54" }
+files["examples/openresty/"] = { globals = { "ngx" } } -- handlers run inside nginx (ngx.status is set)

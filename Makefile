@@ -30,7 +30,7 @@ deps:
 	@sh tools/deps.sh
 
 lint:
-	luacheck -q lua spec bench examples tools bin/wxpay-sandbox
+	luacheck -q lua spec bench examples tools bin/wxpay-sandbox bin/wxpay
 
 test-lua54: build
 	$(BUSTED) --lua=$(LUA) $(SPECS)
@@ -55,7 +55,7 @@ test-lua53: lua53
 # The module is instrumented; the interpreter is not, so the ASan runtime is preloaded.
 # Specs tagged #scale (thousands of requests) run in the plain Lua 5.4 and LuaJIT runs only.
 test-asan: asan
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0 \
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	LSAN_OPTIONS=suppressions=$(CURDIR)/tools/lsan.supp:print_suppressions=0 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	LD_PRELOAD=$(ASAN_LIB) WXPAY_UNDER_SANITIZER=1 $(LUA) /usr/bin/busted --run=asan --exclude-tags=scale $(SPECS)
@@ -63,7 +63,7 @@ test-asan: asan
 test-valgrind: build
 	WXPAY_UNDER_VALGRIND=1 $(VALGRIND) $(LUA) /usr/bin/busted --exclude-tags=scale $(SPECS)
 
-test: deps build luajit lint rock test-lua54 test-luajit test-asan test-valgrind fuzz
+test: deps build luajit lint rock test-lua54 test-luajit test-lua51 test-lua53 test-asan test-valgrind fuzz
 
 fuzz:
 	@sh tools/fuzz.sh

@@ -52,8 +52,12 @@ describe("wxpay-scm-1.rockspec", function()
     assert.same(lines("ls csrc/*.c"), srcs)
   end)
 
-  it("installs the sandbox and names its external dependencies", function()
+  it("installs the sandbox and the wxpay command, and names its external dependencies", function()
     assert.equal("bin/wxpay-sandbox", spec.build.install.bin["wxpay-sandbox"])
+    assert.equal("bin/wxpay", spec.build.install.bin["wxpay"])
+    for _, path in pairs(spec.build.install.bin) do
+      assert.truthy(h.read(path):find("^#!/usr/bin/env lua"), path .. " is a Lua script")
+    end
     assert.truthy(spec.external_dependencies.OPENSSL)
     assert.truthy(spec.external_dependencies.CURL)
     assert.equal("builtin", spec.build.type)

@@ -14,7 +14,8 @@
 -- * `certificate_refresh_interval` (3600 s, at most 12 h): download period when verifying
 --   with downloaded platform certificates.
 -- * `sleep(seconds)`, `now()` (unix seconds), `monotonic()` (seconds): clock hooks, for
---   OpenResty (`ngx.sleep`, …) and for specs; default to the C core's.
+--   OpenResty (`ngx.sleep`, …) and for specs; default to the C core's, except that under
+--   OpenResty `sleep` defaults to `ngx.sleep` in the phases where it works.
 -- * `user_agent`: appended to the library's own User-Agent, which stays first.
 --
 -- Decisions:
@@ -24,11 +25,17 @@
 --   base URL.
 -- * `serial_no` is compared with the merchant certificate's serial case-insensitively and
 --   ignoring leading zeros (Java renders serials without them).
--- * Verifying keys: with `platform_certificates` or a public key the client uses those;
---   with neither, `apiv3_key` makes it download `/v3/certificates` before the first request
---   and every `certificate_refresh_interval`; with a public key and `apiv3_key` but no
---   configured certificates it downloads only on an unknown serial (at most once a minute),
---   and a 404 there means "no certificates".
+-- * Verifying keys (one ring keyed by serial): with `platform_certificates` or a public key
+--   the client uses those; with neither, `apiv3_key` makes it download `/v3/certificates`
+--   before the first request and every `certificate_refresh_interval`; with a public key and
+--   `apiv3_key` but no configured certificates (combined mode) it downloads only on an
+--   unknown serial, then keeps what it downloaded fresh on the same period; a 404 there
+--   means "no certificates", so pure public-key merchants never download. An unknown serial
+--   refreshes at most once a minute (the very first download aside), one download shared by
+--   concurrent callers, then verification is retried once. Expired certificates leave the
+--   ring (`certificates.list()` no longer shows them).
+-- * `client.notify` (wxpay.notify), `client.encrypt`/`decrypt` (wxpay.sensitive) and
+--   `client.media` (wxpay.api.media) use the same ring through closures that hold no keys.
 -- * `attempts` counts logical tries (1 + retries). A connect failure answered by the other
 --   host is part of the same attempt: not a retry, and `meta.base_url` tells who answered.
 -- * A transport failure after the connection was established is retried only when the
@@ -364,6 +371,7 @@ local function build_state(config, version)
   end
 
   st.certificates = {}
+  st.expired = {} -- serials dropped from the ring because they expired (for error messages)
   for _, name in ipairs({ "platform_certificates", "platform_certificate_files" }) do
     local list = config[name]
     if list ~= nil then
@@ -446,7 +454,9 @@ local function build_state(config, version)
     return nil, errors.config("offset_mode", 'must be "page" or "item"')
   end
 
-  for _, f in ipairs({ { "logger", false }, { "sleep", core.sleep }, { "now", core.time },
+  -- Under OpenResty the default sleep is ngx.sleep wherever that works (it yields).
+  local default_sleep = rawget(_G, "ngx") and require("wxpay.transport.ngx").sleep or core.sleep
+  for _, f in ipairs({ { "logger", false }, { "sleep", default_sleep }, { "now", core.time },
                        { "monotonic", core.monotonic } }) do
     local v
     v, err = check_function(config, f[1], f[2])
@@ -457,6 +467,10 @@ local function build_state(config, version)
   local transport = config.transport
   if transport == nil or transport == "curl" then
     st.transport = require("wxpay.transport.curl").new{ ca_file = config.ca_file, proxy = config.proxy }
+    if transport == nil and rawget(_G, "ngx") then
+      -- OpenResty: cosockets or libcurl, decided per request by the phase it runs in.
+      st.transport = require("wxpay.transport.ngx").auto(st.transport, { logger = st.logger })
+    end
   elseif transport == "ngx" then
     local ok, mod = pcall(require, "wxpay.transport.ngx")
     if not ok then return nil, errors.config("transport", '"ngx" transport is not available') end
@@ -496,6 +510,23 @@ local function request_serial(st)
   return c and c.serial or nil
 end
 
+-- The key sensitive fields are encrypted with: the one request_serial names (spec §6).
+local function encryption_key(st)
+  if st.public_key then return st.public_key.key, st.public_key.id end
+  local c = newest_certificate(st, st.now())
+  if c then return c.key, c.serial end
+end
+
+-- Drop expired certificates from the ring (spec §3.4), remembering their serials so that a
+-- response naming one says "expired" rather than "unknown".
+local function prune_expired(st)
+  local now, keep = st.now(), {}
+  for _, c in ipairs(st.certificates) do
+    if c.not_after >= now then keep[#keep + 1] = c else st.expired[c.serial] = true end
+  end
+  if #keep ~= #st.certificates then st.certificates = keep end
+end
+
 local function lower_headers(h)
   local out = {}
   for k, v in pairs(h or {}) do
@@ -505,6 +536,7 @@ local function lower_headers(h)
 end
 
 -- Verify a response per spec §2.3. Returns the key id used, or nil and a signature error.
+-- `resp.what` names the message in errors ("response" unless a callback says otherwise).
 local function verify_response(st, resp, certificates)
   local h = resp.headers
   local ts, nonce = h["wechatpay-timestamp"], h["wechatpay-nonce"]
@@ -513,7 +545,7 @@ local function verify_response(st, resp, certificates)
     local fields = { check = check, status = resp.status, request_id = h["request-id"],
                      serial = serial, retryable = false }
     for k, v in pairs(extra or {}) do fields[k] = v end
-    return nil, errors.new("signature", "response verification failed: " .. msg, fields)
+    return nil, errors.new("signature", (resp.what or "response") .. " verification failed: " .. msg, fields)
   end
   local missing = {}
   for _, name in ipairs({ "Wechatpay-Timestamp", "Wechatpay-Nonce", "Wechatpay-Signature",
@@ -551,6 +583,9 @@ local function verify_response(st, resp, certificates)
         break
       end
     end
+  end
+  if not key and st.expired[want] then
+    return fail("serial", "platform certificate " .. want .. " has expired")
   end
   if not key then return fail("serial", "unknown Wechatpay-Serial " .. serial) end
   local raw = core.base64_decode(sig)
@@ -672,8 +707,10 @@ local function send_attempt(st, r, remaining)
     leg_used = leg
     base = leg == 1 and first or second
     -- Fresh timestamp and nonce for every transmission (spec §1.4).
+    -- A transport may pace the ~1 ms RSA signature (the ngx one spreads bursts over turns).
+    if st.transport.pace then st.transport.pace() end
     local auth = core.authorization{ mchid = st.mchid, serial_no = st.serial_no,
-      key = st.private_key, method = r.method, url = r.target, body = r.body or "" }
+      key = st.private_key, method = r.method, url = r.target, body = r.sign_body or r.body or "" }
     local headers = {}
     for k, v in pairs(r.headers) do headers[k] = v end
     headers.Authorization = auth
@@ -709,9 +746,11 @@ local SAFE_METHODS = { GET = true, PUT = true, DELETE = true }
 local refresh_certificates -- defined below; perform() calls it on an unknown serial
 
 -- An unknown serial may be a certificate issued since the last download: refresh once,
--- at most every 60 s (spec §2.3 step 4, §3.4).
+-- at most every 60 s (spec §2.3 step 4, §3.4). The very first download (combined mode
+-- meeting its first certificate-signed answer) does not count toward that limit.
 local function may_refresh_for_unknown_serial(st)
   if not st.download then return false end
+  if not st.download_attempted then return true end
   local now = st.monotonic()
   if st.unknown_serial_refresh and now - st.unknown_serial_refresh < 60 then return false end
   st.unknown_serial_refresh = now
@@ -795,9 +834,10 @@ local CERTIFICATES_TARGET = "/v3/certificates?algorithm_type=RSA"
 -- every entry (any failure rejects the whole answer), check each certificate's serial and
 -- validity, verify the answer with the already trusted keys plus the new certificates, and
 -- only then swap the set in. Returns true or nil, err; the current set is kept on failure.
-refresh_certificates = function(st)
+local function download_certificates(st)
   local now_mono = st.monotonic()
   st.next_refresh = now_mono + 60 -- a failure is retried at most once a minute
+  st.download_attempted = true
   local resp, err = perform(st, { method = "GET", target = CERTIFICATES_TARGET, raw = true,
     headers = { Accept = "application/json", ["User-Agent"] = st.user_agent } })
   if not resp then
@@ -845,6 +885,7 @@ refresh_certificates = function(st)
       ring[#ring + 1] = c
     end
   end
+  resp.what = "/v3/certificates response"
   local verified, verr = verify_response(st, resp, ring)
   if not verified then
     log(st, "warn", "wxpay certificate download rejected", { error = tostring(verr) })
@@ -856,17 +897,49 @@ refresh_certificates = function(st)
   end
   for _, c in ipairs(fresh) do keep[#keep + 1] = c end
   st.certificates = keep
+  st.has_downloaded = #fresh > 0
   st.next_refresh = now_mono + st.certificate_refresh_interval
   log(st, "debug", "wxpay certificates refreshed", { count = #fresh })
   return true
 end
 
+-- One download at a time: a caller arriving while another coroutine (OpenResty, the
+-- concurrent transport) is downloading waits for that download's outcome instead of
+-- starting a second one. Waiting uses the `sleep` hook, so it yields where that yields.
+refresh_certificates = function(st)
+  if st.refreshing then
+    local limit = st.monotonic() + (st.timeout + st.connect_timeout) * (st.max_retries + 2)
+    while st.refreshing and st.monotonic() < limit do st.sleep(0.01) end
+    if st.refreshing then
+      return nil, errors.new("timeout", "waited too long for a certificate download in progress")
+    end
+    return st.refresh_ok, st.refresh_err
+  end
+  st.refreshing = true
+  local ok, res, err = pcall(download_certificates, st)
+  st.refreshing = false
+  if not ok then error(res, 0) end
+  st.refresh_ok, st.refresh_err = res, err
+  return res, err
+end
+
+-- Certificates ready before a call: the first download and the periodic refresh (spec
+-- §3.4). With a public key too (combined mode) certificates are only fetched on an unknown
+-- serial, and kept fresh periodically once some were downloaded. Returns true or nil, err.
+local function ensure_certificates(st)
+  prune_expired(st)
+  if not st.download or (st.public_key and not st.has_downloaded) then return true end
+  -- A download in progress elsewhere is waited for (its certificates may be the first).
+  if not st.refreshing and st.next_refresh and st.monotonic() < st.next_refresh then return true end
+  local ok, err = refresh_certificates(st)
+  if not ok and #st.certificates == 0 and not st.public_key then return nil, err end -- nothing to verify with
+  return true
+end
+
 -- Everything a call goes through: certificates ready, request serial chosen, then perform.
 local function run(st, r)
-  if st.download and not st.public_key and (not st.next_refresh or st.monotonic() >= st.next_refresh) then
-    local ok, err = refresh_certificates(st)
-    if not ok and #st.certificates == 0 then return nil, err end -- nothing to verify with
-  end
+  local ok, err = ensure_certificates(st)
+  if not ok then return nil, err end
   local serial = r.wechatpay_serial or request_serial(st)
   if serial then r.headers["Wechatpay-Serial"] = serial end
   return perform(st, r)
@@ -1100,6 +1173,7 @@ function M.new(config, version)
   --   `"public_key"` (the WeChat Pay public key; serial_no is its id, no dates),
   --   `"configured"` or `"downloaded"`
   function client.certificates.list()
+    prune_expired(st)
     local out = {}
     if st.public_key then out[1] = { serial_no = st.public_key.id, source = "public_key" } end
     for _, c in ipairs(st.certificates) do
@@ -1132,12 +1206,51 @@ function M.new(config, version)
     new_idempotency_key = function() return core.nonce(32) end,
     send = function(r)
       r.headers = { Accept = "application/json", ["User-Agent"] = st.user_agent }
-      if r.body then r.headers["Content-Type"] = "application/json" end
+      -- A multipart upload signs its meta JSON (`sign_body`) and sends the whole body.
+      if r.body then r.headers["Content-Type"] = r.content_type or "application/json" end
       if r.idempotency_key then r.headers["Idempotency-Key"] = r.idempotency_key end
       return run(st, r)
     end,
   }
   client.partnerships = require("wxpay.api.partnerships").new(api)
+  client.media = require("wxpay.api.media").new(api)
+  -- Many calls at once: wraps st.transport and st.sleep so tasks yield to a scheduler.
+  client.concurrent = require("wxpay.concurrent").attach(st, config)
+
+  -- What the callback and sensitive-field modules may use: the key ring as closures, never
+  -- the key material itself.
+  local keyring = {
+    has_apiv3_key = st.apiv3_key ~= nil,
+    -- Verify a signed message (lower-cased headers, raw body) like a response, with the
+    -- same refresh on an unknown serial. Returns the key id, or nil and a signature error.
+    verify = function(headers, body)
+      prune_expired(st)
+      local msg = { headers = headers, body = body, what = "callback" }
+      local key_id, verr = verify_response(st, msg)
+      if not key_id and verr.check == "serial" and may_refresh_for_unknown_serial(st)
+         and refresh_certificates(st) then
+        key_id, verr = verify_response(st, msg)
+      end
+      return key_id, verr
+    end,
+    decrypt_resource = function(nonce, aad, ciphertext)
+      return core.aes_gcm_decrypt(st.apiv3_key, nonce, aad, ciphertext)
+    end,
+    -- The key (and its serial) a request's default Wechatpay-Serial names.
+    encryption_key = function()
+      local ok, kerr = ensure_certificates(st)
+      if not ok then return nil, kerr end
+      local key, serial = encryption_key(st)
+      if not key then
+        return nil, errors.config("platform_certificates", "no platform certificate or public key to encrypt with")
+      end
+      return key, serial
+    end,
+    decrypt_oaep = function(ciphertext) return st.private_key:decrypt_oaep(ciphertext) end,
+  }
+  client.notify = require("wxpay.notify").new(keyring)
+  local sensitive = require("wxpay.sensitive").new(keyring)
+  client.encrypt, client.decrypt = sensitive.encrypt, sensitive.decrypt
 
   return setmetatable(client, {
     __metatable = "wxpay.client",
