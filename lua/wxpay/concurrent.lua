@@ -288,6 +288,16 @@ local function schedule(ctx, tasks, n, concurrency, qps)
                     rate_cuts = limiter.cuts, min_rate = limiter.min_rate, max_in_flight = max_in_flight }
 end
 
+--- Run one task to completion: its results packed as `table.pack` would, or
+-- `{ n = 2, nil, err }` when it raised. The result contract of every scheduler.
+function M.run_task(task)
+  local r = pack(pcall(task))
+  if not r[1] then return { n = 2, nil, r[2] } end
+  local out = { n = r.n - 1 }
+  for k = 2, r.n do out[k - 1] = r[k] end
+  return out
+end
+
 -- Without a scheduler (OpenResty before light threads are wired in): one task after another,
 -- still within qps, sleeping with the client's own (non-blocking there) sleep.
 local function sequential(ctx, tasks, n, qps)
@@ -299,14 +309,7 @@ local function sequential(ctx, tasks, n, qps)
     local wait = limiter:wait(mono())
     if wait > 0 then ctx.sleep(wait) end
     limiter:start(mono())
-    local r = pack(pcall(tasks[i]))
-    if r[1] then
-      local out = { n = r.n - 1 }
-      for k = 2, r.n do out[k - 1] = r[k] end
-      results[i] = out
-    else
-      results[i] = { n = 2, nil, r[2] }
-    end
+    results[i] = M.run_task(tasks[i])
   end
   return results, { elapsed = mono() - t0, requests = 0, throttled = 0, rate_cuts = 0,
                     min_rate = limiter.min_rate, max_in_flight = 1 }

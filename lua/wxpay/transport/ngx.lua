@@ -385,10 +385,6 @@ function M.auto(fallback, opts)
   return setmetatable(t, { __tostring = function() return "wxpay.transport.ngx (auto)" end })
 end
 
-local function pack(...)
-  return { n = select("#", ...), ... }
-end
-
 --- `client.concurrent` under OpenResty: every task on its own light thread
 -- (`ngx.thread.spawn`), at most `opts.concurrency` at once, starts spaced by the same
 -- limiter as in plain Lua (`opts.qps`; a 429 answer halves the rate). Same results and
@@ -409,14 +405,7 @@ function M.light_threads(tasks, opts)
   end
   local function run(i)
     batch_of[coroutine.running()] = batch
-    local r = pack(pcall(tasks[i]))
-    if r[1] then
-      local out = { n = r.n - 1 }
-      for k = 2, r.n do out[k - 1] = r[k] end
-      results[i] = out
-    else
-      results[i] = { n = 2, nil, r[2] }
-    end
+    results[i] = require("wxpay.concurrent").run_task(tasks[i])
     return i
   end
   local spawn, wait = ngx.thread.spawn, ngx.thread.wait
