@@ -41,12 +41,21 @@ function M.run(opts)
     .. '"authorized_data":{"business_type":"BUSIFAVOR_STOCK","stock_id":"2433405"}}\n'
   local sig = key:sign(msg)
   assert(pub:verify(msg, sig))
-  local our_sign = rate(function() key:sign(msg) end, seconds)
-  local our_verify = rate(function() pub:verify(msg, sig) end, seconds)
-  local ossl_sign, ossl_verify = openssl_speed(seconds)
+  -- Alternate ours and openssl's over a few rounds and keep each one's best: on a shared
+  -- 2-core machine a single pair of runs is at the mercy of whatever else ran meanwhile.
+  local our_sign, our_verify, ossl_sign, ossl_verify = 0, 0, nil, nil
+  for _ = 1, opts.rounds or 3 do
+    our_sign = math.max(our_sign, rate(function() key:sign(msg) end, seconds))
+    our_verify = math.max(our_verify, rate(function() pub:verify(msg, sig) end, seconds))
+    local s, v = openssl_speed(seconds)
+    if s then
+      ossl_sign, ossl_verify = math.max(ossl_sign or 0, s), math.max(ossl_verify or 0, v)
+    end
+  end
   local r = { sign = our_sign, verify = our_verify, openssl_sign = ossl_sign, openssl_verify = ossl_verify,
               sign_seconds = 1 / our_sign }
-  print("== RSA-2048 SHA256withRSA, single thread ==")
+  print(("== RSA-2048 SHA256withRSA, single thread, best of %d alternating rounds ==")
+    :format(opts.rounds or 3))
   print(("%-28s %12s %12s"):format("", "sign/s", "verify/s"))
   print(("%-28s %12.1f %12.1f"):format("wxpay.core (Lua " .. (jit and jit.version or _VERSION) .. ")",
     our_sign, our_verify))
