@@ -11,15 +11,7 @@ local wxpay = require("wxpay")
 
 local LIST = { authorized_data = { business_type = "BUSIFAVOR_STOCK" } }
 
--- A copy of the sandbox config with some keys removed/changed (false removes).
-local function config_from(sb, changes)
-  local c = {}
-  for k, v in pairs(sb.config) do c[k] = v end
-  for k, v in pairs(changes or {}) do
-    if v == false then c[k] = nil else c[k] = v end
-  end
-  return c
-end
+local config_from = require("spec.helpers").config_from
 
 local function count_certificate_calls(sb)
   local n = 0

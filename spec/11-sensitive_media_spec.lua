@@ -10,14 +10,7 @@ local wxpay = require("wxpay")
 
 local q = helpers.q
 
-local function config_from(sb, changes)
-  local c = {}
-  for k, v in pairs(sb.config) do c[k] = v end
-  for k, v in pairs(changes or {}) do
-    if v == false then c[k] = nil else c[k] = v end
-  end
-  return c
-end
+local config_from = helpers.config_from
 
 -- openssl pkeyutl with the spec §10.5 OAEP options; returns stdout and success.
 local function oaep(op, keyopt, input, md)

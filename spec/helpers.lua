@@ -67,6 +67,16 @@ function helpers.openssl_keypair(dir, name, opts)
            key_pem = helpers.read(key), pub_pem = helpers.read(pub), cert_pem = helpers.read(crt) }
 end
 
+--- A copy of a sandbox's client config with some keys changed (`false` removes a key).
+function helpers.config_from(sb, changes)
+  local c = {}
+  for k, v in pairs(sb.config) do c[k] = v end
+  for k, v in pairs(changes or {}) do
+    if v == false then c[k] = nil else c[k] = v end
+  end
+  return c
+end
+
 --- Shell-quotes a string.
 function helpers.q(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
