@@ -177,6 +177,7 @@ void wx_xfer_prepare(lua_State *L, int idx, wx_xfer *x, const char *fn) {
   const char *method, *url, *body;
   size_t blen = 0, nh, i;
   long timeout, ctimeout;
+  int fresh;
   struct curl_slist *hdrs = NULL, *tmp;
   CURL *e = x->easy;
   luaL_checktype(L, idx, LUA_TTABLE);
@@ -190,6 +191,11 @@ void wx_xfer_prepare(lua_State *L, int idx, wx_xfer *x, const char *fn) {
   lua_pop(L, 1); /* still referenced by the table */
   timeout = opt_ms(L, idx, "timeout", 10000, fn);
   ctimeout = opt_ms(L, idx, "connect_timeout", 5000, fn);
+  /* A request that must reach the server at most once gets a connection of its own: on a
+   * reused connection the server closed, libcurl would silently send it a second time. */
+  lua_getfield(L, idx, "fresh_connect");
+  fresh = lua_toboolean(L, -1);
+  lua_pop(L, 1);
 
   /* Build the header list; refuse CR/LF so no caller can inject a header or a request. */
   lua_getfield(L, idx, "headers");
@@ -229,6 +235,7 @@ void wx_xfer_prepare(lua_State *L, int idx, wx_xfer *x, const char *fn) {
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, ctimeout);
+  curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, fresh ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
   curl_easy_setopt(e, CURLOPT_HTTPGET, 1L); /* resets any previous POST state */
   if (strcmp(method, "HEAD") == 0) {

@@ -182,6 +182,29 @@ describe("retries over real sockets", function()
     assert.equal(1, #sb:requests())
   end)
 
+  it("a POST without an Idempotency-Key reaches the server at most once, even on a kept-alive connection", function()
+    local c = client()
+    -- Warm a connection first: on a reused connection the server drops, libcurl would
+    -- otherwise re-send the request by itself on a new one.
+    assert(c.partnerships.build(params("wxwarmup"), { idempotency_key = "warm-1" }))
+    sb:fault{ fault = "drop", count = 2, path = BUILD }
+    local data, err = c.request{ method = "POST", path = BUILD, body = params("wxonce") }
+    assert.is_nil(data)
+    assert.equal("network", err.kind)
+    assert.equal("not idempotent", err.retry_skipped)
+    local posts = 0
+    for _, e in ipairs(sb:requests()) do
+      if e.body and e.body:find("wxonce", 1, true) then posts = posts + 1 end
+    end
+    assert.equal(1, posts)
+    -- Keyed requests still use the kept-alive connection.
+    sb:control("DELETE", "/faults")
+    local before = sb:stats().api_connections
+    assert(c.partnerships.build(params("wxafter1"), { idempotency_key = "after-1" }))
+    assert(c.partnerships.build(params("wxafter2"), { idempotency_key = "after-2" }))
+    assert.is_true(sb:stats().api_connections - before <= 1)
+  end)
+
   it("retries exhausted: an api error with retryable = true after exactly max_retries + 1 requests", function()
     for _, n in ipairs({ 0, 1, 2, 3 }) do
       sb:reset()

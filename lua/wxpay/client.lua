@@ -692,6 +692,10 @@ end
 
 -- Send one attempt, trying the other host when the first cannot be connected to.
 -- Returns resp, nil, base_url or nil, err, base_url.
+-- Methods a server must treat as repeatable; anything else is repeated only with an
+-- Idempotency-Key.
+local SAFE_METHODS = { GET = true, PUT = true, DELETE = true }
+
 local function send_attempt(st, r, remaining)
   local first, second = st.base_url, st.backup_url
   if second and st.prefer_backup_until then
@@ -728,7 +732,9 @@ local function send_attempt(st, r, remaining)
       attempt = r.attempt, idempotency_key = r.idempotency_key })
     resp, terr = st.transport.request{ method = r.method, url = base .. r.target,
       target = r.target, headers = headers, body = r.body, timeout = timeout,
-      connect_timeout = connect_timeout }
+      connect_timeout = connect_timeout,
+      -- Sent at most once: transports must not silently re-send it on a new connection.
+      fresh_connect = not SAFE_METHODS[r.method] and not r.idempotency_key or nil }
     if resp then break end
     if type(terr) ~= "table" or terr.connected ~= false or leg == 2 or not second then break end
     log(st, "warn", "wxpay failover: cannot connect, trying the other host",
@@ -742,7 +748,6 @@ local function send_attempt(st, r, remaining)
   return resp, terr, base
 end
 
-local SAFE_METHODS = { GET = true, PUT = true, DELETE = true }
 local refresh_certificates -- defined below; perform() calls it on an unknown serial
 
 -- An unknown serial may be a certificate issued since the last download: refresh once,

@@ -19,7 +19,8 @@ function M.new(opts)
 
   --- Send one request.
   -- @tparam table req `method`, `url`, `headers` (map name -> value), `body` (string|nil),
-  --   `timeout`, `connect_timeout` (seconds)
+  --   `timeout`, `connect_timeout` (seconds), `fresh_connect` (true: a new connection, for
+  --   requests that must reach the server at most once)
   -- @return `resp` (`status`, `headers` with lower-cased names, `body`) or `nil, err`
   --   (`kind` "network"|"timeout", `message`, `code`, `connected`)
   function t.request(req)
@@ -39,6 +40,7 @@ function M.new(opts)
       body = req.body,
       timeout = req.timeout,
       connect_timeout = req.connect_timeout,
+      fresh_connect = req.fresh_connect,
     }
   end
 

@@ -38,7 +38,8 @@ function M.new(opts)
     local sched = current()
     if not sched then return base.request(req) end
     return sched:http{ method = req.method, url = req.url, headers = M.header_lines(req.headers),
-                       body = req.body, timeout = req.timeout, connect_timeout = req.connect_timeout }
+                       body = req.body, timeout = req.timeout, connect_timeout = req.connect_timeout,
+                       fresh_connect = req.fresh_connect }
   end
 
   --- The multi handle, with room for at least `connections` connections (a larger batch

@@ -328,7 +328,8 @@ function M.new(opts)
       sock:close()
       -- A pooled connection closed by the server while idle: nothing was processed, so send
       -- once more on a new connection (libcurl does the same).
-      if not (reused and not got and (err == "closed" or err == "connection reset by peer")) then
+      -- (Not for a request that must reach the server at most once: req.fresh_connect.)
+      if req.fresh_connect or not (reused and not got and (err == "closed" or err == "connection reset by peer")) then
         return nil, { kind = err == "timeout" and "timeout" or "network", connected = true,
           message = (sent and "receiving from " or "sending to ") .. host .. ":" .. port
             .. " failed: " .. tostring(err) }
