@@ -66,4 +66,21 @@ wxpay.partnerships = {
   end,
 }
 
+--- The rest of the default client's surface, forwarded the same way: `wxpay.encrypt`,
+-- `wxpay.decrypt`, `wxpay.notify.parse`, `wxpay.media.upload`, `wxpay.certificates.list`
+-- and `.refresh`, and `wxpay.concurrent` (which raises when not configured, as it runs
+-- the caller's tasks).
+wxpay.encrypt = forward(function(c) return c.encrypt end)
+wxpay.decrypt = forward(function(c) return c.decrypt end)
+wxpay.notify = { parse = forward(function(c) return c.notify.parse end) }
+wxpay.media = { upload = forward(function(c) return c.media.upload end) }
+wxpay.certificates = {
+  list = forward(function(c) return c.certificates.list end),
+  refresh = forward(function(c) return c.certificates.refresh end),
+}
+function wxpay.concurrent(...)
+  if not default_client then error(not_configured(), 2) end
+  return default_client.concurrent(...)
+end
+
 return wxpay
