@@ -10,7 +10,7 @@ local ROOT = io.popen("pwd"):read("*l")
 local NGINX = "/usr/sbin/nginx"
 local LUA_MODULE = "/usr/share/nginx/modules/ngx_http_lua_module.so"
 -- Children must not inherit a sanitizer runtime preloaded into the spec runner.
-local CLEAN_ENV = "env -u LD_PRELOAD -u ASAN_OPTIONS -u LSAN_OPTIONS -u UBSAN_OPTIONS "
+local CLEAN_ENV = sandbox.CLEAN_ENV
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 

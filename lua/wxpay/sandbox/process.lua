@@ -9,6 +9,11 @@
 -- can send hand-signed APIv3 requests (`sb:http`) so specs can check the sandbox itself.
 local M = {}
 
+--- Prefix for commands whose processes are not under test: in sanitizer runs the spec
+-- runner has the ASan runtime preloaded, and a child that inherits it can report its own
+-- leaks or, as a curl CLI did in test-asan, deadlock in LeakSanitizer's exit-time check.
+M.CLEAN_ENV = "env -u LD_PRELOAD -u ASAN_OPTIONS -u LSAN_OPTIONS -u UBSAN_OPTIONS "
+
 local cjson = require("cjson").new()
 
 local Sandbox = {}
@@ -90,10 +95,7 @@ function M.start(opts)
   local quoted = {}
   for i, a in ipairs(args) do quoted[i] = q(a) end
   -- Background job writing to files: no pipe to block on, and its pid from $!.
-  -- The sandbox is not under test in sanitizer runs: keep the preloaded ASan runtime (and
-  -- its leak report at exit) out of it.
-  local cmd = string.format("env -u LD_PRELOAD -u ASAN_OPTIONS -u LSAN_OPTIONS "
-                            .. "%s %s </dev/null >%s 2>%s & echo $!",
+  local cmd = string.format(M.CLEAN_ENV .. "%s %s </dev/null >%s 2>%s & echo $!",
                             q(bin), table.concat(quoted, " "),
                             q(out), q(err))
   local p = assert(io.popen(cmd))
@@ -173,9 +175,7 @@ local function collect(files)
   return out
 end
 
--- The curl CLI runs without the spec run's preloaded ASan runtime: it is not under test,
--- and LeakSanitizer's exit-time check can deadlock a curl process (seen in test-asan).
-local CURL = "env -u LD_PRELOAD -u ASAN_OPTIONS -u LSAN_OPTIONS curl -K "
+local CURL = M.CLEAN_ENV .. "curl -K "
 
 -- One curl run over one connection. Returns a list of { status, headers, body }.
 local function curl(ca_file, parts)
