@@ -12,7 +12,8 @@ local LUA_MODULE = "/usr/share/nginx/modules/ngx_http_lua_module.so"
 -- Children must not inherit a sanitizer runtime preloaded into the spec runner.
 local CLEAN_ENV = sandbox.CLEAN_ENV
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local helpers = require("spec.helpers")
+local q, write = helpers.q, helpers.write
 
 local function read(path)
   local f = io.open(path, "rb")
@@ -20,12 +21,6 @@ local function read(path)
   local s = f:read("*a")
   f:close()
   return s
-end
-
-local function write(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
 end
 
 local function sh(cmd)
