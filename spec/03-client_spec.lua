@@ -466,25 +466,8 @@ end)
 
 describe("platform certificate download", function()
   local k = F.keys()
-  local apiv3 = "0123456789abcdef0123456789ABCDEF"
-  local only_apiv3 = { wechatpay_public_key = F.NIL, wechatpay_public_key_id = F.NIL,
-    platform_certificates = F.NIL }
-
-  -- A /v3/certificates answer carrying `certs` ({pem, serial}), signed by `signer_serial`.
-  local function certificates_response(certs, signer_serial, mutate)
-    local entries = {}
-    for i, c in ipairs(certs) do
-      local nonce = string.format("nonce%07d", i)
-      local ct = assert(core.aes_gcm_encrypt(apiv3, nonce, "certificate", c[1]))
-      local entry = { serial_no = c[2], effective_time = "2024-01-01T00:00:00+08:00",
-        expire_time = "2030-01-01T00:00:00+08:00", encrypt_certificate = { algorithm = "AEAD_AES_256_GCM",
-        nonce = nonce, associated_data = "certificate", ciphertext = ct } }
-      if mutate then mutate(entry) end
-      entries[i] = entry
-    end
-    local body = require("wxpay.client").encode_json({ data = entries })
-    return F.response(200, body, { serial = signer_serial })
-  end
+  local only_apiv3 = F.ONLY_APIV3
+  local certificates_response = F.certificates_response
 
   local old = { k.platform_old_cert, k.platform_old_serial }
   local new = { k.platform_new_cert, k.platform_new_serial }

@@ -78,8 +78,14 @@ function F.temp_file(content)
   return path
 end
 
---- A base config using the generated keys; `overrides` replaces fields (use F.NIL to drop one).
 F.NIL = {}
+
+--- The APIv3 key every fake client has, and the config overrides that leave a
+-- client with only that key to verify with (so it downloads /v3/certificates).
+F.APIV3 = "0123456789abcdef0123456789ABCDEF"
+F.ONLY_APIV3 = { wechatpay_public_key = F.NIL, wechatpay_public_key_id = F.NIL, platform_certificates = F.NIL }
+
+--- A base config using the generated keys; `overrides` replaces fields (use F.NIL to drop one).
 function F.config(transport, overrides)
   local k = F.keys()
   local c = {
@@ -87,7 +93,7 @@ function F.config(transport, overrides)
     serial_no = k.merchant_serial,
     private_key = k.merchant_key,
     merchant_certificate = k.merchant_cert,
-    apiv3_key = "0123456789abcdef0123456789ABCDEF",
+    apiv3_key = F.APIV3,
     wechatpay_public_key = k.wechatpay_pub,
     wechatpay_public_key_id = k.pub_key_id,
     platform_certificates = { k.platform_old_cert, k.platform_new_cert },
@@ -128,6 +134,22 @@ function F.response(status, body, opts)
 end
 
 --- An unsigned error answer.
+--- A /v3/certificates answer carrying `certs` ({pem, serial}, encrypted with F.APIV3),
+-- signed by `signer_serial`; `mutate(entry)` may change each entry before encoding.
+function F.certificates_response(certs, signer_serial, mutate)
+  local entries = {}
+  for i, c in ipairs(certs) do
+    local nonce = string.format("nonce%07d", i)
+    local entry = { serial_no = c[2], effective_time = "2024-01-01T00:00:00+08:00",
+      expire_time = "2030-01-01T00:00:00+08:00", encrypt_certificate = { algorithm = "AEAD_AES_256_GCM",
+      nonce = nonce, associated_data = "certificate",
+      ciphertext = assert(core.aes_gcm_encrypt(F.APIV3, nonce, "certificate", c[1])) } }
+    if mutate then mutate(entry) end
+    entries[i] = entry
+  end
+  return F.response(200, require("wxpay.client").encode_json({ data = entries }), { serial = signer_serial })
+end
+
 function F.error_response(status, code, message, extra_headers)
   local body = code and string.format('{"code":"%s","message":"%s"}', code, message or "") or (message or "")
   local headers = { ["Request-ID"] = "req-err" }
