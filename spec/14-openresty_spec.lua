@@ -480,6 +480,11 @@ describe("OpenResty (real nginx)", function()
     -- Static probes run one after another on the same server for as long as the batch runs.
     -- (The batch's ~50 RSA signatures, ~1 ms of CPU each, are paced over event-loop turns by
     -- the transport and multi_accept keeps the accept queue short: see nginx.conf.)
+    -- What is measured is the nginx worker, so the load around it (the sandbox, which signs 50
+    -- answers at once when the delay ends, and the curl that drives the batch) runs at a lower
+    -- CPU priority: on a 2-core machine those two, the worker and the probe otherwise share
+    -- the cores evenly, and a probe can wait a scheduler slice or two behind the harness. A
+    -- blocking worker still fails by a wide margin (each build holds it for 200 ms).
     it("never blocks the worker: 50 builds against 200 ms answers in < 1 s, static < 50 ms", function()
       -- warm: the client exists and holds its certificates before the clock starts
       assert.equal(200, (json("POST", nginx.url .. "/admin/partnerships", { appid = "wxwarm", stock_id = "LOAD" })))
@@ -498,7 +503,8 @@ describe("OpenResty (real nginx)", function()
       end
       write(dir .. "/batch.conf", table.concat(lines, "\n") .. "\n")
       local function probe_loop(url, file)
-        return "(while [ ! -e done ]; do curl -s -o /dev/null -w '%{http_code} %{time_total}\\n' "
+        return "(while [ ! -e done ]; do curl -s -o /dev/null"
+          .. " -w '%{http_code} %{time_connect} %{time_starttransfer} %{time_total}\\n' "
           .. q(url) .. " >> " .. file .. "; sleep 0.02; done) &"
       end
       local script = table.concat({
@@ -506,12 +512,14 @@ describe("OpenResty (real nginx)", function()
         probe_loop(nginx.url .. "/healthz", "probes"),
         "sleep 0.05",
         "s=$(date +%s%N)",
-        "curl -s -K batch.conf > batch 2>/dev/null",
+        "nice -n 10 curl -s -K batch.conf > batch 2>/dev/null",
         "e=$(date +%s%N)",
         "touch done; wait",
         "echo $(( (e - s) / 1000000 ))",
       }, "\n")
+      sh("renice -n 10 -p " .. sb.pid .. " >/dev/null 2>&1")
       local elapsed_ms = tonumber(sh(CLEAN_ENV .. "sh -c " .. q(script)):match("(%d+)%s*$"))
+      sh("renice -n 0 -p " .. sb.pid .. " >/dev/null 2>&1") -- allowed to root only; harmless otherwise
       sb:control("DELETE", "/faults")
       local batch = read(dir .. "/batch") or ""
       local probes = read(dir .. "/probes") or ""
@@ -522,17 +530,18 @@ describe("OpenResty (real nginx)", function()
         if status == "200" then ok = ok + 1 end
         slowest_build = math.max(slowest_build, tonumber(t))
       end
-      local function slowest(text)
-        local n, max = 0, 0
-        for status, t in text:gmatch("(%d+) ([%d.]+)") do
-          assert.equal("200", status)
-          n, max = n + 1, math.max(max, tonumber(t))
-        end
-        return n, max
+      -- A probe's answer time is from its connection being established (the kernel does that,
+      -- blocked worker or not) to the first byte of the answer: the part the worker decides.
+      local n, slowest_probe, slowest_total = 0, 0, 0
+      for status, connect, first, total in probes:gmatch("(%d+) ([%d.]+) ([%d.]+) ([%d.]+)") do
+        assert.equal("200", status)
+        n = n + 1
+        slowest_probe = math.max(slowest_probe, tonumber(first) - tonumber(connect))
+        slowest_total = math.max(slowest_total, tonumber(total))
       end
-      local n, slowest_probe = slowest(probes)
       print(string.format("\n  openresty: 50 builds (200 ms answers) in %d ms, slowest %.0f ms; "
-        .. "%d static probes meanwhile, slowest %.1f ms", elapsed_ms, slowest_build * 1000, n, slowest_probe * 1000))
+        .. "%d static probes meanwhile, slowest answer %.1f ms (%.1f ms with connect)",
+        elapsed_ms, slowest_build * 1000, n, slowest_probe * 1000, slowest_total * 1000))
       assert.equal(50, ok)
       assert.is_true(slowest_build >= 0.2, "the delay fault did not apply")
       assert.is_true(elapsed_ms < 1000, "50 builds took " .. elapsed_ms .. " ms")
