@@ -354,12 +354,18 @@ describe("client.concurrent at scale #scale", function()
     sb:configure{ latency = 0.04 }
     local r = run_builds(client, "2000002", 2000, { concurrency = 32 })
     local ideal = 2000 * 0.04 / 32
-    -- The ideal assumes free CPU. Client and sandbox each sign every message (RSA-2048), so
-    -- on a small machine their CPU, not the latency, sets the floor: the bound is 1.3 x the
-    -- larger of the two. On a machine with a core to spare for each side it is the ideal.
-    local floor = r.cpu + r.sandbox_cpu
+    -- The ideal assumes free CPU. Client and sandbox each sign every message (RSA-2048) on
+    -- one thread each, so no schedule can beat the busier one's CPU time, nor both CPU times
+    -- shared over the machine's cores. Where that floor is above the ideal (2 cores: each
+    -- side needs ~1.3 ms a build, 2.6 s for 2,000), the bound is 1.3 x the floor; on a
+    -- machine with the CPU to spare it is 1.3 x the ideal, as the issue states.
+    local p = io.popen("getconf _NPROCESSORS_ONLN 2>/dev/null")
+    local cores = tonumber(p:read("*a")) or 1
+    p:close()
+    local floor = math.max(r.cpu, r.sandbox_cpu, (r.cpu + r.sandbox_cpu) / cores)
     print(("\n2,000 builds, concurrency 32, 40 ms latency: %.2f s = %.2f x the ideal %.2f s; "
-      .. "client CPU %.2f s, sandbox CPU %.2f s"):format(r.elapsed, r.elapsed / ideal, ideal, r.cpu, r.sandbox_cpu))
+      .. "client CPU %.2f s, sandbox CPU %.2f s, %d cores: CPU floor %.2f s"):format(
+      r.elapsed, r.elapsed / ideal, ideal, r.cpu, r.sandbox_cpu, cores, floor))
     assert.equal(2000, #api_log())
     assert.equal(32, r.summary.max_in_flight)
     assert.is_true(r.elapsed <= 1.3 * math.max(ideal, floor),

@@ -193,15 +193,17 @@ function Server:api_request(con, conn, req)
       resp = api.error_response(500, "SYSTEM_ERROR", "sandbox internal error")
     end
   end
-  -- Configured round-trip latency for every answer (`latency` in /_sandbox/config).
+  local post = f.post and f.post.fault
+  if post then entry.fault = (entry.fault and entry.fault .. "," or "") .. post end
+  local headers, body = api.finish(state, req, resp, post)
+  -- Configured round-trip latency for every answer (`latency` in /_sandbox/config), spent
+  -- after the answer is signed, as if on the way back: the signing of answers then happens
+  -- in the order requests arrive instead of in bursts when many sleeps end together.
   if state.config.latency > 0 then cqueues.sleep(state.config.latency) end
   if f.delay then
     entry.fault = (entry.fault and entry.fault .. "," or "") .. "delay"
     cqueues.sleep(f.delay.seconds)
   end
-  local post = f.post and f.post.fault
-  if post then entry.fault = (entry.fault and entry.fault .. "," or "") .. post end
-  local headers, body = api.finish(state, req, resp, post)
   for _, h in ipairs(extra) do headers[#headers + 1] = h end
   -- A Date header (shifted by `clock_offset`), which `wxpay doctor` checks clock skew with.
   headers[#headers + 1] = { "Date", os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + state.config.clock_offset) }
