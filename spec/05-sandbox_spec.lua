@@ -3,6 +3,7 @@
 local core = require("wxpay.core")
 local cjson = require("cjson").new()
 local sandbox = require("spec.support.sandbox")
+local SLOW = require("spec.helpers").slowdown(8)
 
 local function read_file(path)
   local f = assert(io.open(path, "rb"))
@@ -308,7 +309,9 @@ describe("wxpay-sandbox", function()
       local pages = sb:http(reqs)
       assert.equal(200, #pages)
       assert.equal("wxseed010000", decode(pages[200]).data[50].partner.appid)
-      assert.is_true(core.monotonic() - t0 < 30)
+      -- Most of the time is the spec signing its 200 requests: ~1 ms each, ~100 ms under valgrind.
+      local elapsed = core.monotonic() - t0
+      assert.is_true(elapsed < 10 * SLOW, ("200 pages took %.1f s"):format(elapsed))
     end)
   end)
 

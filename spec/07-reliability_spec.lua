@@ -11,7 +11,7 @@ local BUILD = "/v3/marketing/partnerships/build"
 local CERTS = "/v3/certificates"
 
 -- Valgrind and ASan slow the client down; timing bounds stretch with them.
-local SLOW = (os.getenv("WXPAY_UNDER_VALGRIND") and 4) or (os.getenv("WXPAY_UNDER_SANITIZER") and 2) or 1
+local SLOW = require("spec.helpers").slowdown(4)
 
 local sb
 setup(function() sb = sandbox.start{ mode = "combined" } end)

@@ -77,6 +77,14 @@ function helpers.config_from(sb, changes)
   return c
 end
 
+--- How much longer timing bounds stretch in this run: `under_valgrind` under valgrind
+-- (`make test-valgrind` sets WXPAY_UNDER_VALGRIND), 2 under ASan/UBSan, else 1.
+function helpers.slowdown(under_valgrind)
+  if os.getenv("WXPAY_UNDER_VALGRIND") then return under_valgrind end
+  if os.getenv("WXPAY_UNDER_SANITIZER") then return 2 end
+  return 1
+end
+
 --- Shell-quotes a string.
 function helpers.q(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
