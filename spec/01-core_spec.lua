@@ -225,7 +225,9 @@ describe("RSA-OAEP (SHA-1, MGF1-SHA-1)", function()
     local key = assert(core.load_private_key(mch.key_pem))
     local pub = assert(core.load_public_key(mch.pub_pem))
     local ct = assert(pub:encrypt_oaep("x"))
-    local cases = { "", "MTIzNA==", ct:sub(1, -5), "!" .. ct:sub(2), ct:sub(1, 100) .. "B" .. ct:sub(102) }
+    -- one base64 character changed (to one it is not: the ciphertext is random)
+    local other = ct:sub(101, 101) == "B" and "C" or "B"
+    local cases = { "", "MTIzNA==", ct:sub(1, -5), "!" .. ct:sub(2), ct:sub(1, 100) .. other .. ct:sub(102) }
     for _, c in ipairs(cases) do
       local pt, err = key:decrypt_oaep(c)
       assert.is_nil(pt)
