@@ -133,7 +133,6 @@ function F.response(status, body, opts)
   return { status = status, headers = headers, body = body }
 end
 
---- An unsigned error answer.
 --- A /v3/certificates answer carrying `certs` ({pem, serial}, encrypted with F.APIV3),
 -- signed by `signer_serial`; `mutate(entry)` may change each entry before encoding.
 function F.certificates_response(certs, signer_serial, mutate)
@@ -150,6 +149,7 @@ function F.certificates_response(certs, signer_serial, mutate)
   return F.response(200, require("wxpay.client").encode_json({ data = entries }), { serial = signer_serial })
 end
 
+--- An unsigned error answer.
 function F.error_response(status, code, message, extra_headers)
   local body = code and string.format('{"code":"%s","message":"%s"}', code, message or "") or (message or "")
   local headers = { ["Request-ID"] = "req-err" }
