@@ -39,7 +39,7 @@ typedef struct {
   long max_body;
   lua_Integer next_id, requests, connects, npending;
   /* What libcurl asked us to watch (socket callback) and its next timer (timer callback). */
-  struct pollfd *fds, *ready; /* one allocation: `ready` is the second half */
+  struct pollfd *fds; /* 2 * capfds entries: the watched ones, then room for drive() */
   size_t nfds, capfds;
   double timer_due; /* monotonic seconds; < 0: no timer */
   int cb_failed;    /* the socket callback could not grow `fds` */
@@ -102,10 +102,13 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
       size_t cap = m->capfds ? m->capfds * 2 : 16;
       struct pollfd *grown = (struct pollfd *)malloc(2 * cap * sizeof *grown);
       if (grown == NULL) { m->cb_failed = 1; return -1; }
-      if (m->nfds) memcpy(grown, m->fds, m->nfds * sizeof *grown);
+      if (m->capfds) {
+        /* the second half too: drive() may be reading it while libcurl adds a socket */
+        memcpy(grown, m->fds, m->nfds * sizeof *grown);
+        memcpy(grown + cap, m->fds + m->capfds, m->capfds * sizeof *grown);
+      }
       free(m->fds);
       m->fds = grown;
-      m->ready = grown + cap;
       m->capfds = cap;
     }
     m->fds[m->nfds++].fd = (int)fd;
@@ -136,7 +139,7 @@ static void multi_release(wx_multi *m) {
   if (m->multi) { curl_multi_cleanup(m->multi); m->multi = NULL; }
   if (m->share) { curl_share_cleanup(m->share); m->share = NULL; }
   free(m->fds); /* after the cleanup, which may still call on_socket */
-  m->fds = m->ready = NULL;
+  m->fds = NULL;
   m->nfds = m->capfds = 0;
   free(m->ca_file);
   free(m->proxy);
@@ -277,19 +280,21 @@ static int select_bits(short revents) {
 }
 
 /* Tell libcurl which sockets poll(2) found ready, then whether its timer is due. The ready
- * ones are copied out first: socket_action changes `fds` through on_socket. */
+ * ones are copied out first, to the second half of `fds`: socket_action changes the watched
+ * ones through on_socket, and may grow (move) `fds`, which carries that half along. */
 static CURLMcode drive(wx_multi *m) {
   CURLMcode mc = CURLM_OK;
   size_t i, n = 0;
   int running;
   for (i = 0; i < m->nfds; i++) {
     if (m->fds[i].revents == 0) continue;
-    m->ready[n++] = m->fds[i];
+    m->fds[m->capfds + n++] = m->fds[i];
     m->fds[i].revents = 0;
   }
-  for (i = 0; i < n && mc == CURLM_OK; i++)
-    mc = curl_multi_socket_action(m->multi, (curl_socket_t)m->ready[i].fd, select_bits(m->ready[i].revents),
-                                  &running);
+  for (i = 0; i < n && mc == CURLM_OK; i++) {
+    struct pollfd r = m->fds[m->capfds + i]; /* re-read: `fds` may have moved */
+    mc = curl_multi_socket_action(m->multi, (curl_socket_t)r.fd, select_bits(r.revents), &running);
+  }
   if (mc == CURLM_OK && m->timer_due >= 0 && m->timer_due <= now_seconds()) {
     m->timer_due = -1.0; /* libcurl sets the next one during the call */
     mc = curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &running);
