@@ -176,15 +176,19 @@ static int l_sign(lua_State *L) {
 /* Verifies base64 `sig` over `msg`; 1 valid, 0 anything else (malformed included). */
 static int verify_b64(lua_State *L, wx_key *k, const char *msg, size_t len, const char *sig,
                       size_t siglen) {
-  size_t keylen = (size_t)EVP_PKEY_get_size(k->pkey), n;
-  unsigned char dgst[SHA256_DIGEST_LENGTH], stackbuf[512];
+  size_t keylen = (size_t)EVP_PKEY_get_size(k->pkey), n, need;
+  unsigned char dgst[SHA256_DIGEST_LENGTH], stackbuf[768];
   unsigned char *raw;
   int ok;
   /* A base64 signature for this key has exactly this many characters; anything else
    * (including WECHATPAY/SIGNTEST/ probes) fails before any decoding work. */
   if (siglen != wx_b64_encoded_len(keylen)) return 0;
-  /* The hot path of every response: decode on the stack, no allocation. */
-  raw = keylen <= sizeof stackbuf ? stackbuf : wx_scratch(L, 3 * (siglen / 4));
+  /* Characters of the right count without the '=' padding decode to 3 * siglen / 4 bytes,
+   * more than keylen (513 for RSA-4096's 684): size the buffer from the input, never the
+   * key. The hot path of every response (RSA-2048 to RSA-6144) stays on the stack; larger
+   * keys take scratch memory. */
+  need = 3 * (siglen / 4);
+  raw = need <= sizeof stackbuf ? stackbuf : wx_scratch(L, need);
   n = wx_b64_decode(sig, siglen, raw);
   if (n == keylen) {
     SHA256((const unsigned char *)msg, len, dgst);

@@ -194,6 +194,21 @@ describe("SHA256-RSA signatures", function()
       assert.is_false(pub:verify("m", sig))
     end
   end)
+
+  -- 512 bytes encode to 684 characters ending in "=="; 684 without padding decode to 513.
+  it("decode a 4096-bit key's signature without writing past the key's size", function()
+    local big = h.openssl_keypair(dir, "rsa4096", { bits = 4096 })
+    local pub = assert(core.load_public_key(big.pub_pem))
+    assert.equal(4096, pub:bits())
+    for _, sig in ipairs({ string.rep("A", 684), string.rep("/", 684), string.rep("A", 682) .. "==" }) do
+      assert.is_false(pub:verify("m", sig))
+    end
+    local key = assert(core.load_private_key(big.key_pem))
+    local sig = key:sign("m")
+    assert.equal(684, #sig)
+    assert.is_true(pub:verify("m", sig))
+    assert.is_false(pub:verify("n", sig))
+  end)
 end)
 
 describe("RSA-OAEP (SHA-1, MGF1-SHA-1)", function()

@@ -5,10 +5,10 @@ set -eu
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${FUZZ_SECONDS:-30}
 cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DWXPAY_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build-fuzz -j 2 --target fuzz_base64 fuzz_pem fuzz_headers fuzz_aes_gcm fuzz_oaep
+cmake --build build-fuzz -j 2 --target fuzz_base64 fuzz_pem fuzz_headers fuzz_aes_gcm fuzz_oaep fuzz_verify
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-for t in base64 pem headers aes_gcm oaep; do
+for t in base64 pem headers aes_gcm oaep verify; do
   mkdir -p "$work/$t"
   printf 'fuzz_%s: %ss ... ' "$t" "$SECONDS_EACH"
   if ! ./build-fuzz/fuzz_$t -max_total_time="$SECONDS_EACH" -max_len=8192 -print_final_stats=1 \
