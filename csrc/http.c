@@ -172,6 +172,28 @@ static long opt_ms(lua_State *L, int t, const char *k, long dflt, const char *fn
   return n < 1 ? 1 : (long)n;
 }
 
+/* The method goes to CURLOPT_CUSTOMREQUEST verbatim, into the request line: only an
+ * upper-case token (RFC 9110 tchars A-Z, 0-9, '-', '_'; 1..20 of them) may pass, so no CR,
+ * LF, NUL or space can split the request or add a header. Misuse by the caller: raises. */
+static const char *check_method(lua_State *L, int t, const char *fn) {
+  const char *m;
+  size_t len, i;
+  lua_getfield(L, t, "method");
+  if (lua_type(L, -1) != LUA_TSTRING) {
+    if (lua_isnil(L, -1)) luaL_error(L, "%s: 'method' and 'url' are required", fn);
+    luaL_error(L, "%s: 'method' must be a string", fn);
+  }
+  m = lua_tolstring(L, -1, &len);
+  lua_pop(L, 1); /* still referenced by the table */
+  for (i = 0; i < len; i++) {
+    char c = m[i];
+    if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_')) break;
+  }
+  if (len == 0 || len > 20 || i != len)
+    luaL_error(L, "%s: 'method' must be an upper-case token of 1-20 characters A-Z, 0-9, '-', '_'", fn);
+  return m;
+}
+
 /* idx must be a positive (absolute) stack index. */
 void wx_xfer_prepare(lua_State *L, int idx, wx_xfer *x, const char *fn) {
   const char *method, *url, *body;
@@ -182,7 +204,7 @@ void wx_xfer_prepare(lua_State *L, int idx, wx_xfer *x, const char *fn) {
   CURL *e = x->easy;
   luaL_checktype(L, idx, LUA_TTABLE);
   /* Everything that can raise comes first, while nothing is held but the header list. */
-  method = opt_string(L, idx, "method", fn);
+  method = check_method(L, idx, fn);
   url = opt_string(L, idx, "url", fn);
   if (method == NULL || url == NULL) luaL_error(L, "%s: 'method' and 'url' are required", fn);
   lua_getfield(L, idx, "body");

@@ -473,4 +473,52 @@ describe("http session", function()
     assert.has_error(function() s:request{ url = "https://127.0.0.1:9/" } end)
     assert.has_error(function() core.http_session{ max_body = 0 } end)
   end)
+
+  -- Nothing may reach libcurl that could split the request line or add a header.
+  local bad_methods = { "GET /evil HTTP/1.1\r\nX-Injected: 1\r\n\r\nGET", "GET\r\nX: 1", "GET\n",
+                        "G\0ET", "get", "Get", "", "GE T", "GET:", string.rep("A", 21) }
+  local bad_headers = { "X: a\r\nEvil: 1", "X: a\nEvil: 1", "X: a\rEvil: 1", "X: a\0Evil: 1",
+                        "X\r\nEvil: 1", "X\0: a" }
+
+  it("refuses a method that is not an upper-case token, sending nothing", function()
+    local s = core.http_session{}
+    for _, method in ipairs(bad_methods) do
+      local ok, err = pcall(s.request, s, { method = method, url = "https://127.0.0.1:9/" })
+      assert.is_false(ok, ("%q was accepted"):format(method))
+      assert.matches("'method' must be", err)
+    end
+    assert.same({ requests = 0, connects = 0 }, s:stats())
+    -- the methods the API uses, and tokens with digits, '-' and '_', still pass the check
+    for _, method in ipairs({ "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "M-SEARCH", "X_1", string.rep("A", 20) }) do
+      local resp, err = s:request{ method = method, url = "https://127.0.0.1:9/", connect_timeout = 2 }
+      assert.is_nil(resp)
+      assert.equal("network", err.kind)
+    end
+    s:close()
+  end)
+
+  it("refuses CR, LF or NUL anywhere in a header line, sending nothing", function()
+    local s = core.http_session{}
+    for _, line in ipairs(bad_headers) do
+      local ok, err = pcall(s.request, s, { method = "GET", url = "https://127.0.0.1:9/",
+                                            headers = { "Accept: application/json", line } })
+      assert.is_false(ok, ("%q was accepted"):format(line))
+      assert.matches("header 2 must be a string without CR, LF or NUL", err)
+    end
+    assert.same({ requests = 0, connects = 0 }, s:stats())
+    s:close()
+  end)
+
+  it("refuses the same in http_multi:add, adding nothing", function()
+    local m = core.http_multi{}
+    for _, method in ipairs(bad_methods) do
+      assert.has_error(function() m:add{ method = method, url = "https://127.0.0.1:9/" } end)
+    end
+    for _, line in ipairs(bad_headers) do
+      assert.has_error(function() m:add{ method = "GET", url = "https://127.0.0.1:9/", headers = { line } } end)
+    end
+    assert.equal(0, m:pending())
+    assert.same({ requests = 0, connects = 0, pending = 0 }, m:stats())
+    m:close()
+  end)
 end)
