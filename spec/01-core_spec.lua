@@ -489,7 +489,8 @@ describe("http session", function()
     end
     assert.same({ requests = 0, connects = 0 }, s:stats())
     -- the methods the API uses, and tokens with digits, '-' and '_', still pass the check
-    for _, method in ipairs({ "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "M-SEARCH", "X_1", string.rep("A", 20) }) do
+    local good = { "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "M-SEARCH", "X_1", string.rep("A", 20) }
+    for _, method in ipairs(good) do
       local resp, err = s:request{ method = method, url = "https://127.0.0.1:9/", connect_timeout = 2 }
       assert.is_nil(resp)
       assert.equal("network", err.kind)
