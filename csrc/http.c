@@ -128,6 +128,9 @@ int wx_xfer_init(wx_xfer *x, long max_body, const char *ca_file, const char *pro
   curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)CURLPROTO_HTTPS);
 #endif
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+  /* The caller signed the path it gave us: send it byte for byte, without libcurl's
+   * resolving of "." and ".." segments (the session and the multi both start here). */
+  curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   if (ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, ca_file);
   if (proxy) curl_easy_setopt(e, CURLOPT_PROXY, proxy);
