@@ -187,7 +187,7 @@ describe("core.http_multi", function()
     m:close()
     local targets, expected = {}, {}
     for _, e in ipairs(api_log()) do targets[#targets + 1] = e.target end
-    for i = 1, 2 do
+    for _ = 1, 2 do
       for _, p in ipairs(paths) do expected[#expected + 1] = p end
     end
     table.sort(targets) -- the multi's three may arrive in any order
