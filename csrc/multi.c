@@ -389,6 +389,31 @@ static int l_multi_cancel(lua_State *L) {
   return 1;
 }
 
+/*** multi:cancel_all() -> how many transfers were dropped (running or finished and not
+ * yet handed over). The scheduler calls it as a batch ends, however it ends, so a later
+ * batch on the same handle never sees this one's transfers. */
+static int l_multi_cancel_all(lua_State *L) {
+  wx_multi *m = check_multi(L);
+  lua_Integer n = 0;
+  wx_mxfer *t;
+  while ((t = m->active) != NULL) {
+    m->active = t->next;
+    curl_multi_remove_handle(m->multi, t->x.easy);
+    wx_xfer_finish(&t->x);
+    list_push(&m->idle, t);
+    n++;
+  }
+  while ((t = m->done) != NULL) {
+    m->done = t->next;
+    wx_xfer_finish(&t->x);
+    list_push(&m->idle, t);
+    n++;
+  }
+  m->npending = 0;
+  lua_pushinteger(L, n);
+  return 1;
+}
+
 static int l_multi_pending(lua_State *L) {
   wx_multi *m = check_multi(L);
   lua_pushinteger(L, m->npending);
@@ -422,7 +447,7 @@ static int l_multi_tostring(lua_State *L) {
 void wx_open_multi(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"add", l_multi_add}, {"perform", l_multi_perform}, {"cancel", l_multi_cancel},
-    {"pending", l_multi_pending}, {"stats", l_multi_stats}, {"close", l_multi_close},
+    {"cancel_all", l_multi_cancel_all}, {"pending", l_multi_pending}, {"stats", l_multi_stats}, {"close", l_multi_close},
     {NULL, NULL}};
   luaL_newmetatable(L, WX_MULTI);
   wx_newlib(L, methods);

@@ -174,6 +174,30 @@ describe("core.http_multi", function()
     m:close()
   end)
 
+  it("cancel_all drops every transfer, running or finished, and the handle stays usable", function()
+    sb:configure{ latency = 0.2 }
+    local m = core.http_multi{ ca_file = sb.config.ca_file }
+    m:add(get("/v3/fast-enough"))
+    m:add(get("/v3/held"))
+    assert.equal(0, #m:perform(0))
+    assert.equal(2, m:cancel_all())
+    assert.equal(0, m:pending())
+    assert.equal(0, m:cancel_all())
+    -- well past the latency: nothing of theirs comes back
+    local waited = core.monotonic()
+    assert.same({}, m:perform(0.4))
+    assert.is_true(core.monotonic() - waited >= 0.39)
+    sb:configure{ latency = 0 }
+    local id = m:add(get("/v3/certificates?algorithm_type=RSA&after=1"))
+    local done = {}
+    while #done == 0 do done = m:perform(2) end
+    assert.equal(1, #done)
+    assert.equal(id, done[1].id)
+    assert.equal(401, done[1].resp.status)
+    m:close()
+    assert.has_error(function() m:cancel_all() end)
+  end)
+
   -- The client signs the path it hands over; libcurl must not then resolve "." and "..".
   it("sends the path exactly as given, dot segments included, from the session and the multi", function()
     local paths = { "/v3/a/../b/./c?x=1", "/v3/x/%2e%2e/y", "/v3//double" }
@@ -348,6 +372,65 @@ describe("client.concurrent", function()
     -- task 2's five calls finished while task 1 slept, so task 1 finished last
     assert.same({ 2, 3, 4, 5, 6, 1 }, order)
     assert.is_true(elapsed >= 0.3 and elapsed < 2 * SLOW, "elapsed " .. elapsed)
+    client.close()
+  end)
+
+  -- An error from outside the tasks (an interrupt, a memory error) aborts the batch while
+  -- its transfers are in flight; a call hook raising on the scheduler's third perform plays
+  -- that part. The later batches share the multi handle and must not see those transfers.
+  it("leaves nothing behind for later batches when a batch is aborted from outside", function()
+    local client = assert(wxpay.new(sb.config))
+    sb:configure{ latency = 0.1 }
+    local probe = core.http_multi()
+    local perform = probe.perform
+    probe:close()
+    local tasks = {}
+    for i = 1, 8 do tasks[i] = build_task(client, "1000020", i) end
+    local calls = 0
+    debug.sethook(function()
+      if debug.getinfo(2, "f").func == perform then
+        calls = calls + 1
+        if calls == 3 then
+          debug.sethook()
+          error("interrupted", 0)
+        end
+      end
+    end, "c")
+    local ok, err = pcall(client.concurrent, tasks, { concurrency = 4 })
+    debug.sethook()
+    assert.is_false(ok)
+    assert.equal("interrupted", err)
+    assert.equal(3, calls)
+    -- each later batch outlasts the aborted transfers' latency, so their answers come during it
+    for batch = 1, 8 do
+      tasks = {}
+      for i = 1, 6 do tasks[i] = build_task(client, "1000021", batch * 100 + i) end
+      local results = client.concurrent(tasks, { concurrency = 3 })
+      for i = 1, 6 do
+        assert.same({ n = 2, string.format("wx1000021%010d", batch * 100 + i), 1 }, results[i])
+      end
+    end
+    client.close()
+  end)
+
+  it("gives client.close() inside a task an error of its own and the others their results", function()
+    local client = assert(wxpay.new(sb.config))
+    sb:configure{ latency = 0.05 }
+    local tasks = {}
+    for i = 1, 6 do tasks[i] = build_task(client, "1000022", i) end
+    tasks[7] = function() client.close() return "closed" end
+    local results = client.concurrent(tasks, { concurrency = 7 })
+    for i = 1, 6 do
+      assert.same({ n = 2, string.format("wx1000022%010d", i), 1 }, results[i])
+    end
+    assert.equal(2, results[7].n)
+    assert.is_nil(results[7][1])
+    assert.matches("client%.close", tostring(results[7][2]))
+    -- the client still works, in a batch and outside one, and closes normally afterwards
+    results = client.concurrent({ build_task(client, "1000022", 7) })
+    assert.equal("wx10000220000000007", results[1][1])
+    assert(client.partnerships.build({ partner = { type = "APPID", appid = "wx10000220000000008" },
+      authorized_data = { business_type = "FAVOR_STOCK", stock_id = "1000022" } }))
     client.close()
   end)
 

@@ -21,7 +21,11 @@
 --   without a 429 (additive increase, multiplicative decrease, as TCP does). A 429 on a
 --   request that started before the last cut does not cut again.
 -- * A task's calls on another client, or from a coroutine of its own, run blocking.
---   Batches do not nest: `client.concurrent` inside a task raises.
+--   Batches do not nest: `client.concurrent` inside a task raises, and so does
+--   `client.close()` (the batch still uses the connections): that task gets the error, the
+--   others their results.
+-- * A batch that raises from outside its tasks (an interrupt, a memory error) cancels its
+--   transfers first, so later batches on the same client never see them.
 -- * Under OpenResty the same call is meant to use light threads: when `ngx` is present and
 --   `M.light_threads` has been set (by the OpenResty transport) it runs the batch with the
 --   same arguments and the same result shape; `M.new_limiter` gives it the same qps rules.
@@ -220,70 +224,81 @@ local function schedule(ctx, tasks, n, concurrency, qps)
     end
   end
 
-  -- Completed transfers: their tasks become runnable with the answer.
+  -- Completed transfers: their tasks become runnable with the answer. A transfer this batch
+  -- did not start (one left by a batch that died mid-way) has no task: its answer is dropped.
   local function finished(done)
     for _, d in ipairs(done) do
       local f = inflight[d.id]
-      inflight[d.id] = nil
-      ninflight = ninflight - 1
-      if d.resp and d.resp.status == 429 then limiter:throttle(mono(), f.started) end
-      push(runnable, { task = f.task, args = pack(d.resp, d.err) })
+      if f then
+        inflight[d.id] = nil
+        ninflight = ninflight - 1
+        if d.resp and d.resp.status == 429 then limiter:throttle(mono(), f.started) end
+        push(runnable, { task = f.task, args = pack(d.resp, d.err) })
+      end
     end
   end
 
-  while true do
-    while alive < concurrency and next_task <= n do
-      local co = coroutine.create(tasks[next_task])
-      owner[co] = sched
-      push(runnable, { task = { i = next_task, co = co } })
-      next_task, alive = next_task + 1, alive + 1
-    end
-    local item = shift(runnable)
-    if item then resume(item.task, item.args) end
-    -- Start what the limiter allows at once, so the server works while we sign the next
-    -- requests (otherwise client and server would take turns).
-    local now = mono()
-    if peek(waiting) and limiter:wait(now) <= 0 then
-      while peek(waiting) and limiter:wait(now) <= 0 do
-        local w = shift(waiting)
-        multi = multi or ctx.transport.multi(concurrency)
-        local ok, id, aerr = pcall(multi.add, multi, w.req)
-        if ok and id then
-          inflight[id] = { task = w.task, started = now }
-          ninflight, started = ninflight + 1, started + 1
-          if ninflight > max_in_flight then max_in_flight = ninflight end
-          limiter:start(now)
-        else
-          push(runnable, { task = w.task, args = pack(nil, { kind = "network", connected = false,
-            message = tostring(ok and aerr or id) }) })
+  local function run()
+    while true do
+      while alive < concurrency and next_task <= n do
+        local co = coroutine.create(tasks[next_task])
+        owner[co] = sched
+        push(runnable, { task = { i = next_task, co = co } })
+        next_task, alive = next_task + 1, alive + 1
+      end
+      local item = shift(runnable)
+      if item then resume(item.task, item.args) end
+      -- Start what the limiter allows at once, so the server works while we sign the next
+      -- requests (otherwise client and server would take turns).
+      local now = mono()
+      if peek(waiting) and limiter:wait(now) <= 0 then
+        while peek(waiting) and limiter:wait(now) <= 0 do
+          local w = shift(waiting)
+          multi = multi or ctx.transport.multi(concurrency)
+          local ok, id, aerr = pcall(multi.add, multi, w.req)
+          if ok and id then
+            inflight[id] = { task = w.task, started = now }
+            ninflight, started = ninflight + 1, started + 1
+            if ninflight > max_in_flight then max_in_flight = ninflight end
+            limiter:start(now)
+          else
+            push(runnable, { task = w.task, args = pack(nil, { kind = "network", connected = false,
+              message = tostring(ok and aerr or id) }) })
+          end
         end
+        if ninflight > 0 then finished(multi:perform(0)) end
       end
-      if ninflight > 0 then finished(multi:perform(0)) end
-    end
-    if not item and not peek(runnable) then
-      if alive == 0 and next_task > n then break end
-      -- Wait for a transfer, a sleeper's wake-up or the limiter, whichever comes first.
-      local wait = math.huge
-      for _, s in ipairs(sleepers) do
-        if s.wake - now < wait then wait = s.wake - now end
+      if not item and not peek(runnable) then
+        if alive == 0 and next_task > n then break end
+        -- Wait for a transfer, a sleeper's wake-up or the limiter, whichever comes first.
+        local wait = math.huge
+        for _, s in ipairs(sleepers) do
+          if s.wake - now < wait then wait = s.wake - now end
+        end
+        if peek(waiting) then wait = math.min(wait, limiter:wait(now)) end
+        if wait < 0 then wait = 0 end
+        if ninflight > 0 then
+          finished(multi:perform(math.min(wait, 1)))
+        elseif wait < math.huge then
+          core.sleep(wait)
+        else
+          error("wxpay.concurrent: no task can make progress (scheduler bug)")
+        end
+        now = mono()
+        local keep = {}
+        for _, s in ipairs(sleepers) do
+          if s.wake <= now then push(runnable, { task = s.task }) else keep[#keep + 1] = s end
+        end
+        sleepers = keep
       end
-      if peek(waiting) then wait = math.min(wait, limiter:wait(now)) end
-      if wait < 0 then wait = 0 end
-      if ninflight > 0 then
-        finished(multi:perform(math.min(wait, 1)))
-      elseif wait < math.huge then
-        core.sleep(wait)
-      else
-        error("wxpay.concurrent: no task can make progress (scheduler bug)")
-      end
-      now = mono()
-      local keep = {}
-      for _, s in ipairs(sleepers) do
-        if s.wake <= now then push(runnable, { task = s.task }) else keep[#keep + 1] = s end
-      end
-      sleepers = keep
     end
   end
+
+  -- However the loop ends (an error from outside the tasks too: an interrupt, a memory
+  -- error), this batch's transfers leave the multi handle the next batches share.
+  local ok, err = pcall(run)
+  if multi then pcall(multi.cancel_all, multi) end
+  if not ok then error(err, 0) end
   return results, { elapsed = mono() - t0, requests = started, throttled = limiter.throttled,
                     rate_cuts = limiter.cuts, min_rate = limiter.min_rate, max_in_flight = max_in_flight }
 end
@@ -334,7 +349,7 @@ function M.attach(st, config)
   end
   if tostring(st.transport) == "wxpay.transport.curl" then
     ctx.transport = require("wxpay.transport.multi").new{ base = st.transport, current = current,
-      ca_file = config.ca_file, proxy = config.proxy }
+      busy = function() return ctx.busy end, ca_file = config.ca_file, proxy = config.proxy }
     st.transport = ctx.transport
   end
   local base_sleep = st.sleep

@@ -25,7 +25,8 @@ end
 
 --- Wrap a blocking transport.
 -- @tparam table opts `base` (the blocking transport, used outside batches), `current`
---   (function returning the scheduler of the running task, or nil), `ca_file`, `proxy`
+--   (function returning the scheduler of the running task, or nil), `busy` (function: is a
+--   batch running?), `ca_file`, `proxy`
 -- @treturn table a transport with `request`, `multi(connections)`, `stats` and `close`
 function M.new(opts)
   local base, current = opts.base, opts.current
@@ -64,8 +65,14 @@ function M.new(opts)
     return s
   end
 
-  --- Close both (idempotent); later requests open new ones.
+  --- Close both (idempotent); later requests open new ones. Raises inside a running batch
+  -- (from one of its tasks): the batch's other transfers are still on the multi handle, so
+  -- freeing it would pull it from under them. The caller's task fails; the others go on.
   function t.close()
+    if opts.busy and opts.busy() then
+      error("client.close() inside client.concurrent: the batch still uses the client's "
+        .. "connections; close it after the batch", 3)
+    end
     if base.close then base.close() end
     if multi then multi:close(); multi = nil end
   end
