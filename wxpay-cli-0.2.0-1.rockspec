@@ -23,19 +23,20 @@ dependencies = {
   "lua-cjson",
   "luasql-sqlite3",
 }
+-- Type none: luarocks' builtin type would also copy all of lua/, the other rocks' modules too.
 build = {
-  type = "builtin",
-  modules = {
-    -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
-    ["wxpay.cli.campaign"] = "lua/wxpay/cli/campaign.lua",
-    ["wxpay.cli.doctor"] = "lua/wxpay/cli/doctor.lua",
-    ["wxpay.cli"] = "lua/wxpay/cli/init.lua",
-    ["wxpay.cli.journal"] = "lua/wxpay/cli/journal.lua",
-    ["wxpay.cli.output"] = "lua/wxpay/cli/output.lua",
-    ["wxpay.cli.partnerships"] = "lua/wxpay/cli/partnerships.lua",
-    -- END LUA MODULES
-  },
+  type = "none",
   install = {
+    lua = {
+      -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
+      ["wxpay.cli.campaign"] = "lua/wxpay/cli/campaign.lua",
+      ["wxpay.cli.doctor"] = "lua/wxpay/cli/doctor.lua",
+      ["wxpay.cli"] = "lua/wxpay/cli/init.lua",
+      ["wxpay.cli.journal"] = "lua/wxpay/cli/journal.lua",
+      ["wxpay.cli.output"] = "lua/wxpay/cli/output.lua",
+      ["wxpay.cli.partnerships"] = "lua/wxpay/cli/partnerships.lua",
+      -- END LUA MODULES
+    },
     bin = { ["wxpay"] = "bin/wxpay" },
   },
 }

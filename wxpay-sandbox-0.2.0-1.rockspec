@@ -24,26 +24,27 @@ dependencies = {
   "cqueues",
   "luaossl",
 }
+-- Type none: luarocks' builtin type would also copy all of lua/, the other rocks' modules too.
 build = {
-  type = "builtin",
-  modules = {
-    -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
-    ["wxpay.sandbox.api"] = "lua/wxpay/sandbox/api.lua",
-    ["wxpay.sandbox.callbacks"] = "lua/wxpay/sandbox/callbacks.lua",
-    ["wxpay.sandbox.control"] = "lua/wxpay/sandbox/control.lua",
-    ["wxpay.sandbox.faults"] = "lua/wxpay/sandbox/faults.lua",
-    ["wxpay.sandbox.http"] = "lua/wxpay/sandbox/http.lua",
-    ["wxpay.sandbox"] = "lua/wxpay/sandbox/init.lua",
-    ["wxpay.sandbox.json"] = "lua/wxpay/sandbox/json.lua",
-    ["wxpay.sandbox.keys"] = "lua/wxpay/sandbox/keys.lua",
-    ["wxpay.sandbox.media"] = "lua/wxpay/sandbox/media.lua",
-    ["wxpay.sandbox.process"] = "lua/wxpay/sandbox/process.lua",
-    ["wxpay.sandbox.server"] = "lua/wxpay/sandbox/server.lua",
-    ["wxpay.sandbox.store"] = "lua/wxpay/sandbox/store.lua",
-    ["wxpay.sandbox.util"] = "lua/wxpay/sandbox/util.lua",
-    -- END LUA MODULES
-  },
+  type = "none",
   install = {
+    lua = {
+      -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
+      ["wxpay.sandbox.api"] = "lua/wxpay/sandbox/api.lua",
+      ["wxpay.sandbox.callbacks"] = "lua/wxpay/sandbox/callbacks.lua",
+      ["wxpay.sandbox.control"] = "lua/wxpay/sandbox/control.lua",
+      ["wxpay.sandbox.faults"] = "lua/wxpay/sandbox/faults.lua",
+      ["wxpay.sandbox.http"] = "lua/wxpay/sandbox/http.lua",
+      ["wxpay.sandbox"] = "lua/wxpay/sandbox/init.lua",
+      ["wxpay.sandbox.json"] = "lua/wxpay/sandbox/json.lua",
+      ["wxpay.sandbox.keys"] = "lua/wxpay/sandbox/keys.lua",
+      ["wxpay.sandbox.media"] = "lua/wxpay/sandbox/media.lua",
+      ["wxpay.sandbox.process"] = "lua/wxpay/sandbox/process.lua",
+      ["wxpay.sandbox.server"] = "lua/wxpay/sandbox/server.lua",
+      ["wxpay.sandbox.store"] = "lua/wxpay/sandbox/store.lua",
+      ["wxpay.sandbox.util"] = "lua/wxpay/sandbox/util.lua",
+      -- END LUA MODULES
+    },
     bin = { ["wxpay-sandbox"] = "bin/wxpay-sandbox" },
   },
 }

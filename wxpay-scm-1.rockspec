@@ -25,29 +25,32 @@ external_dependencies = {
   -- Debian keeps curl.h in a multiarch include dir luarocks does not search: check the library.
   CURL = { library = "curl" },
 }
+-- Not the builtin type: it would also copy all of lua/, the modules of wxpay-cli and
+-- wxpay-sandbox too. The command compiles the core (into build/rock/, which `make clean`
+-- removes); install.lua lists the library's own modules.
 build = {
-  type = "builtin",
-  modules = {
-    ["wxpay.core"] = {
-      sources = { "csrc/core.c", "csrc/crypto.c", "csrc/http.c", "csrc/multi.c", "csrc/pkey.c" },
-      libraries = { "crypto", "curl", "pthread" },
-      incdirs = { "$(OPENSSL_INCDIR)", "$(CURL_INCDIR)" },
-      libdirs = { "$(OPENSSL_LIBDIR)", "$(CURL_LIBDIR)" },
-      defines = { "_GNU_SOURCE" },
+  type = "command",
+  build_command = "mkdir -p build/rock && $(CC) $(CFLAGS) -D_GNU_SOURCE"
+    .. " -I$(LUA_INCDIR) -I$(OPENSSL_INCDIR) -I$(CURL_INCDIR)"
+    .. " csrc/core.c csrc/crypto.c csrc/http.c csrc/multi.c csrc/pkey.c"
+    .. " $(LIBFLAG) -o build/rock/core.so -L$(OPENSSL_LIBDIR) -L$(CURL_LIBDIR) -lcrypto -lcurl -lpthread",
+  install = {
+    lib = { ["wxpay.core"] = "build/rock/core.so" },
+    lua = {
+      -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
+      ["wxpay.api.media"] = "lua/wxpay/api/media.lua",
+      ["wxpay.api.partnerships"] = "lua/wxpay/api/partnerships.lua",
+      ["wxpay.client"] = "lua/wxpay/client.lua",
+      ["wxpay.concurrent"] = "lua/wxpay/concurrent.lua",
+      ["wxpay.errors"] = "lua/wxpay/errors.lua",
+      ["wxpay"] = "lua/wxpay/init.lua",
+      ["wxpay.notify"] = "lua/wxpay/notify.lua",
+      ["wxpay.sensitive"] = "lua/wxpay/sensitive.lua",
+      ["wxpay.transport.curl"] = "lua/wxpay/transport/curl.lua",
+      ["wxpay.transport.multi"] = "lua/wxpay/transport/multi.lua",
+      ["wxpay.transport.ngx"] = "lua/wxpay/transport/ngx.lua",
+      -- END LUA MODULES
     },
-    -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
-    ["wxpay.api.media"] = "lua/wxpay/api/media.lua",
-    ["wxpay.api.partnerships"] = "lua/wxpay/api/partnerships.lua",
-    ["wxpay.client"] = "lua/wxpay/client.lua",
-    ["wxpay.concurrent"] = "lua/wxpay/concurrent.lua",
-    ["wxpay.errors"] = "lua/wxpay/errors.lua",
-    ["wxpay"] = "lua/wxpay/init.lua",
-    ["wxpay.notify"] = "lua/wxpay/notify.lua",
-    ["wxpay.sensitive"] = "lua/wxpay/sensitive.lua",
-    ["wxpay.transport.curl"] = "lua/wxpay/transport/curl.lua",
-    ["wxpay.transport.multi"] = "lua/wxpay/transport/multi.lua",
-    ["wxpay.transport.ngx"] = "lua/wxpay/transport/ngx.lua",
-    -- END LUA MODULES
   },
   copy_directories = { "docs", "examples" },
 }

@@ -15,10 +15,10 @@ for spec in *.rockspec; do
       *) echo "$spec: unknown package $rock" >&2; exit 1 ;;
     esac
     mod=$(printf '%s' "$f" | sed -e 's|^lua/||' -e 's|\.lua$||' -e 's|/init$||' -e 's|/|.|g')
-    printf '    ["%s"] = "%s",\n' "$mod" "$f"
+    printf '      ["%s"] = "%s",\n' "$mod" "$f"
   done > "$tmp"
   awk -v list="$tmp" '
-    /-- BEGIN LUA MODULES/ { print; while ((getline l < list) > 0) print l; skip = 1; next }
+      /-- BEGIN LUA MODULES/ { print; while ((getline l < list) > 0) print l; skip = 1; next }
     /-- END LUA MODULES/ { skip = 0 }
     !skip { print }' "$spec" > "$spec.new"
   mv "$spec.new" "$spec"
