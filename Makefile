@@ -74,10 +74,10 @@ demo: deps build
 bench: deps build
 	$(LUA) bench/run.lua
 
-# Builds and installs the rock from the same sources into a private tree, then loads it.
+# Installs the three rocks from the same sources into a private tree and runs them from outside
+# the checkout.
 rock:
-	luarocks --lua-version=5.4 --tree build/rocktree make --deps-mode=none wxpay-scm-1.rockspec
-	$(LUA) tools/rock-check.lua
+	sh tools/rock-check.sh build/rocktree
 
 clean:
 	rm -rf build build-luajit build-asan build-fuzz build-lua51 build-lua53

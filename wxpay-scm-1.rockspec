@@ -1,15 +1,17 @@
 rockspec_format = "3.0"
 package = "wxpay"
 version = "scm-1"
+-- There is no public repository yet: build this from a checkout with `luarocks make`, which
+-- uses the working tree and never fetches this url.
 source = {
-  url = "git+https://github.com/wxpay-lua/wxpay.git",
-  branch = "main",
+  url = "git+file://.",
 }
 description = {
   summary = "WeChat Pay APIv3 client for Lua and OpenResty, with a C core (OpenSSL, libcurl)",
   detailed = [[
 Signs requests, verifies responses (platform certificates and the WeChat Pay public key),
-and wraps the commissioned-marketing (partnerships) API, with a local sandbox of the API.
+and wraps the commissioned-marketing (partnerships) API. The `wxpay` command is the
+wxpay-cli rock; the local sandbox of the API is the wxpay-sandbox rock.
 ]],
   license = "Apache-2.0",
   labels = { "wechatpay", "payments", "openresty" },
@@ -23,51 +25,32 @@ external_dependencies = {
   -- Debian keeps curl.h in a multiarch include dir luarocks does not search: check the library.
   CURL = { library = "curl" },
 }
+-- Not the builtin type: it would also copy all of lua/, the modules of wxpay-cli and
+-- wxpay-sandbox too. The command compiles the core (into build/rock/, which `make clean`
+-- removes); install.lua lists the library's own modules.
 build = {
-  type = "builtin",
-  modules = {
-    ["wxpay.core"] = {
-      sources = { "csrc/core.c", "csrc/crypto.c", "csrc/http.c", "csrc/multi.c", "csrc/pkey.c" },
-      libraries = { "crypto", "curl", "pthread" },
-      incdirs = { "$(OPENSSL_INCDIR)", "$(CURL_INCDIR)" },
-      libdirs = { "$(OPENSSL_LIBDIR)", "$(CURL_LIBDIR)" },
-      defines = { "_GNU_SOURCE" },
-    },
-    -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
-    ["wxpay.api.media"] = "lua/wxpay/api/media.lua",
-    ["wxpay.api.partnerships"] = "lua/wxpay/api/partnerships.lua",
-    ["wxpay.cli.campaign"] = "lua/wxpay/cli/campaign.lua",
-    ["wxpay.cli.doctor"] = "lua/wxpay/cli/doctor.lua",
-    ["wxpay.cli"] = "lua/wxpay/cli/init.lua",
-    ["wxpay.cli.journal"] = "lua/wxpay/cli/journal.lua",
-    ["wxpay.cli.output"] = "lua/wxpay/cli/output.lua",
-    ["wxpay.cli.partnerships"] = "lua/wxpay/cli/partnerships.lua",
-    ["wxpay.client"] = "lua/wxpay/client.lua",
-    ["wxpay.concurrent"] = "lua/wxpay/concurrent.lua",
-    ["wxpay.errors"] = "lua/wxpay/errors.lua",
-    ["wxpay"] = "lua/wxpay/init.lua",
-    ["wxpay.notify"] = "lua/wxpay/notify.lua",
-    ["wxpay.sandbox.api"] = "lua/wxpay/sandbox/api.lua",
-    ["wxpay.sandbox.callbacks"] = "lua/wxpay/sandbox/callbacks.lua",
-    ["wxpay.sandbox.control"] = "lua/wxpay/sandbox/control.lua",
-    ["wxpay.sandbox.faults"] = "lua/wxpay/sandbox/faults.lua",
-    ["wxpay.sandbox.http"] = "lua/wxpay/sandbox/http.lua",
-    ["wxpay.sandbox"] = "lua/wxpay/sandbox/init.lua",
-    ["wxpay.sandbox.json"] = "lua/wxpay/sandbox/json.lua",
-    ["wxpay.sandbox.keys"] = "lua/wxpay/sandbox/keys.lua",
-    ["wxpay.sandbox.media"] = "lua/wxpay/sandbox/media.lua",
-    ["wxpay.sandbox.process"] = "lua/wxpay/sandbox/process.lua",
-    ["wxpay.sandbox.server"] = "lua/wxpay/sandbox/server.lua",
-    ["wxpay.sandbox.store"] = "lua/wxpay/sandbox/store.lua",
-    ["wxpay.sandbox.util"] = "lua/wxpay/sandbox/util.lua",
-    ["wxpay.sensitive"] = "lua/wxpay/sensitive.lua",
-    ["wxpay.transport.curl"] = "lua/wxpay/transport/curl.lua",
-    ["wxpay.transport.multi"] = "lua/wxpay/transport/multi.lua",
-    ["wxpay.transport.ngx"] = "lua/wxpay/transport/ngx.lua",
-    -- END LUA MODULES
-  },
+  type = "command",
+  build_command = "mkdir -p build/rock && $(CC) $(CFLAGS) -D_GNU_SOURCE"
+    .. " -I$(LUA_INCDIR) -I$(OPENSSL_INCDIR) -I$(CURL_INCDIR)"
+    .. " csrc/core.c csrc/crypto.c csrc/http.c csrc/multi.c csrc/pkey.c"
+    .. " $(LIBFLAG) -o build/rock/core.so -L$(OPENSSL_LIBDIR) -L$(CURL_LIBDIR) -lcrypto -lcurl -lpthread",
   install = {
-    bin = { ["wxpay-sandbox"] = "bin/wxpay-sandbox", ["wxpay"] = "bin/wxpay" },
+    lib = { ["wxpay.core"] = "build/rock/core.so" },
+    lua = {
+      -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
+      ["wxpay.api.media"] = "lua/wxpay/api/media.lua",
+      ["wxpay.api.partnerships"] = "lua/wxpay/api/partnerships.lua",
+      ["wxpay.client"] = "lua/wxpay/client.lua",
+      ["wxpay.concurrent"] = "lua/wxpay/concurrent.lua",
+      ["wxpay.errors"] = "lua/wxpay/errors.lua",
+      ["wxpay"] = "lua/wxpay/init.lua",
+      ["wxpay.notify"] = "lua/wxpay/notify.lua",
+      ["wxpay.sensitive"] = "lua/wxpay/sensitive.lua",
+      ["wxpay.transport.curl"] = "lua/wxpay/transport/curl.lua",
+      ["wxpay.transport.multi"] = "lua/wxpay/transport/multi.lua",
+      ["wxpay.transport.ngx"] = "lua/wxpay/transport/ngx.lua",
+      -- END LUA MODULES
+    },
   },
   copy_directories = { "docs", "examples" },
 }

@@ -18,10 +18,10 @@ teardown(function()
   h.cleanup()
 end)
 
--- Run bin/wxpay; returns stdout, stderr, exit status.
+-- Run bin/wxpay on lua5.4 (build/ holds the Lua 5.4 module); returns stdout, stderr, exit status.
 local function wxpay(args, env)
   local out, err = dir .. "/out", dir .. "/err"
-  local cmd = string.format(sandbox.CLEAN_ENV .. "%s bin/wxpay %s >%s 2>%s; echo $?", env or "", args, h.q(out),
+  local cmd = string.format(sandbox.CLEAN_ENV .. "%s lua5.4 bin/wxpay %s >%s 2>%s; echo $?", env or "", args, h.q(out),
     h.q(err))
   local p = assert(io.popen(cmd))
   local rc = tonumber(p:read("*a"):match("(%d+)%s*$"))
@@ -282,7 +282,7 @@ describe("wxpay campaign", function()
     plan(p, n, "wxkill")
     local seed = os.time()
     math.randomseed(seed)
-    local run = string.format(sandbox.CLEAN_ENV .. "bin/wxpay --config %s campaign run %s --stock 9001 "
+    local run = string.format(sandbox.CLEAN_ENV .. "lua5.4 bin/wxpay --config %s campaign run %s --stock 9001 "
       .. "--business-type BUSIFAVOR_STOCK --journal %s --concurrency 16 --qps 300", config_file, p, db)
     local kills = {}
     for k = 1, 5 do

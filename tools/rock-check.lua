@@ -1,8 +1,20 @@
--- `make rock`: load wxpay from the luarocks tree just installed, not from the checkout.
-package.cpath = "build/rocktree/lib/lua/5.4/?.so;" .. package.cpath
-package.path = "build/rocktree/share/lua/5.4/?.lua;build/rocktree/share/lua/5.4/?/init.lua;" .. package.path
+-- `make rock` (tools/rock-check.sh), run outside the checkout with the paths `luarocks path`
+-- gives: every wxpay module loads from the tree just installed.
+local tree = assert(arg[1], "usage: rock-check.lua TREE")
+local function from_tree(name, path)
+  local file = package.searchpath(name, path)
+  assert(file and file:sub(1, #tree + 1) == tree .. "/", name .. " is not from " .. tree .. ": " .. tostring(file))
+end
+for _, name in ipairs{ "wxpay", "wxpay.client", "wxpay.cli", "wxpay.sandbox", "wxpay.sandbox.process" } do
+  from_tree(name, package.path)
+end
+from_tree("wxpay.core", package.cpath)
+-- Each rock owns only its part: the library's files hold neither the CLI nor the sandbox.
+local manifest = {}
+assert(loadfile(tree .. "/lib/luarocks/rocks-5.4/wxpay/scm-1/rock_manifest", "t", manifest))()
+local own = manifest.rock_manifest.lua.wxpay
+assert(own.cli == nil and own.sandbox == nil, "the wxpay rock installs only the library")
 local wxpay = require("wxpay")
-assert(package.searchpath("wxpay.core", package.cpath):find("rocktree", 1, true), "core from the rock tree")
-assert(package.searchpath("wxpay", package.path):find("rocktree", 1, true), "wxpay from the rock tree")
 assert(require("wxpay.core").versions().libcurl)
-print("rock ok: wxpay " .. wxpay._VERSION .. " from build/rocktree")
+assert(require("wxpay.sandbox").main, "wxpay.sandbox loads")
+print("rock ok: wxpay " .. wxpay._VERSION .. ", wxpay-cli and wxpay-sandbox from " .. tree)

@@ -113,7 +113,15 @@ function M.main(argv, io_)
   if cmd == "sandbox" then -- everything after it is the sandbox's
     local rest = {}
     for i = 2, #argv do rest[#rest + 1] = argv[i] end
-    return require("wxpay.sandbox").main(rest)
+    -- The sandbox is a rock of its own (wxpay-sandbox); the command works without it.
+    local ok, sandbox = pcall(require, "wxpay.sandbox")
+    if ok then return sandbox.main(rest) end
+    if tostring(sandbox):find("module 'wxpay.sandbox' not found", 1, true) then
+      err:write("wxpay: `wxpay sandbox` needs the wxpay-sandbox rock: luarocks install wxpay-sandbox\n")
+    else
+      err:write("wxpay: cannot load the sandbox: ", tostring(sandbox):match("^[^\n]*"), "\n")
+    end
+    return 1
   end
   local pos, opts = M.parse(argv)
   if not pos then err:write("wxpay: ", opts, "\n", M.USAGE); return 2 end

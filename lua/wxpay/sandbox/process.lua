@@ -72,8 +72,10 @@ function M.start(opts)
   opts = opts or {}
   local root = opts.root or "."
   -- The checkout's bin/ when there is one, else the installed wxpay-sandbox on PATH.
-  local bin = opts.bin or (read_file(root .. "/bin/wxpay-sandbox") and root .. "/bin/wxpay-sandbox"
-    or "wxpay-sandbox")
+  local checkout = root .. "/bin/wxpay-sandbox"
+  local bin = opts.bin or (read_file(checkout) and checkout or "wxpay-sandbox")
+  -- build/ holds the Lua 5.4 module: the checkout's script runs on lua5.4, whatever `lua` is.
+  local run = bin == checkout and "lua5.4 " .. q(bin) or q(bin)
   local args = { "--port", "0", "--dir", opts.dir or (root .. "/build/sandbox-keys") }
   if not opts.verbose then args[#args + 1] = "--quiet" end
   local me = own_pid()
@@ -96,7 +98,7 @@ function M.start(opts)
   for i, a in ipairs(args) do quoted[i] = q(a) end
   -- Background job writing to files: no pipe to block on, and its pid from $!.
   local cmd = string.format(M.CLEAN_ENV .. "%s %s </dev/null >%s 2>%s & echo $!",
-                            q(bin), table.concat(quoted, " "),
+                            run, table.concat(quoted, " "),
                             q(out), q(err))
   local p = assert(io.popen(cmd))
   local pid = int(p:read("*l"))

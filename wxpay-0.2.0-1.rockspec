@@ -1,0 +1,57 @@
+rockspec_format = "3.0"
+package = "wxpay"
+version = "0.2.0-1"
+-- `make dist` of the tag v0.2.0 makes this archive (one for all three rocks); there is no
+-- public repository yet. `luarocks build` this rockspec next to the archive, offline.
+source = {
+  url = "wxpay-0.2.0.tar.gz",
+  dir = "wxpay-0.2.0",
+}
+description = {
+  summary = "WeChat Pay APIv3 client for Lua and OpenResty, with a C core (OpenSSL, libcurl)",
+  detailed = [[
+Signs requests, verifies responses (platform certificates and the WeChat Pay public key),
+and wraps the commissioned-marketing (partnerships) API. The `wxpay` command is the
+wxpay-cli rock; the local sandbox of the API is the wxpay-sandbox rock.
+]],
+  license = "Apache-2.0",
+  labels = { "wechatpay", "payments", "openresty" },
+}
+dependencies = {
+  "lua >= 5.1, < 5.5",
+  "lua-cjson",
+}
+external_dependencies = {
+  OPENSSL = { header = "openssl/evp.h", library = "crypto" },
+  -- Debian keeps curl.h in a multiarch include dir luarocks does not search: check the library.
+  CURL = { library = "curl" },
+}
+-- Not the builtin type: it would also copy all of lua/, the modules of wxpay-cli and
+-- wxpay-sandbox too. The command compiles the core (into build/rock/, which `make clean`
+-- removes); install.lua lists the library's own modules.
+build = {
+  type = "command",
+  build_command = "mkdir -p build/rock && $(CC) $(CFLAGS) -D_GNU_SOURCE"
+    .. " -I$(LUA_INCDIR) -I$(OPENSSL_INCDIR) -I$(CURL_INCDIR)"
+    .. " csrc/core.c csrc/crypto.c csrc/http.c csrc/multi.c csrc/pkey.c"
+    .. " $(LIBFLAG) -o build/rock/core.so -L$(OPENSSL_LIBDIR) -L$(CURL_LIBDIR) -lcrypto -lcurl -lpthread",
+  install = {
+    lib = { ["wxpay.core"] = "build/rock/core.so" },
+    lua = {
+      -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
+      ["wxpay.api.media"] = "lua/wxpay/api/media.lua",
+      ["wxpay.api.partnerships"] = "lua/wxpay/api/partnerships.lua",
+      ["wxpay.client"] = "lua/wxpay/client.lua",
+      ["wxpay.concurrent"] = "lua/wxpay/concurrent.lua",
+      ["wxpay.errors"] = "lua/wxpay/errors.lua",
+      ["wxpay"] = "lua/wxpay/init.lua",
+      ["wxpay.notify"] = "lua/wxpay/notify.lua",
+      ["wxpay.sensitive"] = "lua/wxpay/sensitive.lua",
+      ["wxpay.transport.curl"] = "lua/wxpay/transport/curl.lua",
+      ["wxpay.transport.multi"] = "lua/wxpay/transport/multi.lua",
+      ["wxpay.transport.ngx"] = "lua/wxpay/transport/ngx.lua",
+      -- END LUA MODULES
+    },
+  },
+  copy_directories = { "docs", "examples" },
+}

@@ -1,0 +1,41 @@
+rockspec_format = "3.0"
+package = "wxpay-cli"
+version = "scm-1"
+-- There is no public repository yet: build this from a checkout with `luarocks make`, which
+-- uses the working tree and never fetches this url.
+source = {
+  url = "git+file://.",
+}
+description = {
+  summary = "The wxpay command: WeChat Pay APIv3 campaigns, partnerships and a config doctor",
+  detailed = [[
+Runs commissioned-marketing campaigns from a CSV plan with a resumable SQLite journal,
+builds, lists and terminates partnerships, and checks a merchant configuration.
+`wxpay sandbox` needs the wxpay-sandbox rock.
+]],
+  license = "Apache-2.0",
+  labels = { "wechatpay", "payments", "cli" },
+}
+dependencies = {
+  "lua >= 5.1, < 5.5",
+  "wxpay",
+  "lua-cjson",
+  "luasql-sqlite3",
+}
+-- Type none: luarocks' builtin type would also copy all of lua/, the other rocks' modules too.
+build = {
+  type = "none",
+  install = {
+    lua = {
+      -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
+      ["wxpay.cli.campaign"] = "lua/wxpay/cli/campaign.lua",
+      ["wxpay.cli.doctor"] = "lua/wxpay/cli/doctor.lua",
+      ["wxpay.cli"] = "lua/wxpay/cli/init.lua",
+      ["wxpay.cli.journal"] = "lua/wxpay/cli/journal.lua",
+      ["wxpay.cli.output"] = "lua/wxpay/cli/output.lua",
+      ["wxpay.cli.partnerships"] = "lua/wxpay/cli/partnerships.lua",
+      -- END LUA MODULES
+    },
+    bin = { ["wxpay"] = "bin/wxpay" },
+  },
+}

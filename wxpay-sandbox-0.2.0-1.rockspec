@@ -1,0 +1,50 @@
+rockspec_format = "3.0"
+package = "wxpay-sandbox"
+version = "0.2.0-1"
+-- `make dist` of the tag v0.2.0 makes this archive (one for all three rocks); there is no
+-- public repository yet. `luarocks build` this rockspec next to the archive, offline.
+source = {
+  url = "wxpay-0.2.0.tar.gz",
+  dir = "wxpay-0.2.0",
+}
+description = {
+  summary = "wxpay-sandbox: a local WeChat Pay APIv3 look-alike over HTTPS, for tests",
+  detailed = [[
+Serves the partnerships and media APIs with signed responses, platform certificates,
+callbacks and injectable faults. wxpay.sandbox.process starts and drives one from tests;
+it runs the curl command for control requests.
+]],
+  license = "Apache-2.0",
+  labels = { "wechatpay", "payments", "testing" },
+}
+dependencies = {
+  "lua >= 5.1, < 5.5",
+  "wxpay == 0.2.0",
+  "lua-cjson",
+  "cqueues",
+  "luaossl",
+}
+-- Type none: luarocks' builtin type would also copy all of lua/, the other rocks' modules too.
+build = {
+  type = "none",
+  install = {
+    lua = {
+      -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
+      ["wxpay.sandbox.api"] = "lua/wxpay/sandbox/api.lua",
+      ["wxpay.sandbox.callbacks"] = "lua/wxpay/sandbox/callbacks.lua",
+      ["wxpay.sandbox.control"] = "lua/wxpay/sandbox/control.lua",
+      ["wxpay.sandbox.faults"] = "lua/wxpay/sandbox/faults.lua",
+      ["wxpay.sandbox.http"] = "lua/wxpay/sandbox/http.lua",
+      ["wxpay.sandbox"] = "lua/wxpay/sandbox/init.lua",
+      ["wxpay.sandbox.json"] = "lua/wxpay/sandbox/json.lua",
+      ["wxpay.sandbox.keys"] = "lua/wxpay/sandbox/keys.lua",
+      ["wxpay.sandbox.media"] = "lua/wxpay/sandbox/media.lua",
+      ["wxpay.sandbox.process"] = "lua/wxpay/sandbox/process.lua",
+      ["wxpay.sandbox.server"] = "lua/wxpay/sandbox/server.lua",
+      ["wxpay.sandbox.store"] = "lua/wxpay/sandbox/store.lua",
+      ["wxpay.sandbox.util"] = "lua/wxpay/sandbox/util.lua",
+      -- END LUA MODULES
+    },
+    bin = { ["wxpay-sandbox"] = "bin/wxpay-sandbox" },
+  },
+}

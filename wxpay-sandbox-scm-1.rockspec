@@ -1,0 +1,49 @@
+rockspec_format = "3.0"
+package = "wxpay-sandbox"
+version = "scm-1"
+-- There is no public repository yet: build this from a checkout with `luarocks make`, which
+-- uses the working tree and never fetches this url.
+source = {
+  url = "git+file://.",
+}
+description = {
+  summary = "wxpay-sandbox: a local WeChat Pay APIv3 look-alike over HTTPS, for tests",
+  detailed = [[
+Serves the partnerships and media APIs with signed responses, platform certificates,
+callbacks and injectable faults. wxpay.sandbox.process starts and drives one from tests;
+it runs the curl command for control requests.
+]],
+  license = "Apache-2.0",
+  labels = { "wechatpay", "payments", "testing" },
+}
+dependencies = {
+  "lua >= 5.1, < 5.5",
+  "wxpay",
+  "lua-cjson",
+  "cqueues",
+  "luaossl",
+}
+-- Type none: luarocks' builtin type would also copy all of lua/, the other rocks' modules too.
+build = {
+  type = "none",
+  install = {
+    lua = {
+      -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
+      ["wxpay.sandbox.api"] = "lua/wxpay/sandbox/api.lua",
+      ["wxpay.sandbox.callbacks"] = "lua/wxpay/sandbox/callbacks.lua",
+      ["wxpay.sandbox.control"] = "lua/wxpay/sandbox/control.lua",
+      ["wxpay.sandbox.faults"] = "lua/wxpay/sandbox/faults.lua",
+      ["wxpay.sandbox.http"] = "lua/wxpay/sandbox/http.lua",
+      ["wxpay.sandbox"] = "lua/wxpay/sandbox/init.lua",
+      ["wxpay.sandbox.json"] = "lua/wxpay/sandbox/json.lua",
+      ["wxpay.sandbox.keys"] = "lua/wxpay/sandbox/keys.lua",
+      ["wxpay.sandbox.media"] = "lua/wxpay/sandbox/media.lua",
+      ["wxpay.sandbox.process"] = "lua/wxpay/sandbox/process.lua",
+      ["wxpay.sandbox.server"] = "lua/wxpay/sandbox/server.lua",
+      ["wxpay.sandbox.store"] = "lua/wxpay/sandbox/store.lua",
+      ["wxpay.sandbox.util"] = "lua/wxpay/sandbox/util.lua",
+      -- END LUA MODULES
+    },
+    bin = { ["wxpay-sandbox"] = "bin/wxpay-sandbox" },
+  },
+}
