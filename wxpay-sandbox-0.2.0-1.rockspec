@@ -18,7 +18,7 @@ it runs the curl command for control requests.
   labels = { "wechatpay", "payments", "testing" },
 }
 dependencies = {
-  "lua >= 5.1, < 5.5",
+  "lua >= 5.3, < 5.5", -- the sandbox uses math.type and math.tointeger
   "wxpay == 0.2.0",
   "lua-cjson",
   "cqueues",

@@ -17,7 +17,7 @@ it runs the curl command for control requests.
   labels = { "wechatpay", "payments", "testing" },
 }
 dependencies = {
-  "lua >= 5.1, < 5.5",
+  "lua >= 5.3, < 5.5", -- the sandbox uses math.type and math.tointeger
   "wxpay",
   "lua-cjson",
   "cqueues",
