@@ -36,21 +36,30 @@ local function alive(pid)
 end
 
 -- An nginx with its own prefix. `conf` is the configuration text with {{listen}} (and
--- optionally {{listen2}}) left in: a free-looking port is chosen, and another one when
--- nginx reports that one taken.
+-- optionally {{listen2}}) left in. nginx cannot listen on port 0, so ports are picked
+-- below Linux's ephemeral range (where outgoing connections take theirs) and, when another
+-- process holds one, nginx is started again on new ones, with a fresh error log: the
+-- failed bind must not stay in the log the specs check. `pick` (for the spec of this)
+-- returns the next two ports to try.
 local Nginx = {}
 Nginx.__index = Nginx
 
-local function start_nginx(conf, env)
+local function random_ports()
+  local port = math.random(20000, 32000)
+  return port, port + math.random(1, 700)
+end
+
+local function start_nginx(conf, env, pick)
   local prefix = os.tmpname()
   os.remove(prefix)
   sh("mkdir -p " .. q(prefix .. "/logs") .. " " .. q(prefix .. "/tmp") .. " " .. q(prefix .. "/conf"))
   local seed = tonumber(tostring({}):match("0x(%x+)"), 16) or os.time()
   math.randomseed(os.time() + seed % 100000)
-  for _ = 1, 10 do
-    local port, port2 = math.random(20000, 59000), math.random(20000, 59000)
+  for _ = 1, 20 do
+    local port, port2 = (pick or random_ports)()
     local text = conf:gsub("{{listen}}", "127.0.0.1:" .. port):gsub("{{listen2}}", "127.0.0.1:" .. port2)
     write(prefix .. "/conf/nginx.conf", text)
+    os.remove(prefix .. "/logs/error.log")
     local out = sh(CLEAN_ENV .. (env or "") .. " " .. NGINX .. " -p " .. q(prefix)
       .. " -c conf/nginx.conf -e logs/error.log"
       .. " 2>&1; echo rc=$?")
@@ -65,11 +74,13 @@ local function start_nginx(conf, env)
       return setmetatable({ prefix = prefix, pid = pid, port = port, port2 = port2,
         url = "http://127.0.0.1:" .. port, url2 = "http://127.0.0.1:" .. port2 }, Nginx)
     end
-    if not out:find("in use", 1, true) then
+    local why = out .. (read(prefix .. "/logs/error.log") or "")
+    if not why:find("in use", 1, true) then
       sh("rm -rf " .. q(prefix))
-      error("nginx did not start: " .. out)
+      error("nginx did not start: " .. why)
     end
   end
+  sh("rm -rf " .. q(prefix))
   error("nginx: no free port found")
 end
 
@@ -117,6 +128,35 @@ local function bad_log_lines(log)
   end
   return bad
 end
+
+describe("start_nginx", function()
+  it("starts again on new ports when one is taken, with a clean error log", function()
+    local conf = table.concat({
+      "worker_processes 1;", "pid logs/nginx.pid;", "error_log logs/error.log info;",
+      "events { worker_connections 16; }",
+      "http { access_log off; client_body_temp_path tmp/body; proxy_temp_path tmp/proxy;",
+      "  fastcgi_temp_path tmp/fastcgi; uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;",
+      "  server { listen {{listen}}; location / { return 200 'up'; } }",
+      "  server { listen {{listen2}}; location / { return 200 'up'; } } }",
+    }, "\n")
+    local first = start_nginx(conf)
+    local tries = 0
+    local ok, second = pcall(start_nginx, conf, nil, function()
+      tries = tries + 1
+      if tries == 1 then return first.port, first.port2 end -- both held by `first`
+      local port, port2 = random_ports()
+      return port == first.port and port + 1 or port, port2
+    end)
+    first:stop()
+    assert(ok, second)
+    local log = second:log()
+    local status = http("GET", second.url .. "/")
+    second:stop()
+    assert.equal(2, tries)
+    assert.equal(200, status)
+    assert.not_matches("[emerg]", log, 1, true)
+  end)
+end)
 
 ---------------------------------------------------------------------------------------------
 -- The transport against a scripted fake `ngx`: parsing, pooling, phases
@@ -169,6 +209,13 @@ describe("wxpay.transport.ngx (scripted ngx)", function()
       self.buf = self.buf:sub(p + 1)
       return data
     end
+    function s:receiveany(max)
+      if self.stale then return nil, "closed" end
+      if self.buf == "" then return nil, script.read_error or "closed" end
+      local data = self.buf:sub(1, max)
+      self.buf = self.buf:sub(max + 1)
+      return data
+    end
     function s:setkeepalive()
       log[#log + 1] = "keepalive " .. self.pool
       script.pool[self.pool] = script.pool[self.pool] or {}
@@ -217,8 +264,9 @@ describe("wxpay.transport.ngx (scripted ngx)", function()
     assert.equal("1, 2", resp.headers["x-a"])
     assert.equal("POST /v3/x?a=1 HTTP/1.1\r\nHost: api.example.com\r\nAccept: application/json\r\n"
       .. "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", script.sent[1])
+    -- the handshake gets what is left of connect_timeout
     assert.same({ "timeout 1000", "connect api.example.com:443 pool=wxpay:api.example.com:443",
-      "tls false api.example.com true" }, { log[1], log[2], log[3] })
+      "timeout 1000", "tls false api.example.com true" }, { log[1], log[2], log[3], log[4] })
     assert.equal("keepalive wxpay:api.example.com:443", log[#log])
   end)
 
@@ -228,7 +276,7 @@ describe("wxpay.transport.ngx (scripted ngx)", function()
     assert.equal(204, resp.status)
     assert.equal("", resp.body)
     assert.equal("connect 127.0.0.1:8443 pool=wxpay:localhost:8443", log[2])
-    assert.equal("tls false localhost true", log[3])
+    assert.equal("tls false localhost true", log[4])
     assert.matches("Host: localhost:8443\r\n", script.sent[1], 1, true)
   end)
 
@@ -288,7 +336,7 @@ describe("wxpay.transport.ngx (scripted ngx)", function()
   it("refuses oversized and malformed answers", function()
     script.responses[1] = "HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n"
     local _, err = transport().request{ method = "GET", url = "https://h/x" }
-    assert.matches("too large", err.message)
+    assert.matches("response body over 16777216 bytes", err.message, 1, true)
     script.responses[1] = "SSH-2.0-OpenSSH\r\n"
     _, err = transport().request{ method = "GET", url = "https://h/x" }
     assert.matches("malformed status line", err.message)
@@ -700,6 +748,160 @@ describe("OpenResty (real nginx)", function()
         end
       end
       assert.same({}, bad)
+    end)
+  end)
+
+  describe("wxpay.transport.ngx against hostile upstreams", function()
+    local hostile
+
+    -- The upstream answers from a raw request socket: whatever bytes it likes, for as long
+    -- as the client reads. Client and upstream share the one worker, whose memory is checked.
+    local UPSTREAM = [[
+      local kind = ngx.var.arg_kind
+      local sock = assert(ngx.req.socket(true))
+      local function forever(head, byte)
+        if not sock:send(head) then return end
+        -- every block different: LuaJIT interns strings, and equal pieces would cost nothing
+        for i = 1, 16384 do -- 1 GB at most, should the client never stop
+          if not sock:send(string.rep(byte .. string.format("%08x", i), 7282)) then return end
+        end
+      end
+      if kind == "ok" then
+        sock:send("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+      elseif kind == "endless" then
+        forever("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n", "x")
+      elseif kind == "header" then
+        forever("HTTP/1.1 200 OK\r\nX-Big: ", "a")
+      elseif kind == "chunkline" then
+        forever("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;", "e")
+      elseif kind == "zzzz" then
+        sock:send("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzzzz\r\nhello\r\n0\r\n\r\n")
+      elseif kind == "drip" then
+        local answer = "HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n" .. string.rep("d", 20)
+        for i = 1, #answer do
+          if not sock:send(answer:sub(i, i)) then return end
+          ngx.sleep(0.25)
+        end
+      end
+    ]]
+
+    -- The client: one request with the transport, the error, the time it took and the
+    -- worker's peak resident memory (VmHWM) before and after.
+    local CLIENT = [[
+      local function hwm_kb()
+        local f = io.open("/proc/self/status")
+        local kb = f:read("*a"):match("VmHWM:%s*(%d+)")
+        f:close()
+        return tonumber(kb)
+      end
+      local t = require("wxpay.transport.ngx").new()
+      local before = hwm_kb()
+      ngx.update_time()
+      local t0 = ngx.now()
+      local resp, err = t.request{ method = "GET", url = "https://localhost:" .. ngx.var.arg_port
+        .. "/up?kind=" .. ngx.var.arg_kind, timeout = tonumber(ngx.var.arg_timeout), connect_timeout = 2 }
+      ngx.update_time()
+      ngx.say(require("cjson").encode{ status = resp and resp.status, err = err,
+        elapsed = ngx.now() - t0, hwm_before_kb = before, hwm_after_kb = hwm_kb() })
+    ]]
+
+    -- Three requests on one transport: plain, fresh_connect, plain. The upstream answers
+    -- with its connection's serial number.
+    local FRESH = [[
+      local t = require("wxpay.transport.ngx").new()
+      local url = "https://localhost:" .. ngx.var.arg_port .. "/conn"
+      local seen = {}
+      for i, fresh in ipairs({ false, true, false }) do
+        local resp = assert(t.request{ method = fresh and "POST" or "GET", url = url, body = fresh and "{}" or nil,
+          fresh_connect = fresh or nil, timeout = 5, connect_timeout = 2 })
+        seen[i] = resp.body
+      end
+      ngx.say(require("cjson").encode{ conns = seen, stats = t.stats() })
+    ]]
+
+    setup(function()
+      local conf = table.concat({
+        "load_module /usr/share/nginx/modules/ndk_http_module.so;",
+        "load_module " .. LUA_MODULE .. ";",
+        "worker_processes 1;", "pid logs/nginx.pid;", "error_log logs/error.log info;",
+        "events { worker_connections 256; }",
+        "http {",
+        "  access_log off; client_body_temp_path tmp/body; proxy_temp_path tmp/proxy;",
+        "  fastcgi_temp_path tmp/fastcgi; uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;",
+        '  lua_package_path "' .. ROOT .. "/lua/?.lua;" .. ROOT .. '/lua/?/init.lua;;";',
+        '  lua_package_cpath "' .. ROOT .. '/build-luajit/?.so;;";',
+        "  lua_ssl_trusted_certificate " .. sb.config.ca_file .. ";",
+        "  server {",
+        "    listen {{listen2}} ssl;",
+        "    ssl_certificate " .. sb.dir .. "/server_cert.pem;",
+        "    ssl_certificate_key " .. sb.dir .. "/server_key.pem;",
+        "    location = /up { content_by_lua_block { " .. UPSTREAM .. " } }",
+        "    location = /conn { content_by_lua_block { ngx.print(ngx.var.connection) } }",
+        "  }",
+        "  server {",
+        "    listen {{listen}};",
+        "    location = /fetch { content_by_lua_block { " .. CLIENT .. " } }",
+        "    location = /fresh { content_by_lua_block { " .. FRESH .. " } }",
+        "  }",
+        "}",
+      }, "\n")
+      hostile = start_nginx(conf)
+    end)
+
+    teardown(function()
+      if hostile then hostile:stop() end
+    end)
+
+    local function fetch(kind, timeout)
+      local status, res = json("GET", hostile.url .. "/fetch?kind=" .. kind .. "&port=" .. hostile.port2
+        .. "&timeout=" .. (timeout or 10))
+      assert.equal(200, status)
+      return res
+    end
+
+    local MB = 1024
+
+    it("stops an endless close-delimited body at 16 MB; the worker stays small", function()
+      assert.equal(200, fetch("ok").status) -- warm: code loaded, TLS context made
+      local res = fetch("endless")
+      print(string.format("\n  endless close-delimited body: worker peak RSS %.1f MB before, %.1f MB after",
+        res.hwm_before_kb / MB, res.hwm_after_kb / MB))
+      assert.same({ "network", true }, { res.err.kind, res.err.connected })
+      assert.matches("response body over 16777216 bytes", res.err.message, 1, true)
+      assert.is_true(res.hwm_after_kb - res.hwm_before_kb < 40 * MB,
+        "the worker grew by " .. (res.hwm_after_kb - res.hwm_before_kb) .. " kB")
+    end)
+
+    it("stops a giant header line at 256 KB and a giant chunk-size line at 4 KB", function()
+      local res = fetch("header")
+      assert.same({ "network", true }, { res.err.kind, res.err.connected })
+      assert.matches("response headers over 262144 bytes", res.err.message, 1, true)
+      res = fetch("chunkline")
+      assert.equal("network", res.err.kind)
+      assert.matches("chunk size line over 4096 bytes", res.err.message, 1, true)
+      assert.is_true(res.hwm_after_kb - res.hwm_before_kb < 8 * MB)
+    end)
+
+    it("answers a malformed chunk size with an error, not a raise", function()
+      local res = fetch("zzzz")
+      assert.same({ "network", true }, { res.err.kind, res.err.connected })
+      assert.matches("malformed chunk size", res.err.message, 1, true)
+      assert.not_matches("runtime error", hostile:log(), 1, true)
+    end)
+
+    it("cuts a dripping upstream off at the attempt's timeout", function()
+      -- the answer takes 15 s at 4 bytes/s; the attempt has 1.5 s
+      local res = fetch("drip", 1.5)
+      assert.same({ "timeout", true }, { res.err.kind, res.err.connected })
+      assert.is_true(res.elapsed >= 1.4 and res.elapsed < 1.5 + 1.5, "took " .. res.elapsed .. " s")
+    end)
+
+    it("sends fresh_connect requests on a connection of their own; others reuse the pool", function()
+      local status, res = json("GET", hostile.url .. "/fresh?port=" .. hostile.port2)
+      assert.equal(200, status)
+      assert.equal(res.conns[1], res.conns[3])
+      assert.are_not.equal(res.conns[1], res.conns[2])
+      assert.same({ requests = 3, connects = 2, reused = 1 }, res.stats)
     end)
   end)
 end)

@@ -99,27 +99,351 @@ local function now()
 end
 
 -- https://host[:port]/target → host, port, target. IPv6 literals keep their brackets in
--- the Host header and lose them for connect().
+-- the Host header and lose them for connect(). A target with a space or a control
+-- character is refused, as libcurl refuses such URLs: it would split the request line.
 local function parse_url(url)
   local host, port, target = url:match("^https://(%[[%x:.]+%]):?(%d*)(/.*)$")
   if not host then host, port, target = url:match("^https://([%w.-]+):?(%d*)(/.*)$") end
-  if not host then return nil end
+  if not host or target:find("[%c ]") then return nil end
   port = tonumber(port) or 443
   return host, port, target
+end
+
+local function has_line_break(s)
+  return s:find("\r", 1, true) or s:find("\n", 1, true) or s:find("\0", 1, true)
+end
+
+-- Refuses what would end a header early, like the libcurl path: the caller's bug, so it
+-- raises (naming the header, never showing its value) and nothing is sent.
+local function check_header(name, value)
+  if type(name) ~= "string" or name == "" or has_line_break(name) then
+    error("wxpay.transport.ngx: header name " .. string.format("%q", tostring(name))
+      .. " must be a non-empty string without CR, LF or NUL", 3)
+  end
+  if type(value) ~= "string" and type(value) ~= "number" or has_line_break(tostring(value)) then
+    error("wxpay.transport.ngx: header " .. name .. " must be a string without CR, LF or NUL", 3)
+  end
 end
 
 local function header_lines(req)
   local h = req.headers or {}
   local lines = {}
   if h[1] ~= nil then -- already "Name: value" lines (the C session's form)
-    for i, line in ipairs(h) do lines[i] = line end
+    for i, line in ipairs(h) do
+      if type(line) ~= "string" or has_line_break(line) then
+        error("wxpay.transport.ngx: header " .. i .. " must be a string without CR, LF or NUL", 3)
+      end
+      lines[i] = line
+    end
   else
     local names = {}
     for name in pairs(h) do names[#names + 1] = name end
-    table.sort(names) -- deterministic wire form, like the libcurl transport
-    for i, name in ipairs(names) do lines[i] = name .. ": " .. h[name] end
+    table.sort(names, function(a, b) return tostring(a) < tostring(b) end) -- deterministic wire form
+    for i, name in ipairs(names) do
+      check_header(name, h[name])
+      lines[i] = name .. ": " .. h[name]
+    end
   end
   return lines
+end
+
+---------------------------------------------------------------------------------------------
+-- The response reader. Like lua-resty-http: status line, headers and one function per body
+-- framing, each with its limit. `rd` is the state of one response:
+-- `{ sock, deadline, now, buf, got, max_body, max_headers, header_bytes }`.
+-- Bytes come through `receiveany` in bounded pieces into `rd.buf`, and every wait gets only
+-- the time left until the deadline: a cosocket re-arms its timer whenever data arrives, so
+-- one big `receive` from a dripping server would never time out.
+---------------------------------------------------------------------------------------------
+
+local READ_PIECE = 64 * 1024
+local MAX_CHUNK_LINE = 4096 -- a chunk size with its extensions; libcurl keeps none of them
+
+-- Give the socket what is left of the deadline; false when nothing is left.
+local function arm(sock, deadline, clock)
+  local ms = math.floor((deadline - clock()) * 1000)
+  if ms <= 0 then return false end
+  sock:settimeout(ms)
+  return true
+end
+
+-- Append the next piece the peer sends to rd.buf. Returns true or nil, err.
+local function fill(rd)
+  if not arm(rd.sock, rd.deadline, rd.now) then return nil, "timeout" end
+  local data, err = rd.sock:receiveany(READ_PIECE)
+  if not data then return nil, err or "closed" end
+  rd.got = true
+  rd.buf = rd.buf .. data
+  return true
+end
+
+-- One line, without its CRLF (a bare LF is accepted), of at most `cap` bytes; a longer
+-- one is the error `too_long`.
+local function read_line(rd, cap, too_long)
+  local from = 1
+  while true do
+    local lf = rd.buf:find("\n", from, true)
+    if lf then
+      local line = rd.buf:sub(1, lf - 1):gsub("\r$", "")
+      if #line > cap then return nil, too_long end
+      rd.buf = rd.buf:sub(lf + 1)
+      return line
+    end
+    if #rd.buf > cap + 1 then return nil, too_long end -- + 1: the CR may be there already
+    from = #rd.buf + 1
+    local ok, err = fill(rd)
+    if not ok then return nil, err end
+  end
+end
+
+-- Exactly n bytes (n is already within the body limit).
+local function read_bytes(rd, n)
+  while #rd.buf < n do
+    local ok, err = fill(rd)
+    if not ok then return nil, err end
+  end
+  local data = rd.buf:sub(1, n)
+  rd.buf = rd.buf:sub(n + 1)
+  return data
+end
+
+-- A line of the head: the status line, headers, trailers. All of them together stay
+-- within max_headers, interim 1xx answers included.
+local function read_head_line(rd)
+  local too_long = "response headers over " .. rd.max_headers .. " bytes"
+  local line, err = read_line(rd, rd.max_headers - rd.header_bytes, too_long)
+  if not line then return nil, err end
+  rd.header_bytes = rd.header_bytes + #line + 2
+  if rd.header_bytes > rd.max_headers then return nil, too_long end
+  return line
+end
+
+--- Status line: version ("1.1"), status (integer) or nil, err.
+local function read_status_line(rd)
+  local line, err = read_head_line(rd)
+  if not line then return nil, err end
+  local version, status = line:match("^HTTP/(%d%.%d) (%d%d%d)")
+  if not status then return nil, "malformed status line" end
+  return version, tonumber(status)
+end
+
+-- Header lines up to the empty one: names lower-cased, repeated ones joined with ", ".
+local function read_headers(rd)
+  local headers = {}
+  while true do
+    local line, err = read_head_line(rd)
+    if not line then return nil, err end
+    if line == "" then return headers end
+    local name, value = line:match("^([^:%s]+):[ \t]*(.-)[ \t]*$")
+    if name then
+      name = name:lower()
+      local old = headers[name]
+      headers[name] = old and (old .. ", " .. value) or value
+    end
+  end
+end
+
+local function body_over(rd)
+  return "response body over " .. rd.max_body .. " bytes"
+end
+
+local function read_body_length(rd, value)
+  local digits = value:match("^%s*(%d+)%s*$")
+  if not digits then return nil, "malformed Content-Length" end
+  digits = digits:gsub("^0+(%d)", "%1")
+  if #digits > 12 or tonumber(digits) > rd.max_body then return nil, body_over(rd) end
+  return read_bytes(rd, tonumber(digits))
+end
+
+-- "1a;ext=v" → 26; nil, err when it is not a chunk size or the body would pass the limit.
+local function chunk_size(rd, line, total)
+  local hex, rest = line:match("^[ \t]*(%x+)[ \t]*(.*)$")
+  if not hex or (rest ~= "" and rest:sub(1, 1) ~= ";") then return nil, "malformed chunk size" end
+  hex = hex:gsub("^0+(%x)", "%1")
+  local size = #hex <= 8 and tonumber(hex, 16) or math.huge
+  if size > rd.max_body - total then return nil, body_over(rd) end
+  return size
+end
+
+local function read_body_chunked(rd)
+  local parts, total = {}, 0
+  while true do
+    local line, err = read_line(rd, MAX_CHUNK_LINE, "chunk size line over " .. MAX_CHUNK_LINE .. " bytes")
+    if not line then return nil, err end
+    local size
+    size, err = chunk_size(rd, line, total)
+    if not size then return nil, err end
+    if size == 0 then break end
+    local data
+    data, err = read_bytes(rd, size)
+    if not data then return nil, err end
+    parts[#parts + 1] = data
+    total = total + size
+    line, err = read_line(rd, 0, "malformed chunk end")
+    if not line then return nil, err end
+  end
+  repeat -- trailers, up to the empty line; they count as headers
+    local line, err = read_head_line(rd)
+    if not line then return nil, err end
+  until line == ""
+  return table.concat(parts)
+end
+
+local function read_body_close(rd)
+  local parts, total = { rd.buf }, #rd.buf
+  rd.buf = ""
+  while total <= rd.max_body do
+    if not arm(rd.sock, rd.deadline, rd.now) then return nil, "timeout" end
+    local data, err = rd.sock:receiveany(READ_PIECE)
+    if not data then
+      if err == "closed" then return table.concat(parts) end
+      return nil, err
+    end
+    parts[#parts + 1] = data
+    total = total + #data
+  end
+  return nil, body_over(rd)
+end
+
+local function keeps_alive(version, headers)
+  local conn = (headers["connection"] or ""):lower()
+  if version == "1.0" then return conn:find("keep-alive", 1, true) ~= nil end
+  return conn:find("close", 1, true) == nil
+end
+
+-- Read one response. Returns resp, keepalive or nil, err (a string), got_bytes.
+local function read_response(rd, method)
+  local version, status, headers, err
+  repeat -- interim 1xx answers are skipped: only the final response counts
+    version, status = read_status_line(rd)
+    if not version then return nil, status, rd.got end
+    headers, err = read_headers(rd)
+    if not headers then return nil, err, rd.got end
+  until status >= 200 or status == 101
+
+  local keepalive = keeps_alive(version, headers)
+  local body
+  local te = headers["transfer-encoding"]
+  if method == "HEAD" or status == 204 or status == 304 or status == 101 then
+    body = "" -- no body by definition
+  elseif te and te:lower():find("chunked", 1, true) then
+    body, err = read_body_chunked(rd)
+  elseif headers["content-length"] then
+    body, err = read_body_length(rd, headers["content-length"])
+  else -- delimited by the end of the connection
+    keepalive = false
+    body, err = read_body_close(rd)
+  end
+  if not body then return nil, err, true end
+  -- Bytes past the response (an answer nobody asked for): the connection is not reusable.
+  if rd.buf ~= "" then keepalive = false end
+  return { status = status, headers = headers, body = body }, keepalive
+end
+
+--- Read one HTTP/1.1 response from a cosocket-like `sock` (`receiveany`, `settimeout`);
+-- exposed for the reader's specs.
+-- @param sock the socket
+-- @tparam number deadline in `opts.now`'s seconds
+-- @tparam string method the request's (a HEAD answer has no body)
+-- @tparam[opt] table opts `max_body` (default 16 MB), `max_headers` (256 KB), `now` (clock)
+-- @return `resp, keepalive` or `nil, err` (a string) and whether any byte arrived
+function M._read_response(sock, deadline, method, opts)
+  opts = opts or {}
+  local rd = { sock = sock, deadline = deadline, now = opts.now or now, buf = "", got = false,
+    max_body = opts.max_body or MAX_BODY, max_headers = opts.max_headers or MAX_HEADER_BYTES,
+    header_bytes = 0 }
+  return read_response(rd, method)
+end
+
+---------------------------------------------------------------------------------------------
+-- Connections
+---------------------------------------------------------------------------------------------
+
+local function connect_error(host, port, what, err)
+  return { kind = err == "timeout" and "timeout" or "network", connected = false,
+    message = what .. " " .. host .. ":" .. port .. " failed: " .. tostring(err) }
+end
+
+-- Open (or take from the pool) a TLS connection. `fresh` opens one of its own: its pool is
+-- never given connections back (see `release`), so nothing kept alive can be reused.
+-- Returns sock, reused or nil, err.
+local function open(tr, host, port, connect_deadline, fresh)
+  local sock = ngx_socket_tcp()
+  if not arm(sock, connect_deadline, now) then
+    return nil, { kind = "timeout", message = "timed out before connecting", connected = false }
+  end
+  local name = host:gsub("^%[(.*)%]$", "%1")
+  local addr = name == "localhost" and "127.0.0.1" or name -- cosockets skip /etc/hosts
+  local pool = (fresh and "wxpay-fresh:" or "wxpay:") .. host .. ":" .. port
+  local ok, err = sock:connect(addr, port, fresh and { pool = pool }
+    or { pool = pool, pool_size = tr.pool_size })
+  if not ok then return nil, connect_error(host, port, "connect to", err) end
+  local reused = sock:getreusedtimes() or 0
+  if reused > 0 then
+    tr.counters.reused = tr.counters.reused + 1
+    return sock, true
+  end
+  tr.counters.connects = tr.counters.connects + 1
+  if not arm(sock, connect_deadline, now) then
+    sock:close()
+    return nil, connect_error(host, port, "TLS handshake with", "timeout")
+  end
+  -- server name = URL host (SNI and the name checked), verify = true: never chain only.
+  ok, err = sock:sslhandshake(false, name, true)
+  if not ok then
+    sock:close()
+    local e = connect_error(host, port, "TLS handshake with", err)
+    if tostring(err):find("verify", 1, true) or tostring(err):find("certificate", 1, true) then
+      e.message = e.message .. " (is lua_ssl_trusted_certificate set, with lua_ssl_verify_depth >= 3?)"
+    end
+    return nil, e
+  end
+  return sock, false
+end
+
+-- Send `wire` in pieces, each with the time left. Returns true or nil, err.
+local function send_all(sock, wire, deadline)
+  for i = 1, #wire, READ_PIECE do
+    if not arm(sock, deadline, now) then return nil, "timeout" end
+    local ok, err = sock:send(wire:sub(i, i + READ_PIECE - 1))
+    if not ok then return nil, err end
+  end
+  return true
+end
+
+-- Back to the pool after a fully read body; a fresh connection is closed instead.
+local function release(tr, sock, keepalive, fresh)
+  if keepalive and not fresh then
+    if sock:setkeepalive(tr.idle_ms, tr.pool_size) then return end
+  end
+  sock:close()
+end
+
+local function request_wire(req, host, port, target)
+  local method = req.method or "GET"
+  if type(method) ~= "string" or not method:match("^[%w_-]+$") then
+    error("wxpay.transport.ngx: method must be a token without CR, LF, NUL or space", 3)
+  end
+  local body = req.body
+  local head = { method .. " " .. target .. " HTTP/1.1",
+    "Host: " .. (port == 443 and host or (host .. ":" .. port)) }
+  for _, line in ipairs(header_lines(req)) do head[#head + 1] = line end
+  if body or method == "POST" or method == "PUT" or method == "PATCH" then
+    head[#head + 1] = "Content-Length: " .. #(body or "")
+  end
+  return table.concat(head, "\r\n") .. "\r\n\r\n" .. (body or ""), method
+end
+
+-- One try on one connection. Returns resp or nil, err (a string), sent, got, reused;
+-- or nil, err (a table) when no connection was made.
+local function exchange(sock, reused, wire, method, deadline)
+  local sent, err = send_all(sock, wire, deadline)
+  if not sent then return nil, err, false, false, reused end
+  local rd = { sock = sock, deadline = deadline, now = now, buf = "", got = false,
+    max_body = MAX_BODY, max_headers = MAX_HEADER_BYTES, header_bytes = 0 }
+  local resp, keepalive, got = read_response(rd, method)
+  if not resp then return nil, keepalive, true, got, reused end
+  return resp, keepalive
 end
 
 --- Create a transport.
@@ -130,148 +454,21 @@ end
 -- @treturn table a transport with `request(req)`, `stats()` and `close()`
 function M.new(opts)
   opts = opts or {}
-  local pool_size = opts.pool_size or DEFAULT_POOL_SIZE
-  local idle_ms = math.floor((opts.keepalive_timeout or KEEPALIVE_IDLE_MS / 1000) * 1000)
-  local counters = { requests = 0, connects = 0, reused = 0 }
+  local tr = {
+    pool_size = opts.pool_size or DEFAULT_POOL_SIZE,
+    idle_ms = math.floor((opts.keepalive_timeout or KEEPALIVE_IDLE_MS / 1000) * 1000),
+    counters = { requests = 0, connects = 0, reused = 0 },
+  }
+  local counters = tr.counters
 
   local t = {}
 
-  -- Open (or take from the pool) a TLS connection. Returns sock, reused or nil, err.
-  local function open(host, port, deadline, connect_timeout, fresh)
-    local sock = ngx_socket_tcp()
-    local ms = math.floor(math.min(connect_timeout, deadline - now()) * 1000)
-    if ms <= 0 then return nil, { kind = "timeout", message = "timed out before connecting", connected = false } end
-    sock:settimeout(ms)
-    local name = host:gsub("^%[(.*)%]$", "%1")
-    local addr = name == "localhost" and "127.0.0.1" or name -- cosockets skip /etc/hosts
-    local pool = "wxpay:" .. host .. ":" .. port
-    local ok, err = sock:connect(addr, port, { pool = pool, pool_size = pool_size })
-    if not ok then
-      return nil, { kind = err == "timeout" and "timeout" or "network", connected = false,
-        message = "connect to " .. host .. ":" .. port .. " failed: " .. tostring(err) }
-    end
-    local reused = sock:getreusedtimes() or 0
-    if reused > 0 and fresh then -- a stale pooled connection was just replaced: want a new one
-      sock:close()
-      return open(host, port, deadline, connect_timeout, false)
-    end
-    if reused == 0 then
-      counters.connects = counters.connects + 1
-      -- server name = URL host (SNI and the name checked), verify = true: never chain only.
-      ok, err = sock:sslhandshake(false, name, true)
-      if not ok then
-        sock:close()
-        local msg = "TLS handshake with " .. host .. ":" .. port .. " failed: " .. tostring(err)
-        if tostring(err):find("verify", 1, true) or tostring(err):find("certificate", 1, true) then
-          msg = msg .. " (is lua_ssl_trusted_certificate set, with lua_ssl_verify_depth >= 3?)"
-        end
-        return nil, { kind = err == "timeout" and "timeout" or "network", message = msg, connected = false }
-      end
-    else
-      counters.reused = counters.reused + 1
-    end
-    return sock, reused > 0
-  end
-
-  -- Arm the socket with what is left of the deadline; false when nothing is left.
-  local function arm(sock, deadline)
-    local ms = math.floor((deadline - now()) * 1000)
-    if ms <= 0 then return false end
-    sock:settimeout(ms)
-    return true
-  end
-
-  -- Read a response from `sock`. Returns resp, keepalive or nil, err, got_bytes.
-  local function read_response(sock, deadline, method)
-    local status, version, line, err
-    local headers
-    local header_bytes, got = 0, false
-    repeat -- interim 1xx answers are skipped: only the final response counts
-      if not arm(sock, deadline) then return nil, "timeout", got end
-      line, err = sock:receive("*l")
-      if not line then return nil, err, got end
-      got = true
-      version, status = line:match("^HTTP/(%d%.%d) (%d%d%d)")
-      if not status then return nil, "malformed status line", got end
-      status = tonumber(status)
-      headers = {}
-      while true do
-        if not arm(sock, deadline) then return nil, "timeout", got end
-        line, err = sock:receive("*l")
-        if not line then return nil, err, got end
-        if line == "" then break end
-        header_bytes = header_bytes + #line + 2
-        if header_bytes > MAX_HEADER_BYTES then return nil, "response too large", got end
-        local name, value = line:match("^([^:%s]+):[ \t]*(.-)[ \t]*$")
-        if name then
-          name = name:lower()
-          local old = headers[name]
-          headers[name] = old and (old .. ", " .. value) or value
-        end
-      end
-    until status >= 200 or status == 101
-
-    local conn = (headers["connection"] or ""):lower()
-    local keepalive
-    if version == "1.0" then keepalive = conn:find("keep-alive", 1, true) ~= nil
-    else keepalive = conn:find("close", 1, true) == nil end
-
-    local body = ""
-    local te = headers["transfer-encoding"]
-    if method == "HEAD" or status == 204 or status == 304 then
-      body = ""
-    elseif te and te:lower():find("chunked", 1, true) then
-      local parts, total = {}, 0
-      while true do
-        if not arm(sock, deadline) then return nil, "timeout", got end
-        line, err = sock:receive("*l")
-        if not line then return nil, err, got end
-        local size = tonumber(line:match("^%s*(%x+)"), 16)
-        if not size then return nil, "malformed chunk size", got end
-        if size == 0 then
-          repeat -- trailers, up to the empty line
-            if not arm(sock, deadline) then return nil, "timeout", got end
-            line, err = sock:receive("*l")
-            if not line then return nil, err, got end
-          until line == ""
-          break
-        end
-        total = total + size
-        if total > MAX_BODY then return nil, "response too large", got end
-        if not arm(sock, deadline) then return nil, "timeout", got end
-        local data
-        data, err = sock:receive(size)
-        if not data then return nil, err, got end
-        parts[#parts + 1] = data
-        if not arm(sock, deadline) then return nil, "timeout", got end
-        line, err = sock:receive("*l")
-        if line ~= "" then return nil, err or "malformed chunk end", got end
-      end
-      body = table.concat(parts)
-    elseif headers["content-length"] then
-      local len = tonumber(headers["content-length"]:match("^%s*(%d+)%s*$"))
-      if not len then return nil, "malformed Content-Length", got end
-      if len > MAX_BODY then return nil, "response too large", got end
-      if len > 0 then
-        if not arm(sock, deadline) then return nil, "timeout", got end
-        body, err = sock:receive(len)
-        if not body then return nil, err, got end
-      end
-    else -- body delimited by the end of the connection
-      keepalive = false
-      if not arm(sock, deadline) then return nil, "timeout", got end
-      local data, rerr, partial = sock:receive("*a")
-      if not data then return nil, rerr, got end
-      body = data or partial
-      if #body > MAX_BODY then return nil, "response too large", got end
-    end
-    return { status = status, headers = headers, body = body }, keepalive
-  end
-
   --- Send one request.
   -- @tparam table req `method`, `url` (`https://host[:port]/target`, sent as is), `headers`
-  --   (map name -> value, or an array of "Name: value" lines), `body` (string|nil),
-  --   `timeout`, `connect_timeout` (seconds)
+  --   (map name -> value, or an array of "Name: value" lines; CR, LF or NUL in any of them
+  --   raises and nothing is sent), `body` (string|nil), `timeout` (seconds, bounds the
+  --   whole attempt), `connect_timeout` (seconds, the TCP connect plus the TLS handshake),
+  --   `fresh_connect` (true: a connection of its own, never a pooled one, and never sent twice)
   -- @return `resp` (`status`, `headers` with lower-cased names, `body`) or `nil, err`
   --   (`kind` "network"|"timeout", `message`, `connected`)
   function t.request(req)
@@ -287,49 +484,30 @@ function M.new(opts)
     if not host then
       return nil, { kind = "network", connected = false, message = "unsupported URL " .. tostring(req.url) }
     end
-    local method = req.method or "GET"
-    local body = req.body
-    local head = { method .. " " .. target .. " HTTP/1.1",
-      "Host: " .. (port == 443 and host or (host .. ":" .. port)) }
-    for _, line in ipairs(header_lines(req)) do head[#head + 1] = line end
-    if body or method == "POST" or method == "PUT" or method == "PATCH" then
-      head[#head + 1] = "Content-Length: " .. #(body or "")
-    end
-    local wire = table.concat(head, "\r\n") .. "\r\n\r\n" .. (body or "")
+    local wire, method = request_wire(req, host, port, target)
 
-    local deadline = now() + (req.timeout or 10)
-    local connect_timeout = req.connect_timeout or 5
-    local fresh = false
+    local start = now()
+    local deadline = start + (req.timeout or 10)
+    local connect_deadline = math.min(deadline, start + (req.connect_timeout or 5))
+    local fresh = req.fresh_connect and true or false
     for _ = 1, 2 do
-      local ok, sock, reused, err
-      ok, sock, reused = pcall(open, host, port, deadline, connect_timeout, fresh)
+      local ok, sock, reused = pcall(open, tr, host, port, connect_deadline, fresh)
       if not ok then -- cosockets raise outside the phases that have them
         return nil, { kind = "network", connected = false, message = tostring(sock) }
       end
       if not sock then return nil, reused end
-      local sent
-      if arm(sock, deadline) then sent, err = sock:send(wire) else err = "timeout" end
-      local resp, keepalive, got
-      if sent then
-        resp, keepalive, got = read_response(sock, deadline, method)
-        if not resp then err = keepalive end
-      end
+      local resp, err, sent, got = exchange(sock, reused, wire, method, deadline)
       if resp then
         local batch = batch_of[coroutine.running()]
         if batch then batch.answered(resp.status) end
-        if keepalive then
-          local kok = sock:setkeepalive(idle_ms, pool_size)
-          if not kok then sock:close() end
-        else
-          sock:close()
-        end
+        release(tr, sock, err, fresh)
         return resp
       end
       sock:close()
       -- A pooled connection closed by the server while idle: nothing was processed, so send
-      -- once more on a new connection (libcurl does the same).
-      -- (Not for a request that must reach the server at most once: req.fresh_connect.)
-      if req.fresh_connect or not (reused and not got and (err == "closed" or err == "connection reset by peer")) then
+      -- once more on a new connection (libcurl does the same). A request that must reach
+      -- the server at most once never came here: it had a fresh connection.
+      if not (reused and not got and (err == "closed" or err == "connection reset by peer")) then
         return nil, { kind = err == "timeout" and "timeout" or "network", connected = true,
           message = (sent and "receiving from " or "sending to ") .. host .. ":" .. port
             .. " failed: " .. tostring(err) }
