@@ -1060,6 +1060,21 @@ function M.check_call_options(t, prefix)
   return true
 end
 
+-- Longest request target (path plus query) sent; servers commonly refuse longer ones.
+local MAX_TARGET = 8192
+
+-- A `.` or `..` segment (also as `%2e`) would be resolved by libcurl or a proxy after the
+-- signature was made over the unresolved path, and could reach another endpoint.
+local function check_segments(path)
+  for segment in path:gmatch("/([^/]*)") do
+    local plain = segment:gsub("%%2[eE]", ".")
+    if plain == "." or plain == ".." then
+      return nil, "must not contain a \"" .. segment .. "\" segment (dot segments are refused)"
+    end
+  end
+  return true
+end
+
 -- Turn a validated request spec into the prepared form perform() takes.
 local function prepare(st, spec)
   for k in pairs(spec) do
@@ -1075,9 +1090,18 @@ local function prepare(st, spec)
      or path:find("%%%X") or path:find("%%.%X") or path:find("%%.?$") then
     return nil, errors.invalid_argument("path", "must start with / and be percent-encoded (no query or fragment)")
   end
+  local ok_path, bad_segment = check_segments(path)
+  if not ok_path then return nil, errors.invalid_argument("path", bad_segment) end
+  if #path > MAX_TARGET then
+    return nil, errors.invalid_argument("path", "longer than " .. MAX_TARGET .. " bytes")
+  end
   local query, err = M.build_query(spec.query)
   if not query then return nil, err end
   local target = query == "" and path or (path .. "?" .. query)
+  if #target > MAX_TARGET then
+    return nil, errors.invalid_argument("query", "makes the request target (path plus query) longer than "
+      .. MAX_TARGET .. " bytes")
+  end
 
   local body = spec.body
   if type(body) == "table" then
@@ -1151,7 +1175,8 @@ function M.new(config, version)
   local client = {}
 
   --- Call any APIv3 endpoint, signed and verified like the product functions.
-  -- `spec` fields: `method`, `path` (percent-encoded, no query), `query` (map, sorted by name,
+  -- `spec` fields: `method`, `path` (percent-encoded, no query, no `.` or `..` segment, also
+  -- not as `%2e`; path plus query at most 8192 bytes), `query` (map, sorted by name,
   -- or array of `{name, value}` pairs kept in order; table values are sent as JSON),
   -- `body` (table, encoded once as compact JSON, or a JSON string sent as is), `headers`,
   -- `idempotency_key`, `wechatpay_serial` (overrides the default request serial),
