@@ -43,9 +43,14 @@
 --   429, 5xx and `SYSTEM_ERROR`/`SERVICE_UNAVAILABLE` answers are retried whatever the method
 --   (WeChat Pay asks for identical re-sends). A response failing verification is never
 --   retried: the operation may have happened.
+-- * 202 means "accepted, not yet processed: repeat the same request" in WeChat Pay's status
+--   table. It is never returned as data: it is repeated like a 5xx (same body and
+--   Idempotency-Key, backoff, counted in `attempts`), also for a POST without a key, since
+--   repeating is what the server asks for. When the retries are spent the result is an
+--   `api` error with `status = 202` and `retryable = true`.
 -- * When a `deadline` is set, no attempt starts (and no backoff sleep begins) that would end
 --   after it; the returned error then has `deadline_exceeded = true`.
--- * 202 is a success like 200. An empty 2xx body decodes to `{}`.
+-- * Any other 2xx is a success; an empty 2xx body (204) decodes to `{}`.
 -- @module wxpay.client
 
 local core = require("wxpay.core")
@@ -690,6 +695,14 @@ local function api_error(st, resp)
   return e
 end
 
+-- WeChat Pay answers 202 for "accepted, not yet processed: repeat the same request". It
+-- carries no result, so it is never data: it is retried like a 5xx, and this is the error
+-- when the retries are spent.
+local function accepted_error(resp)
+  return errors.new("api", "request accepted but not yet processed: repeat it with the same "
+    .. "idempotency_key", { status = 202, request_id = resp.headers["request-id"], retryable = true })
+end
+
 -- Send one attempt, trying the other host when the first cannot be connected to.
 -- Returns resp, nil, base_url or nil, err, base_url.
 -- Methods a server must treat as repeatable; anything else is repeated only with an
@@ -787,7 +800,9 @@ local function perform(st, r)
         base_url = base }
       log(st, "debug", "wxpay response", { status = status, request_id = meta.request_id,
         attempt = attempt, path = r.target })
-      if status >= 200 and status < 300 then
+      if status == 202 then
+        err = accepted_error(resp)
+      elseif status >= 200 and status < 300 then
         if r.raw then return resp, nil, meta end -- the caller verifies (certificate download)
         local key_id, verr
         if r.verify ~= false then
@@ -811,8 +826,9 @@ local function perform(st, r)
               idempotency_key = r.idempotency_key })
         end
         return data, nil, meta
+      else
+        err = api_error(st, resp)
       end
-      err = api_error(st, resp)
     else
       err = transport_error(st, terr)
       -- After a connection was made the server may have acted; repeat only when safe.
@@ -1183,6 +1199,9 @@ function M.new(config, version)
   -- `verify = false` (only for documented unsigned endpoints), `timeout`,
   -- `connect_timeout`, `deadline`, `max_retries`.
   -- A spec that is not a table raises; bad fields give `invalid_argument` and send nothing.
+  -- A 202 answer (accepted, not yet processed) is repeated within `max_retries`, whatever
+  -- the method, as WeChat Pay asks; when they are spent it is an `api` error with
+  -- `status = 202`, `retryable = true`, never data.
   -- @treturn table|nil data (the decoded body; `{}` for an empty body)
   -- @treturn table|nil err
   -- @treturn table|nil meta `{ status, request_id, idempotency_key, attempts, headers, base_url }`

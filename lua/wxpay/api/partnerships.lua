@@ -266,6 +266,8 @@ local function new(api)
   -- @tparam[opt] table opts `idempotency_key` (generated, 32 alphanumerics, when absent;
   --   always returned in `meta` and in errors so a later call can reuse it),
   --   `wechatpay_serial`, `timeout`, `connect_timeout`, `deadline`, `max_retries`
+  --   A 202 (accepted, not yet processed) is repeated with the same key within the retries;
+  --   when they are spent it is an `api` error with `status = 202`, `retryable = true`.
   -- @treturn table|nil the relation (`partner`, `authorized_data`, `state`, `build_time`, …)
   -- @treturn table|nil err
   -- @treturn table|nil meta
