@@ -623,19 +623,51 @@ end
 
 -- Defence in depth for strings from outside code (transports, servers): remove anything
 -- that looks like a secret of this client before it reaches an error or a log line.
-local function redact(st, s)
+-- `sent` lists the Authorization values of the request at hand: a server or proxy may
+-- echo one whole, without its scheme, or just the signature.
+local function redact(st, s, sent)
   s = tostring(s)
   s = replace_plain(s, st.apiv3_key, "[REDACTED]")
+  for _, auth in ipairs(sent or {}) do
+    local signature = auth:match('signature="([^"]+)"')
+    s = replace_plain(s, auth, "[REDACTED]")
+    s = replace_plain(s, auth:match("^%S+ (.*)$"), "[REDACTED]")
+    s = replace_plain(s, signature, "[REDACTED]")
+    s = replace_plain(s, signature and signature:gsub("/", "\\/"), "[REDACTED]") -- JSON-escaped
+  end
   s = s:gsub("%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-.-%-%-%-%-%-END [%u ]*PRIVATE KEY%-%-%-%-%-",
-    "[REDACTED PRIVATE KEY]")
-  s = s:gsub("%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-.*$", "[REDACTED PRIVATE KEY]") -- truncated PEM
+    "[REDACTED KEY]")
+  s = s:gsub("%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-.*$", "[REDACTED KEY]") -- truncated PEM
   s = s:gsub("WECHATPAY2%-SHA256%-RSA2048 [^\r\n]*", "WECHATPAY2-SHA256-RSA2048 [REDACTED]")
+  s = s:gsub('signature="[^"]*"?', 'signature="[REDACTED]"')
   return s
 end
 
-local function log(st, level, message, fields)
+-- A redacted copy of `v`: strings redacted, tables copied (keys too), other values as is.
+local function redact_value(st, v, sent, depth)
+  if type(v) == "string" then return redact(st, v, sent) end
+  if type(v) ~= "table" or errors.is(v) then return v end
+  depth = depth or 0
+  if depth > 16 then return "[NESTED TOO DEEPLY]" end
+  local out = {}
+  for k, x in pairs(v) do
+    out[redact_value(st, k, sent, depth + 1)] = redact_value(st, x, sent, depth + 1)
+  end
+  return out
+end
+
+-- Redact an error's texts in place: its message and any string a server put in it.
+local function redact_error(st, e, sent)
+  e.message = redact(st, e.message, sent)
+  if e.detail ~= nil then e.detail = redact_value(st, e.detail, sent) end
+  return e
+end
+
+-- Every field is redacted too (copies; the tables given are not changed): an error's text
+-- may quote what a server echoed.
+local function log(st, level, message, fields, sent)
   if not st.logger then return end
-  pcall(st.logger, level, redact(st, message), fields)
+  pcall(st.logger, level, redact(st, message, sent), redact_value(st, fields, sent))
 end
 
 local function jitter()
@@ -659,26 +691,29 @@ local function retry_delay(st, attempt, resp)
   return d / 2 + (d / 2) * jitter() -- "equal jitter": at least half the backoff
 end
 
-local function transport_error(st, terr)
+local function transport_error(st, terr, sent)
   if type(terr) ~= "table" then terr = { message = tostring(terr) } end
   local kind = terr.kind == "timeout" and "timeout" or "network"
   -- `code` stays the local one (NETWORK_ERROR / TIMEOUT); libcurl's number goes beside it.
-  return errors.new(kind, redact(st, terr.message or kind), {
+  return errors.new(kind, redact(st, terr.message or kind, sent), {
     curl_code = terr.code, connected = terr.connected, retryable = true,
   })
 end
 
-local function api_error(st, resp)
+-- An error answer may echo the request (a gateway's HTML page, a message quoting a
+-- header): every text taken from it is redacted.
+local function api_error(st, resp, sent)
   local body = resp.body or ""
   local code, message, detail
   local obj = body ~= "" and M.decode_json(body) or nil
   if type(obj) == "table" then
-    if type(obj.code) == "string" then code = obj.code end
-    if type(obj.message) == "string" then message = obj.message end
-    if obj.detail ~= nil and obj.detail ~= cjson.null then detail = obj.detail end
+    if type(obj.code) == "string" then code = redact(st, obj.code, sent) end
+    if type(obj.message) == "string" then message = redact(st, obj.message, sent) end
+    if obj.detail ~= nil and obj.detail ~= cjson.null then detail = redact_value(st, obj.detail, sent) end
   end
   if not message then
-    local snippet = body:sub(1, 200):gsub("%s+", " ")
+    -- Redacted before the snippet is cut, so no partial Authorization survives.
+    local snippet = redact(st, body, sent):sub(1, 200):gsub("%s+", " ")
     message = snippet ~= "" and snippet or ("HTTP " .. resp.status)
   end
   local status = resp.status
@@ -731,6 +766,9 @@ local function send_attempt(st, r, remaining)
     local headers = {}
     for k, v in pairs(r.headers) do headers[k] = v end
     headers.Authorization = auth
+    -- Remembered so that an echo of it can be redacted from errors and logs.
+    r.sent = r.sent or {}
+    r.sent[#r.sent + 1] = auth
     local timeout, connect_timeout = r.timeout, r.connect_timeout
     if remaining then
       local left = remaining - (st.monotonic() - t_start)
@@ -742,7 +780,7 @@ local function send_attempt(st, r, remaining)
       connect_timeout = math.min(connect_timeout, left)
     end
     log(st, "debug", "wxpay request", { method = r.method, path = r.target, base_url = base,
-      attempt = r.attempt, idempotency_key = r.idempotency_key })
+      attempt = r.attempt, idempotency_key = r.idempotency_key }, r.sent)
     resp, terr = st.transport.request{ method = r.method, url = base .. r.target,
       target = r.target, headers = headers, body = r.body, timeout = timeout,
       connect_timeout = connect_timeout,
@@ -751,7 +789,7 @@ local function send_attempt(st, r, remaining)
     if resp then break end
     if type(terr) ~= "table" or terr.connected ~= false or leg == 2 or not second then break end
     log(st, "warn", "wxpay failover: cannot connect, trying the other host",
-      { from = base, to = second, path = r.target, error = redact(st, terr.message) })
+      { from = base, to = second, path = r.target, error = terr.message }, r.sent)
   end
   -- Only a switch of host changes the preference; answers from the preferred host do not
   -- extend the cool-down.
@@ -799,7 +837,7 @@ local function perform(st, r)
         idempotency_key = r.idempotency_key, attempts = attempt, headers = resp.headers,
         base_url = base }
       log(st, "debug", "wxpay response", { status = status, request_id = meta.request_id,
-        attempt = attempt, path = r.target })
+        attempt = attempt, path = r.target }, r.sent)
       if status == 202 then
         err = accepted_error(resp)
       elseif status >= 200 and status < 300 then
@@ -813,7 +851,8 @@ local function perform(st, r)
           end
           if not key_id then
             verr.attempts, verr.idempotency_key = attempt, r.idempotency_key
-            log(st, "warn", "wxpay response rejected", { error = tostring(verr) })
+            redact_error(st, verr, r.sent)
+            log(st, "warn", "wxpay response rejected", { error = tostring(verr) }, r.sent)
             return nil, verr -- never retried: the operation may have happened
           end
           meta.verified_by = key_id
@@ -827,10 +866,10 @@ local function perform(st, r)
         end
         return data, nil, meta
       else
-        err = api_error(st, resp)
+        err = api_error(st, resp, r.sent)
       end
     else
-      err = transport_error(st, terr)
+      err = transport_error(st, terr, r.sent)
       -- After a connection was made the server may have acted; repeat only when safe.
       if err.connected ~= false and not SAFE_METHODS[r.method] and not r.idempotency_key then
         err.retry_skipped = "not idempotent"
@@ -844,7 +883,7 @@ local function perform(st, r)
       return nil, err
     end
     log(st, "warn", "wxpay retry", { attempt = attempt, delay = delay, path = r.target,
-      error = tostring(err) })
+      error = tostring(err) }, r.sent)
     st.sleep(delay)
   end
 end

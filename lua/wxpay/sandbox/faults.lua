@@ -3,7 +3,8 @@
 -- oldest entry of that class with a count left:
 --   "pre"   500, 429, 202, echo, drop: answered instead of processing (a faulted build
 --           creates nothing); 202 is a signed empty "accepted, not yet processed", echo a
---           500 HTML page quoting the request's Authorization (a careless gateway);
+--           500 HTML page quoting the request's Authorization credentials (a careless
+--           gateway);
 --   "delay" delay: the request is processed, then the answer waits `seconds`;
 --   "post"  tamper, unsigned, stale, probe: applied to the processed, signed answer.
 -- So {500, count 1} then {429, count 1} fail two requests in turn, while {delay} and

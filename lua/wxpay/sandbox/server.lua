@@ -183,8 +183,10 @@ function Server:api_request(con, conn, req)
     elseif f.pre.fault == "202" then
       resp = { status = 202, body = "" }
     elseif f.pre.fault == "echo" then
-      resp = { status = 500, body = "<html><body><h1>500</h1><p>Authorization: "
-        .. tostring(req.headers.authorization) .. "</p></body></html>" }
+      -- the credentials without their scheme, as some gateways quote them
+      local credentials = tostring(req.headers.authorization):gsub("^%S+ ", "")
+      resp = { status = 500, body = "<html><body><h1>500</h1><p>bad credentials: "
+        .. credentials .. "</p></body></html>" }
     else
       resp = api.error_response(429, "FREQUENCY_LIMITED", "频率超限")
       if f.pre.retry_after then extra[1] = { "Retry-After", tostring(f.pre.retry_after) } end
