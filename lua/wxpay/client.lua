@@ -1115,6 +1115,17 @@ function M.check_call_options(t, prefix)
   return true
 end
 
+-- An Idempotency-Key given as a header is the key of the request: same format as the
+-- option, and it must not contradict the option (meta would report the other one).
+local function idempotency_header(field, value, option)
+  local ok, e = M.check_idempotency_key(value, field)
+  if not ok then return nil, e end
+  if option ~= nil and option ~= value then
+    return nil, errors.invalid_argument(field, "conflicts with idempotency_key (give the key once)")
+  end
+  return true
+end
+
 -- Longest request target (path plus query) sent; servers commonly refuse longer ones.
 local MAX_TARGET = 8192
 
@@ -1174,10 +1185,11 @@ local function prepare(st, spec)
 
   local headers = { Accept = "application/json", ["User-Agent"] = st.user_agent }
   if body then headers["Content-Type"] = "application/json" end
-  if spec.idempotency_key ~= nil then
-    local ok, e = M.check_idempotency_key(spec.idempotency_key, "idempotency_key")
+  local idempotency_key = spec.idempotency_key
+  if idempotency_key ~= nil then
+    local ok, e = M.check_idempotency_key(idempotency_key, "idempotency_key")
     if not ok then return nil, e end
-    headers["Idempotency-Key"] = spec.idempotency_key
+    headers["Idempotency-Key"] = idempotency_key
   end
   if spec.headers ~= nil then
     if type(spec.headers) ~= "table" then return nil, errors.invalid_argument("headers", "must be a table") end
@@ -1191,6 +1203,11 @@ local function prepare(st, spec)
       end
       local ok, e = check_header_value(field, value)
       if not ok then return nil, e end
+      if name:lower() == "idempotency-key" then
+        ok, e = idempotency_header(field, value, spec.idempotency_key)
+        if not ok then return nil, e end
+        idempotency_key = value
+      end
       for k in pairs(headers) do -- replace a default of the same name, whatever its case
         if k:lower() == name:lower() then headers[k] = nil end
       end
@@ -1205,7 +1222,7 @@ local function prepare(st, spec)
   if not ok then return nil, oerr end
   return {
     method = method, target = target, body = body, headers = headers,
-    idempotency_key = spec.idempotency_key, verify = spec.verify, wechatpay_serial = wechatpay_serial,
+    idempotency_key = idempotency_key, verify = spec.verify, wechatpay_serial = wechatpay_serial,
     timeout = spec.timeout, connect_timeout = spec.connect_timeout,
     deadline = spec.deadline, max_retries = spec.max_retries,
   }
@@ -1234,7 +1251,8 @@ function M.new(config, version)
   -- not as `%2e`; path plus query at most 8192 bytes), `query` (map, sorted by name,
   -- or array of `{name, value}` pairs kept in order; table values are sent as JSON),
   -- `body` (table, encoded once as compact JSON, or a JSON string sent as is), `headers`,
-  -- `idempotency_key`, `wechatpay_serial` (overrides the default request serial),
+  -- `idempotency_key` (an `Idempotency-Key` header is the same; both only when equal),
+  -- `wechatpay_serial` (overrides the default request serial),
   -- `verify = false` (only for documented unsigned endpoints), `timeout`,
   -- `connect_timeout`, `deadline`, `max_retries`.
   -- A spec that is not a table raises; bad fields give `invalid_argument` and send nothing.
