@@ -5,6 +5,7 @@
 --
 -- Configuration keys beyond the contract's (all optional; unknown keys are refused):
 --
+-- * Every time below, and `timeout`, `connect_timeout` and `deadline`, is at most 86400 s.
 -- * `clock_skew` (300): responses with `|now - Wechatpay-Timestamp| >= clock_skew` fail.
 -- * `offset_mode` ("page"): default for `partnerships.list`.
 -- * `failover_cooldown` (60 s): how long the backup stays preferred after a failover.
@@ -65,6 +66,7 @@ local DEFAULT_BASE = "https://api.mch.weixin.qq.com"
 local DEFAULT_BACKUP = "https://api2.mch.weixin.qq.com"
 local SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"
 local PROBE_PREFIX = "WECHATPAY/SIGNTEST/"
+local MAX_SECONDS = 86400 -- upper bound of every configured or per-call time
 
 -- Every accepted configuration key; anything else is a typo and is refused.
 local CONFIG_KEYS = {
@@ -423,16 +425,17 @@ local function build_state(config, version)
   end
 
   -- Numbers
+  -- Times are at most a day: larger ones are typos, and the core refuses such timeouts.
   local specs = {
-    { "timeout", 10, { positive = true } },
-    { "connect_timeout", 5, { positive = true } },
+    { "timeout", 10, { positive = true, max = MAX_SECONDS } },
+    { "connect_timeout", 5, { positive = true, max = MAX_SECONDS } },
     { "max_retries", 2, { integer = true, max = 20 } },
-    { "deadline", nil, { positive = true } },
-    { "clock_skew", 300, { positive = true } },
-    { "failover_cooldown", 60, {} },
-    { "retry_base_delay", 0.2, {} },
-    { "retry_max_delay", 5, {} },
-    { "retry_after_max", 60, {} },
+    { "deadline", nil, { positive = true, max = MAX_SECONDS } },
+    { "clock_skew", 300, { positive = true, max = MAX_SECONDS } },
+    { "failover_cooldown", 60, { max = MAX_SECONDS } },
+    { "retry_base_delay", 0.2, { max = MAX_SECONDS } },
+    { "retry_max_delay", 5, { max = MAX_SECONDS } },
+    { "retry_after_max", 60, { max = MAX_SECONDS } },
     { "certificate_refresh_interval", 3600, { positive = true, max = 43200 } },
   }
   for _, s in ipairs(specs) do
@@ -570,8 +573,8 @@ local function verify_response(st, resp, certificates)
   end
   local skew = math.abs(st.now() - tonumber(ts))
   if skew >= st.clock_skew then
-    return fail("timestamp", string.format("Wechatpay-Timestamp %s is %d s from local time (limit %d s)",
-      ts, skew, st.clock_skew))
+    return fail("timestamp", string.format("Wechatpay-Timestamp %s is %d s from local time (limit %g s)",
+      ts, math.floor(skew), st.clock_skew))
   end
   if sig:sub(1, #PROBE_PREFIX) == PROBE_PREFIX then
     return fail("probe", "signature probe (WECHATPAY/SIGNTEST/) rejected", { probe = true })
@@ -1089,7 +1092,7 @@ function M.check_idempotency_key(key, field)
 end
 
 --- Validate the per-call options shared by every service function: `timeout`,
--- `connect_timeout`, `deadline` (positive seconds), `max_retries` (integer >= 0),
+-- `connect_timeout`, `deadline` (positive seconds, at most 86400), `max_retries` (integer >= 0),
 -- `verify` (boolean), `wechatpay_serial` (string).
 -- @tparam table t the table holding them
 -- @tparam string prefix prefix for field names in errors (e.g. `"opts."`)
@@ -1097,8 +1100,9 @@ end
 function M.check_call_options(t, prefix)
   for _, name in ipairs({ "timeout", "connect_timeout", "deadline" }) do
     local v = t[name]
-    if v ~= nil and (type(v) ~= "number" or v ~= v or v <= 0 or v == math.huge) then
-      return nil, errors.invalid_argument(prefix .. name, "must be a positive number of seconds")
+    if v ~= nil and (type(v) ~= "number" or v ~= v or v <= 0 or v > MAX_SECONDS) then
+      return nil, errors.invalid_argument(prefix .. name, "must be a positive number of seconds, at most "
+        .. MAX_SECONDS)
     end
   end
   local mr = t.max_retries
