@@ -134,6 +134,17 @@ describe("partnerships input validation", function()
     { "list offset 2^63", "list", with{ offset = 2 ^ 63 }, nil, "offset" },
     { "opts.deadline over a day", "build", appid_params(), { deadline = 86401 }, "opts.deadline" },
     { "opts.timeout 1e300", "terminate", appid_params(), { timeout = 1e300 }, "opts.timeout" },
+    -- control characters in identifiers
+    { "appid with CR LF", "build", with{ ["partner.appid"] = "wx1\r\nX-A: 1" }, nil, "partner.appid" },
+    { "appid with NUL", "build", with{ ["partner.appid"] = "wx1\0" }, nil, "partner.appid" },
+    { "appid with DEL", "build", with{ ["partner.appid"] = "wx1\127" }, nil, "partner.appid" },
+    { "stock_id with LF", "build", with{ ["authorized_data.stock_id"] = "2433405\n" }, nil,
+      "authorized_data.stock_id" },
+    { "stock_id with TAB", "terminate", with{ ["authorized_data.stock_id"] = "24\t33" }, nil,
+      "authorized_data.stock_id" },
+    { "page appid filter with ESC", "page", with{ ["partner.appid"] = "wx\27" }, nil, "partner.appid" },
+    { "page stock_id filter with CR", "page", with{ ["authorized_data.stock_id"] = "1\r" }, nil,
+      "authorized_data.stock_id" },
   }
 
   for _, case in ipairs(cases) do

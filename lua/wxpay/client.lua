@@ -1016,8 +1016,11 @@ local METHODS = { GET = true, POST = true, PUT = true, PATCH = true, DELETE = tr
 local REQUEST_KEYS = { method = true, path = true, query = true, body = true, headers = true,
   idempotency_key = true, wechatpay_serial = true, verify = true, timeout = true,
   connect_timeout = true, deadline = true, max_retries = true }
+-- Set by the client, or (Transfer-Encoding, Connection) deciding how the body is framed
+-- and the connection kept: a caller's value could desynchronise the transport's framing.
 local RESERVED_HEADERS = { authorization = true, host = true, ["content-length"] = true,
-  ["content-type"] = true, ["user-agent"] = true }
+  ["content-type"] = true, ["user-agent"] = true, ["transfer-encoding"] = true,
+  connection = true }
 
 local function encode_query_value(v, field)
   local t = type(v)
@@ -1254,7 +1257,9 @@ function M.new(config, version)
   -- `spec` fields: `method`, `path` (percent-encoded, no query, no `.` or `..` segment, also
   -- not as `%2e`; path plus query at most 8192 bytes), `query` (map, sorted by name,
   -- or array of `{name, value}` pairs kept in order; table values are sent as JSON),
-  -- `body` (table, encoded once as compact JSON, or a JSON string sent as is), `headers`,
+  -- `body` (table, encoded once as compact JSON, or a JSON string sent as is), `headers`
+  -- (not Authorization, Host, Content-Length, Content-Type, User-Agent, Transfer-Encoding or
+  -- Connection, which the client and its transport own),
   -- `idempotency_key` (an `Idempotency-Key` header is the same; both only when equal),
   -- `wechatpay_serial` (overrides the default request serial),
   -- `verify = false` (only for documented unsigned endpoints), `timeout`,

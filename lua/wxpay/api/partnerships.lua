@@ -24,6 +24,8 @@
 -- * `limit` is an integer 1..50, `offset` an integer 0..2^31-1 (2147483647); a signed page
 --   whose `offset`, `limit` or `total_count` is not an integer in that range is a `decode`
 --   error (`page` returns it, `list` raises it).
+-- * Identifiers (`appid`, `merchant_id`, `stock_id`) hold no control characters (CR, LF,
+--   NUL, DEL, …).
 -- * `opts.idempotency_key` matches `^[A-Za-z0-9|_*-]{1,48}$`.
 -- @module wxpay.api.partnerships
 
@@ -61,6 +63,8 @@ local function new(api)
 
   local function check_string(v, field, min, max)
     if type(v) ~= "string" then return nil, invalid(field, "must be a string, got " .. type(v)) end
+    -- No real identifier holds one; they would only be escaped on the wire.
+    if v:find("[%z\1-\31\127]") then return nil, invalid(field, "must not contain control characters") end
     local ok, why = api.check_utf8(v)
     if not ok then return nil, invalid(field, why) end
     local n = utf8_len(v)
