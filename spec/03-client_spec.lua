@@ -1018,7 +1018,7 @@ describe("hostile input (issue 10)", function()
       end)
     end
 
-    it("redacts logger fields without changing the tables it was given", function()
+    it("redacts a transport error echoing it from every logged field", function()
       local logged = {}
       local c = new_client(function(req)
         return nil, { kind = "network", connected = false, message = "echo " .. req.headers.Authorization }
