@@ -864,3 +864,257 @@ describe("secret hygiene", function()
     for _, s in ipairs(strings) do assert_clean(s) end
   end)
 end)
+
+describe("hostile input (issue 10)", function()
+  local function refused(c, t, spec, field)
+    local data, err = c.request(spec)
+    assert.is_nil(data)
+    assert.equal("invalid_argument", err.kind, tostring(err))
+    assert.equal(field, err.field)
+    assert.equal(0, #t.calls)
+    return err
+  end
+
+  describe("dot segments and the target's length", function()
+    local dotted = {
+      "/v3/marketing/partnerships/../../h/ok", "/v3/../_sandbox/info", "/v3/./x", "/v3/x/..",
+      "/v3/x/.", "/v3/%2e%2e/x", "/v3/%2E%2E/x", "/v3/.%2e/x", "/v3/%2E./x", "/v3/%2e/x",
+      "/v3//../x",
+    }
+    for _, path in ipairs(dotted) do
+      it("refuses " .. path .. " before sending", function()
+        local c, t = new_client()
+        local err = refused(c, t, { method = "GET", path = path }, "path")
+        assert.truthy(err.message:find("segment", 1, true), err.message)
+      end)
+    end
+
+    it("sends segments that only contain dots among other characters", function()
+      local c, t = new_client()
+      for _, path in ipairs({ "/v3/..foo/a.b", "/v3/x.../.y", "/v3/%2e%2e%2e", "/v3/a%2eb" }) do
+        local data, err = c.request{ method = "GET", path = path }
+        assert.is_nil(err)
+        assert.truthy(data)
+      end
+      assert.equal(4, #t.calls)
+    end)
+
+    it("refuses a target (path plus query) over 8192 bytes, and sends one of 8192", function()
+      local c, t = new_client()
+      local err = refused(c, t, { method = "GET", path = "/v3/" .. string.rep("a", 8189) }, "path")
+      assert.truthy(err.message:find("8192", 1, true), err.message)
+      assert.is_false(err.retryable)
+      refused(c, t, { method = "GET", path = "/v3/x", query = { q = string.rep("b", 8190) } }, "query")
+      local path = "/v3/" .. string.rep("a", 8188)
+      assert.equal(8192, #path)
+      assert.truthy(c.request{ method = "GET", path = path })
+      assert.equal(1, #t.calls)
+    end)
+  end)
+
+  describe("202 accepted, not yet processed", function()
+    local function sequence(list)
+      return function(_, n) return list[math.min(n, #list)]() end
+    end
+    local function accepted() return F.response(202, "") end
+    local function established() return F.response(200, '{"state":"ESTABLISHED"}') end
+    local params = { partner = { type = "APPID", appid = "wx4e1916a585d1f4e9" },
+      authorized_data = { business_type = "BUSIFAVOR_STOCK", stock_id = "2433405" } }
+
+    it("repeats the request with the same Idempotency-Key, counted in attempts", function()
+      local sleeps = {}
+      local c, t = new_client(sequence({ accepted, accepted, established }),
+        { sleep = function(s) sleeps[#sleeps + 1] = s end })
+      local rel, err, meta = c.partnerships.build(params, { idempotency_key = "k202" })
+      assert.is_nil(err)
+      assert.equal("ESTABLISHED", rel.state)
+      assert.equal(3, meta.attempts)
+      assert.equal(3, #t.calls)
+      for _, rec in ipairs(t.calls) do
+        assert.equal("k202", rec.headers["Idempotency-Key"])
+        assert.equal(t.calls[1].body, rec.body)
+      end
+      assert.equal(2, #sleeps)
+      assert.truthy(sleeps[1] >= 0.1 and sleeps[1] <= 0.2, sleeps[1])
+    end)
+
+    it("returns a retryable api error with status 202 when the retries are spent, never data", function()
+      local c, t = new_client(sequence({ accepted }), { max_retries = 2 })
+      local rel, err = c.partnerships.build(params, { idempotency_key = "k202" })
+      assert.is_nil(rel)
+      assert.equal("api", err.kind)
+      assert.equal(202, err.status)
+      assert.is_true(err.retryable)
+      assert.equal(3, err.attempts)
+      assert.equal("k202", err.idempotency_key)
+      assert.equal(3, #t.calls)
+      assert.truthy(err.message:find("accepted", 1, true), err.message)
+      assert.truthy(err.message:find("idempotency_key", 1, true), err.message)
+    end)
+
+    it("repeats a POST without a key through client.request too, as WeChat Pay asks", function()
+      local c, t = new_client(sequence({ accepted, established }))
+      local data, err, meta = c.request{ method = "POST", path = "/v3/x", body = { a = 1 } }
+      assert.is_nil(err)
+      assert.equal("ESTABLISHED", data.state)
+      assert.equal(2, meta.attempts)
+      assert.equal(2, #t.calls)
+    end)
+  end)
+
+  describe("an echoed Authorization", function()
+    -- Every string reachable from v (keys, values, tostring), recursively.
+    local function strings_of(v, out, seen)
+      out, seen = out or {}, seen or {}
+      out[#out + 1] = tostring(v)
+      if type(v) == "table" and not seen[v] then
+        seen[v] = true
+        for key, x in pairs(v) do strings_of(key, out, seen); strings_of(x, out, seen) end
+      end
+      return out
+    end
+
+    local function assert_no_auth(strings, auths)
+      assert.truthy(#auths > 0)
+      local text = table.concat(strings, "\0")
+      for _, a in ipairs(auths) do
+        assert.is_nil(text:find(a, 1, true), "Authorization leaked: " .. text)
+        local sig = a:match('signature="([^"]+)"')
+        assert.is_nil(text:find(sig, 1, true), "signature leaked: " .. text)
+        assert.is_nil(text:find(sig:sub(1, 40), 1, true), "part of a signature leaked: " .. text)
+      end
+    end
+
+    local echoes = {
+      { "a JSON 500 message", function(a)
+        return { status = 500, headers = {}, body = require("wxpay.client").encode_json{
+          code = "SYSTEM_ERROR", message = "bad header " .. a, detail = { header = a, list = { a } } } }
+      end },
+      { "an HTML 500 with only the signature part", function(a)
+        return { status = 500, headers = {}, body = "<html><body>" .. a:match('signature="[^"]+"') .. "</body></html>" }
+      end },
+      { "an HTML 400 with the bare value", function(a)
+        return { status = 400, headers = {}, body = "<html><p>" .. a:gsub("^%S+ ", "") .. "</p></html>" }
+      end },
+      { "an HTML 400 with the base64 signature alone", function(a)
+        return { status = 400, headers = {}, body = "<p>sig " .. a:match('signature="([^"]+)"') .. "</p>" }
+      end },
+    }
+    for _, case in ipairs(echoes) do
+      it("keeps it out of err.message, tostring(err), detail and every logged field: " .. case[1], function()
+        local logged = {}
+        local auths = {}
+        local c = new_client(function(req)
+          auths[#auths + 1] = req.headers.Authorization
+          return case[2](req.headers.Authorization)
+        end, { max_retries = 1, logger = function(level, message, fields)
+          logged[#logged + 1] = { level, message, fields }
+        end })
+        local data, err = c.request{ method = "GET", path = "/v3/x" }
+        assert.is_nil(data)
+        assert.equal("api", err.kind)
+        assert.truthy(#logged >= 2)
+        assert_no_auth(strings_of({ err.message, tostring(err), err, logged }), auths)
+      end)
+    end
+
+    it("redacts a transport error echoing it from every logged field", function()
+      local logged = {}
+      local c = new_client(function(req)
+        return nil, { kind = "network", connected = false, message = "echo " .. req.headers.Authorization }
+      end, { max_retries = 1, backup_url = false, logger = function(_, _, fields) logged[#logged + 1] = fields end })
+      local _, err = c.request{ method = "GET", path = "/v3/x" }
+      assert.equal("network", err.kind)
+      for _, f in ipairs(logged) do
+        for _, v in pairs(f) do
+          if type(v) == "string" then assert.is_nil(v:find('signature="', 1, true), v) end
+        end
+      end
+    end)
+  end)
+
+  describe("Idempotency-Key given twice", function()
+    it("refuses a header that conflicts with idempotency_key, sending nothing", function()
+      local c, t = new_client()
+      refused(c, t, { method = "POST", path = "/v3/x", body = {}, idempotency_key = "B",
+        headers = { ["Idempotency-Key"] = "A" } }, "headers.Idempotency-Key")
+      refused(c, t, { method = "POST", path = "/v3/x", body = {}, idempotency_key = "B",
+        headers = { ["idempotency-key"] = "A" } }, "headers.idempotency-key")
+    end)
+
+    it("checks a key given as a header like the option", function()
+      local c, t = new_client()
+      refused(c, t, { method = "POST", path = "/v3/x", body = {}, headers = { ["Idempotency-Key"] = "a b" } },
+        "headers.Idempotency-Key")
+      refused(c, t, { method = "POST", path = "/v3/x", body = {},
+        headers = { ["IDEMPOTENCY-KEY"] = string.rep("k", 49) } }, "headers.IDEMPOTENCY-KEY")
+    end)
+
+    it("reports a header key in meta and treats the request as keyed", function()
+      local n = 0
+      local c, t = new_client(function()
+        n = n + 1
+        if n == 1 then return nil, { kind = "network", message = "reset", connected = true } end
+        return F.response(200, "{}")
+      end)
+      local data, err, meta = c.request{ method = "POST", path = "/v3/x", body = {},
+        headers = { ["idempotency-key"] = "A" } }
+      assert.is_nil(err)
+      assert.truthy(data)
+      assert.equal("A", meta.idempotency_key)
+      assert.equal(2, meta.attempts)
+      for _, rec in ipairs(t.calls) do
+        local sent = {}
+        for name, v in pairs(rec.headers) do
+          if name:lower() == "idempotency-key" then sent[#sent + 1] = v end
+        end
+        assert.same({ "A" }, sent)
+      end
+      -- the same key twice is no conflict
+      assert.truthy(c.request{ method = "POST", path = "/v3/x", body = {}, idempotency_key = "A",
+        headers = { ["Idempotency-Key"] = "A" } })
+    end)
+  end)
+
+  describe("time limits above a day", function()
+    for _, name in ipairs({ "timeout", "connect_timeout", "deadline", "failover_cooldown", "clock_skew",
+                            "retry_base_delay", "retry_max_delay", "retry_after_max" }) do
+      it("refuses " .. name .. " over 86400 s in the config and accepts 86400", function()
+        for _, v in ipairs({ 86401, 1e300 }) do
+          local t = F.transport(ok_handler())
+          local c, err = wxpay.new(F.config(t, { [name] = v }))
+          assert.is_nil(c)
+          assert.equal("config", err.kind)
+          assert.equal(name, err.field)
+          assert.truthy(err.message:find("86400", 1, true), err.message)
+        end
+        assert.truthy(wxpay.new(F.config(F.transport(ok_handler()), { [name] = 86400 })))
+      end)
+    end
+
+    it("refuses per-call timeouts over 86400 s as invalid_argument", function()
+      local c, t = new_client()
+      for _, name in ipairs({ "timeout", "connect_timeout", "deadline" }) do
+        refused(c, t, { method = "GET", path = "/v3/x", [name] = 86401 }, name)
+        refused(c, t, { method = "GET", path = "/v3/x", [name] = 1e300 }, name)
+      end
+      assert.truthy(c.request{ method = "GET", path = "/v3/x", timeout = 86400 })
+    end)
+
+    it("reports a fractional clock_skew without raising", function()
+      local c = new_client(function()
+        return F.response(200, "{}", { timestamp = core.time() - 100 })
+      end, { clock_skew = 10.5 })
+      local data, err = c.request{ method = "GET", path = "/v3/x" }
+      assert.is_nil(data)
+      assert.equal("timestamp", err.check)
+    end)
+  end)
+
+  it("refuses the framing headers Transfer-Encoding and Connection", function()
+    local c, t = new_client()
+    refused(c, t, { method = "POST", path = "/v3/x", body = {}, headers = { ["Transfer-Encoding"] = "chunked" } },
+      "headers.Transfer-Encoding")
+    refused(c, t, { method = "GET", path = "/v3/x", headers = { connection = "close" } }, "headers.connection")
+  end)
+end)

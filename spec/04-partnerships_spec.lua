@@ -122,6 +122,29 @@ describe("partnerships input validation", function()
     { "list without business_type", "list", with{ ["authorized_data.business_type"] = F.NIL }, nil,
       "authorized_data.business_type" },
     { "list unknown field", "list", with{ page = 2 }, nil, "page" },
+    -- numbers out of the documented range (0 <= offset <= 2^31 - 1, 1 <= limit <= 50)
+    { "page offset math.huge", "page", with{ offset = math.huge }, nil, "offset" },
+    { "page offset 1e300", "page", with{ offset = 1e300 }, nil, "offset" },
+    { "page offset 2^63", "page", with{ offset = 2 ^ 63 }, nil, "offset" },
+    { "page offset 2^31", "page", with{ offset = 2 ^ 31 }, nil, "offset" },
+    { "page offset NaN", "page", with{ offset = 0 / 0 }, nil, "offset" },
+    { "page limit math.huge", "page", with{ limit = math.huge }, nil, "limit" },
+    { "page limit -math.huge", "page", with{ limit = -math.huge }, nil, "limit" },
+    { "list offset math.huge", "list", with{ offset = math.huge }, nil, "offset" },
+    { "list offset 2^63", "list", with{ offset = 2 ^ 63 }, nil, "offset" },
+    { "opts.deadline over a day", "build", appid_params(), { deadline = 86401 }, "opts.deadline" },
+    { "opts.timeout 1e300", "terminate", appid_params(), { timeout = 1e300 }, "opts.timeout" },
+    -- control characters in identifiers
+    { "appid with CR LF", "build", with{ ["partner.appid"] = "wx1\r\nX-A: 1" }, nil, "partner.appid" },
+    { "appid with NUL", "build", with{ ["partner.appid"] = "wx1\0" }, nil, "partner.appid" },
+    { "appid with DEL", "build", with{ ["partner.appid"] = "wx1\127" }, nil, "partner.appid" },
+    { "stock_id with LF", "build", with{ ["authorized_data.stock_id"] = "2433405\n" }, nil,
+      "authorized_data.stock_id" },
+    { "stock_id with TAB", "terminate", with{ ["authorized_data.stock_id"] = "24\t33" }, nil,
+      "authorized_data.stock_id" },
+    { "page appid filter with ESC", "page", with{ ["partner.appid"] = "wx\27" }, nil, "partner.appid" },
+    { "page stock_id filter with CR", "page", with{ ["authorized_data.stock_id"] = "1\r" }, nil,
+      "authorized_data.stock_id" },
   }
 
   for _, case in ipairs(cases) do
@@ -440,6 +463,46 @@ describe("partnerships.list", function()
     assert.is_false(ok2)
     assert.equal("NOT_FOUND", err2.code)
   end)
+
+  it("accepts offset 2^31 - 1 and sends it as an integer", function()
+    local c, t = new_client(function() return F.response(200, '{"data":[],"offset":2147483647,"limit":50}') end)
+    local page, err = c.partnerships.page{ authorized_data = { business_type = "BUSIFAVOR_STOCK" },
+      offset = 2 ^ 31 - 1, limit = 50 }
+    assert.is_nil(err)
+    assert.equal(2147483647, page.offset)
+    assert.truthy(t.calls[1].target:find("&offset=2147483647$"), t.calls[1].target)
+  end)
+
+  -- signed pages whose numbers are not integers in range
+  local bad_pages = {
+    { "offset 1.5", '{"data":[],"offset":1.5,"limit":50}', "offset" },
+    { "offset 1e300", '{"data":[],"offset":1e300,"limit":50}', "offset" },
+    { 'offset "3"', '{"data":[],"offset":"3","limit":50}', "offset" },
+    { "offset -1", '{"data":[],"offset":-1,"limit":50}', "offset" },
+    { "limit 1.5", '{"data":[],"offset":0,"limit":1.5}', "limit" },
+    { "limit 1e300", '{"data":[],"offset":0,"limit":1e300}', "limit" },
+    { "total_count 2.5", '{"data":[],"offset":0,"limit":50,"total_count":2.5}', "total_count" },
+  }
+  for _, case in ipairs(bad_pages) do
+    it("page returns a decode error for a signed page with " .. case[1], function()
+      local c = new_client(function() return F.response(200, case[2]) end)
+      local page, err = c.partnerships.page{ authorized_data = { business_type = "BUSIFAVOR_STOCK" } }
+      assert.is_nil(page)
+      assert.equal("decode", err.kind)
+      assert.equal(case[3], err.field)
+      assert.truthy(err.message:find(case[3], 1, true), err.message)
+    end)
+
+    it("list raises the structured decode error for a signed page with " .. case[1], function()
+      local body = case[2]:gsub('"data":%[%]', '"data":[{"partner":{"type":"APPID","appid":"wx1"}}]')
+      local c = new_client(function() return F.response(200, body) end)
+      local ok, err = pcall(collect, c, { authorized_data = { business_type = "BUSIFAVOR_STOCK" } })
+      assert.is_false(ok)
+      assert.equal("table", type(err), tostring(err))
+      assert.equal("decode", err.kind)
+      assert.equal(case[3], err.field)
+    end)
+  end
 
   it("is lazy: requests happen only as the loop advances", function()
     local c, t = new_client(server(120))

@@ -271,6 +271,25 @@ describe("bad input never reaches the server", function()
     end)
   end
 
+  it("refuses dot segments and an 8 KB target without opening a connection", function()
+    sb:reset()
+    local c = client()
+    local before = sb:stats().connections
+    for _, path in ipairs({ "/v3/../_sandbox/info", "/v3/marketing/partnerships/../../h/ok",
+                            "/v3/%2e%2e/_sandbox/stats", "/v3/.%2E/_sandbox/reset", "/v3/./certificates",
+                            "/v3/" .. string.rep("a", 8200) }) do
+      local data, err = c.request{ method = "GET", path = path }
+      assert.is_nil(data)
+      assert.equal("invalid_argument", err.kind)
+      assert.equal("path", err.field)
+    end
+    local after = sb:stats()
+    -- the only connection since is the control call reading these counters
+    assert.equal(before + 1, after.connections)
+    assert.equal(0, after.requests)
+    assert.equal(0, #sb:requests())
+  end)
+
   it("list raises on bad input before any request", function()
     sb:reset()
     local c = client()

@@ -88,6 +88,36 @@ describe("retries over real sockets", function()
     assert.equal(1, relations_for(sb, "wxretry500"))
   end)
 
+  it("202 twice then success: the same request repeated, one relation with a state", function()
+    local c = client()
+    sb:fault{ fault = "202", count = 2 }
+    local rel, err, meta = c.partnerships.build(params("wxretry202"), { idempotency_key = "retry-202" })
+    assert.is_nil(err)
+    assert.equal("ESTABLISHED", rel.state)
+    assert.equal(3, meta.attempts)
+    local log = sb:requests()
+    assert.same({ 202, 202, 200 }, { log[1].status, log[2].status, log[3].status })
+    assert.equal(1, distinct(log, function(e) return e.headers["idempotency-key"] end))
+    assert.equal(1, distinct(log, function(e) return e.body end))
+    assert.equal(3, distinct(log, nonce_of))
+    assert.equal(1, relations_for(sb, "wxretry202"))
+  end)
+
+  it("202 until the retries are spent: a retryable api error with status 202, never data", function()
+    local c = client{ max_retries = 2 }
+    sb:fault{ fault = "202", count = 3 }
+    local rel, err, meta = c.partnerships.build(params("wxonly202"), { idempotency_key = "only-202" })
+    assert.is_nil(rel)
+    assert.is_nil(meta)
+    assert.equal("api", err.kind)
+    assert.equal(202, err.status)
+    assert.is_true(err.retryable)
+    assert.equal(3, err.attempts)
+    assert.equal("only-202", err.idempotency_key)
+    assert.equal(3, #sb:requests())
+    assert.equal(0, relations_for(sb, "wxonly202"))
+  end)
+
   it("429 twice without Retry-After then success: attempts = 3 with the backoff's delays", function()
     local slept = {}
     local c = client{ sleep = function(s) slept[#slept + 1] = s; core.sleep(s) end }

@@ -255,6 +255,28 @@ describe("secret hygiene", function()
       end, 15)
     end)
 
+    it("an error page echoing the request's Authorization, retried and then given up", function()
+      local col = scenario(function(c, cfg)
+        cfg.max_retries = 2
+        local client = assert(wxpay.new(cfg))
+        sb:fault{ fault = "echo", count = 1 }
+        assert(c.add(client.partnerships.build(params("wxecho1"), { idempotency_key = "echo-1" })))
+        sb:fault{ fault = "echo", count = 3 }
+        local rel, err = c.add(client.partnerships.build(params("wxecho2"), { idempotency_key = "echo-2" }))
+        assert.is_nil(rel)
+        assert.equal(500, err.status)
+        assert.equal(3, err.attempts)
+      end, 5)
+      -- the echo did reach the client: its page shows up redacted, with no piece of a
+      -- signature left where the error message was cut short
+      local text = table.concat(col.strings, "\n")
+      assert.truthy(text:find("bad credentials: [REDACTED]", 1, true))
+      for _, e in ipairs(sb:requests()) do
+        local sig = e.headers.authorization:match('signature="([^"]+)"')
+        assert.is_nil(text:find(sig:sub(1, 24), 1, true), "part of a signature leaked")
+      end
+    end)
+
     it("tampered, unsigned, stale and probe responses", function()
       scenario(function(col, cfg)
         local client = assert(wxpay.new(cfg))

@@ -5,6 +5,7 @@
 --
 -- Configuration keys beyond the contract's (all optional; unknown keys are refused):
 --
+-- * Every time below, and `timeout`, `connect_timeout` and `deadline`, is at most 86400 s.
 -- * `clock_skew` (300): responses with `|now - Wechatpay-Timestamp| >= clock_skew` fail.
 -- * `offset_mode` ("page"): default for `partnerships.list`.
 -- * `failover_cooldown` (60 s): how long the backup stays preferred after a failover.
@@ -43,9 +44,14 @@
 --   429, 5xx and `SYSTEM_ERROR`/`SERVICE_UNAVAILABLE` answers are retried whatever the method
 --   (WeChat Pay asks for identical re-sends). A response failing verification is never
 --   retried: the operation may have happened.
+-- * 202 means "accepted, not yet processed: repeat the same request" in WeChat Pay's status
+--   table. It is never returned as data: it is repeated like a 5xx (same body and
+--   Idempotency-Key, backoff, counted in `attempts`), also for a POST without a key, since
+--   repeating is what the server asks for. When the retries are spent the result is an
+--   `api` error with `status = 202` and `retryable = true`.
 -- * When a `deadline` is set, no attempt starts (and no backoff sleep begins) that would end
 --   after it; the returned error then has `deadline_exceeded = true`.
--- * 202 is a success like 200. An empty 2xx body decodes to `{}`.
+-- * Any other 2xx is a success; an empty 2xx body (204) decodes to `{}`.
 -- @module wxpay.client
 
 local core = require("wxpay.core")
@@ -60,6 +66,7 @@ local DEFAULT_BASE = "https://api.mch.weixin.qq.com"
 local DEFAULT_BACKUP = "https://api2.mch.weixin.qq.com"
 local SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"
 local PROBE_PREFIX = "WECHATPAY/SIGNTEST/"
+local MAX_SECONDS = 86400 -- upper bound of every configured or per-call time
 
 -- Every accepted configuration key; anything else is a typo and is refused.
 local CONFIG_KEYS = {
@@ -418,16 +425,17 @@ local function build_state(config, version)
   end
 
   -- Numbers
+  -- Times are at most a day: larger ones are typos, and the core refuses such timeouts.
   local specs = {
-    { "timeout", 10, { positive = true } },
-    { "connect_timeout", 5, { positive = true } },
+    { "timeout", 10, { positive = true, max = MAX_SECONDS } },
+    { "connect_timeout", 5, { positive = true, max = MAX_SECONDS } },
     { "max_retries", 2, { integer = true, max = 20 } },
-    { "deadline", nil, { positive = true } },
-    { "clock_skew", 300, { positive = true } },
-    { "failover_cooldown", 60, {} },
-    { "retry_base_delay", 0.2, {} },
-    { "retry_max_delay", 5, {} },
-    { "retry_after_max", 60, {} },
+    { "deadline", nil, { positive = true, max = MAX_SECONDS } },
+    { "clock_skew", 300, { positive = true, max = MAX_SECONDS } },
+    { "failover_cooldown", 60, { max = MAX_SECONDS } },
+    { "retry_base_delay", 0.2, { max = MAX_SECONDS } },
+    { "retry_max_delay", 5, { max = MAX_SECONDS } },
+    { "retry_after_max", 60, { max = MAX_SECONDS } },
     { "certificate_refresh_interval", 3600, { positive = true, max = 43200 } },
   }
   for _, s in ipairs(specs) do
@@ -565,8 +573,8 @@ local function verify_response(st, resp, certificates)
   end
   local skew = math.abs(st.now() - tonumber(ts))
   if skew >= st.clock_skew then
-    return fail("timestamp", string.format("Wechatpay-Timestamp %s is %d s from local time (limit %d s)",
-      ts, skew, st.clock_skew))
+    return fail("timestamp", string.format("Wechatpay-Timestamp %s is %d s from local time (limit %g s)",
+      ts, math.floor(skew), st.clock_skew))
   end
   if sig:sub(1, #PROBE_PREFIX) == PROBE_PREFIX then
     return fail("probe", "signature probe (WECHATPAY/SIGNTEST/) rejected", { probe = true })
@@ -618,19 +626,51 @@ end
 
 -- Defence in depth for strings from outside code (transports, servers): remove anything
 -- that looks like a secret of this client before it reaches an error or a log line.
-local function redact(st, s)
+-- `sent` lists the Authorization values of the request at hand: a server or proxy may
+-- echo one whole, without its scheme, or just the signature.
+local function redact(st, s, sent)
   s = tostring(s)
   s = replace_plain(s, st.apiv3_key, "[REDACTED]")
+  for _, auth in ipairs(sent or {}) do
+    local signature = auth:match('signature="([^"]+)"')
+    s = replace_plain(s, auth, "[REDACTED]")
+    s = replace_plain(s, auth:match("^%S+ (.*)$"), "[REDACTED]")
+    s = replace_plain(s, signature, "[REDACTED]")
+    s = replace_plain(s, signature and signature:gsub("/", "\\/"), "[REDACTED]") -- JSON-escaped
+  end
   s = s:gsub("%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-.-%-%-%-%-%-END [%u ]*PRIVATE KEY%-%-%-%-%-",
-    "[REDACTED PRIVATE KEY]")
-  s = s:gsub("%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-.*$", "[REDACTED PRIVATE KEY]") -- truncated PEM
+    "[REDACTED KEY]")
+  s = s:gsub("%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-.*$", "[REDACTED KEY]") -- truncated PEM
   s = s:gsub("WECHATPAY2%-SHA256%-RSA2048 [^\r\n]*", "WECHATPAY2-SHA256-RSA2048 [REDACTED]")
+  s = s:gsub('signature="[^"]*"?', 'signature="[REDACTED]"')
   return s
 end
 
-local function log(st, level, message, fields)
+-- A redacted copy of `v`: strings redacted, tables copied (keys too), other values as is.
+local function redact_value(st, v, sent, depth)
+  if type(v) == "string" then return redact(st, v, sent) end
+  if type(v) ~= "table" or errors.is(v) then return v end
+  depth = depth or 0
+  if depth > 16 then return "[NESTED TOO DEEPLY]" end
+  local out = {}
+  for k, x in pairs(v) do
+    out[redact_value(st, k, sent, depth + 1)] = redact_value(st, x, sent, depth + 1)
+  end
+  return out
+end
+
+-- Redact an error's texts in place: its message and any string a server put in it.
+local function redact_error(st, e, sent)
+  e.message = redact(st, e.message, sent)
+  if e.detail ~= nil then e.detail = redact_value(st, e.detail, sent) end
+  return e
+end
+
+-- Every field is redacted too (copies; the tables given are not changed): an error's text
+-- may quote what a server echoed.
+local function log(st, level, message, fields, sent)
   if not st.logger then return end
-  pcall(st.logger, level, redact(st, message), fields)
+  pcall(st.logger, level, redact(st, message, sent), redact_value(st, fields, sent))
 end
 
 local function jitter()
@@ -654,26 +694,29 @@ local function retry_delay(st, attempt, resp)
   return d / 2 + (d / 2) * jitter() -- "equal jitter": at least half the backoff
 end
 
-local function transport_error(st, terr)
+local function transport_error(st, terr, sent)
   if type(terr) ~= "table" then terr = { message = tostring(terr) } end
   local kind = terr.kind == "timeout" and "timeout" or "network"
   -- `code` stays the local one (NETWORK_ERROR / TIMEOUT); libcurl's number goes beside it.
-  return errors.new(kind, redact(st, terr.message or kind), {
+  return errors.new(kind, redact(st, terr.message or kind, sent), {
     curl_code = terr.code, connected = terr.connected, retryable = true,
   })
 end
 
-local function api_error(st, resp)
+-- An error answer may echo the request (a gateway's HTML page, a message quoting a
+-- header): every text taken from it is redacted.
+local function api_error(st, resp, sent)
   local body = resp.body or ""
   local code, message, detail
   local obj = body ~= "" and M.decode_json(body) or nil
   if type(obj) == "table" then
-    if type(obj.code) == "string" then code = obj.code end
-    if type(obj.message) == "string" then message = obj.message end
-    if obj.detail ~= nil and obj.detail ~= cjson.null then detail = obj.detail end
+    if type(obj.code) == "string" then code = redact(st, obj.code, sent) end
+    if type(obj.message) == "string" then message = redact(st, obj.message, sent) end
+    if obj.detail ~= nil and obj.detail ~= cjson.null then detail = redact_value(st, obj.detail, sent) end
   end
   if not message then
-    local snippet = body:sub(1, 200):gsub("%s+", " ")
+    -- Redacted before the snippet is cut, so no partial Authorization survives.
+    local snippet = redact(st, body, sent):sub(1, 200):gsub("%s+", " ")
     message = snippet ~= "" and snippet or ("HTTP " .. resp.status)
   end
   local status = resp.status
@@ -688,6 +731,14 @@ local function api_error(st, resp)
     e.signature_verified = verify_response(st, resp) ~= nil
   end
   return e
+end
+
+-- WeChat Pay answers 202 for "accepted, not yet processed: repeat the same request". It
+-- carries no result, so it is never data: it is retried like a 5xx, and this is the error
+-- when the retries are spent.
+local function accepted_error(resp)
+  return errors.new("api", "request accepted but not yet processed: repeat it with the same "
+    .. "idempotency_key", { status = 202, request_id = resp.headers["request-id"], retryable = true })
 end
 
 -- Send one attempt, trying the other host when the first cannot be connected to.
@@ -718,6 +769,9 @@ local function send_attempt(st, r, remaining)
     local headers = {}
     for k, v in pairs(r.headers) do headers[k] = v end
     headers.Authorization = auth
+    -- Remembered so that an echo of it can be redacted from errors and logs.
+    r.sent = r.sent or {}
+    r.sent[#r.sent + 1] = auth
     local timeout, connect_timeout = r.timeout, r.connect_timeout
     if remaining then
       local left = remaining - (st.monotonic() - t_start)
@@ -729,7 +783,7 @@ local function send_attempt(st, r, remaining)
       connect_timeout = math.min(connect_timeout, left)
     end
     log(st, "debug", "wxpay request", { method = r.method, path = r.target, base_url = base,
-      attempt = r.attempt, idempotency_key = r.idempotency_key })
+      attempt = r.attempt, idempotency_key = r.idempotency_key }, r.sent)
     resp, terr = st.transport.request{ method = r.method, url = base .. r.target,
       target = r.target, headers = headers, body = r.body, timeout = timeout,
       connect_timeout = connect_timeout,
@@ -738,7 +792,7 @@ local function send_attempt(st, r, remaining)
     if resp then break end
     if type(terr) ~= "table" or terr.connected ~= false or leg == 2 or not second then break end
     log(st, "warn", "wxpay failover: cannot connect, trying the other host",
-      { from = base, to = second, path = r.target, error = redact(st, terr.message) })
+      { from = base, to = second, path = r.target, error = terr.message }, r.sent)
   end
   -- Only a switch of host changes the preference; answers from the preferred host do not
   -- extend the cool-down.
@@ -786,8 +840,10 @@ local function perform(st, r)
         idempotency_key = r.idempotency_key, attempts = attempt, headers = resp.headers,
         base_url = base }
       log(st, "debug", "wxpay response", { status = status, request_id = meta.request_id,
-        attempt = attempt, path = r.target })
-      if status >= 200 and status < 300 then
+        attempt = attempt, path = r.target }, r.sent)
+      if status == 202 then
+        err = accepted_error(resp)
+      elseif status >= 200 and status < 300 then
         if r.raw then return resp, nil, meta end -- the caller verifies (certificate download)
         local key_id, verr
         if r.verify ~= false then
@@ -798,7 +854,8 @@ local function perform(st, r)
           end
           if not key_id then
             verr.attempts, verr.idempotency_key = attempt, r.idempotency_key
-            log(st, "warn", "wxpay response rejected", { error = tostring(verr) })
+            redact_error(st, verr, r.sent)
+            log(st, "warn", "wxpay response rejected", { error = tostring(verr) }, r.sent)
             return nil, verr -- never retried: the operation may have happened
           end
           meta.verified_by = key_id
@@ -811,10 +868,11 @@ local function perform(st, r)
               idempotency_key = r.idempotency_key })
         end
         return data, nil, meta
+      else
+        err = api_error(st, resp, r.sent)
       end
-      err = api_error(st, resp)
     else
-      err = transport_error(st, terr)
+      err = transport_error(st, terr, r.sent)
       -- After a connection was made the server may have acted; repeat only when safe.
       if err.connected ~= false and not SAFE_METHODS[r.method] and not r.idempotency_key then
         err.retry_skipped = "not idempotent"
@@ -828,7 +886,7 @@ local function perform(st, r)
       return nil, err
     end
     log(st, "warn", "wxpay retry", { attempt = attempt, delay = delay, path = r.target,
-      error = tostring(err) })
+      error = tostring(err) }, r.sent)
     st.sleep(delay)
   end
 end
@@ -958,8 +1016,11 @@ local METHODS = { GET = true, POST = true, PUT = true, PATCH = true, DELETE = tr
 local REQUEST_KEYS = { method = true, path = true, query = true, body = true, headers = true,
   idempotency_key = true, wechatpay_serial = true, verify = true, timeout = true,
   connect_timeout = true, deadline = true, max_retries = true }
+-- Set by the client, or (Transfer-Encoding, Connection) deciding how the body is framed
+-- and the connection kept: a caller's value could desynchronise the transport's framing.
 local RESERVED_HEADERS = { authorization = true, host = true, ["content-length"] = true,
-  ["content-type"] = true, ["user-agent"] = true }
+  ["content-type"] = true, ["user-agent"] = true, ["transfer-encoding"] = true,
+  connection = true }
 
 local function encode_query_value(v, field)
   local t = type(v)
@@ -1034,7 +1095,7 @@ function M.check_idempotency_key(key, field)
 end
 
 --- Validate the per-call options shared by every service function: `timeout`,
--- `connect_timeout`, `deadline` (positive seconds), `max_retries` (integer >= 0),
+-- `connect_timeout`, `deadline` (positive seconds, at most 86400), `max_retries` (integer >= 0),
 -- `verify` (boolean), `wechatpay_serial` (string).
 -- @tparam table t the table holding them
 -- @tparam string prefix prefix for field names in errors (e.g. `"opts."`)
@@ -1042,8 +1103,9 @@ end
 function M.check_call_options(t, prefix)
   for _, name in ipairs({ "timeout", "connect_timeout", "deadline" }) do
     local v = t[name]
-    if v ~= nil and (type(v) ~= "number" or v ~= v or v <= 0 or v == math.huge) then
-      return nil, errors.invalid_argument(prefix .. name, "must be a positive number of seconds")
+    if v ~= nil and (type(v) ~= "number" or v ~= v or v <= 0 or v > MAX_SECONDS) then
+      return nil, errors.invalid_argument(prefix .. name, "must be a positive number of seconds, at most "
+        .. MAX_SECONDS)
     end
   end
   local mr = t.max_retries
@@ -1056,6 +1118,32 @@ function M.check_call_options(t, prefix)
   if t.wechatpay_serial ~= nil then
     local ok, e = check_header_value(prefix .. "wechatpay_serial", t.wechatpay_serial)
     if not ok then return nil, e end
+  end
+  return true
+end
+
+-- An Idempotency-Key given as a header is the key of the request: same format as the
+-- option, and it must not contradict the option (meta would report the other one).
+local function idempotency_header(field, value, option)
+  local ok, e = M.check_idempotency_key(value, field)
+  if not ok then return nil, e end
+  if option ~= nil and option ~= value then
+    return nil, errors.invalid_argument(field, "conflicts with idempotency_key (give the key once)")
+  end
+  return true
+end
+
+-- Longest request target (path plus query) sent; servers commonly refuse longer ones.
+local MAX_TARGET = 8192
+
+-- A `.` or `..` segment (also as `%2e`) would be resolved by libcurl or a proxy after the
+-- signature was made over the unresolved path, and could reach another endpoint.
+local function check_segments(path)
+  for segment in path:gmatch("/([^/]*)") do
+    local plain = segment:gsub("%%2[eE]", ".")
+    if plain == "." or plain == ".." then
+      return nil, "must not contain a \"" .. segment .. "\" segment (dot segments are refused)"
+    end
   end
   return true
 end
@@ -1075,9 +1163,18 @@ local function prepare(st, spec)
      or path:find("%%%X") or path:find("%%.%X") or path:find("%%.?$") then
     return nil, errors.invalid_argument("path", "must start with / and be percent-encoded (no query or fragment)")
   end
+  local ok_path, bad_segment = check_segments(path)
+  if not ok_path then return nil, errors.invalid_argument("path", bad_segment) end
+  if #path > MAX_TARGET then
+    return nil, errors.invalid_argument("path", "longer than " .. MAX_TARGET .. " bytes")
+  end
   local query, err = M.build_query(spec.query)
   if not query then return nil, err end
   local target = query == "" and path or (path .. "?" .. query)
+  if #target > MAX_TARGET then
+    return nil, errors.invalid_argument("query", "makes the request target (path plus query) longer than "
+      .. MAX_TARGET .. " bytes")
+  end
 
   local body = spec.body
   if type(body) == "table" then
@@ -1095,10 +1192,11 @@ local function prepare(st, spec)
 
   local headers = { Accept = "application/json", ["User-Agent"] = st.user_agent }
   if body then headers["Content-Type"] = "application/json" end
-  if spec.idempotency_key ~= nil then
-    local ok, e = M.check_idempotency_key(spec.idempotency_key, "idempotency_key")
+  local idempotency_key = spec.idempotency_key
+  if idempotency_key ~= nil then
+    local ok, e = M.check_idempotency_key(idempotency_key, "idempotency_key")
     if not ok then return nil, e end
-    headers["Idempotency-Key"] = spec.idempotency_key
+    headers["Idempotency-Key"] = idempotency_key
   end
   if spec.headers ~= nil then
     if type(spec.headers) ~= "table" then return nil, errors.invalid_argument("headers", "must be a table") end
@@ -1112,6 +1210,11 @@ local function prepare(st, spec)
       end
       local ok, e = check_header_value(field, value)
       if not ok then return nil, e end
+      if name:lower() == "idempotency-key" then
+        ok, e = idempotency_header(field, value, spec.idempotency_key)
+        if not ok then return nil, e end
+        idempotency_key = value
+      end
       for k in pairs(headers) do -- replace a default of the same name, whatever its case
         if k:lower() == name:lower() then headers[k] = nil end
       end
@@ -1126,7 +1229,7 @@ local function prepare(st, spec)
   if not ok then return nil, oerr end
   return {
     method = method, target = target, body = body, headers = headers,
-    idempotency_key = spec.idempotency_key, verify = spec.verify, wechatpay_serial = wechatpay_serial,
+    idempotency_key = idempotency_key, verify = spec.verify, wechatpay_serial = wechatpay_serial,
     timeout = spec.timeout, connect_timeout = spec.connect_timeout,
     deadline = spec.deadline, max_retries = spec.max_retries,
   }
@@ -1151,13 +1254,20 @@ function M.new(config, version)
   local client = {}
 
   --- Call any APIv3 endpoint, signed and verified like the product functions.
-  -- `spec` fields: `method`, `path` (percent-encoded, no query), `query` (map, sorted by name,
+  -- `spec` fields: `method`, `path` (percent-encoded, no query, no `.` or `..` segment, also
+  -- not as `%2e`; path plus query at most 8192 bytes), `query` (map, sorted by name,
   -- or array of `{name, value}` pairs kept in order; table values are sent as JSON),
-  -- `body` (table, encoded once as compact JSON, or a JSON string sent as is), `headers`,
-  -- `idempotency_key`, `wechatpay_serial` (overrides the default request serial),
+  -- `body` (table, encoded once as compact JSON, or a JSON string sent as is), `headers`
+  -- (not Authorization, Host, Content-Length, Content-Type, User-Agent, Transfer-Encoding or
+  -- Connection, which the client and its transport own),
+  -- `idempotency_key` (an `Idempotency-Key` header is the same; both only when equal),
+  -- `wechatpay_serial` (overrides the default request serial),
   -- `verify = false` (only for documented unsigned endpoints), `timeout`,
   -- `connect_timeout`, `deadline`, `max_retries`.
   -- A spec that is not a table raises; bad fields give `invalid_argument` and send nothing.
+  -- A 202 answer (accepted, not yet processed) is repeated within `max_retries`, whatever
+  -- the method, as WeChat Pay asks; when they are spent it is an `api` error with
+  -- `status = 202`, `retryable = true`, never data.
   -- @treturn table|nil data (the decoded body; `{}` for an empty body)
   -- @treturn table|nil err
   -- @treturn table|nil meta `{ status, request_id, idempotency_key, attempts, headers, base_url }`

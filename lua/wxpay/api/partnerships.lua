@@ -21,7 +21,11 @@
 --   refused (the API does not support it).
 -- * Unknown fields anywhere in `params`, `partner`, `authorized_data` or `opts` are refused.
 -- * Strings must be UTF-8 without 4-byte characters; lengths count characters.
--- * `limit` is an integer 1..50, `offset` an integer >= 0.
+-- * `limit` is an integer 1..50, `offset` an integer 0..2^31-1 (2147483647); a signed page
+--   whose `offset`, `limit` or `total_count` is not an integer in that range is a `decode`
+--   error (`page` returns it, `list` raises it).
+-- * Identifiers (`appid`, `merchant_id`, `stock_id`) hold no control characters (CR, LF,
+--   NUL, DEL, …).
 -- * `opts.idempotency_key` matches `^[A-Za-z0-9|_*-]{1,48}$`.
 -- @module wxpay.api.partnerships
 
@@ -35,6 +39,8 @@ local OPTS_KEYS = { idempotency_key = true, wechatpay_serial = true, timeout = t
 local BUILD_PATH = "/v3/marketing/partnerships/build"
 local TERMINATE_PATH = "/v3/marketing/partnerships/terminate"
 local LIST_PATH = "/v3/marketing/partnerships"
+-- The largest offset: 2^31 - 1, a signed 32-bit integer (written out: 2^31 is a float).
+local MAX_OFFSET = 2147483647
 
 -- Protocol key order for the JSON objects (reproduces spec §10.1 and §10.2 byte for byte).
 local PARTNER_ORDER = { __jsonorder = { "type", "appid", "merchant_id" } }
@@ -57,6 +63,8 @@ local function new(api)
 
   local function check_string(v, field, min, max)
     if type(v) ~= "string" then return nil, invalid(field, "must be a string, got " .. type(v)) end
+    -- No real identifier holds one; they would only be escaped on the wire.
+    if v:find("[%z\1-\31\127]") then return nil, invalid(field, "must not contain control characters") end
     local ok, why = api.check_utf8(v)
     if not ok then return nil, invalid(field, why) end
     local n = utf8_len(v)
@@ -219,7 +227,7 @@ local function new(api)
       if not ok then return nil, err end
     end
     if params.offset ~= nil then
-      ok, err = check_integer(params.offset, "offset", 0, nil)
+      ok, err = check_integer(params.offset, "offset", 0, MAX_OFFSET)
       if not ok then return nil, err end
     end
     return { partner = partner or nil, authorized_data = ad }
@@ -235,6 +243,22 @@ local function new(api)
     return LIST_PATH .. "?" .. table.concat(parts, "&")
   end
 
+  -- The page's own numbers steer the iterator and the next request: integers in range, or
+  -- the page is refused as malformed.
+  local function page_numbers(data, meta)
+    for _, name in ipairs({ "offset", "limit", "total_count" }) do
+      local v = data[name]
+      if v ~= nil then
+        if type(v) ~= "number" or v ~= v or math.floor(v) ~= v or v < 0 or v > MAX_OFFSET then
+          return nil, errors.new("decode", "list page: " .. name .. " is not an integer 0.." .. MAX_OFFSET
+            .. " (got " .. tostring(v):sub(1, 40) .. ")", { field = name, status = meta.status,
+            request_id = meta.request_id, attempts = meta.attempts })
+        end
+      end
+    end
+    return true
+  end
+
   local function number_or_nil(v)
     return type(v) == "number" and v or nil
   end
@@ -242,6 +266,8 @@ local function new(api)
   local function fetch_page(q, limit, offset)
     local data, err, meta = api.send{ method = "GET", target = list_target(q, limit, offset) }
     if not data then return nil, err, meta end
+    local ok, nerr = page_numbers(data, meta)
+    if not ok then return nil, nerr, meta end
     local items = type(data.data) == "table" and data.data or {}
     for _, item in ipairs(items) do
       -- `state` is not in every schema (spec §9.5): derive it and say so.
@@ -266,6 +292,8 @@ local function new(api)
   -- @tparam[opt] table opts `idempotency_key` (generated, 32 alphanumerics, when absent;
   --   always returned in `meta` and in errors so a later call can reuse it),
   --   `wechatpay_serial`, `timeout`, `connect_timeout`, `deadline`, `max_retries`
+  --   A 202 (accepted, not yet processed) is repeated with the same key within the retries;
+  --   when they are spent it is an `api` error with `status = 202`, `retryable = true`.
   -- @treturn table|nil the relation (`partner`, `authorized_data`, `state`, `build_time`, …)
   -- @treturn table|nil err
   -- @treturn table|nil meta

@@ -1,7 +1,10 @@
 --- Fault injection for APIv3 requests.
 -- Faults form a queue. Each API request takes at most one fault from each class, the
 -- oldest entry of that class with a count left:
---   "pre"   500, 429, drop: answered instead of processing (a faulted build creates nothing);
+--   "pre"   500, 429, 202, echo, drop: answered instead of processing (a faulted build
+--           creates nothing); 202 is a signed empty "accepted, not yet processed", echo a
+--           500 HTML page quoting the request's Authorization credentials (a careless
+--           gateway);
 --   "delay" delay: the request is processed, then the answer waits `seconds`;
 --   "post"  tamper, unsigned, stale, probe: applied to the processed, signed answer.
 -- So {500, count 1} then {429, count 1} fail two requests in turn, while {delay} and
@@ -17,7 +20,7 @@
 local M = {}
 
 local CLASS = {
-  ["500"] = "pre", ["429"] = "pre", drop = "pre", delay = "delay",
+  ["500"] = "pre", ["429"] = "pre", ["202"] = "pre", echo = "pre", drop = "pre", delay = "delay",
   tamper = "post", unsigned = "post", stale = "post", probe = "post",
 }
 
@@ -46,7 +49,7 @@ function M.new(seed)
 end
 
 --- Queue a fault.
--- @tparam table spec `{ fault = "500"|"429"|"delay"|"tamper"|"unsigned"|"stale"|"probe"|"drop",
+-- @tparam table spec `{ fault = "500"|"429"|"202"|"echo"|"delay"|"tamper"|"unsigned"|"stale"|"probe"|"drop",
 --   count = n (default 1) or rate = p (0 < p <= 1, until cleared), retry_after = s (429),
 --   seconds = s (delay), path = "/v3/…" (optional), method = "POST" (optional),
 --   seed = n (optional: re-seed the rate draws) }`; `{ seed = n }` alone only re-seeds

@@ -180,6 +180,13 @@ function Server:api_request(con, conn, req)
       return false
     elseif f.pre.fault == "500" then
       resp = api.error_response(500, "SYSTEM_ERROR", "系统错误")
+    elseif f.pre.fault == "202" then
+      resp = { status = 202, body = "" }
+    elseif f.pre.fault == "echo" then
+      -- the credentials without their scheme, as some gateways quote them
+      local credentials = tostring(req.headers.authorization):gsub("^%S+ ", "")
+      resp = { status = 500, body = "<html><body><h1>500</h1><p>bad credentials: "
+        .. credentials .. "</p></body></html>" }
     else
       resp = api.error_response(429, "FREQUENCY_LIMITED", "频率超限")
       if f.pre.retry_after then extra[1] = { "Retry-After", tostring(f.pre.retry_after) } end
