@@ -10,7 +10,7 @@ VALGRIND ?= valgrind --error-exitcode=3 --leak-check=full --errors-for-leak-kind
 
 .PHONY: all build luajit lua51 lua53 asan deps lint test test-lua54 test-luajit test-lua51 test-lua53 \
         test-asan test-valgrind \
-        fuzz demo bench rock clean
+        fuzz demo bench rock dist docs docs-check clean
 
 all: build
 
@@ -63,7 +63,7 @@ test-asan: asan
 test-valgrind: build
 	WXPAY_UNDER_VALGRIND=1 $(VALGRIND) $(LUA) /usr/bin/busted --exclude-tags=scale $(SPECS)
 
-test: deps build luajit lint rock test-lua54 test-luajit test-lua51 test-lua53 test-asan test-valgrind fuzz
+test: deps build luajit lint docs-check rock dist test-lua54 test-luajit test-lua51 test-lua53 test-asan test-valgrind fuzz
 
 fuzz:
 	@sh tools/fuzz.sh
@@ -78,6 +78,18 @@ bench: deps build
 # the checkout.
 rock:
 	sh tools/rock-check.sh build/rocktree
+
+# The API pages from the code's LDoc comments (build/docs/); docs/*.md is the reference.
+docs:
+	ldoc -q .
+
+# Every config key, public function and command option is in docs/, and the pages build.
+docs-check: docs
+	$(LUA) tools/check-docs.lua
+
+# The source archive of this version and an offline `luarocks build` of the three rocks from it.
+dist:
+	sh tools/dist.sh
 
 clean:
 	rm -rf build build-luajit build-asan build-fuzz build-lua51 build-lua53

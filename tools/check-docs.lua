@@ -49,8 +49,11 @@ local INTERNAL = {
   ["cli/"] = true, ["sandbox/"] = true,
 }
 
--- Names defined in PUBLIC files that are plumbing, not API (none today).
+-- Names defined in PUBLIC files that are plumbing, not API (none today). Besides these, a
+-- name whose last part is `_` + lower case (`M._read_response`) is internal by Lua's
+-- convention; `_VERSION` and the like are not.
 local SKIP = {}
+local function internal_name(name) return name:match("%._[%l_]") ~= nil end
 
 local problems = {}
 local function problem(fmt, ...) problems[#problems + 1] = string.format(fmt, ...) end
@@ -172,7 +175,7 @@ end
 local function public_names(src, vars)
   local names, seen = {}, {}
   local function add(name)
-    if not seen[name] and not SKIP[name] then seen[name] = true; names[#names + 1] = name end
+    if not seen[name] and not SKIP[name] and not internal_name(name) then seen[name] = true; names[#names + 1] = name end
   end
   for var, prefix in pairs(vars) do
     local v = var:gsub("%p", "%%%0")
