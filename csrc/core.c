@@ -1,6 +1,6 @@
 /* luaopen_wxpay_core: registers the C core. The rest of the core is in pkey.c (keys,
  * signatures, OAEP, the Authorization header), crypto.c (base64, digests, nonces, AES-GCM)
- * http.c (the libcurl session) and multi.c (concurrent transfers). */
+ * http.c (the libcurl session), multi.c (concurrent transfers) and util.c (shared helpers). */
 #include <errno.h>
 #include <pthread.h>
 #include <string.h>
@@ -57,9 +57,7 @@ static int l_time(lua_State *L) {
 }
 
 static int l_monotonic(lua_State *L) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  lua_pushnumber(L, (lua_Number)wx_monotonic());
   return 1;
 }
 

@@ -12,24 +12,6 @@
 #define GCM_NONCE_LEN 12
 #define AES256_KEY_LEN 32
 
-int wx_fail(lua_State *L, const char *fn, const char *reason) {
-  unsigned long e = ERR_peek_last_error();
-  char buf[256];
-  lua_pushnil(L);
-  if (e != 0) {
-    ERR_error_string_n(e, buf, sizeof buf);
-    lua_pushfstring(L, "wxpay.core.%s: %s (%s)", fn, reason, buf);
-  } else {
-    lua_pushfstring(L, "wxpay.core.%s: %s", fn, reason);
-  }
-  ERR_clear_error();
-  return 2;
-}
-
-unsigned char *wx_scratch(lua_State *L, size_t n) {
-  return (unsigned char *)lua_newuserdata(L, n ? n : 1);
-}
-
 /* ---- base64 ---- */
 
 static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -117,17 +99,12 @@ static int l_base64_decode(lua_State *L) {
 /* ---- digests and randomness ---- */
 
 static int l_sha256_hex(lua_State *L) {
-  static const char hex[] = "0123456789abcdef";
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   unsigned char d[SHA256_DIGEST_LENGTH];
   char out[2 * SHA256_DIGEST_LENGTH];
-  int i;
   SHA256((const unsigned char *)s, n, d);
-  for (i = 0; i < SHA256_DIGEST_LENGTH; i++) {
-    out[2 * i] = hex[d[i] >> 4];
-    out[2 * i + 1] = hex[d[i] & 15];
-  }
+  wx_hex_encode(d, sizeof d, out, 0);
   lua_pushlstring(L, out, sizeof out);
   return 1;
 }

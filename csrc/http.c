@@ -7,8 +7,6 @@
 
 #include "wxpay.h"
 
-#define DEFAULT_MAX_BODY (16L * 1024 * 1024)
-#define MAX_HEADER_BYTES (256 * 1024)
 
 typedef struct {
   wx_xfer x;
@@ -110,7 +108,7 @@ int wx_xfer_init(wx_xfer *x, long max_body, const char *ca_file, const char *pro
   CURL *e;
   memset(x, 0, sizeof *x);
   x->body.limit = (size_t)max_body;
-  x->headers.limit = MAX_HEADER_BYTES;
+  x->headers.limit = WX_MAX_HEADER_BYTES;
   if ((e = x->easy = curl_easy_init()) == NULL) return 0;
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
@@ -151,16 +149,6 @@ void wx_xfer_free(wx_xfer *x) {
   if (x->easy) { curl_easy_cleanup(x->easy); x->easy = NULL; }
   buf_free(&x->body);
   buf_free(&x->headers);
-}
-
-static const char *opt_string(lua_State *L, int t, const char *k, const char *fn) {
-  const char *s;
-  lua_getfield(L, t, k);
-  if (lua_isnil(L, -1)) { lua_pop(L, 1); return NULL; }
-  if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "%s: '%s' must be a string", fn, k);
-  s = lua_tostring(L, -1);
-  lua_pop(L, 1); /* still referenced by the table */
-  return s;
 }
 
 static long opt_ms(lua_State *L, int t, const char *k, long dflt, const char *fn) {
@@ -208,7 +196,7 @@ void wx_xfer_prepare(lua_State *L, int idx, wx_xfer *x, const char *fn) {
   luaL_checktype(L, idx, LUA_TTABLE);
   /* Everything that can raise comes first, while nothing is held but the header list. */
   method = check_method(L, idx, fn);
-  url = opt_string(L, idx, "url", fn);
+  url = wx_opt_string(L, idx, "url", fn);
   if (method == NULL || url == NULL) luaL_error(L, "%s: 'method' and 'url' are required", fn);
   lua_getfield(L, idx, "body");
   if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "%s: 'body' must be a string", fn);
@@ -346,12 +334,12 @@ static wx_http *check_http(lua_State *L) {
 /*** core.http_session{ ca_file=, proxy=, max_body= } */
 static int l_http_session(lua_State *L) {
   const char *ca_file = NULL, *proxy = NULL;
-  long max_body = DEFAULT_MAX_BODY;
+  long max_body = WX_DEFAULT_MAX_BODY;
   wx_http *h;
   if (!lua_isnoneornil(L, 1)) {
     luaL_checktype(L, 1, LUA_TTABLE);
-    ca_file = opt_string(L, 1, "ca_file", "wxpay.core.http");
-    proxy = opt_string(L, 1, "proxy", "wxpay.core.http");
+    ca_file = wx_opt_string(L, 1, "ca_file", "wxpay.core.http");
+    proxy = wx_opt_string(L, 1, "proxy", "wxpay.core.http");
     lua_getfield(L, 1, "max_body");
     if (!lua_isnil(L, -1)) max_body = (long)luaL_checkinteger(L, -1);
     lua_pop(L, 1);
@@ -403,18 +391,7 @@ static int l_http_tostring(lua_State *L) {
 void wx_open_http(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"request", l_http_request}, {"stats", l_http_stats}, {"close", l_http_close}, {NULL, NULL}};
-  luaL_newmetatable(L, WX_HTTP);
-  wx_newlib(L, methods);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, l_http_close);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, l_http_close);
-  lua_setfield(L, -2, "__close");
-  lua_pushcfunction(L, l_http_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pushliteral(L, "locked");
-  lua_setfield(L, -2, "__metatable");
-  lua_pop(L, 1);
+  wx_new_class(L, WX_HTTP, methods, l_http_close, l_http_tostring);
   lua_pushcfunction(L, l_http_session);
   lua_setfield(L, -2, "http_session");
 }

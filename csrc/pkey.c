@@ -288,19 +288,15 @@ static int l_key_public_key(lua_State *L) {
 
 /*** pub:fingerprint() -> lower-case hex SHA-256 of the DER SubjectPublicKeyInfo */
 static int l_fingerprint(lua_State *L) {
-  static const char hex[] = "0123456789abcdef";
   wx_key *k = check_open_key(L, 1, WX_PUBLIC_KEY);
   unsigned char *der = NULL, dgst[SHA256_DIGEST_LENGTH];
   char out[2 * SHA256_DIGEST_LENGTH];
-  int len, i;
+  int len;
   len = i2d_PUBKEY(k->pkey, &der);
   if (len <= 0) return wx_fail(L, "fingerprint", "cannot encode the public key");
   SHA256(der, (size_t)len, dgst);
   OPENSSL_free(der);
-  for (i = 0; i < SHA256_DIGEST_LENGTH; i++) {
-    out[2 * i] = hex[dgst[i] >> 4];
-    out[2 * i + 1] = hex[dgst[i] & 15];
-  }
+  wx_hex_encode(dgst, sizeof dgst, out, 0);
   lua_pushlstring(L, out, sizeof out);
   return 1;
 }
@@ -340,17 +336,12 @@ static wx_cert *check_cert(lua_State *L) {
 
 /* Upper-case hex of the serial's magnitude bytes, as WeChat Pay prints it. */
 static void push_serial(lua_State *L, X509 *x) {
-  static const char hex[] = "0123456789ABCDEF";
   const ASN1_INTEGER *s = X509_get0_serialNumber(x);
-  const unsigned char *d = ASN1_STRING_get0_data(s);
-  int n = ASN1_STRING_length(s), i;
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  for (i = 0; i < n; i++) {
-    luaL_addchar(&b, hex[d[i] >> 4]);
-    luaL_addchar(&b, hex[d[i] & 15]);
-  }
-  luaL_pushresult(&b);
+  int n = ASN1_STRING_length(s);
+  char *out = (char *)wx_scratch(L, 2 * (size_t)n);
+  wx_hex_encode(ASN1_STRING_get0_data(s), (size_t)n, out, 1);
+  lua_pushlstring(L, out, 2 * (size_t)n);
+  lua_remove(L, -2);
 }
 
 static int l_cert_serial(lua_State *L) {
@@ -508,41 +499,24 @@ static int l_authorization(lua_State *L) {
   return 3;
 }
 
-static void new_class(lua_State *L, const char *tname, const luaL_Reg *methods,
-                      lua_CFunction close, lua_CFunction tostr) {
-  luaL_newmetatable(L, tname);
-  wx_newlib(L, methods);
-  lua_pushcfunction(L, close);
-  lua_setfield(L, -2, "close");
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, close);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, close);
-  lua_setfield(L, -2, "__close");
-  lua_pushcfunction(L, tostr);
-  lua_setfield(L, -2, "__tostring");
-  lua_pushliteral(L, "locked");
-  lua_setfield(L, -2, "__metatable");
-  lua_pop(L, 1);
-}
-
 void wx_open_pkey(lua_State *L) {
   static const luaL_Reg private_methods[] = {
     {"sign", l_sign}, {"decrypt_oaep", l_decrypt_oaep}, {"public_key", l_key_public_key},
-    {"bits", l_key_bits}, {NULL, NULL}};
+    {"bits", l_key_bits}, {"close", l_private_close}, {NULL, NULL}};
   static const luaL_Reg public_methods[] = {
     {"verify", l_verify}, {"encrypt_oaep", l_encrypt_oaep}, {"fingerprint", l_fingerprint},
-    {"bits", l_key_bits}, {NULL, NULL}};
+    {"bits", l_key_bits}, {"close", l_public_close}, {NULL, NULL}};
   static const luaL_Reg cert_methods[] = {
     {"serial", l_cert_serial}, {"not_before", l_cert_not_before},
     {"not_after", l_cert_not_after}, {"public_key", l_cert_public_key},
-    {"subject", l_cert_subject}, {"issuer", l_cert_issuer}, {NULL, NULL}};
+    {"subject", l_cert_subject}, {"issuer", l_cert_issuer}, {"close", l_cert_close},
+    {NULL, NULL}};
   static const luaL_Reg funcs[] = {
     {"load_private_key", l_load_private_key}, {"load_public_key", l_load_public_key},
     {"load_certificate", l_load_certificate}, {NULL, NULL}};
-  new_class(L, WX_PRIVATE_KEY, private_methods, l_private_close, l_private_tostring);
-  new_class(L, WX_PUBLIC_KEY, public_methods, l_public_close, l_public_tostring);
-  new_class(L, WX_CERTIFICATE, cert_methods, l_cert_close, l_cert_tostring);
+  wx_new_class(L, WX_PRIVATE_KEY, private_methods, l_private_close, l_private_tostring);
+  wx_new_class(L, WX_PUBLIC_KEY, public_methods, l_public_close, l_public_tostring);
+  wx_new_class(L, WX_CERTIFICATE, cert_methods, l_cert_close, l_cert_tostring);
   luaL_setfuncs(L, funcs, 0);
   lua_pushcfunction(L, l_authorization);
   lua_setfield(L, -2, "authorization");

@@ -14,6 +14,12 @@
 #define WX_HTTP        "wxpay.http_session"
 #define WX_MULTI       "wxpay.http_multi"
 
+/* Response limits shared by the session and the multi (http.c, multi.c, xfer.c). */
+#define WX_DEFAULT_MAX_BODY (16L * 1024 * 1024)
+#define WX_MAX_HEADER_BYTES (256 * 1024)
+
+/* ---- util.c: helpers every file shares ---- */
+
 /* Pushes nil and "wxpay.core.<fn>: <reason>[: <openssl reason>]", draining OpenSSL's error
  * queue. Returns 2, so callers can `return wx_fail(...)`. */
 WX_HIDDEN int wx_fail(lua_State *L, const char *fn, const char *reason);
@@ -21,6 +27,23 @@ WX_HIDDEN int wx_fail(lua_State *L, const char *fn, const char *reason);
 /* Scratch memory owned by the Lua GC (a userdata left on the stack): freed even if a later
  * call raises, so error paths cannot leak it. */
 WX_HIDDEN unsigned char *wx_scratch(lua_State *L, size_t n);
+
+/* Registers a userdata class: methods as __index; `close` as __gc and __close too (it must
+ * be idempotent); `tostr` as __tostring; the metatable locked. Leaves the stack as it was. */
+WX_HIDDEN void wx_new_class(lua_State *L, const char *tname, const luaL_Reg *methods,
+                            lua_CFunction close, lua_CFunction tostr);
+
+/* t[k] as a string, or NULL if nil; raises "<fn>: '<k>' must be a string" otherwise. The
+ * string stays referenced by the table. */
+WX_HIDDEN const char *wx_opt_string(lua_State *L, int t, const char *k, const char *fn);
+
+/* Writes 2 * n hex digits (no terminator), upper- or lower-case. */
+WX_HIDDEN void wx_hex_encode(const unsigned char *in, size_t n, char *out, int upper);
+
+/* CLOCK_MONOTONIC in seconds. */
+WX_HIDDEN double wx_monotonic(void);
+
+/* ---- crypto.c ---- */
 
 /* Base64 (RFC 4648, standard alphabet, padded, no line breaks). */
 WX_HIDDEN size_t wx_b64_encoded_len(size_t n);
