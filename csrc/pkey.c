@@ -18,10 +18,10 @@
 
 /* A private or public key. The sign / verify contexts are set up once per key so each
  * operation is a digest plus one EVP_PKEY_sign / EVP_PKEY_verify, as `openssl speed` does. */
-typedef struct {
+struct wx_key {
   EVP_PKEY *pkey;
   EVP_PKEY_CTX *ctx; /* sign ctx for private keys, verify ctx for public keys */
-} wx_key;
+};
 
 typedef struct {
   X509 *x509;
@@ -151,8 +151,11 @@ static int l_load_certificate(lua_State *L) {
   return 1;
 }
 
-/* Pushes the base64 signature of msg (1 result) or nil, err (2 results). */
-static int sign_b64(lua_State *L, wx_key *k, const char *msg, size_t len, const char *fn) {
+wx_key *wx_check_private_key(lua_State *L, int i) {
+  return check_open_key(L, i, WX_PRIVATE_KEY);
+}
+
+int wx_sign_b64(lua_State *L, wx_key *k, const char *msg, size_t len, const char *fn) {
   size_t siglen = (size_t)EVP_PKEY_get_size(k->pkey);
   unsigned char dgst[SHA256_DIGEST_LENGTH], sig[1024];
   char b64[4 * sizeof sig / 3 + 4];
@@ -170,7 +173,7 @@ static int l_sign(lua_State *L) {
   wx_key *k = check_open_key(L, 1, WX_PRIVATE_KEY);
   size_t len;
   const char *msg = luaL_checklstring(L, 2, &len);
-  return sign_b64(L, k, msg, len, "sign");
+  return wx_sign_b64(L, k, msg, len, "sign");
 }
 
 /* Verifies base64 `sig` over `msg`; 1 valid, 0 anything else (malformed included). */
@@ -396,109 +399,6 @@ static int l_cert_tostring(lua_State *L) {
   return 1;
 }
 
-/* ---- the Authorization header ---- */
-
-static const char *opt_field(lua_State *L, const char *name, size_t *len) {
-  const char *s;
-  lua_getfield(L, 1, name);
-  if (lua_isnil(L, -1)) { lua_pop(L, 1); return NULL; }
-  if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
-    luaL_error(L, "wxpay.core.authorization: field '%s' must be a string", name);
-  s = lua_tolstring(L, -1, len); /* stays referenced on the stack until we return */
-  return s;
-}
-
-static const char *req_field(lua_State *L, const char *name, size_t *len) {
-  const char *s = opt_field(L, name, len);
-  if (s == NULL) luaL_error(L, "wxpay.core.authorization: field '%s' is required", name);
-  return s;
-}
-
-/* Header values go inside double quotes: refuse anything that could break the syntax. */
-static int header_safe(const char *s, size_t n) {
-  size_t i;
-  if (n == 0) return 0;
-  for (i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (c < 0x21 || c > 0x7e || c == '"' || c == ',' || c == '\\') return 0;
-  }
-  return 1;
-}
-
-/*** core.authorization{ mchid, serial_no, key, method, url, body?, timestamp?, nonce? }
- * -> header, timestamp, nonce */
-static int l_authorization(lua_State *L) {
-  static const char fn[] = "authorization";
-  size_t mlen, slen, melen, ulen, blen = 0, tlen, nlen, msglen, siglen, i;
-  const char *mchid, *serial, *method, *url, *body, *ts, *nonce, *message, *sig;
-  char tsbuf[32], noncebuf[32];
-  wx_key *k;
-  luaL_Buffer b;
-  luaL_checktype(L, 1, LUA_TTABLE);
-  mchid = req_field(L, "mchid", &mlen);
-  serial = req_field(L, "serial_no", &slen);
-  method = req_field(L, "method", &melen);
-  url = req_field(L, "url", &ulen);
-  body = opt_field(L, "body", &blen);
-  ts = opt_field(L, "timestamp", &tlen);
-  nonce = opt_field(L, "nonce", &nlen);
-  lua_getfield(L, 1, "key");
-  k = check_open_key(L, lua_gettop(L), WX_PRIVATE_KEY);
-  if (!header_safe(mchid, mlen)) return wx_fail(L, fn, "mchid is empty or has characters a header cannot carry");
-  if (!header_safe(serial, slen)) return wx_fail(L, fn, "serial_no is empty or has characters a header cannot carry");
-  for (i = 0; i < melen; i++)
-    if (method[i] < 'A' || method[i] > 'Z') return wx_fail(L, fn, "method must be upper-case letters");
-  if (melen == 0) return wx_fail(L, fn, "method is empty");
-  if (ulen == 0 || url[0] != '/') return wx_fail(L, fn, "url must be the path (and query) starting with '/'");
-  for (i = 0; i < ulen; i++)
-    if ((unsigned char)url[i] <= 0x20 || (unsigned char)url[i] >= 0x7f || url[i] == '#')
-      return wx_fail(L, fn, "url must be percent-encoded ASCII without spaces or a fragment");
-  if (ts == NULL) {
-    snprintf(tsbuf, sizeof tsbuf, "%lld", (long long)time(NULL));
-    ts = tsbuf;
-    tlen = strlen(tsbuf);
-  } else {
-    if (tlen == 0 || tlen > 20) return wx_fail(L, fn, "timestamp must be decimal seconds");
-    for (i = 0; i < tlen; i++)
-      if (ts[i] < '0' || ts[i] > '9') return wx_fail(L, fn, "timestamp must be decimal seconds");
-  }
-  if (nonce == NULL) {
-    if (!wx_nonce(noncebuf, 32)) return wx_fail(L, fn, "no randomness available");
-    nonce = noncebuf;
-    nlen = 32;
-  } else if (!header_safe(nonce, nlen) || nlen > 64) {
-    return wx_fail(L, fn, "nonce must be 1-64 printable characters without '\"' or ','");
-  }
-  /* The string to sign: five lines, each ending in \n (spec 1.1). */
-  luaL_buffinit(L, &b);
-  luaL_addlstring(&b, method, melen); luaL_addchar(&b, '\n');
-  luaL_addlstring(&b, url, ulen); luaL_addchar(&b, '\n');
-  luaL_addlstring(&b, ts, tlen); luaL_addchar(&b, '\n');
-  luaL_addlstring(&b, nonce, nlen); luaL_addchar(&b, '\n');
-  if (body) luaL_addlstring(&b, body, blen);
-  luaL_addchar(&b, '\n');
-  luaL_pushresult(&b);
-  message = lua_tolstring(L, -1, &msglen);
-  if (sign_b64(L, k, message, msglen, fn) != 1) return 2;
-  sig = lua_tolstring(L, -1, &siglen);
-  luaL_buffinit(L, &b);
-  luaL_addstring(&b, "WECHATPAY2-SHA256-RSA2048 mchid=\"");
-  luaL_addlstring(&b, mchid, mlen);
-  luaL_addstring(&b, "\",nonce_str=\"");
-  luaL_addlstring(&b, nonce, nlen);
-  luaL_addstring(&b, "\",timestamp=\"");
-  luaL_addlstring(&b, ts, tlen);
-  luaL_addstring(&b, "\",serial_no=\"");
-  luaL_addlstring(&b, serial, slen);
-  luaL_addstring(&b, "\",signature=\"");
-  luaL_addlstring(&b, sig, siglen);
-  luaL_addchar(&b, '"');
-  luaL_pushresult(&b);
-  lua_pushlstring(L, ts, tlen);
-  lua_pushlstring(L, nonce, nlen);
-  return 3;
-}
-
 void wx_open_pkey(lua_State *L) {
   static const luaL_Reg private_methods[] = {
     {"sign", l_sign}, {"decrypt_oaep", l_decrypt_oaep}, {"public_key", l_key_public_key},
@@ -518,6 +418,4 @@ void wx_open_pkey(lua_State *L) {
   wx_new_class(L, WX_PUBLIC_KEY, public_methods, l_public_close, l_public_tostring);
   wx_new_class(L, WX_CERTIFICATE, cert_methods, l_cert_close, l_cert_tostring);
   luaL_setfuncs(L, funcs, 0);
-  lua_pushcfunction(L, l_authorization);
-  lua_setfield(L, -2, "authorization");
 }

@@ -91,7 +91,15 @@ WX_HIDDEN void wx_xfer_free(wx_xfer *x); /* idempotent */
 /* Fills out[0..n) with random [0-9A-Za-z] from the OS CSPRNG (crypto.c); no terminator. */
 WX_HIDDEN int wx_nonce(char *out, size_t n); /* 1 on success */
 
+/* ---- pkey.c: what auth.c needs of the private key ---- */
+typedef struct wx_key wx_key;
+/* The open private key at index i; raises if it is not one, or closed. */
+WX_HIDDEN wx_key *wx_check_private_key(lua_State *L, int i);
+/* Pushes the base64 SHA256withRSA signature of msg (1 result) or nil, err (2 results). */
+WX_HIDDEN int wx_sign_b64(lua_State *L, wx_key *k, const char *msg, size_t len, const char *fn);
+
 WX_HIDDEN void wx_open_pkey(lua_State *L);   /* adds key functions to the table on top */
+WX_HIDDEN void wx_open_auth(lua_State *L);
 WX_HIDDEN void wx_open_crypto(lua_State *L);
 WX_HIDDEN void wx_open_http(lua_State *L);
 WX_HIDDEN void wx_open_multi(lua_State *L);
