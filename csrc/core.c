@@ -1,7 +1,7 @@
 /* luaopen_wxpay_core: registers the C core. The rest of the core is in pkey.c (keys,
  * signatures, OAEP), auth.c (the Authorization header), crypto.c (base64, digests, nonces,
- * AES-GCM), http.c (the libcurl session), multi.c (concurrent transfers) and util.c
- * (shared helpers). */
+ * AES-GCM), http.c (the libcurl session), xfer.c (one libcurl transfer), multi.c
+ * (concurrent transfers) and util.c (shared helpers). */
 #include <errno.h>
 #include <pthread.h>
 #include <string.h>

@@ -3,7 +3,7 @@
  * until at least one transfer has finished or the timeout passes, then hands the finished
  * ones back. Connections are kept in the multi handle's cache and reused by later
  * transfers; TLS sessions and DNS answers are shared through a share handle. As with the
- * session, callbacks only append to C buffers (http.c) and no Lua runs inside libcurl.
+ * session, callbacks only append to C buffers (xfer.c) and no Lua runs inside libcurl.
  *
  * libcurl is driven with curl_multi_socket_action: it tells us which sockets to watch and
  * when its next timer is due, and we tell it which sockets are ready. (curl_multi_perform

@@ -54,13 +54,13 @@ WX_HIDDEN void wx_b64_encode(const unsigned char *in, size_t n, char *out);
 WX_HIDDEN size_t wx_b64_decode(const char *in, size_t n, unsigned char *out);
 WX_HIDDEN void wx_push_b64(lua_State *L, const unsigned char *in, size_t n);
 
-/* Response header parsing (http.c); pure C so it can be fuzzed alone. Calls `cb` for every
+/* Response header parsing (xfer.c); pure C so it can be fuzzed alone. Calls `cb` for every
  * "Name: value" line of the last response in the raw header block (status lines reset). */
 typedef void (*wx_header_cb)(void *ud, const char *name, size_t nlen, const char *value,
                              size_t vlen);
 WX_HIDDEN int wx_parse_headers(const char *buf, size_t len, wx_header_cb cb, void *ud);
 
-/* One libcurl transfer and what it collects (http.c), shared by the session (http.c) and
+/* One libcurl transfer and what it collects (xfer.c), shared by the session (http.c) and
  * the multi interface (multi.c). The callbacks only append to these C buffers. */
 typedef struct {
   char *data;
