@@ -70,83 +70,75 @@ static BIO *pem_bio(lua_State *L, int i, const char *fn, int *failed) {
   return bio;
 }
 
-/* Wraps an owned EVP_PKEY into a public key userdata (taking the reference). Returns 1, or
- * pushes nil, err and returns 2. */
-static int push_public_key(lua_State *L, EVP_PKEY *pkey, const char *fn) {
-  wx_key *k = key_new(L, WX_PUBLIC_KEY);
-  k->pkey = pkey;
-  k->ctx = EVP_PKEY_CTX_new(pkey, NULL);
-  if (k->ctx == NULL || EVP_PKEY_verify_init(k->ctx) <= 0 ||
+/* Sets up the key's sign (private) or verify (public) context: PKCS#1 v1.5, SHA-256.
+ * Returns 1 with the key on top, or frees the key and pushes nil, err (returns 2). */
+static int key_setup(lua_State *L, wx_key *k, int sign, const char *fn) {
+  k->ctx = EVP_PKEY_CTX_new(k->pkey, NULL);
+  if (k->ctx == NULL || (sign ? EVP_PKEY_sign_init(k->ctx) : EVP_PKEY_verify_init(k->ctx)) <= 0 ||
       EVP_PKEY_CTX_set_rsa_padding(k->ctx, RSA_PKCS1_PADDING) <= 0 ||
       EVP_PKEY_CTX_set_signature_md(k->ctx, EVP_sha256()) <= 0) {
     key_free(k);
-    lua_pop(L, 1);
-    return wx_fail(L, fn, "cannot set up verification");
+    return wx_fail(L, fn, sign ? "cannot set up signing" : "cannot set up verification");
   }
   return 1;
 }
 
-/*** core.load_private_key(pem) */
-static int l_load_private_key(lua_State *L) {
-  static const char fn[] = "load_private_key";
+/* Fills the closed key k from the PEM at index 1 (a private key if `private`, else a
+ * SubjectPublicKeyInfo). k is already on the stack, so whatever raises later (a memory
+ * error) leaves the parsed key to its __gc. Returns 1, or pushes nil, err and returns 2. */
+static int key_load(lua_State *L, wx_key *k, int private, const char *fn) {
   int failed, r;
   BIO *bio = pem_bio(L, 1, fn, &failed);
-  EVP_PKEY *pkey;
-  wx_key *k;
   if (bio == NULL) return failed;
   ERR_clear_error();
   /* PEM_read_bio_PrivateKey reads PKCS#8 and the traditional PKCS#1 "RSA PRIVATE KEY". */
-  pkey = PEM_read_bio_PrivateKey(bio, NULL, no_password, NULL);
+  k->pkey = private ? PEM_read_bio_PrivateKey(bio, NULL, no_password, NULL)
+                    : PEM_read_bio_PUBKEY(bio, NULL, no_password, NULL);
   BIO_free(bio);
-  if (pkey == NULL) return wx_fail(L, fn, "no RSA private key in PEM");
-  if ((r = check_rsa(L, pkey, fn)) != 0) { EVP_PKEY_free(pkey); return r; }
-  k = key_new(L, WX_PRIVATE_KEY);
-  k->pkey = pkey;
-  k->ctx = EVP_PKEY_CTX_new(pkey, NULL);
-  if (k->ctx == NULL || EVP_PKEY_sign_init(k->ctx) <= 0 ||
-      EVP_PKEY_CTX_set_rsa_padding(k->ctx, RSA_PKCS1_PADDING) <= 0 ||
-      EVP_PKEY_CTX_set_signature_md(k->ctx, EVP_sha256()) <= 0) {
-    key_free(k);
-    return wx_fail(L, fn, "cannot set up signing");
-  }
-  return 1;
+  if (k->pkey == NULL)
+    return wx_fail(L, fn, private ? "no RSA private key in PEM" : "no SubjectPublicKeyInfo public key in PEM");
+  if ((r = check_rsa(L, k->pkey, fn)) != 0) { key_free(k); return r; }
+  return key_setup(L, k, private, fn);
 }
 
-/*** core.load_public_key(pem) */
+/*** core.load_private_key(pem) -> key | nil, err */
+static int l_load_private_key(lua_State *L) {
+  /* Created closed before parsing, then filled (as liolib's newprefile). */
+  return key_load(L, key_new(L, WX_PRIVATE_KEY), 1, "load_private_key");
+}
+
+/*** core.load_public_key(pem) -> public key | nil, err */
 static int l_load_public_key(lua_State *L) {
-  static const char fn[] = "load_public_key";
-  int failed, r;
-  BIO *bio = pem_bio(L, 1, fn, &failed);
-  EVP_PKEY *pkey;
-  if (bio == NULL) return failed;
-  ERR_clear_error();
-  pkey = PEM_read_bio_PUBKEY(bio, NULL, no_password, NULL);
-  BIO_free(bio);
-  if (pkey == NULL) return wx_fail(L, fn, "no SubjectPublicKeyInfo public key in PEM");
-  if ((r = check_rsa(L, pkey, fn)) != 0) { EVP_PKEY_free(pkey); return r; }
-  return push_public_key(L, pkey, fn);
+  return key_load(L, key_new(L, WX_PUBLIC_KEY), 0, "load_public_key");
 }
 
-/*** core.load_certificate(pem) */
-static int l_load_certificate(lua_State *L) {
-  static const char fn[] = "load_certificate";
-  int failed, r;
-  BIO *bio = pem_bio(L, 1, fn, &failed);
-  X509 *x;
-  EVP_PKEY *pkey;
-  wx_cert *c;
-  if (bio == NULL) return failed;
-  ERR_clear_error();
-  x = PEM_read_bio_X509(bio, NULL, no_password, NULL);
-  BIO_free(bio);
-  if (x == NULL) return wx_fail(L, fn, "no X.509 certificate in PEM");
-  pkey = X509_get0_pubkey(x);
-  if (pkey == NULL) { X509_free(x); return wx_fail(L, fn, "certificate has no usable public key"); }
-  if ((r = check_rsa(L, pkey, fn)) != 0) { X509_free(x); return r; }
-  c = (wx_cert *)lua_newuserdata(L, sizeof *c);
-  c->x509 = x;
+static wx_cert *cert_new(lua_State *L) {
+  wx_cert *c = (wx_cert *)lua_newuserdata(L, sizeof *c);
+  c->x509 = NULL; /* created closed, filled afterwards */
   luaL_getmetatable(L, WX_CERTIFICATE);
   lua_setmetatable(L, -2);
+  return c;
+}
+
+static void cert_free(wx_cert *c) {
+  if (c->x509) { X509_free(c->x509); c->x509 = NULL; }
+}
+
+/*** core.load_certificate(pem) -> certificate | nil, err */
+static int l_load_certificate(lua_State *L) {
+  static const char fn[] = "load_certificate";
+  wx_cert *c = cert_new(L);
+  int failed, r;
+  BIO *bio = pem_bio(L, 1, fn, &failed);
+  EVP_PKEY *pkey;
+  if (bio == NULL) return failed;
+  ERR_clear_error();
+  c->x509 = PEM_read_bio_X509(bio, NULL, no_password, NULL);
+  BIO_free(bio);
+  if (c->x509 == NULL) return wx_fail(L, fn, "no X.509 certificate in PEM");
+  pkey = X509_get0_pubkey(c->x509);
+  if (pkey == NULL) { cert_free(c); return wx_fail(L, fn, "certificate has no usable public key"); }
+  if ((r = check_rsa(L, pkey, fn)) != 0) { cert_free(c); return r; }
   ERR_clear_error();
   return 1;
 }
@@ -274,19 +266,19 @@ static int l_decrypt_oaep(lua_State *L) {
 /*** key:public_key() -> public key userdata */
 static int l_key_public_key(lua_State *L) {
   wx_key *k = check_open_key(L, 1, WX_PRIVATE_KEY);
+  wx_key *pub = key_new(L, WX_PUBLIC_KEY);
   unsigned char *der = NULL;
   const unsigned char *p;
-  EVP_PKEY *pub;
   int len;
   /* Round-trip through DER SubjectPublicKeyInfo so the public half carries no private parts. */
   ERR_clear_error();
   len = i2d_PUBKEY(k->pkey, &der);
   if (len <= 0) return wx_fail(L, "public_key", "cannot encode the public key");
   p = der;
-  pub = d2i_PUBKEY(NULL, &p, len);
+  pub->pkey = d2i_PUBKEY(NULL, &p, len);
   OPENSSL_free(der);
-  if (pub == NULL) return wx_fail(L, "public_key", "cannot decode the public key");
-  return push_public_key(L, pub, "public_key");
+  if (pub->pkey == NULL) return wx_fail(L, "public_key", "cannot decode the public key");
+  return key_setup(L, pub, 0, "public_key");
 }
 
 /*** pub:fingerprint() -> lower-case hex SHA-256 of the DER SubjectPublicKeyInfo */
@@ -364,9 +356,10 @@ static int l_cert_not_after(lua_State *L) { return push_time(L, X509_get0_notAft
 
 static int l_cert_public_key(lua_State *L) {
   wx_cert *c = check_cert(L);
-  EVP_PKEY *pkey = X509_get_pubkey(c->x509); /* takes a reference */
-  if (pkey == NULL) return wx_fail(L, "public_key", "certificate has no public key");
-  return push_public_key(L, pkey, "public_key");
+  wx_key *k = key_new(L, WX_PUBLIC_KEY);
+  k->pkey = X509_get_pubkey(c->x509); /* takes a reference */
+  if (k->pkey == NULL) return wx_fail(L, "public_key", "certificate has no public key");
+  return key_setup(L, k, 0, "public_key");
 }
 
 static int push_name(lua_State *L, const X509_NAME *name) {
@@ -384,8 +377,7 @@ static int l_cert_subject(lua_State *L) { return push_name(L, X509_get_subject_n
 static int l_cert_issuer(lua_State *L) { return push_name(L, X509_get_issuer_name(check_cert(L)->x509)); }
 
 static int l_cert_close(lua_State *L) {
-  wx_cert *c = (wx_cert *)luaL_checkudata(L, 1, WX_CERTIFICATE);
-  if (c->x509) { X509_free(c->x509); c->x509 = NULL; }
+  cert_free((wx_cert *)luaL_checkudata(L, 1, WX_CERTIFICATE));
   return 0;
 }
 
