@@ -109,13 +109,25 @@ static int l_sha256_hex(lua_State *L) {
   return 1;
 }
 
+#ifdef WXPAY_TEST_HOOKS
+/* Test builds only (make asan): lets a spec make the random source fail. */
+static int fail_random;
+static int l_test_fail_random(lua_State *L) {
+  fail_random = lua_toboolean(L, 1);
+  return 0;
+}
+#  define RANDOM_FAILS() fail_random
+#else
+#  define RANDOM_FAILS() 0
+#endif
+
 int wx_nonce(char *out, size_t n) {
   static const char ALNUM[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
   unsigned char r[64];
   size_t i = 0, j = sizeof r;
   while (i < n) {
     if (j == sizeof r) {
-      if (RAND_bytes(r, (int)sizeof r) != 1) { ERR_clear_error(); return 0; }
+      if (RANDOM_FAILS() || RAND_bytes(r, (int)sizeof r) != 1) { ERR_clear_error(); return 0; }
       j = 0;
     }
     /* Rejection sampling: 248 = 4 * 62, so every character is equally likely. */
@@ -130,7 +142,8 @@ static int l_nonce(lua_State *L) {
   char *out;
   luaL_argcheck(L, n >= 1 && n <= 1024, 1, "length must be 1..1024");
   out = (char *)wx_scratch(L, (size_t)n);
-  if (!wx_nonce(out, (size_t)n)) return luaL_error(L, "wxpay.core.nonce: no randomness available");
+  /* A failing random source is a runtime failure, as in core.authorization: nil, err. */
+  if (!wx_nonce(out, (size_t)n)) return wx_fail(L, "nonce", "no randomness available");
   lua_pushlstring(L, out, (size_t)n);
   return 1;
 }
@@ -216,4 +229,8 @@ void wx_open_crypto(lua_State *L) {
     {"aes_gcm_decrypt", l_aes_gcm_decrypt}, {"aes_gcm_encrypt", l_aes_gcm_encrypt},
     {NULL, NULL}};
   luaL_setfuncs(L, funcs, 0);
+#ifdef WXPAY_TEST_HOOKS
+  lua_pushcfunction(L, l_test_fail_random);
+  lua_setfield(L, -2, "_test_fail_random");
+#endif
 }
