@@ -285,7 +285,24 @@ static CURLMcode drive(wx_multi *m) {
   return mc;
 }
 
-/*** multi:perform(timeout_seconds?) -> { { id =, resp =, err = }, … } */
+/* A libcurl failure is a runtime failure, as in session:request: nil and an error table.
+ * Whether a request in flight reached the server is unknown, so connected is true. The
+ * transfers stay pending: the caller cancels them (cancel_all) or performs again. */
+static int push_multi_error(lua_State *L, CURLMcode mc) {
+  lua_pushnil(L);
+  lua_createtable(L, 0, 4);
+  lua_pushliteral(L, "network");
+  lua_setfield(L, -2, "kind");
+  lua_pushinteger(L, (lua_Integer)mc);
+  lua_setfield(L, -2, "code");
+  lua_pushfstring(L, "wxpay.core.http_multi: %s", curl_multi_strerror(mc));
+  lua_setfield(L, -2, "message");
+  lua_pushboolean(L, 1);
+  lua_setfield(L, -2, "connected");
+  return 2;
+}
+
+/*** multi:perform(timeout_seconds?) -> { { id =, resp =, err = }, … } | nil, err */
 static int l_multi_perform(lua_State *L) {
   wx_multi *m = check_multi(L);
   lua_Number timeout = luaL_optnumber(L, 2, 0);
@@ -298,7 +315,7 @@ static int l_multi_perform(lua_State *L) {
     double now, wait;
     int ms, nready;
     mc = drive(m);
-    if (mc != CURLM_OK) return luaL_error(L, "wxpay.core.http_multi: %s", curl_multi_strerror(mc));
+    if (mc != CURLM_OK) return push_multi_error(L, mc);
     if (m->cb_failed) {
       m->cb_failed = 0;
       return luaL_error(L, "wxpay.core.http_multi: out of memory");
