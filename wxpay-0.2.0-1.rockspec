@@ -33,7 +33,7 @@ build = {
   type = "command",
   build_command = "mkdir -p build/rock && $(CC) $(CFLAGS) -D_GNU_SOURCE"
     .. " -I$(LUA_INCDIR) -I$(OPENSSL_INCDIR) -I$(CURL_INCDIR)"
-    .. " csrc/core.c csrc/crypto.c csrc/http.c csrc/multi.c csrc/pkey.c"
+    .. " csrc/auth.c csrc/core.c csrc/crypto.c csrc/http.c csrc/multi.c csrc/pkey.c csrc/util.c csrc/xfer.c"
     .. " $(LIBFLAG) -o build/rock/core.so -L$(OPENSSL_LIBDIR) -L$(CURL_LIBDIR) -lcrypto -lcurl -lpthread",
   install = {
     lib = { ["wxpay.core"] = "build/rock/core.so" },

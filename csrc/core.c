@@ -1,6 +1,7 @@
 /* luaopen_wxpay_core: registers the C core. The rest of the core is in pkey.c (keys,
- * signatures, OAEP, the Authorization header), crypto.c (base64, digests, nonces, AES-GCM)
- * http.c (the libcurl session) and multi.c (concurrent transfers). */
+ * signatures, OAEP), auth.c (the Authorization header), crypto.c (base64, digests, nonces,
+ * AES-GCM), http.c (the libcurl session), xfer.c (one libcurl transfer), multi.c
+ * (concurrent transfers) and util.c (shared helpers). */
 #include <errno.h>
 #include <pthread.h>
 #include <string.h>
@@ -57,9 +58,7 @@ static int l_time(lua_State *L) {
 }
 
 static int l_monotonic(lua_State *L) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  lua_pushnumber(L, (lua_Number)wx_monotonic());
   return 1;
 }
 
@@ -94,6 +93,7 @@ __attribute__((visibility("default"))) int luaopen_wxpay_core(lua_State *L) {
   wx_newlib(L, funcs);
   wx_open_crypto(L);
   wx_open_pkey(L);
+  wx_open_auth(L);
   wx_open_http(L);
   wx_open_multi(L);
   lua_pushliteral(L, WXPAY_CORE_VERSION);

@@ -12,24 +12,6 @@
 #define GCM_NONCE_LEN 12
 #define AES256_KEY_LEN 32
 
-int wx_fail(lua_State *L, const char *fn, const char *reason) {
-  unsigned long e = ERR_peek_last_error();
-  char buf[256];
-  lua_pushnil(L);
-  if (e != 0) {
-    ERR_error_string_n(e, buf, sizeof buf);
-    lua_pushfstring(L, "wxpay.core.%s: %s (%s)", fn, reason, buf);
-  } else {
-    lua_pushfstring(L, "wxpay.core.%s: %s", fn, reason);
-  }
-  ERR_clear_error();
-  return 2;
-}
-
-unsigned char *wx_scratch(lua_State *L, size_t n) {
-  return (unsigned char *)lua_newuserdata(L, n ? n : 1);
-}
-
 /* ---- base64 ---- */
 
 static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -117,20 +99,27 @@ static int l_base64_decode(lua_State *L) {
 /* ---- digests and randomness ---- */
 
 static int l_sha256_hex(lua_State *L) {
-  static const char hex[] = "0123456789abcdef";
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   unsigned char d[SHA256_DIGEST_LENGTH];
   char out[2 * SHA256_DIGEST_LENGTH];
-  int i;
   SHA256((const unsigned char *)s, n, d);
-  for (i = 0; i < SHA256_DIGEST_LENGTH; i++) {
-    out[2 * i] = hex[d[i] >> 4];
-    out[2 * i + 1] = hex[d[i] & 15];
-  }
+  wx_hex_encode(d, sizeof d, out, 0);
   lua_pushlstring(L, out, sizeof out);
   return 1;
 }
+
+#ifdef WXPAY_TEST_HOOKS
+/* Test builds only (make asan): lets a spec make the random source fail. */
+static int fail_random;
+static int l_test_fail_random(lua_State *L) {
+  fail_random = lua_toboolean(L, 1);
+  return 0;
+}
+#  define RANDOM_FAILS() fail_random
+#else
+#  define RANDOM_FAILS() 0
+#endif
 
 int wx_nonce(char *out, size_t n) {
   static const char ALNUM[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -138,7 +127,7 @@ int wx_nonce(char *out, size_t n) {
   size_t i = 0, j = sizeof r;
   while (i < n) {
     if (j == sizeof r) {
-      if (RAND_bytes(r, (int)sizeof r) != 1) { ERR_clear_error(); return 0; }
+      if (RANDOM_FAILS() || RAND_bytes(r, (int)sizeof r) != 1) { ERR_clear_error(); return 0; }
       j = 0;
     }
     /* Rejection sampling: 248 = 4 * 62, so every character is equally likely. */
@@ -153,7 +142,8 @@ static int l_nonce(lua_State *L) {
   char *out;
   luaL_argcheck(L, n >= 1 && n <= 1024, 1, "length must be 1..1024");
   out = (char *)wx_scratch(L, (size_t)n);
-  if (!wx_nonce(out, (size_t)n)) return luaL_error(L, "wxpay.core.nonce: no randomness available");
+  /* A failing random source is a runtime failure, as in core.authorization: nil, err. */
+  if (!wx_nonce(out, (size_t)n)) return wx_fail(L, "nonce", "no randomness available");
   lua_pushlstring(L, out, (size_t)n);
   return 1;
 }
@@ -239,4 +229,8 @@ void wx_open_crypto(lua_State *L) {
     {"aes_gcm_decrypt", l_aes_gcm_decrypt}, {"aes_gcm_encrypt", l_aes_gcm_encrypt},
     {NULL, NULL}};
   luaL_setfuncs(L, funcs, 0);
+#ifdef WXPAY_TEST_HOOKS
+  lua_pushcfunction(L, l_test_fail_random);
+  lua_setfield(L, -2, "_test_fail_random");
+#endif
 }

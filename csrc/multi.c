@@ -3,7 +3,7 @@
  * until at least one transfer has finished or the timeout passes, then hands the finished
  * ones back. Connections are kept in the multi handle's cache and reused by later
  * transfers; TLS sessions and DNS answers are shared through a share handle. As with the
- * session, callbacks only append to C buffers (http.c) and no Lua runs inside libcurl.
+ * session, callbacks only append to C buffers (xfer.c) and no Lua runs inside libcurl.
  *
  * libcurl is driven with curl_multi_socket_action: it tells us which sockets to watch and
  * when its next timer is due, and we tell it which sockets are ready. (curl_multi_perform
@@ -19,7 +19,6 @@
 
 #include "wxpay.h"
 
-#define DEFAULT_MAX_BODY (16L * 1024 * 1024)
 #define DEFAULT_MAX_CONNECTIONS 64
 
 typedef struct wx_mxfer {
@@ -75,12 +74,6 @@ static char *dup_opt(const char *s) {
   return d;
 }
 
-static double now_seconds(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* CURLMOPT_SOCKETFUNCTION: keep `fds` in step with what libcurl wants watched. */
 static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp) {
   wx_multi *m = (wx_multi *)userp;
@@ -122,7 +115,7 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
 static int on_timer(CURLM *multi, long timeout_ms, void *userp) {
   wx_multi *m = (wx_multi *)userp;
   (void)multi;
-  m->timer_due = timeout_ms < 0 ? -1.0 : now_seconds() + (double)timeout_ms / 1000.0;
+  m->timer_due = timeout_ms < 0 ? -1.0 : wx_monotonic() + (double)timeout_ms / 1000.0;
   return 0;
 }
 
@@ -153,16 +146,6 @@ static wx_multi *check_multi(lua_State *L) {
   return m;
 }
 
-static const char *opt_string(lua_State *L, int t, const char *k) {
-  const char *s;
-  lua_getfield(L, t, k);
-  if (lua_isnil(L, -1)) { lua_pop(L, 1); return NULL; }
-  if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "wxpay.core.http_multi: '%s' must be a string", k);
-  s = lua_tostring(L, -1);
-  lua_pop(L, 1); /* still referenced by the table */
-  return s;
-}
-
 static lua_Integer opt_int(lua_State *L, int t, const char *k, lua_Integer dflt) {
   lua_Integer v = dflt;
   lua_getfield(L, t, k);
@@ -177,12 +160,12 @@ static lua_Integer opt_int(lua_State *L, int t, const char *k, lua_Integer dflt)
 /*** core.http_multi{ ca_file=, proxy=, max_connections=, max_body= } */
 static int l_http_multi(lua_State *L) {
   const char *ca_file = NULL, *proxy = NULL;
-  lua_Integer max_conn = DEFAULT_MAX_CONNECTIONS, max_body = DEFAULT_MAX_BODY;
+  lua_Integer max_conn = DEFAULT_MAX_CONNECTIONS, max_body = WX_DEFAULT_MAX_BODY;
   wx_multi *m;
   if (!lua_isnoneornil(L, 1)) {
     luaL_checktype(L, 1, LUA_TTABLE);
-    ca_file = opt_string(L, 1, "ca_file");
-    proxy = opt_string(L, 1, "proxy");
+    ca_file = wx_opt_string(L, 1, "ca_file", "wxpay.core.http_multi");
+    proxy = wx_opt_string(L, 1, "proxy", "wxpay.core.http_multi");
     max_conn = opt_int(L, 1, "max_connections", max_conn);
     max_body = opt_int(L, 1, "max_body", max_body);
     luaL_argcheck(L, max_conn >= 1 && max_conn <= 10000, 1, "max_connections must be 1..10000");
@@ -295,14 +278,31 @@ static CURLMcode drive(wx_multi *m) {
     struct pollfd r = m->fds[m->capfds + i]; /* re-read: `fds` may have moved */
     mc = curl_multi_socket_action(m->multi, (curl_socket_t)r.fd, select_bits(r.revents), &running);
   }
-  if (mc == CURLM_OK && m->timer_due >= 0 && m->timer_due <= now_seconds()) {
+  if (mc == CURLM_OK && m->timer_due >= 0 && m->timer_due <= wx_monotonic()) {
     m->timer_due = -1.0; /* libcurl sets the next one during the call */
     mc = curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &running);
   }
   return mc;
 }
 
-/*** multi:perform(timeout_seconds?) -> { { id =, resp =, err = }, … } */
+/* A libcurl failure is a runtime failure, as in session:request: nil and an error table.
+ * Whether a request in flight reached the server is unknown, so connected is true. The
+ * transfers stay pending: the caller cancels them (cancel_all) or performs again. */
+static int push_multi_error(lua_State *L, CURLMcode mc) {
+  lua_pushnil(L);
+  lua_createtable(L, 0, 4);
+  lua_pushliteral(L, "network");
+  lua_setfield(L, -2, "kind");
+  lua_pushinteger(L, (lua_Integer)mc);
+  lua_setfield(L, -2, "code");
+  lua_pushfstring(L, "wxpay.core.http_multi: %s", curl_multi_strerror(mc));
+  lua_setfield(L, -2, "message");
+  lua_pushboolean(L, 1);
+  lua_setfield(L, -2, "connected");
+  return 2;
+}
+
+/*** multi:perform(timeout_seconds?) -> { { id =, resp =, err = }, … } | nil, err */
 static int l_multi_perform(lua_State *L) {
   wx_multi *m = check_multi(L);
   lua_Number timeout = luaL_optnumber(L, 2, 0);
@@ -310,18 +310,18 @@ static int l_multi_perform(lua_State *L) {
   int i = 0, first = 1;
   CURLMcode mc;
   luaL_argcheck(L, timeout >= 0 && timeout <= 86400, 2, "timeout must be 0..86400 seconds");
-  deadline = now_seconds() + timeout;
+  deadline = wx_monotonic() + timeout;
   for (;;) {
     double now, wait;
     int ms, nready;
     mc = drive(m);
-    if (mc != CURLM_OK) return luaL_error(L, "wxpay.core.http_multi: %s", curl_multi_strerror(mc));
+    if (mc != CURLM_OK) return push_multi_error(L, mc);
     if (m->cb_failed) {
       m->cb_failed = 0;
       return luaL_error(L, "wxpay.core.http_multi: out of memory");
     }
     if (collect(m) > 0 || m->done) break;
-    now = now_seconds();
+    now = wx_monotonic();
     if (now >= deadline && !first) break;
     first = 0;
     /* Sleep in poll(2) until a socket is ready, libcurl's timer is due, or the timeout
@@ -449,18 +449,7 @@ void wx_open_multi(lua_State *L) {
     {"add", l_multi_add}, {"perform", l_multi_perform}, {"cancel", l_multi_cancel},
     {"cancel_all", l_multi_cancel_all}, {"pending", l_multi_pending}, {"stats", l_multi_stats}, {"close", l_multi_close},
     {NULL, NULL}};
-  luaL_newmetatable(L, WX_MULTI);
-  wx_newlib(L, methods);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, l_multi_close);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, l_multi_close);
-  lua_setfield(L, -2, "__close");
-  lua_pushcfunction(L, l_multi_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pushliteral(L, "locked");
-  lua_setfield(L, -2, "__metatable");
-  lua_pop(L, 1);
+  wx_new_class(L, WX_MULTI, methods, l_multi_close, l_multi_tostring);
   lua_pushcfunction(L, l_http_multi);
   lua_setfield(L, -2, "http_multi");
 }

@@ -18,10 +18,10 @@
 
 /* A private or public key. The sign / verify contexts are set up once per key so each
  * operation is a digest plus one EVP_PKEY_sign / EVP_PKEY_verify, as `openssl speed` does. */
-typedef struct {
+struct wx_key {
   EVP_PKEY *pkey;
   EVP_PKEY_CTX *ctx; /* sign ctx for private keys, verify ctx for public keys */
-} wx_key;
+};
 
 typedef struct {
   X509 *x509;
@@ -70,89 +70,84 @@ static BIO *pem_bio(lua_State *L, int i, const char *fn, int *failed) {
   return bio;
 }
 
-/* Wraps an owned EVP_PKEY into a public key userdata (taking the reference). Returns 1, or
- * pushes nil, err and returns 2. */
-static int push_public_key(lua_State *L, EVP_PKEY *pkey, const char *fn) {
-  wx_key *k = key_new(L, WX_PUBLIC_KEY);
-  k->pkey = pkey;
-  k->ctx = EVP_PKEY_CTX_new(pkey, NULL);
-  if (k->ctx == NULL || EVP_PKEY_verify_init(k->ctx) <= 0 ||
+/* Sets up the key's sign (private) or verify (public) context: PKCS#1 v1.5, SHA-256.
+ * Returns 1 with the key on top, or frees the key and pushes nil, err (returns 2). */
+static int key_setup(lua_State *L, wx_key *k, int sign, const char *fn) {
+  k->ctx = EVP_PKEY_CTX_new(k->pkey, NULL);
+  if (k->ctx == NULL || (sign ? EVP_PKEY_sign_init(k->ctx) : EVP_PKEY_verify_init(k->ctx)) <= 0 ||
       EVP_PKEY_CTX_set_rsa_padding(k->ctx, RSA_PKCS1_PADDING) <= 0 ||
       EVP_PKEY_CTX_set_signature_md(k->ctx, EVP_sha256()) <= 0) {
     key_free(k);
-    lua_pop(L, 1);
-    return wx_fail(L, fn, "cannot set up verification");
+    return wx_fail(L, fn, sign ? "cannot set up signing" : "cannot set up verification");
   }
   return 1;
 }
 
-/*** core.load_private_key(pem) */
-static int l_load_private_key(lua_State *L) {
-  static const char fn[] = "load_private_key";
+/* Fills the closed key k from the PEM at index 1 (a private key if `private`, else a
+ * SubjectPublicKeyInfo). k is already on the stack, so whatever raises later (a memory
+ * error) leaves the parsed key to its __gc. Returns 1, or pushes nil, err and returns 2. */
+static int key_load(lua_State *L, wx_key *k, int private, const char *fn) {
   int failed, r;
   BIO *bio = pem_bio(L, 1, fn, &failed);
-  EVP_PKEY *pkey;
-  wx_key *k;
   if (bio == NULL) return failed;
   ERR_clear_error();
   /* PEM_read_bio_PrivateKey reads PKCS#8 and the traditional PKCS#1 "RSA PRIVATE KEY". */
-  pkey = PEM_read_bio_PrivateKey(bio, NULL, no_password, NULL);
+  k->pkey = private ? PEM_read_bio_PrivateKey(bio, NULL, no_password, NULL)
+                    : PEM_read_bio_PUBKEY(bio, NULL, no_password, NULL);
   BIO_free(bio);
-  if (pkey == NULL) return wx_fail(L, fn, "no RSA private key in PEM");
-  if ((r = check_rsa(L, pkey, fn)) != 0) { EVP_PKEY_free(pkey); return r; }
-  k = key_new(L, WX_PRIVATE_KEY);
-  k->pkey = pkey;
-  k->ctx = EVP_PKEY_CTX_new(pkey, NULL);
-  if (k->ctx == NULL || EVP_PKEY_sign_init(k->ctx) <= 0 ||
-      EVP_PKEY_CTX_set_rsa_padding(k->ctx, RSA_PKCS1_PADDING) <= 0 ||
-      EVP_PKEY_CTX_set_signature_md(k->ctx, EVP_sha256()) <= 0) {
-    key_free(k);
-    return wx_fail(L, fn, "cannot set up signing");
-  }
-  return 1;
+  if (k->pkey == NULL)
+    return wx_fail(L, fn, private ? "no RSA private key in PEM" : "no SubjectPublicKeyInfo public key in PEM");
+  if ((r = check_rsa(L, k->pkey, fn)) != 0) { key_free(k); return r; }
+  return key_setup(L, k, private, fn);
 }
 
-/*** core.load_public_key(pem) */
+/*** core.load_private_key(pem) -> key | nil, err */
+static int l_load_private_key(lua_State *L) {
+  /* Created closed before parsing, then filled (as liolib's newprefile). */
+  return key_load(L, key_new(L, WX_PRIVATE_KEY), 1, "load_private_key");
+}
+
+/*** core.load_public_key(pem) -> public key | nil, err */
 static int l_load_public_key(lua_State *L) {
-  static const char fn[] = "load_public_key";
-  int failed, r;
-  BIO *bio = pem_bio(L, 1, fn, &failed);
-  EVP_PKEY *pkey;
-  if (bio == NULL) return failed;
-  ERR_clear_error();
-  pkey = PEM_read_bio_PUBKEY(bio, NULL, no_password, NULL);
-  BIO_free(bio);
-  if (pkey == NULL) return wx_fail(L, fn, "no SubjectPublicKeyInfo public key in PEM");
-  if ((r = check_rsa(L, pkey, fn)) != 0) { EVP_PKEY_free(pkey); return r; }
-  return push_public_key(L, pkey, fn);
+  return key_load(L, key_new(L, WX_PUBLIC_KEY), 0, "load_public_key");
 }
 
-/*** core.load_certificate(pem) */
-static int l_load_certificate(lua_State *L) {
-  static const char fn[] = "load_certificate";
-  int failed, r;
-  BIO *bio = pem_bio(L, 1, fn, &failed);
-  X509 *x;
-  EVP_PKEY *pkey;
-  wx_cert *c;
-  if (bio == NULL) return failed;
-  ERR_clear_error();
-  x = PEM_read_bio_X509(bio, NULL, no_password, NULL);
-  BIO_free(bio);
-  if (x == NULL) return wx_fail(L, fn, "no X.509 certificate in PEM");
-  pkey = X509_get0_pubkey(x);
-  if (pkey == NULL) { X509_free(x); return wx_fail(L, fn, "certificate has no usable public key"); }
-  if ((r = check_rsa(L, pkey, fn)) != 0) { X509_free(x); return r; }
-  c = (wx_cert *)lua_newuserdata(L, sizeof *c);
-  c->x509 = x;
+static wx_cert *cert_new(lua_State *L) {
+  wx_cert *c = (wx_cert *)lua_newuserdata(L, sizeof *c);
+  c->x509 = NULL; /* created closed, filled afterwards */
   luaL_getmetatable(L, WX_CERTIFICATE);
   lua_setmetatable(L, -2);
+  return c;
+}
+
+static void cert_free(wx_cert *c) {
+  if (c->x509) { X509_free(c->x509); c->x509 = NULL; }
+}
+
+/*** core.load_certificate(pem) -> certificate | nil, err */
+static int l_load_certificate(lua_State *L) {
+  static const char fn[] = "load_certificate";
+  wx_cert *c = cert_new(L);
+  int failed, r;
+  BIO *bio = pem_bio(L, 1, fn, &failed);
+  EVP_PKEY *pkey;
+  if (bio == NULL) return failed;
+  ERR_clear_error();
+  c->x509 = PEM_read_bio_X509(bio, NULL, no_password, NULL);
+  BIO_free(bio);
+  if (c->x509 == NULL) return wx_fail(L, fn, "no X.509 certificate in PEM");
+  pkey = X509_get0_pubkey(c->x509);
+  if (pkey == NULL) { cert_free(c); return wx_fail(L, fn, "certificate has no usable public key"); }
+  if ((r = check_rsa(L, pkey, fn)) != 0) { cert_free(c); return r; }
   ERR_clear_error();
   return 1;
 }
 
-/* Pushes the base64 signature of msg (1 result) or nil, err (2 results). */
-static int sign_b64(lua_State *L, wx_key *k, const char *msg, size_t len, const char *fn) {
+wx_key *wx_check_private_key(lua_State *L, int i) {
+  return check_open_key(L, i, WX_PRIVATE_KEY);
+}
+
+int wx_sign_b64(lua_State *L, wx_key *k, const char *msg, size_t len, const char *fn) {
   size_t siglen = (size_t)EVP_PKEY_get_size(k->pkey);
   unsigned char dgst[SHA256_DIGEST_LENGTH], sig[1024];
   char b64[4 * sizeof sig / 3 + 4];
@@ -170,7 +165,7 @@ static int l_sign(lua_State *L) {
   wx_key *k = check_open_key(L, 1, WX_PRIVATE_KEY);
   size_t len;
   const char *msg = luaL_checklstring(L, 2, &len);
-  return sign_b64(L, k, msg, len, "sign");
+  return wx_sign_b64(L, k, msg, len, "sign");
 }
 
 /* Verifies base64 `sig` over `msg`; 1 valid, 0 anything else (malformed included). */
@@ -271,36 +266,32 @@ static int l_decrypt_oaep(lua_State *L) {
 /*** key:public_key() -> public key userdata */
 static int l_key_public_key(lua_State *L) {
   wx_key *k = check_open_key(L, 1, WX_PRIVATE_KEY);
+  wx_key *pub = key_new(L, WX_PUBLIC_KEY);
   unsigned char *der = NULL;
   const unsigned char *p;
-  EVP_PKEY *pub;
   int len;
   /* Round-trip through DER SubjectPublicKeyInfo so the public half carries no private parts. */
   ERR_clear_error();
   len = i2d_PUBKEY(k->pkey, &der);
   if (len <= 0) return wx_fail(L, "public_key", "cannot encode the public key");
   p = der;
-  pub = d2i_PUBKEY(NULL, &p, len);
+  pub->pkey = d2i_PUBKEY(NULL, &p, len);
   OPENSSL_free(der);
-  if (pub == NULL) return wx_fail(L, "public_key", "cannot decode the public key");
-  return push_public_key(L, pub, "public_key");
+  if (pub->pkey == NULL) return wx_fail(L, "public_key", "cannot decode the public key");
+  return key_setup(L, pub, 0, "public_key");
 }
 
 /*** pub:fingerprint() -> lower-case hex SHA-256 of the DER SubjectPublicKeyInfo */
 static int l_fingerprint(lua_State *L) {
-  static const char hex[] = "0123456789abcdef";
   wx_key *k = check_open_key(L, 1, WX_PUBLIC_KEY);
   unsigned char *der = NULL, dgst[SHA256_DIGEST_LENGTH];
   char out[2 * SHA256_DIGEST_LENGTH];
-  int len, i;
+  int len;
   len = i2d_PUBKEY(k->pkey, &der);
   if (len <= 0) return wx_fail(L, "fingerprint", "cannot encode the public key");
   SHA256(der, (size_t)len, dgst);
   OPENSSL_free(der);
-  for (i = 0; i < SHA256_DIGEST_LENGTH; i++) {
-    out[2 * i] = hex[dgst[i] >> 4];
-    out[2 * i + 1] = hex[dgst[i] & 15];
-  }
+  wx_hex_encode(dgst, sizeof dgst, out, 0);
   lua_pushlstring(L, out, sizeof out);
   return 1;
 }
@@ -340,17 +331,12 @@ static wx_cert *check_cert(lua_State *L) {
 
 /* Upper-case hex of the serial's magnitude bytes, as WeChat Pay prints it. */
 static void push_serial(lua_State *L, X509 *x) {
-  static const char hex[] = "0123456789ABCDEF";
   const ASN1_INTEGER *s = X509_get0_serialNumber(x);
-  const unsigned char *d = ASN1_STRING_get0_data(s);
-  int n = ASN1_STRING_length(s), i;
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  for (i = 0; i < n; i++) {
-    luaL_addchar(&b, hex[d[i] >> 4]);
-    luaL_addchar(&b, hex[d[i] & 15]);
-  }
-  luaL_pushresult(&b);
+  int n = ASN1_STRING_length(s);
+  char *out = (char *)wx_scratch(L, 2 * (size_t)n);
+  wx_hex_encode(ASN1_STRING_get0_data(s), (size_t)n, out, 1);
+  lua_pushlstring(L, out, 2 * (size_t)n);
+  lua_remove(L, -2);
 }
 
 static int l_cert_serial(lua_State *L) {
@@ -370,9 +356,10 @@ static int l_cert_not_after(lua_State *L) { return push_time(L, X509_get0_notAft
 
 static int l_cert_public_key(lua_State *L) {
   wx_cert *c = check_cert(L);
-  EVP_PKEY *pkey = X509_get_pubkey(c->x509); /* takes a reference */
-  if (pkey == NULL) return wx_fail(L, "public_key", "certificate has no public key");
-  return push_public_key(L, pkey, "public_key");
+  wx_key *k = key_new(L, WX_PUBLIC_KEY);
+  k->pkey = X509_get_pubkey(c->x509); /* takes a reference */
+  if (k->pkey == NULL) return wx_fail(L, "public_key", "certificate has no public key");
+  return key_setup(L, k, 0, "public_key");
 }
 
 static int push_name(lua_State *L, const X509_NAME *name) {
@@ -390,8 +377,7 @@ static int l_cert_subject(lua_State *L) { return push_name(L, X509_get_subject_n
 static int l_cert_issuer(lua_State *L) { return push_name(L, X509_get_issuer_name(check_cert(L)->x509)); }
 
 static int l_cert_close(lua_State *L) {
-  wx_cert *c = (wx_cert *)luaL_checkudata(L, 1, WX_CERTIFICATE);
-  if (c->x509) { X509_free(c->x509); c->x509 = NULL; }
+  cert_free((wx_cert *)luaL_checkudata(L, 1, WX_CERTIFICATE));
   return 0;
 }
 
@@ -405,145 +391,23 @@ static int l_cert_tostring(lua_State *L) {
   return 1;
 }
 
-/* ---- the Authorization header ---- */
-
-static const char *opt_field(lua_State *L, const char *name, size_t *len) {
-  const char *s;
-  lua_getfield(L, 1, name);
-  if (lua_isnil(L, -1)) { lua_pop(L, 1); return NULL; }
-  if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
-    luaL_error(L, "wxpay.core.authorization: field '%s' must be a string", name);
-  s = lua_tolstring(L, -1, len); /* stays referenced on the stack until we return */
-  return s;
-}
-
-static const char *req_field(lua_State *L, const char *name, size_t *len) {
-  const char *s = opt_field(L, name, len);
-  if (s == NULL) luaL_error(L, "wxpay.core.authorization: field '%s' is required", name);
-  return s;
-}
-
-/* Header values go inside double quotes: refuse anything that could break the syntax. */
-static int header_safe(const char *s, size_t n) {
-  size_t i;
-  if (n == 0) return 0;
-  for (i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (c < 0x21 || c > 0x7e || c == '"' || c == ',' || c == '\\') return 0;
-  }
-  return 1;
-}
-
-/*** core.authorization{ mchid, serial_no, key, method, url, body?, timestamp?, nonce? }
- * -> header, timestamp, nonce */
-static int l_authorization(lua_State *L) {
-  static const char fn[] = "authorization";
-  size_t mlen, slen, melen, ulen, blen = 0, tlen, nlen, msglen, siglen, i;
-  const char *mchid, *serial, *method, *url, *body, *ts, *nonce, *message, *sig;
-  char tsbuf[32], noncebuf[32];
-  wx_key *k;
-  luaL_Buffer b;
-  luaL_checktype(L, 1, LUA_TTABLE);
-  mchid = req_field(L, "mchid", &mlen);
-  serial = req_field(L, "serial_no", &slen);
-  method = req_field(L, "method", &melen);
-  url = req_field(L, "url", &ulen);
-  body = opt_field(L, "body", &blen);
-  ts = opt_field(L, "timestamp", &tlen);
-  nonce = opt_field(L, "nonce", &nlen);
-  lua_getfield(L, 1, "key");
-  k = check_open_key(L, lua_gettop(L), WX_PRIVATE_KEY);
-  if (!header_safe(mchid, mlen)) return wx_fail(L, fn, "mchid is empty or has characters a header cannot carry");
-  if (!header_safe(serial, slen)) return wx_fail(L, fn, "serial_no is empty or has characters a header cannot carry");
-  for (i = 0; i < melen; i++)
-    if (method[i] < 'A' || method[i] > 'Z') return wx_fail(L, fn, "method must be upper-case letters");
-  if (melen == 0) return wx_fail(L, fn, "method is empty");
-  if (ulen == 0 || url[0] != '/') return wx_fail(L, fn, "url must be the path (and query) starting with '/'");
-  for (i = 0; i < ulen; i++)
-    if ((unsigned char)url[i] <= 0x20 || (unsigned char)url[i] >= 0x7f || url[i] == '#')
-      return wx_fail(L, fn, "url must be percent-encoded ASCII without spaces or a fragment");
-  if (ts == NULL) {
-    snprintf(tsbuf, sizeof tsbuf, "%lld", (long long)time(NULL));
-    ts = tsbuf;
-    tlen = strlen(tsbuf);
-  } else {
-    if (tlen == 0 || tlen > 20) return wx_fail(L, fn, "timestamp must be decimal seconds");
-    for (i = 0; i < tlen; i++)
-      if (ts[i] < '0' || ts[i] > '9') return wx_fail(L, fn, "timestamp must be decimal seconds");
-  }
-  if (nonce == NULL) {
-    if (!wx_nonce(noncebuf, 32)) return wx_fail(L, fn, "no randomness available");
-    nonce = noncebuf;
-    nlen = 32;
-  } else if (!header_safe(nonce, nlen) || nlen > 64) {
-    return wx_fail(L, fn, "nonce must be 1-64 printable characters without '\"' or ','");
-  }
-  /* The string to sign: five lines, each ending in \n (spec 1.1). */
-  luaL_buffinit(L, &b);
-  luaL_addlstring(&b, method, melen); luaL_addchar(&b, '\n');
-  luaL_addlstring(&b, url, ulen); luaL_addchar(&b, '\n');
-  luaL_addlstring(&b, ts, tlen); luaL_addchar(&b, '\n');
-  luaL_addlstring(&b, nonce, nlen); luaL_addchar(&b, '\n');
-  if (body) luaL_addlstring(&b, body, blen);
-  luaL_addchar(&b, '\n');
-  luaL_pushresult(&b);
-  message = lua_tolstring(L, -1, &msglen);
-  if (sign_b64(L, k, message, msglen, fn) != 1) return 2;
-  sig = lua_tolstring(L, -1, &siglen);
-  luaL_buffinit(L, &b);
-  luaL_addstring(&b, "WECHATPAY2-SHA256-RSA2048 mchid=\"");
-  luaL_addlstring(&b, mchid, mlen);
-  luaL_addstring(&b, "\",nonce_str=\"");
-  luaL_addlstring(&b, nonce, nlen);
-  luaL_addstring(&b, "\",timestamp=\"");
-  luaL_addlstring(&b, ts, tlen);
-  luaL_addstring(&b, "\",serial_no=\"");
-  luaL_addlstring(&b, serial, slen);
-  luaL_addstring(&b, "\",signature=\"");
-  luaL_addlstring(&b, sig, siglen);
-  luaL_addchar(&b, '"');
-  luaL_pushresult(&b);
-  lua_pushlstring(L, ts, tlen);
-  lua_pushlstring(L, nonce, nlen);
-  return 3;
-}
-
-static void new_class(lua_State *L, const char *tname, const luaL_Reg *methods,
-                      lua_CFunction close, lua_CFunction tostr) {
-  luaL_newmetatable(L, tname);
-  wx_newlib(L, methods);
-  lua_pushcfunction(L, close);
-  lua_setfield(L, -2, "close");
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, close);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, close);
-  lua_setfield(L, -2, "__close");
-  lua_pushcfunction(L, tostr);
-  lua_setfield(L, -2, "__tostring");
-  lua_pushliteral(L, "locked");
-  lua_setfield(L, -2, "__metatable");
-  lua_pop(L, 1);
-}
-
 void wx_open_pkey(lua_State *L) {
   static const luaL_Reg private_methods[] = {
     {"sign", l_sign}, {"decrypt_oaep", l_decrypt_oaep}, {"public_key", l_key_public_key},
-    {"bits", l_key_bits}, {NULL, NULL}};
+    {"bits", l_key_bits}, {"close", l_private_close}, {NULL, NULL}};
   static const luaL_Reg public_methods[] = {
     {"verify", l_verify}, {"encrypt_oaep", l_encrypt_oaep}, {"fingerprint", l_fingerprint},
-    {"bits", l_key_bits}, {NULL, NULL}};
+    {"bits", l_key_bits}, {"close", l_public_close}, {NULL, NULL}};
   static const luaL_Reg cert_methods[] = {
     {"serial", l_cert_serial}, {"not_before", l_cert_not_before},
     {"not_after", l_cert_not_after}, {"public_key", l_cert_public_key},
-    {"subject", l_cert_subject}, {"issuer", l_cert_issuer}, {NULL, NULL}};
+    {"subject", l_cert_subject}, {"issuer", l_cert_issuer}, {"close", l_cert_close},
+    {NULL, NULL}};
   static const luaL_Reg funcs[] = {
     {"load_private_key", l_load_private_key}, {"load_public_key", l_load_public_key},
     {"load_certificate", l_load_certificate}, {NULL, NULL}};
-  new_class(L, WX_PRIVATE_KEY, private_methods, l_private_close, l_private_tostring);
-  new_class(L, WX_PUBLIC_KEY, public_methods, l_public_close, l_public_tostring);
-  new_class(L, WX_CERTIFICATE, cert_methods, l_cert_close, l_cert_tostring);
+  wx_new_class(L, WX_PRIVATE_KEY, private_methods, l_private_close, l_private_tostring);
+  wx_new_class(L, WX_PUBLIC_KEY, public_methods, l_public_close, l_public_tostring);
+  wx_new_class(L, WX_CERTIFICATE, cert_methods, l_cert_close, l_cert_tostring);
   luaL_setfuncs(L, funcs, 0);
-  lua_pushcfunction(L, l_authorization);
-  lua_setfield(L, -2, "authorization");
 }

@@ -14,6 +14,12 @@
 #define WX_HTTP        "wxpay.http_session"
 #define WX_MULTI       "wxpay.http_multi"
 
+/* Response limits shared by the session and the multi (http.c, multi.c, xfer.c). */
+#define WX_DEFAULT_MAX_BODY (16L * 1024 * 1024)
+#define WX_MAX_HEADER_BYTES (256 * 1024)
+
+/* ---- util.c: helpers every file shares ---- */
+
 /* Pushes nil and "wxpay.core.<fn>: <reason>[: <openssl reason>]", draining OpenSSL's error
  * queue. Returns 2, so callers can `return wx_fail(...)`. */
 WX_HIDDEN int wx_fail(lua_State *L, const char *fn, const char *reason);
@@ -21,6 +27,23 @@ WX_HIDDEN int wx_fail(lua_State *L, const char *fn, const char *reason);
 /* Scratch memory owned by the Lua GC (a userdata left on the stack): freed even if a later
  * call raises, so error paths cannot leak it. */
 WX_HIDDEN unsigned char *wx_scratch(lua_State *L, size_t n);
+
+/* Registers a userdata class: methods as __index; `close` as __gc and __close too (it must
+ * be idempotent); `tostr` as __tostring; the metatable locked. Leaves the stack as it was. */
+WX_HIDDEN void wx_new_class(lua_State *L, const char *tname, const luaL_Reg *methods,
+                            lua_CFunction close, lua_CFunction tostr);
+
+/* t[k] as a string, or NULL if nil; raises "<fn>: '<k>' must be a string" otherwise. The
+ * string stays referenced by the table. */
+WX_HIDDEN const char *wx_opt_string(lua_State *L, int t, const char *k, const char *fn);
+
+/* Writes 2 * n hex digits (no terminator), upper- or lower-case. */
+WX_HIDDEN void wx_hex_encode(const unsigned char *in, size_t n, char *out, int upper);
+
+/* CLOCK_MONOTONIC in seconds. */
+WX_HIDDEN double wx_monotonic(void);
+
+/* ---- crypto.c ---- */
 
 /* Base64 (RFC 4648, standard alphabet, padded, no line breaks). */
 WX_HIDDEN size_t wx_b64_encoded_len(size_t n);
@@ -31,13 +54,13 @@ WX_HIDDEN void wx_b64_encode(const unsigned char *in, size_t n, char *out);
 WX_HIDDEN size_t wx_b64_decode(const char *in, size_t n, unsigned char *out);
 WX_HIDDEN void wx_push_b64(lua_State *L, const unsigned char *in, size_t n);
 
-/* Response header parsing (http.c); pure C so it can be fuzzed alone. Calls `cb` for every
+/* Response header parsing (xfer.c); pure C so it can be fuzzed alone. Calls `cb` for every
  * "Name: value" line of the last response in the raw header block (status lines reset). */
 typedef void (*wx_header_cb)(void *ud, const char *name, size_t nlen, const char *value,
                              size_t vlen);
 WX_HIDDEN int wx_parse_headers(const char *buf, size_t len, wx_header_cb cb, void *ud);
 
-/* One libcurl transfer and what it collects (http.c), shared by the session (http.c) and
+/* One libcurl transfer and what it collects (xfer.c), shared by the session (http.c) and
  * the multi interface (multi.c). The callbacks only append to these C buffers. */
 typedef struct {
   char *data;
@@ -68,7 +91,15 @@ WX_HIDDEN void wx_xfer_free(wx_xfer *x); /* idempotent */
 /* Fills out[0..n) with random [0-9A-Za-z] from the OS CSPRNG (crypto.c); no terminator. */
 WX_HIDDEN int wx_nonce(char *out, size_t n); /* 1 on success */
 
+/* ---- pkey.c: what auth.c needs of the private key ---- */
+typedef struct wx_key wx_key;
+/* The open private key at index i; raises if it is not one, or closed. */
+WX_HIDDEN wx_key *wx_check_private_key(lua_State *L, int i);
+/* Pushes the base64 SHA256withRSA signature of msg (1 result) or nil, err (2 results). */
+WX_HIDDEN int wx_sign_b64(lua_State *L, wx_key *k, const char *msg, size_t len, const char *fn);
+
 WX_HIDDEN void wx_open_pkey(lua_State *L);   /* adds key functions to the table on top */
+WX_HIDDEN void wx_open_auth(lua_State *L);
 WX_HIDDEN void wx_open_crypto(lua_State *L);
 WX_HIDDEN void wx_open_http(lua_State *L);
 WX_HIDDEN void wx_open_multi(lua_State *L);

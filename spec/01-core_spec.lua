@@ -433,6 +433,27 @@ describe("digests, nonces, clocks", function()
     assert.has_error(function() core.nonce(4096) end)
   end)
 
+  -- A failing CSPRNG is a runtime failure: both return nil, err (misuse raises).
+  it("nonce and authorization agree on a failing random source: nil, err", function()
+    if not core._test_fail_random then
+      pending("core._test_fail_random is built only with WXPAY_TEST_HOOKS (make asan)")
+      return
+    end
+    local key = assert(core.load_private_key(mch.key_pem))
+    core._test_fail_random(true)
+    local nok, n, nerr = pcall(core.nonce, 8)
+    local aok, hdr, aerr = pcall(core.authorization, { mchid = "1", serial_no = "A", key = key,
+      method = "GET", url = "/" })
+    core._test_fail_random(false)
+    assert.is_true(nok, tostring(n))
+    assert.is_nil(n)
+    assert.equal("wxpay.core.nonce: no randomness available", nerr)
+    assert.is_true(aok, tostring(hdr))
+    assert.is_nil(hdr)
+    assert.equal("wxpay.core.authorization: no randomness available", aerr)
+    assert.equal(8, #core.nonce(8)) -- and it recovers
+  end)
+
   it("time, monotonic, sleep and uname work", function()
     assert.truthy(math.abs(core.time() - os.time()) <= 1)
     local t0 = core.monotonic()
