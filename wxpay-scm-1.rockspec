@@ -47,8 +47,11 @@ build = {
       ["wxpay.notify"] = "lua/wxpay/notify.lua",
       ["wxpay.sensitive"] = "lua/wxpay/sensitive.lua",
       ["wxpay.transport.curl"] = "lua/wxpay/transport/curl.lua",
+      ["wxpay.transport.http1"] = "lua/wxpay/transport/http1.lua",
+      ["wxpay.transport"] = "lua/wxpay/transport/init.lua",
       ["wxpay.transport.multi"] = "lua/wxpay/transport/multi.lua",
       ["wxpay.transport.ngx"] = "lua/wxpay/transport/ngx.lua",
+      ["wxpay.transport.ngx_threads"] = "lua/wxpay/transport/ngx_threads.lua",
       -- END LUA MODULES
     },
   },

@@ -448,6 +448,60 @@ describe("client.concurrent", function()
   end)
 end)
 
+describe("the transport contract", function()
+  it("drives any transport that has multi(n) through the multi interface, whatever its name", function()
+    sb:configure{ latency = 0.1 }
+    local curl = require("wxpay.transport.curl").new{ ca_file = sb.config.ca_file }
+    local multis = 0
+    local custom = setmetatable({
+      request = curl.request, close = curl.close, stats = curl.stats,
+      multi = function(n) multis = multis + 1; return curl.multi(n) end,
+    }, { __tostring = function() return "my transport" end })
+    local client = assert(wxpay.new(config{ transport = custom }))
+    local tasks = {}
+    for i = 1, 4 do tasks[i] = build_task(client, "1000004", i) end
+    local results, summary = client.concurrent(tasks, { concurrency = 4 })
+    for i = 1, 4 do assert.equal(string.format("wx1000004%010d", i), results[i][1]) end
+    assert.equal(4, summary.requests)
+    assert.equal(4, summary.max_in_flight)
+    assert.is_true(multis >= 1)
+    client.close()
+  end)
+
+  it("has the libcurl transport return error objects with connected and curl_code", function()
+    local curl = require("wxpay.transport.curl").new{ ca_file = sb.config.ca_file }
+    local resp, err = curl.request{ method = "GET", url = "https://127.0.0.1:1/v3/x", headers = {},
+      timeout = 2, connect_timeout = 1 }
+    assert.is_nil(resp)
+    assert.same({ "network", "NETWORK_ERROR", false, 7 }, { err.kind, err.code, err.connected, err.curl_code })
+    assert.matches("^wxpay: network error NETWORK_ERROR: ", tostring(err))
+    curl.close()
+  end)
+
+  it("gives a task the multi interface's failures as error objects too", function()
+    local client = assert(wxpay.new(config{ base_url = "https://127.0.0.1:1", max_retries = 0 }))
+    local results = client.concurrent({ function()
+      return client.request{ method = "GET", path = "/v3/x" }
+    end })
+    local err = results[1][2]
+    assert.same({ "network", "NETWORK_ERROR", false }, { err.kind, err.code, err.connected })
+    client.close()
+  end)
+
+  it("builds the same header lines for every transport, refusing line breaks", function()
+    local lines = require("wxpay.transport").header_lines
+    assert.same({ "Accept: */*", "B: 2", "a: 1" }, lines{ a = "1", B = 2, Accept = "*/*" })
+    assert.same({ "X: y" }, lines{ "X: y" })
+    assert.same({}, lines(nil))
+    for _, bad in ipairs({ { ["X-A"] = "v\r\nInjected: 1" }, { ["X\nA"] = "v" }, { "X: a\0b" } }) do
+      local ok, msg = pcall(lines, bad)
+      assert.is_false(ok)
+      assert.matches("CR, LF or NUL", msg, 1, true)
+      assert.is_nil(msg:find("Injected", 1, true))
+    end
+  end)
+end)
+
 describe("client.concurrent at scale #scale", function()
   local function run_builds(client, stock, n, opts)
     local tasks = {}

@@ -62,6 +62,16 @@ describe("wxpay.transport.ngx against hostile upstreams (fake cosockets)", funct
     assert.matches("malformed chunk size", err.message, 1, true)
   end)
 
+  it("returns error objects shaped like the client's, with the local code", function()
+    serve{ answers = { "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort" } }
+    local _, err = get(transport())
+    assert.same({ "network", "NETWORK_ERROR", true, true }, { err.kind, err.code, err.connected, err.retryable })
+    assert.matches("^wxpay: network error NETWORK_ERROR: receiving from h:443 failed", tostring(err))
+    local _, perr = get(require("wxpay.transport.ngx").new{ proxy = "http://p:3128" })
+    assert.same({ "network", "NETWORK_ERROR", false }, { perr.kind, perr.code, perr.connected })
+    assert.matches("^wxpay: network error", tostring(perr))
+  end)
+
   it("stops an endless close-delimited body at 16 MB, reading in bounded pieces", function()
     local c = serve{ answers = { endless("HTTP/1.1 200 OK\r\n\r\n", "x", 40 * 1024 * 1024) } }
     local resp, err = get(transport())

@@ -45,7 +45,8 @@ local PUBLIC = {
 -- own `M.new`, which the client calls to bind them, is not scanned: only the variables
 -- listed in PUBLIC are.)
 local INTERNAL = {
-  ["concurrent.lua"] = true, ["transport/multi.lua"] = true,
+  ["concurrent.lua"] = true, ["transport/multi.lua"] = true, ["transport/init.lua"] = true,
+  ["transport/http1.lua"] = true, ["transport/ngx_threads.lua"] = true,
   ["cli/"] = true, ["sandbox/"] = true,
 }
 

@@ -3,8 +3,8 @@
 --     local results, summary = client.concurrent(tasks, { concurrency = 16, qps = 50 })
 --
 -- Each task is a function making ordinary client calls. In plain Lua every task runs as a
--- coroutine; when its call reaches the libcurl transport the coroutine yields the request to
--- the scheduler here, which drives the C core's multi interface (`core.http_multi`, waiting
+-- coroutine; when its call reaches a transport with `multi` (libcurl's) the coroutine yields
+-- the request to the scheduler here, which drives that multi handle (`core.http_multi`, waiting
 -- in poll(2), never spinning) and resumes the task with the answer. Backoff sleeps between
 -- retries yield the same way, so one task's retry does not hold up the others.
 --
@@ -26,10 +26,9 @@
 --   others their results.
 -- * A batch that raises from outside its tasks (an interrupt, a memory error) cancels its
 --   transfers first, so later batches on the same client never see them.
--- * Under OpenResty the same call is meant to use light threads: when `ngx` is present and
---   `M.light_threads` has been set (by the OpenResty transport) it runs the batch with the
---   same arguments and the same result shape; `M.new_limiter` gives it the same qps rules.
---   Until then, under OpenResty the tasks run one after another (no blocking waits there).
+-- * Under OpenResty the same call runs the tasks on light threads
+--   (`wxpay.transport.ngx_threads`) where cosockets work, with the same result shape and the
+--   same qps rules (`M.new_limiter`); elsewhere (init_worker, ...) one after another.
 --
 -- The second result, `summary`, is `{ elapsed, requests, throttled, rate_cuts, min_rate,
 -- max_in_flight }` (seconds; requests started through the multi interface; 429 answers;
@@ -37,6 +36,7 @@
 -- @module wxpay.concurrent
 
 local core = require("wxpay.core")
+local transport = require("wxpay.transport")
 
 local M = {}
 
@@ -189,118 +189,135 @@ local function peek(q)
   return q[q.first]
 end
 
--- Run the batch. `ctx` is the client's: `owner` (weak map coroutine -> scheduler),
--- `transport` (with `multi(n)`, or nil when the client's transport is not libcurl's).
-local function schedule(ctx, tasks, n, concurrency, qps)
-  local mono = core.monotonic
-  local t0 = mono()
-  local results = {}
-  local limiter = M.new_limiter(qps)
-  local sched = setmetatable({}, Scheduler)
-  local owner = ctx.owner
-  local runnable, waiting, sleepers = queue(), queue(), {}
-  local inflight, ninflight, max_in_flight, started = {}, 0, 0, 0
-  local next_task, alive = 1, 0
-  local multi
+-- One batch: its tasks, queues, transfers in flight and counters. `ctx` is the client's:
+-- `owner` (weak map coroutine -> scheduler), `transport` (with `multi(n)`).
+local Batch = {}
+Batch.__index = Batch
 
-  local function resume(task, args)
-    local r = pack(coroutine.resume(task.co, unpack(args or {}, 1, args and args.n or 0)))
-    if coroutine.status(task.co) == "dead" then
-      owner[task.co] = nil
-      alive = alive - 1
-      if r[1] then
-        local out = { n = r.n - 1 }
-        for k = 2, r.n do out[k - 1] = r[k] end
-        results[task.i] = out
-      else
-        results[task.i] = { n = 2, nil, r[2] }
-      end
-    elseif r[2] == TOKEN and r[3] == "http" then
-      push(waiting, { task = task, req = r[4] })
-    elseif r[2] == TOKEN and r[3] == "sleep" then
-      sleepers[#sleepers + 1] = { wake = mono() + (tonumber(r[4]) or 0), task = task }
+local function new_batch(ctx, tasks, n, concurrency, qps)
+  return setmetatable({ ctx = ctx, tasks = tasks, n = n, concurrency = concurrency,
+    limiter = M.new_limiter(qps), sched = setmetatable({}, Scheduler), results = {},
+    runnable = queue(), waiting = queue(), sleepers = {}, inflight = {}, ninflight = 0,
+    max_in_flight = 0, started = 0, next_task = 1, alive = 0 }, Batch)
+end
+
+-- Resume a task and file it by what it yielded: an answer to wait for, a sleep, its end.
+function Batch:resume(task, args)
+  local r = pack(coroutine.resume(task.co, unpack(args or {}, 1, args and args.n or 0)))
+  if coroutine.status(task.co) == "dead" then
+    self.ctx.owner[task.co] = nil
+    self.alive = self.alive - 1
+    if r[1] then
+      local out = { n = r.n - 1 }
+      for k = 2, r.n do out[k - 1] = r[k] end
+      self.results[task.i] = out
     else
-      push(runnable, { task = task }) -- a yield of the task's own: let the others run first
+      self.results[task.i] = { n = 2, nil, r[2] }
+    end
+  elseif r[2] == TOKEN and r[3] == "http" then
+    push(self.waiting, { task = task, req = r[4] })
+  elseif r[2] == TOKEN and r[3] == "sleep" then
+    self.sleepers[#self.sleepers + 1] = { wake = core.monotonic() + (tonumber(r[4]) or 0), task = task }
+  else
+    push(self.runnable, { task = task }) -- a yield of the task's own: let the others run first
+  end
+end
+
+-- New tasks up to the concurrency limit.
+function Batch:spawn()
+  while self.alive < self.concurrency and self.next_task <= self.n do
+    local co = coroutine.create(self.tasks[self.next_task])
+    self.ctx.owner[co] = self.sched
+    push(self.runnable, { task = { i = self.next_task, co = co } })
+    self.next_task, self.alive = self.next_task + 1, self.alive + 1
+  end
+end
+
+-- Completed transfers: their tasks become runnable with the answer. A transfer this batch
+-- did not start (one left by a batch that died mid-way) has no task: its answer is dropped.
+function Batch:finished(done)
+  for _, d in ipairs(done) do
+    local f = self.inflight[d.id]
+    if f then
+      self.inflight[d.id] = nil
+      self.ninflight = self.ninflight - 1
+      if d.resp and d.resp.status == 429 then self.limiter:throttle(core.monotonic(), f.started) end
+      local err = d.err and transport.from_core(d.err)
+      push(self.runnable, { task = f.task, args = pack(d.resp, err) })
     end
   end
+end
 
-  -- Completed transfers: their tasks become runnable with the answer. A transfer this batch
-  -- did not start (one left by a batch that died mid-way) has no task: its answer is dropped.
-  local function finished(done)
-    for _, d in ipairs(done) do
-      local f = inflight[d.id]
-      if f then
-        inflight[d.id] = nil
-        ninflight = ninflight - 1
-        if d.resp and d.resp.status == 429 then limiter:throttle(mono(), f.started) end
-        push(runnable, { task = f.task, args = pack(d.resp, d.err) })
-      end
+-- Start what the limiter allows at once, so the server works while we sign the next
+-- requests (otherwise client and server would take turns).
+function Batch:start_waiting(now)
+  if not (peek(self.waiting) and self.limiter:wait(now) <= 0) then return end
+  while peek(self.waiting) and self.limiter:wait(now) <= 0 do
+    local w = shift(self.waiting)
+    self.multi = self.multi or self.ctx.transport.multi(self.concurrency)
+    local ok, id, aerr = pcall(self.multi.add, self.multi, w.req)
+    if ok and id then
+      self.inflight[id] = { task = w.task, started = now }
+      self.ninflight, self.started = self.ninflight + 1, self.started + 1
+      if self.ninflight > self.max_in_flight then self.max_in_flight = self.ninflight end
+      self.limiter:start(now)
+    else
+      push(self.runnable, { task = w.task,
+        args = pack(nil, transport.error("network", tostring(ok and aerr or id), false)) })
     end
   end
+  if self.ninflight > 0 then self:finished(self.multi:perform(0)) end
+end
 
-  local function run()
-    while true do
-      while alive < concurrency and next_task <= n do
-        local co = coroutine.create(tasks[next_task])
-        owner[co] = sched
-        push(runnable, { task = { i = next_task, co = co } })
-        next_task, alive = next_task + 1, alive + 1
-      end
-      local item = shift(runnable)
-      if item then resume(item.task, item.args) end
-      -- Start what the limiter allows at once, so the server works while we sign the next
-      -- requests (otherwise client and server would take turns).
-      local now = mono()
-      if peek(waiting) and limiter:wait(now) <= 0 then
-        while peek(waiting) and limiter:wait(now) <= 0 do
-          local w = shift(waiting)
-          multi = multi or ctx.transport.multi(concurrency)
-          local ok, id, aerr = pcall(multi.add, multi, w.req)
-          if ok and id then
-            inflight[id] = { task = w.task, started = now }
-            ninflight, started = ninflight + 1, started + 1
-            if ninflight > max_in_flight then max_in_flight = ninflight end
-            limiter:start(now)
-          else
-            push(runnable, { task = w.task, args = pack(nil, { kind = "network", connected = false,
-              message = tostring(ok and aerr or id) }) })
-          end
-        end
-        if ninflight > 0 then finished(multi:perform(0)) end
-      end
-      if not item and not peek(runnable) then
-        if alive == 0 and next_task > n then break end
-        -- Wait for a transfer, a sleeper's wake-up or the limiter, whichever comes first.
-        local wait = math.huge
-        for _, s in ipairs(sleepers) do
-          if s.wake - now < wait then wait = s.wake - now end
-        end
-        if peek(waiting) then wait = math.min(wait, limiter:wait(now)) end
-        if wait < 0 then wait = 0 end
-        if ninflight > 0 then
-          finished(multi:perform(math.min(wait, 1)))
-        elseif wait < math.huge then
-          core.sleep(wait)
-        else
-          error("wxpay.concurrent: no task can make progress (scheduler bug)")
-        end
-        now = mono()
-        local keep = {}
-        for _, s in ipairs(sleepers) do
-          if s.wake <= now then push(runnable, { task = s.task }) else keep[#keep + 1] = s end
-        end
-        sleepers = keep
-      end
+-- Nothing runnable: wait for a transfer, a sleeper's wake-up or the limiter, whichever
+-- comes first, then wake the sleepers that are due.
+function Batch:idle(now)
+  local wait = math.huge
+  for _, s in ipairs(self.sleepers) do
+    if s.wake - now < wait then wait = s.wake - now end
+  end
+  if peek(self.waiting) then wait = math.min(wait, self.limiter:wait(now)) end
+  if wait < 0 then wait = 0 end
+  if self.ninflight > 0 then
+    self:finished(self.multi:perform(math.min(wait, 1)))
+  elseif wait < math.huge then
+    core.sleep(wait)
+  else
+    error("wxpay.concurrent: no task can make progress (scheduler bug)")
+  end
+  now = core.monotonic()
+  local keep = {}
+  for _, s in ipairs(self.sleepers) do
+    if s.wake <= now then push(self.runnable, { task = s.task }) else keep[#keep + 1] = s end
+  end
+  self.sleepers = keep
+end
+
+function Batch:run()
+  while true do
+    self:spawn()
+    local item = shift(self.runnable)
+    if item then self:resume(item.task, item.args) end
+    local now = core.monotonic()
+    self:start_waiting(now)
+    if not item and not peek(self.runnable) then
+      if self.alive == 0 and self.next_task > self.n then return end
+      self:idle(now)
     end
   end
+end
 
-  -- However the loop ends (an error from outside the tasks too: an interrupt, a memory
-  -- error), this batch's transfers leave the multi handle the next batches share.
-  local ok, err = pcall(run)
-  if multi then pcall(multi.cancel_all, multi) end
+-- Run the batch. However the loop ends (an error from outside the tasks too: an interrupt,
+-- a memory error), this batch's transfers leave the multi handle the next batches share.
+local function schedule(ctx, tasks, n, concurrency, qps)
+  local t0 = core.monotonic()
+  local b = new_batch(ctx, tasks, n, concurrency, qps)
+  local ok, err = pcall(b.run, b)
+  if b.multi then pcall(b.multi.cancel_all, b.multi) end
   if not ok then error(err, 0) end
-  return results, { elapsed = mono() - t0, requests = started, throttled = limiter.throttled,
-                    rate_cuts = limiter.cuts, min_rate = limiter.min_rate, max_in_flight = max_in_flight }
+  local limiter = b.limiter
+  return b.results, { elapsed = core.monotonic() - t0, requests = b.started, throttled = limiter.throttled,
+    rate_cuts = limiter.cuts, min_rate = limiter.min_rate, max_in_flight = b.max_in_flight }
 end
 
 --- Run one task to completion: its results packed as `table.pack` would, or
@@ -313,8 +330,8 @@ function M.run_task(task)
   return out
 end
 
--- Without a scheduler (OpenResty before light threads are wired in): one task after another,
--- still within qps, sleeping with the client's own (non-blocking there) sleep.
+-- Without a scheduler (OpenResty outside cosocket phases): one task after another, still
+-- within qps, sleeping with the client's own (non-blocking there) sleep.
 local function sequential(ctx, tasks, n, qps)
   local mono = core.monotonic
   local t0 = mono()
@@ -330,14 +347,19 @@ local function sequential(ctx, tasks, n, qps)
                     min_rate = limiter.min_rate, max_in_flight = 1 }
 end
 
---- Set by the OpenResty transport: `function(tasks, opts) -> results, summary` running the
--- batch on light threads (`opts` has checked `concurrency` and `qps`).
-M.light_threads = nil
+-- Under OpenResty: light threads where cosockets work, else one task after another.
+local function openresty(ctx, tasks, n, concurrency, qps)
+  if require("wxpay.transport.ngx").cosockets_available() then
+    return require("wxpay.transport.ngx_threads").run(tasks, { concurrency = concurrency, qps = qps })
+  end
+  return sequential(ctx, tasks, n, qps)
+end
 
 --- Hook `client.concurrent` into a client. Called once by `wxpay.client.new`.
--- Wraps the client's libcurl transport so requests made by tasks go through the scheduler,
--- and its default sleep so backoff inside a task yields. A `sleep` given in the config is
--- left alone (it is the caller's to make non-blocking).
+-- A transport with `multi(n)` is wrapped so requests made by tasks go through the
+-- scheduler; under OpenResty the transport is wrapped so light-thread batches see their
+-- answers. The default sleep is wrapped so backoff inside a task yields; a `sleep` given in
+-- the config is left alone (it is the caller's to make non-blocking).
 -- @tparam table st the client's private state (`transport`, `sleep`)
 -- @tparam table config the client's configuration
 -- @treturn function `concurrent(tasks, opts)`
@@ -347,11 +369,12 @@ function M.attach(st, config)
     local co = coroutine.running()
     return co and ctx.owner[co] or nil
   end
-  if tostring(st.transport) == "wxpay.transport.curl" then
+  if st.transport.multi then
     ctx.transport = require("wxpay.transport.multi").new{ base = st.transport, current = current,
-      busy = function() return ctx.busy end, ca_file = config.ca_file, proxy = config.proxy }
+      busy = function() return ctx.busy end }
     st.transport = ctx.transport
   end
+  if rawget(_G, "ngx") then st.transport = require("wxpay.transport.ngx_threads").observe(st.transport) end
   local base_sleep = st.sleep
   ctx.sleep = base_sleep
   if config.sleep == nil then
@@ -370,13 +393,10 @@ function M.attach(st, config)
   return function(tasks, opts)
     local n, concurrency, qps = M.check_args(tasks, opts)
     if current() or ctx.busy then error("client.concurrent: batches do not nest", 2) end
-    if rawget(_G, "ngx") then
-      if M.light_threads then return M.light_threads(tasks, { concurrency = concurrency, qps = qps }) end
-      return sequential(ctx, tasks, n, qps)
-    end
+    if rawget(_G, "ngx") then return openresty(ctx, tasks, n, concurrency, qps) end
     if not ctx.transport then
-      -- A custom transport answers synchronously: coroutines still give ordering and sleeps.
-      ctx.transport = { multi = function() error("wxpay.concurrent: the client's transport is not libcurl's") end }
+      -- A transport without multi answers synchronously: coroutines still give ordering and sleeps.
+      ctx.transport = { multi = function() error("wxpay.concurrent: the client's transport has no multi") end }
     end
     ctx.busy = true
     local ok, results, summary = pcall(schedule, ctx, tasks, n, concurrency, qps)

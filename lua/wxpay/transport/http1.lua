@@ -1,0 +1,267 @@
+--- HTTP/1.1 on the wire, for the cosocket transport: the request head and a bounded
+-- response reader (status line, headers, the three body framings), with the limits libcurl
+-- holds for the C core's session. Works on any cosocket-like socket (`receiveany`,
+-- `settimeout`, `send`) and a clock given by the caller, so it can be tested on its own.
+-- @module wxpay.transport.http1
+
+local transport = require("wxpay.transport")
+
+local M = {}
+
+M.MAX_BODY = 16 * 1024 * 1024 -- same limits as the C core's session
+M.MAX_HEADER_BYTES = 256 * 1024
+
+--- Split `https://host[:port]/target`. IPv6 literals keep their brackets (for the Host
+-- header). A target with a space or a control character is refused, as libcurl refuses
+-- such URLs: it would split the request line.
+-- @treturn string|nil host, port (number), target
+function M.parse_url(url)
+  local host, port, target = url:match("^https://(%[[%x:.]+%]):?(%d*)(/.*)$")
+  if not host then host, port, target = url:match("^https://([%w.-]+):?(%d*)(/.*)$") end
+  if not host or target:find("[%c ]") then return nil end
+  port = tonumber(port) or 443
+  return host, port, target
+end
+
+--- The request as bytes: request line, Host, the caller's headers, Content-Length, body.
+-- Raises (sending nothing) on a method that is not a token or a header with CR, LF or NUL.
+-- @treturn string the wire form
+-- @treturn string the method
+function M.request_wire(req, host, port, target)
+  local method = req.method or "GET"
+  if type(method) ~= "string" or not method:match("^[%w_-]+$") then
+    error("wxpay.transport.ngx: method must be a token without CR, LF, NUL or space", 3)
+  end
+  local body = req.body
+  local head = { method .. " " .. target .. " HTTP/1.1",
+    "Host: " .. (port == 443 and host or (host .. ":" .. port)) }
+  for _, line in ipairs(transport.header_lines(req.headers)) do head[#head + 1] = line end
+  if body or method == "POST" or method == "PUT" or method == "PATCH" then
+    head[#head + 1] = "Content-Length: " .. #(body or "")
+  end
+  return table.concat(head, "\r\n") .. "\r\n\r\n" .. (body or ""), method
+end
+
+---------------------------------------------------------------------------------------------
+-- The response reader. Like lua-resty-http: status line, headers and one function per body
+-- framing, each with its limit. `rd` is the state of one response:
+-- `{ sock, deadline, now, buf, got, max_body, max_headers, header_bytes }`.
+-- Bytes come through `receiveany` in bounded pieces into `rd.buf`, and every wait gets only
+-- the time left until the deadline: a cosocket re-arms its timer whenever data arrives, so
+-- one big `receive` from a dripping server would never time out.
+---------------------------------------------------------------------------------------------
+
+local READ_PIECE = 64 * 1024
+local MAX_CHUNK_LINE = 4096 -- a chunk size with its extensions; libcurl keeps none of them
+
+-- Give the socket what is left of the deadline; false when nothing is left.
+local function arm(sock, deadline, clock)
+  local ms = math.floor((deadline - clock()) * 1000)
+  if ms <= 0 then return false end
+  sock:settimeout(ms)
+  return true
+end
+
+-- Append the next piece the peer sends to rd.buf. Returns true or nil, err.
+local function fill(rd)
+  if not arm(rd.sock, rd.deadline, rd.now) then return nil, "timeout" end
+  local data, err = rd.sock:receiveany(READ_PIECE)
+  if not data then return nil, err or "closed" end
+  rd.got = true
+  rd.buf = rd.buf .. data
+  return true
+end
+
+-- One line, without its CRLF (a bare LF is accepted), of at most `cap` bytes; a longer
+-- one is the error `too_long`.
+local function read_line(rd, cap, too_long)
+  local from = 1
+  while true do
+    local lf = rd.buf:find("\n", from, true)
+    if lf then
+      local line = rd.buf:sub(1, lf - 1):gsub("\r$", "")
+      if #line > cap then return nil, too_long end
+      rd.buf = rd.buf:sub(lf + 1)
+      return line
+    end
+    if #rd.buf > cap + 1 then return nil, too_long end -- + 1: the CR may be there already
+    from = #rd.buf + 1
+    local ok, err = fill(rd)
+    if not ok then return nil, err end
+  end
+end
+
+-- Exactly n bytes (n is already within the body limit).
+local function read_bytes(rd, n)
+  while #rd.buf < n do
+    local ok, err = fill(rd)
+    if not ok then return nil, err end
+  end
+  local data = rd.buf:sub(1, n)
+  rd.buf = rd.buf:sub(n + 1)
+  return data
+end
+
+-- A line of the head: the status line, headers, trailers. All of them together stay
+-- within max_headers, interim 1xx answers included.
+local function read_head_line(rd)
+  local too_long = "response headers over " .. rd.max_headers .. " bytes"
+  local line, err = read_line(rd, rd.max_headers - rd.header_bytes, too_long)
+  if not line then return nil, err end
+  rd.header_bytes = rd.header_bytes + #line + 2
+  if rd.header_bytes > rd.max_headers then return nil, too_long end
+  return line
+end
+
+--- Status line: version ("1.1"), status (integer) or nil, err.
+local function read_status_line(rd)
+  local line, err = read_head_line(rd)
+  if not line then return nil, err end
+  local version, status = line:match("^HTTP/(%d%.%d) (%d%d%d)")
+  if not status then return nil, "malformed status line" end
+  return version, tonumber(status)
+end
+
+-- Header lines up to the empty one: names lower-cased, repeated ones joined with ", ".
+local function read_headers(rd)
+  local headers = {}
+  while true do
+    local line, err = read_head_line(rd)
+    if not line then return nil, err end
+    if line == "" then return headers end
+    local name, value = line:match("^([^:%s]+):[ \t]*(.-)[ \t]*$")
+    if name then
+      name = name:lower()
+      local old = headers[name]
+      headers[name] = old and (old .. ", " .. value) or value
+    end
+  end
+end
+
+local function body_over(rd)
+  return "response body over " .. rd.max_body .. " bytes"
+end
+
+local function read_body_length(rd, value)
+  local digits = value:match("^%s*(%d+)%s*$")
+  if not digits then return nil, "malformed Content-Length" end
+  digits = digits:gsub("^0+(%d)", "%1")
+  if #digits > 12 or tonumber(digits) > rd.max_body then return nil, body_over(rd) end
+  return read_bytes(rd, tonumber(digits))
+end
+
+-- "1a;ext=v" → 26; nil, err when it is not a chunk size or the body would pass the limit.
+local function chunk_size(rd, line, total)
+  local hex, rest = line:match("^[ \t]*(%x+)[ \t]*(.*)$")
+  if not hex or (rest ~= "" and rest:sub(1, 1) ~= ";") then return nil, "malformed chunk size" end
+  hex = hex:gsub("^0+(%x)", "%1")
+  local size = #hex <= 8 and tonumber(hex, 16) or math.huge
+  if size > rd.max_body - total then return nil, body_over(rd) end
+  return size
+end
+
+local function read_body_chunked(rd)
+  local parts, total = {}, 0
+  while true do
+    local line, err = read_line(rd, MAX_CHUNK_LINE, "chunk size line over " .. MAX_CHUNK_LINE .. " bytes")
+    if not line then return nil, err end
+    local size
+    size, err = chunk_size(rd, line, total)
+    if not size then return nil, err end
+    if size == 0 then break end
+    local data
+    data, err = read_bytes(rd, size)
+    if not data then return nil, err end
+    parts[#parts + 1] = data
+    total = total + size
+    line, err = read_line(rd, 0, "malformed chunk end")
+    if not line then return nil, err end
+  end
+  repeat -- trailers, up to the empty line; they count as headers
+    local line, err = read_head_line(rd)
+    if not line then return nil, err end
+  until line == ""
+  return table.concat(parts)
+end
+
+local function read_body_close(rd)
+  local parts, total = { rd.buf }, #rd.buf
+  rd.buf = ""
+  while total <= rd.max_body do
+    if not arm(rd.sock, rd.deadline, rd.now) then return nil, "timeout" end
+    local data, err = rd.sock:receiveany(READ_PIECE)
+    if not data then
+      if err == "closed" then return table.concat(parts) end
+      return nil, err
+    end
+    parts[#parts + 1] = data
+    total = total + #data
+  end
+  return nil, body_over(rd)
+end
+
+local function keeps_alive(version, headers)
+  local conn = (headers["connection"] or ""):lower()
+  if version == "1.0" then return conn:find("keep-alive", 1, true) ~= nil end
+  return conn:find("close", 1, true) == nil
+end
+
+-- Read one response. Returns resp, keepalive or nil, err (a string), got_bytes.
+local function read_response(rd, method)
+  local version, status, headers, err
+  repeat -- interim 1xx answers are skipped: only the final response counts
+    version, status = read_status_line(rd)
+    if not version then return nil, status, rd.got end
+    headers, err = read_headers(rd)
+    if not headers then return nil, err, rd.got end
+  until status >= 200 or status == 101
+
+  local keepalive = keeps_alive(version, headers)
+  local body
+  local te = headers["transfer-encoding"]
+  if method == "HEAD" or status == 204 or status == 304 or status == 101 then
+    body = "" -- no body by definition
+  elseif te and te:lower():find("chunked", 1, true) then
+    body, err = read_body_chunked(rd)
+  elseif headers["content-length"] then
+    body, err = read_body_length(rd, headers["content-length"])
+  else -- delimited by the end of the connection
+    keepalive = false
+    body, err = read_body_close(rd)
+  end
+  if not body then return nil, err, true end
+  -- Bytes past the response (an answer nobody asked for): the connection is not reusable.
+  if rd.buf ~= "" then keepalive = false end
+  return { status = status, headers = headers, body = body }, keepalive
+end
+
+
+--- Read one HTTP/1.1 response.
+-- @param sock a cosocket-like socket (`receiveany`, `settimeout`)
+-- @tparam number deadline in `opts.now`'s seconds
+-- @tparam string method the request's (a HEAD answer has no body)
+-- @tparam table opts `now` (the clock, required), `max_body` (default 16 MB),
+--   `max_headers` (256 KB)
+-- @return `resp, keepalive` or `nil, err` (a string) and whether any byte arrived
+function M.read_response(sock, deadline, method, opts)
+  local rd = { sock = sock, deadline = deadline, now = opts.now, buf = "", got = false,
+    max_body = opts.max_body or M.MAX_BODY, max_headers = opts.max_headers or M.MAX_HEADER_BYTES,
+    header_bytes = 0 }
+  return read_response(rd, method)
+end
+
+--- Send `wire` in pieces, each with the time left until `deadline` (on the clock `now`).
+-- @return true or nil, err (a string)
+function M.send_all(sock, wire, deadline, now)
+  for i = 1, #wire, READ_PIECE do
+    if not arm(sock, deadline, now) then return nil, "timeout" end
+    local ok, err = sock:send(wire:sub(i, i + READ_PIECE - 1))
+    if not ok then return nil, err end
+  end
+  return true
+end
+
+--- Give the socket what is left of `deadline` on the clock `now`; false when nothing is.
+M.arm = arm
+
+return M
