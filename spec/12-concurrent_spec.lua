@@ -488,6 +488,33 @@ describe("the transport contract", function()
     client.close()
   end)
 
+  it("ends every transfer in flight with the error when multi:perform itself fails", function()
+    local curl = require("wxpay.transport.curl").new{ ca_file = sb.config.ca_file }
+    local cancelled = 0
+    local failing = setmetatable({
+      request = curl.request, close = curl.close,
+      multi = function(n)
+        local m = curl.multi(n)
+        return { add = function(_, req) return m:add(req) end,
+                 cancel_all = function() cancelled = cancelled + 1; return m:cancel_all() end,
+                 perform = function() return nil, { kind = "network", code = 2, message = "multi broke",
+                                                    connected = true } end }
+      end,
+    }, { __tostring = function() return "failing multi" end })
+    local client = assert(wxpay.new(config{ transport = failing, max_retries = 0 }))
+    local tasks = {}
+    for i = 1, 3 do tasks[i] = build_task(client, "1000005", i) end
+    local results = client.concurrent(tasks, { concurrency = 3 })
+    for i = 1, 3 do
+      local err = results[i][2]
+      assert.is_nil(results[i][1])
+      assert.same({ "network", true, 2 }, { err.kind, err.connected, err.curl_code })
+      assert.truthy(tostring(err):find("multi broke", 1, true))
+    end
+    assert.is_true(cancelled >= 1)
+    client.close()
+  end)
+
   it("builds the same header lines for every transport, refusing line breaks", function()
     local lines = require("wxpay.transport").header_lines
     assert.same({ "Accept: */*", "B: 2", "a: 1" }, lines{ a = "1", B = 2, Accept = "*/*" })

@@ -233,9 +233,22 @@ function Batch:spawn()
   end
 end
 
+-- libcurl's multi interface itself failed (`multi:perform` returned nil, err): no transfer
+-- in flight can complete, so each ends with that error and the handle is emptied.
+function Batch:fail_inflight(perr)
+  local err = transport.from_core(perr)
+  pcall(self.multi.cancel_all, self.multi)
+  for id, f in pairs(self.inflight) do
+    self.inflight[id] = nil
+    push(self.runnable, { task = f.task, args = pack(nil, err) })
+  end
+  self.ninflight = 0
+end
+
 -- Completed transfers: their tasks become runnable with the answer. A transfer this batch
 -- did not start (one left by a batch that died mid-way) has no task: its answer is dropped.
-function Batch:finished(done)
+function Batch:finished(done, perr)
+  if not done then return self:fail_inflight(perr) end
   for _, d in ipairs(done) do
     local f = self.inflight[d.id]
     if f then
