@@ -151,6 +151,31 @@ end)
 describe("request pipeline", function()
   local k = F.keys()
 
+  -- Under the ASan build only (core._test_fail_random is compiled in there): a request that
+  -- cannot be signed is never sent, and the caller gets a local, non-retried error.
+  it("sends nothing when signing fails (a failing random source)", function()
+    local core = require("wxpay.core")
+    if not core._test_fail_random then
+      pending("core._test_fail_random is built only with WXPAY_TEST_HOOKS (make asan)")
+      return
+    end
+    local c, t = new_client()
+    core._test_fail_random(true)
+    local ok, data, err = pcall(c.request, { method = "POST", path = "/v3/x", body = { a = 1 },
+      idempotency_key = "k1" })
+    local ok2, rel, berr = pcall(c.partnerships.build, { partner = { type = "APPID", appid = "wx1" },
+      authorized_data = { business_type = "FAVOR_STOCK", stock_id = "1" } })
+    core._test_fail_random(false)
+    assert.is_true(ok, tostring(data))
+    assert.is_nil(data)
+    assert.same({ "network", "SIGN_FAILED", false, false, 1 },
+      { err.kind, err.code, err.connected, err.retryable, err.attempts })
+    assert.is_true(ok2, tostring(rel))
+    assert.is_nil(rel)
+    assert.equal("RANDOM_FAILED", berr.code)
+    assert.equal(0, #t.calls)
+  end)
+
   it("signs exactly the bytes it sends (GET with query)", function()
     local c, t = new_client()
     local data, err, meta = c.request{ method = "get", path = "/v3/things",

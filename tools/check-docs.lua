@@ -48,6 +48,10 @@ local INTERNAL = {
   ["concurrent.lua"] = true, ["transport/multi.lua"] = true, ["transport/init.lua"] = true,
   ["transport/http1.lua"] = true, ["transport/ngx_threads.lua"] = true,
   ["cli/"] = true, ["sandbox/"] = true,
+  -- the rooms of the request pipeline, reached through `wxpay.client` (which re-exports
+  -- the public encoders) and the client's closures
+  ["config.lua"] = true, ["json.lua"] = true, ["request.lua"] = true, ["keyring.lua"] = true,
+  ["verify.lua"] = true, ["retry.lua"] = true, ["pipeline.lua"] = true, ["redact.lua"] = true,
 }
 
 -- Names defined in PUBLIC files that are plumbing, not API (none today). Besides these, a

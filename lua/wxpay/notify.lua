@@ -1,4 +1,4 @@
---- Callback notifications (spec §5): `client.notify.parse(headers, body)`.
+--- Callback notifications (docs/protocol.md#callbacks): `client.notify.parse(headers, body)`.
 --
 --     local n, err, meta = client.notify.parse(headers, raw_body)
 --     if not n then return err.answer.status, err.answer.body end
@@ -28,12 +28,10 @@
 -- * The messages in answers are fixed texts, never echoing the request or plaintext.
 -- @module wxpay.notify
 
-local cjson = require("cjson")
 local errors = require("wxpay.errors")
+local json = require("wxpay.json")
 
 local M = {}
-
-local json = cjson.new()
 
 local HEADERS = { "wechatpay-timestamp", "wechatpay-nonce", "wechatpay-signature",
   "wechatpay-serial", "wechatpay-signature-type", "request-id" }
@@ -69,9 +67,9 @@ local function pick_headers(headers)
   return out
 end
 
+-- The decoded value, or nil (the reason is not needed: callers answer with a fixed text).
 local function decode(s)
-  local ok, v = pcall(json.decode, s)
-  if ok then return v end
+  return (json.decode(s))
 end
 
 --- Bind the parser to a client's key ring (done by `wxpay.client`).

@@ -1,4 +1,4 @@
---- Sensitive fields (spec §6): `client.encrypt(plaintext)` and `client.decrypt(ciphertext)`.
+--- Sensitive fields (docs/protocol.md#sensitive-fields): `client.encrypt(plaintext)` and `client.decrypt(ciphertext)`.
 --
 --     local ct, serial = client.encrypt("13800138000")
 --     client.request{ method = "POST", path = "/v3/…", body = { mobile = ct },

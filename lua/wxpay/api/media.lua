@@ -1,4 +1,4 @@
---- Image upload (spec §7): `client.media.upload(path_or_bytes, opts)`.
+--- Image upload (docs/protocol.md#media-upload): `client.media.upload(path_or_bytes, opts)`.
 --
 --     local res, err = client.media.upload("banner.png")                 -- marketing image
 --     print(res.media_url)
@@ -29,6 +29,7 @@
 
 local core = require("wxpay.core")
 local errors = require("wxpay.errors")
+local read_file = require("wxpay.config").read_file
 
 local M = {}
 
@@ -55,13 +56,70 @@ local function sniff(data)
   if data:sub(1, 2) == "BM" and #data >= 26 then return "image/bmp" end
 end
 
-local function read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, err end
-  local data = f:read("*a")
-  f:close()
-  if not data then return nil, "cannot read " .. path end
-  return data
+-- The image and its name, checked against the endpoint's rules. Returns data, filename and
+-- content type, or nil and an `invalid_argument` error.
+local function load_image(api, path_or_bytes, opts, endpoint)
+  local data, filename = path_or_bytes, opts.filename
+  if not (sniff(data) or data:find("[%z\n]")) then
+    local rerr
+    data, rerr = read_file(path_or_bytes)
+    if not data then return nil, errors.invalid_argument("path", "unreadable: " .. tostring(rerr)) end
+    filename = filename or path_or_bytes:match("([^/]*)$")
+  end
+  if filename == nil then
+    return nil, errors.invalid_argument("opts.filename", "required when uploading bytes")
+  end
+  if type(filename) ~= "string" or filename == "" or filename:find('[%c"\\]') then
+    return nil, errors.invalid_argument("opts.filename",
+      "must be a non-empty name without quotes or control characters")
+  end
+  local utf8_ok, why = api.check_utf8(filename)
+  if not utf8_ok then return nil, errors.invalid_argument("opts.filename", why) end
+  local _, chars = filename:gsub("[^\128-\191]", "")
+  if chars > 150 then return nil, errors.invalid_argument("opts.filename", "longer than 150 characters") end
+  local ext = filename:match("%.([%w]+)$")
+  local ctype = ext and TYPES[ext:lower()]
+  if not ctype then
+    return nil, errors.invalid_argument("opts.filename", "must end in .jpg, .jpeg, .png or .bmp")
+  end
+  if #data == 0 then return nil, errors.invalid_argument("file", "is empty") end
+  if #data > endpoint.max then
+    return nil, errors.invalid_argument("file", string.format("%d bytes is over the %d MB limit",
+      #data, endpoint.max / MB))
+  end
+  local found = sniff(data)
+  if found ~= ctype then
+    return nil, errors.invalid_argument("file", "content is " .. (found or "not a JPG, PNG or BMP image")
+      .. ", not what ." .. ext .. " says")
+  end
+  return data, filename, ctype
+end
+
+-- The multipart body and the meta JSON its signature covers (byte-identical to the part).
+local function multipart(api, data, filename, ctype)
+  local meta = api.encode_json(setmetatable({ filename = filename, sha256 = core.sha256_hex(data) },
+    META_ORDER))
+  local boundary
+  repeat
+    local n = core.nonce(28)
+    if not n then -- no random source: nothing is sent
+      return nil, errors.new("network", "request not sent: no random source for a multipart boundary",
+        { code = "RANDOM_FAILED", connected = false, retryable = false })
+    end
+    boundary = "wxpay" .. n
+  until not data:find(boundary, 1, true)
+  local body = table.concat({
+    "--", boundary, "\r\n",
+    'Content-Disposition: form-data; name="meta"\r\n',
+    "Content-Type: application/json\r\n\r\n",
+    meta, "\r\n",
+    "--", boundary, "\r\n",
+    'Content-Disposition: form-data; name="file"; filename="', filename, '"\r\n',
+    "Content-Type: ", ctype, "\r\n\r\n",
+    data, "\r\n",
+    "--", boundary, "--\r\n",
+  })
+  return body, meta, "multipart/form-data; boundary=" .. boundary
 end
 
 --- Bind to a client (done by `wxpay.client`).
@@ -95,57 +153,12 @@ function M.new(api)
       return nil, errors.invalid_argument("opts.endpoint", 'must be "marketing" or "merchant"')
     end
 
-    local data, filename = path_or_bytes, opts.filename
-    if not (sniff(data) or data:find("[%z\n]")) then
-      local rerr
-      data, rerr = read_file(path_or_bytes)
-      if not data then return nil, errors.invalid_argument("path", "unreadable: " .. tostring(rerr)) end
-      filename = filename or path_or_bytes:match("([^/]*)$")
-    end
-    if filename == nil then
-      return nil, errors.invalid_argument("opts.filename", "required when uploading bytes")
-    end
-    if type(filename) ~= "string" or filename == "" or filename:find('[%c"\\]') then
-      return nil, errors.invalid_argument("opts.filename",
-        "must be a non-empty name without quotes or control characters")
-    end
-    local utf8_ok, why = api.check_utf8(filename)
-    if not utf8_ok then return nil, errors.invalid_argument("opts.filename", why) end
-    local _, chars = filename:gsub("[^\128-\191]", "")
-    if chars > 150 then return nil, errors.invalid_argument("opts.filename", "longer than 150 characters") end
-    local ext = filename:match("%.([%w]+)$")
-    local ctype = ext and TYPES[ext:lower()]
-    if not ctype then
-      return nil, errors.invalid_argument("opts.filename", "must end in .jpg, .jpeg, .png or .bmp")
-    end
-    if #data == 0 then return nil, errors.invalid_argument("file", "is empty") end
-    if #data > endpoint.max then
-      return nil, errors.invalid_argument("file", string.format("%d bytes is over the %d MB limit",
-        #data, endpoint.max / MB))
-    end
-    local found = sniff(data)
-    if found ~= ctype then
-      return nil, errors.invalid_argument("file", "content is " .. (found or "not a JPG, PNG or BMP image")
-        .. ", not what ." .. ext .. " says")
-    end
-
-    local meta = api.encode_json(setmetatable({ filename = filename, sha256 = core.sha256_hex(data) },
-      META_ORDER))
-    local boundary
-    repeat boundary = "wxpay" .. core.nonce(28) until not data:find(boundary, 1, true)
-    local body = table.concat({
-      "--", boundary, "\r\n",
-      'Content-Disposition: form-data; name="meta"\r\n',
-      "Content-Type: application/json\r\n\r\n",
-      meta, "\r\n",
-      "--", boundary, "\r\n",
-      'Content-Disposition: form-data; name="file"; filename="', filename, '"\r\n',
-      "Content-Type: ", ctype, "\r\n\r\n",
-      data, "\r\n",
-      "--", boundary, "--\r\n",
-    })
+    local data, filename, ctype = load_image(api, path_or_bytes, opts, endpoint)
+    if not data then return nil, filename end
+    local body, meta, content_type = multipart(api, data, filename, ctype)
+    if not body then return nil, meta end
     return api.send{ method = "POST", target = endpoint.path, body = body, sign_body = meta,
-      content_type = "multipart/form-data; boundary=" .. boundary,
+      content_type = content_type,
       wechatpay_serial = opts.wechatpay_serial, timeout = opts.timeout,
       connect_timeout = opts.connect_timeout, deadline = opts.deadline,
       max_retries = opts.max_retries }

@@ -1,4 +1,5 @@
---- 委托营销 partnerships: build, terminate, page and list (spec §9).
+--- 委托营销 partnerships: build, terminate, page and list
+-- (docs/protocol.md#partnerships).
 -- Reached as `client.partnerships`; every function is a dot-called closure bound to the
 -- client.
 --
@@ -29,7 +30,11 @@
 -- * `opts.idempotency_key` matches `^[A-Za-z0-9|_*-]{1,48}$`.
 -- @module wxpay.api.partnerships
 
+local errors = require("wxpay.errors")
+
 local M = {}
+
+local invalid = errors.invalid_argument
 
 local PARTNER_TYPES = { APPID = true, MERCHANT = true }
 local BUSINESS_TYPES = { FAVOR_STOCK = true, BUSIFAVOR_STOCK = true }
@@ -42,7 +47,8 @@ local LIST_PATH = "/v3/marketing/partnerships"
 -- The largest offset: 2^31 - 1, a signed 32-bit integer (written out: 2^31 is a float).
 local MAX_OFFSET = 2147483647
 
--- Protocol key order for the JSON objects (reproduces spec §10.1 and §10.2 byte for byte).
+-- Protocol key order for the JSON objects (reproduces the test vectors byte for byte:
+-- docs/protocol.md#test-vectors).
 local PARTNER_ORDER = { __jsonorder = { "type", "appid", "merchant_id" } }
 local AUTHORIZED_ORDER = { __jsonorder = { "business_type", "stock_id", "scenarios" } }
 local BODY_ORDER = { __jsonorder = { "partner", "authorized_data" } }
@@ -57,233 +63,290 @@ local function utf8_len(s)
   return n
 end
 
-local function new(api)
-  local errors = require("wxpay.errors")
-  local invalid = errors.invalid_argument
-
-  local function check_string(v, field, min, max)
-    if type(v) ~= "string" then return nil, invalid(field, "must be a string, got " .. type(v)) end
-    -- No real identifier holds one; they would only be escaped on the wire.
-    if v:find("[%z\1-\31\127]") then return nil, invalid(field, "must not contain control characters") end
-    local ok, why = api.check_utf8(v)
-    if not ok then return nil, invalid(field, why) end
-    local n = utf8_len(v)
-    if n < min or n > max then
-      return nil, invalid(field, string.format("must be %d-%d characters, got %d", min, max, n))
-    end
-    return v
+local function check_string(api, v, field, min, max)
+  if type(v) ~= "string" then return nil, invalid(field, "must be a string, got " .. type(v)) end
+  -- No real identifier holds one; they would only be escaped on the wire.
+  if v:find("[%z\1-\31\127]") then return nil, invalid(field, "must not contain control characters") end
+  local ok, why = api.check_utf8(v)
+  if not ok then return nil, invalid(field, why) end
+  local n = utf8_len(v)
+  if n < min or n > max then
+    return nil, invalid(field, string.format("must be %d-%d characters, got %d", min, max, n))
   end
+  return v
+end
 
-  local function check_fields(t, allowed, prefix)
-    for k in pairs(t) do
-      if type(k) ~= "string" or not allowed[k] then
-        return nil, invalid(prefix .. tostring(k), "unknown field")
+local function check_fields(t, allowed, prefix)
+  for k in pairs(t) do
+    if type(k) ~= "string" or not allowed[k] then
+      return nil, invalid(prefix .. tostring(k), "unknown field")
+    end
+  end
+  return true
+end
+
+-- `write`: build/terminate (ids required); otherwise a list filter (ids optional).
+local function partner_object(api, p, write)
+  if p == nil and not write then return false end
+  if type(p) ~= "table" then return nil, invalid("partner", "must be a table, got " .. type(p)) end
+  local ok, err = check_fields(p, { type = true, appid = true, merchant_id = true }, "partner.")
+  if not ok then return nil, err end
+  if p.type == nil then return nil, invalid("partner.type", "required") end
+  if type(p.type) ~= "string" or not PARTNER_TYPES[p.type] then
+    return nil, invalid("partner.type", "must be APPID or MERCHANT")
+  end
+  local out = setmetatable({ type = p.type }, PARTNER_ORDER)
+  if p.type == "APPID" then
+    if p.appid ~= nil or write then
+      if p.appid == nil then return nil, invalid("partner.appid", "required when partner.type is APPID") end
+      out.appid, err = check_string(api, p.appid, "partner.appid", 1, 32)
+      if not out.appid then return nil, err end
+    end
+  else
+    if p.merchant_id ~= nil or write then
+      if p.merchant_id == nil then
+        return nil, invalid("partner.merchant_id", "required when partner.type is MERCHANT")
+      end
+      out.merchant_id, err = check_string(api, p.merchant_id, "partner.merchant_id", 8, 15)
+      if not out.merchant_id then return nil, err end
+      if not out.merchant_id:match("^%d+$") then
+        return nil, invalid("partner.merchant_id", "must be digits")
       end
     end
-    return true
   end
+  return out
+end
 
-  -- `write`: build/terminate (ids required); otherwise a list filter (ids optional).
-  local function partner_object(p, write)
-    if p == nil and not write then return false end
-    if type(p) ~= "table" then return nil, invalid("partner", "must be a table, got " .. type(p)) end
-    local ok, err = check_fields(p, { type = true, appid = true, merchant_id = true }, "partner.")
+local function authorized_object(api, a, write)
+  if a == nil then return nil, invalid("authorized_data", "required") end
+  if type(a) ~= "table" then
+    return nil, invalid("authorized_data", "must be a table, got " .. type(a))
+  end
+  local allowed = { business_type = true, stock_id = true, scenarios = write or nil }
+  local ok, err = check_fields(a, allowed, "authorized_data.")
+  if not ok then return nil, err end
+  if a.business_type == nil then return nil, invalid("authorized_data.business_type", "required") end
+  if type(a.business_type) ~= "string" or not BUSINESS_TYPES[a.business_type] then
+    return nil, invalid("authorized_data.business_type", "must be FAVOR_STOCK or BUSIFAVOR_STOCK")
+  end
+  local out = setmetatable({ business_type = a.business_type }, AUTHORIZED_ORDER)
+  if a.stock_id ~= nil or write then
+    if a.stock_id == nil then return nil, invalid("authorized_data.stock_id", "required") end
+    out.stock_id, err = check_string(api, a.stock_id, "authorized_data.stock_id", 1, 20)
+    if not out.stock_id then return nil, err end
+  end
+  if a.scenarios ~= nil then
+    local s = a.scenarios
+    if type(s) ~= "table" then
+      return nil, invalid("authorized_data.scenarios", "must be an array, got " .. type(s))
+    end
+    local n, count = #s, 0
+    for _ in pairs(s) do count = count + 1 end
+    if n == 0 or count ~= n then
+      return nil, invalid("authorized_data.scenarios", "must be a non-empty array")
+    end
+    local seen, list = {}, setmetatable({}, ARRAY)
+    for i = 1, n do
+      local field = "authorized_data.scenarios[" .. i .. "]"
+      if type(s[i]) ~= "string" or not SCENARIOS[s[i]] then
+        return nil, invalid(field, "must be COUPON_SEND or STOCK_QUERY")
+      end
+      if seen[s[i]] then return nil, invalid(field, "duplicate " .. s[i]) end
+      seen[s[i]] = true
+      list[i] = s[i]
+    end
+    out.scenarios = list
+  end
+  return out
+end
+
+-- Validate partner + authorized_data; returns the two ordered objects.
+local function objects(api, params, write)
+  local partner, err = partner_object(api, params.partner, write)
+  if partner == nil then return nil, err end
+  local ad
+  ad, err = authorized_object(api, params.authorized_data, write)
+  if not ad then return nil, err end
+  if partner and partner.type == "MERCHANT" and ad.business_type == "FAVOR_STOCK" then
+    return nil, invalid("partner.type", "FAVOR_STOCK cannot be authorised to a MERCHANT partner")
+  end
+  return partner, ad
+end
+
+local function check_integer(v, field, min, max)
+  if type(v) ~= "number" then return nil, invalid(field, "must be an integer, got " .. type(v)) end
+  if v ~= v or math.floor(v) ~= v or v < min or (max and v > max) then
+    return nil, invalid(field, "must be an integer " .. min .. ".." .. (max or "n"))
+  end
+  return true
+end
+
+local function check_args(fname, params, opts)
+  if type(params) ~= "table" then
+    error("bad argument #1 to '" .. fname .. "' (table expected, got " .. type(params) .. ")", 3)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #2 to '" .. fname .. "' (table or nil expected, got " .. type(opts) .. ")", 3)
+  end
+end
+
+-- build and terminate: POST partner + authorized_data with an Idempotency-Key.
+local function write_call(api, fname, path, params, opts)
+  check_args(fname, params, opts)
+  opts = opts or {}
+  local ok, err = check_fields(params, { partner = true, authorized_data = true }, "")
+  if not ok then return nil, err end
+  local partner, ad = objects(api, params, true)
+  if not partner then return nil, ad end
+  ok, err = check_fields(opts, OPTS_KEYS, "opts.")
+  if not ok then return nil, err end
+  ok, err = api.check_call_options(opts, "opts.")
+  if not ok then return nil, err end
+  local key = opts.idempotency_key
+  if key == nil then
+    key, err = api.new_idempotency_key()
+    if not key then return nil, err end
+  else
+    ok, err = api.check_idempotency_key(key, "opts.idempotency_key")
     if not ok then return nil, err end
-    if p.type == nil then return nil, invalid("partner.type", "required") end
-    if type(p.type) ~= "string" or not PARTNER_TYPES[p.type] then
-      return nil, invalid("partner.type", "must be APPID or MERCHANT")
-    end
-    local out = setmetatable({ type = p.type }, PARTNER_ORDER)
-    if p.type == "APPID" then
-      if p.appid ~= nil or write then
-        if p.appid == nil then return nil, invalid("partner.appid", "required when partner.type is APPID") end
-        out.appid, err = check_string(p.appid, "partner.appid", 1, 32)
-        if not out.appid then return nil, err end
-      end
-    else
-      if p.merchant_id ~= nil or write then
-        if p.merchant_id == nil then
-          return nil, invalid("partner.merchant_id", "required when partner.type is MERCHANT")
-        end
-        out.merchant_id, err = check_string(p.merchant_id, "partner.merchant_id", 8, 15)
-        if not out.merchant_id then return nil, err end
-        if not out.merchant_id:match("^%d+$") then
-          return nil, invalid("partner.merchant_id", "must be digits")
-        end
-      end
-    end
-    return out
   end
+  local body = api.encode_json(setmetatable({ partner = partner, authorized_data = ad }, BODY_ORDER))
+  return api.send{ method = "POST", target = path, body = body, idempotency_key = key,
+    wechatpay_serial = opts.wechatpay_serial, timeout = opts.timeout,
+    connect_timeout = opts.connect_timeout, deadline = opts.deadline,
+    max_retries = opts.max_retries }
+end
 
-  local function authorized_object(a, write)
-    if a == nil then return nil, invalid("authorized_data", "required") end
-    if type(a) ~= "table" then
-      return nil, invalid("authorized_data", "must be a table, got " .. type(a))
-    end
-    local allowed = { business_type = true, stock_id = true, scenarios = write or nil }
-    local ok, err = check_fields(a, allowed, "authorized_data.")
+-- Validate list/page params; returns the canonical query builder inputs.
+local function list_query(api, params, extra_keys)
+  local allowed = { partner = true, authorized_data = true, limit = true, offset = true }
+  for k in pairs(extra_keys or {}) do allowed[k] = true end
+  local ok, err = check_fields(params, allowed, "")
+  if not ok then return nil, err end
+  local partner, ad = objects(api, params, false)
+  if partner == nil then return nil, ad end
+  if params.limit ~= nil then
+    ok, err = check_integer(params.limit, "limit", 1, 50)
     if not ok then return nil, err end
-    if a.business_type == nil then return nil, invalid("authorized_data.business_type", "required") end
-    if type(a.business_type) ~= "string" or not BUSINESS_TYPES[a.business_type] then
-      return nil, invalid("authorized_data.business_type", "must be FAVOR_STOCK or BUSIFAVOR_STOCK")
-    end
-    local out = setmetatable({ business_type = a.business_type }, AUTHORIZED_ORDER)
-    if a.stock_id ~= nil or write then
-      if a.stock_id == nil then return nil, invalid("authorized_data.stock_id", "required") end
-      out.stock_id, err = check_string(a.stock_id, "authorized_data.stock_id", 1, 20)
-      if not out.stock_id then return nil, err end
-    end
-    if a.scenarios ~= nil then
-      local s = a.scenarios
-      if type(s) ~= "table" then
-        return nil, invalid("authorized_data.scenarios", "must be an array, got " .. type(s))
-      end
-      local n, count = #s, 0
-      for _ in pairs(s) do count = count + 1 end
-      if n == 0 or count ~= n then
-        return nil, invalid("authorized_data.scenarios", "must be a non-empty array")
-      end
-      local seen, list = {}, setmetatable({}, ARRAY)
-      for i = 1, n do
-        local field = "authorized_data.scenarios[" .. i .. "]"
-        if type(s[i]) ~= "string" or not SCENARIOS[s[i]] then
-          return nil, invalid(field, "must be COUPON_SEND or STOCK_QUERY")
-        end
-        if seen[s[i]] then return nil, invalid(field, "duplicate " .. s[i]) end
-        seen[s[i]] = true
-        list[i] = s[i]
-      end
-      out.scenarios = list
-    end
-    return out
   end
-
-  -- Validate partner + authorized_data; returns the two ordered objects.
-  local function objects(params, write)
-    local partner, err = partner_object(params.partner, write)
-    if partner == nil then return nil, err end
-    local ad
-    ad, err = authorized_object(params.authorized_data, write)
-    if not ad then return nil, err end
-    if partner and partner.type == "MERCHANT" and ad.business_type == "FAVOR_STOCK" then
-      return nil, invalid("partner.type", "FAVOR_STOCK cannot be authorised to a MERCHANT partner")
-    end
-    return partner, ad
-  end
-
-  local function check_integer(v, field, min, max)
-    if type(v) ~= "number" then return nil, invalid(field, "must be an integer, got " .. type(v)) end
-    if v ~= v or math.floor(v) ~= v or v < min or (max and v > max) then
-      return nil, invalid(field, "must be an integer " .. min .. ".." .. (max or "n"))
-    end
-    return true
-  end
-
-  local function check_args(fname, params, opts)
-    if type(params) ~= "table" then
-      error("bad argument #1 to '" .. fname .. "' (table expected, got " .. type(params) .. ")", 3)
-    end
-    if opts ~= nil and type(opts) ~= "table" then
-      error("bad argument #2 to '" .. fname .. "' (table or nil expected, got " .. type(opts) .. ")", 3)
-    end
-  end
-
-  -- build and terminate: POST partner + authorized_data with an Idempotency-Key.
-  local function write_call(fname, path, params, opts)
-    check_args(fname, params, opts)
-    opts = opts or {}
-    local ok, err = check_fields(params, { partner = true, authorized_data = true }, "")
+  if params.offset ~= nil then
+    ok, err = check_integer(params.offset, "offset", 0, MAX_OFFSET)
     if not ok then return nil, err end
-    local partner, ad = objects(params, true)
-    if not partner then return nil, ad end
-    ok, err = check_fields(opts, OPTS_KEYS, "opts.")
-    if not ok then return nil, err end
-    ok, err = api.check_call_options(opts, "opts.")
-    if not ok then return nil, err end
-    local key = opts.idempotency_key
-    if key == nil then
-      key = api.new_idempotency_key()
-    else
-      ok, err = api.check_idempotency_key(key, "opts.idempotency_key")
-      if not ok then return nil, err end
-    end
-    local body = api.encode_json(setmetatable({ partner = partner, authorized_data = ad }, BODY_ORDER))
-    return api.send{ method = "POST", target = path, body = body, idempotency_key = key,
-      wechatpay_serial = opts.wechatpay_serial, timeout = opts.timeout,
-      connect_timeout = opts.connect_timeout, deadline = opts.deadline,
-      max_retries = opts.max_retries }
   end
+  return { partner = partner or nil, authorized_data = ad }
+end
 
-  -- Validate list/page params; returns the canonical query builder inputs.
-  local function list_query(params, extra_keys)
-    local allowed = { partner = true, authorized_data = true, limit = true, offset = true }
-    for k in pairs(extra_keys or {}) do allowed[k] = true end
-    local ok, err = check_fields(params, allowed, "")
-    if not ok then return nil, err end
-    local partner, ad = objects(params, false)
-    if partner == nil then return nil, ad end
-    if params.limit ~= nil then
-      ok, err = check_integer(params.limit, "limit", 1, 50)
-      if not ok then return nil, err end
-    end
-    if params.offset ~= nil then
-      ok, err = check_integer(params.offset, "offset", 0, MAX_OFFSET)
-      if not ok then return nil, err end
-    end
-    return { partner = partner or nil, authorized_data = ad }
-  end
+-- Canonical target: partner, authorized_data, limit, offset
+-- (docs/protocol.md#list-query-encoding, docs/protocol.md#test-vectors).
+local function list_target(api, q, limit, offset)
+  local parts = {}
+  if q.partner then parts[#parts + 1] = "partner=" .. api.percent_encode(api.encode_json(q.partner)) end
+  parts[#parts + 1] = "authorized_data=" .. api.percent_encode(api.encode_json(q.authorized_data))
+  if limit then parts[#parts + 1] = string.format("limit=%d", limit) end
+  if offset then parts[#parts + 1] = string.format("offset=%d", offset) end
+  return LIST_PATH .. "?" .. table.concat(parts, "&")
+end
 
-  -- Canonical target: partner, authorized_data, limit, offset (spec §9.5 / vector §10.2).
-  local function list_target(q, limit, offset)
-    local parts = {}
-    if q.partner then parts[#parts + 1] = "partner=" .. api.percent_encode(api.encode_json(q.partner)) end
-    parts[#parts + 1] = "authorized_data=" .. api.percent_encode(api.encode_json(q.authorized_data))
-    if limit then parts[#parts + 1] = string.format("limit=%d", limit) end
-    if offset then parts[#parts + 1] = string.format("offset=%d", offset) end
-    return LIST_PATH .. "?" .. table.concat(parts, "&")
-  end
-
-  -- The page's own numbers steer the iterator and the next request: integers in range, or
-  -- the page is refused as malformed.
-  local function page_numbers(data, meta)
-    for _, name in ipairs({ "offset", "limit", "total_count" }) do
-      local v = data[name]
-      if v ~= nil then
-        if type(v) ~= "number" or v ~= v or math.floor(v) ~= v or v < 0 or v > MAX_OFFSET then
-          return nil, errors.new("decode", "list page: " .. name .. " is not an integer 0.." .. MAX_OFFSET
-            .. " (got " .. tostring(v):sub(1, 40) .. ")", { field = name, status = meta.status,
-            request_id = meta.request_id, attempts = meta.attempts })
-        end
+-- The page's own numbers steer the iterator and the next request: integers in range, or
+-- the page is refused as malformed.
+local function page_numbers(data, meta)
+  for _, name in ipairs({ "offset", "limit", "total_count" }) do
+    local v = data[name]
+    if v ~= nil then
+      if type(v) ~= "number" or v ~= v or math.floor(v) ~= v or v < 0 or v > MAX_OFFSET then
+        return nil, errors.new("decode", "list page: " .. name .. " is not an integer 0.." .. MAX_OFFSET
+          .. " (got " .. tostring(v):sub(1, 40) .. ")", { field = name, status = meta.status,
+          request_id = meta.request_id, attempts = meta.attempts })
       end
     end
-    return true
   end
+  return true
+end
 
-  local function number_or_nil(v)
-    return type(v) == "number" and v or nil
-  end
+local function number_or_nil(v)
+  return type(v) == "number" and v or nil
+end
 
-  local function fetch_page(q, limit, offset)
-    local data, err, meta = api.send{ method = "GET", target = list_target(q, limit, offset) }
-    if not data then return nil, err, meta end
-    local ok, nerr = page_numbers(data, meta)
-    if not ok then return nil, nerr, meta end
-    local items = type(data.data) == "table" and data.data or {}
-    for _, item in ipairs(items) do
-      -- `state` is not in every schema (spec §9.5): derive it and say so.
-      if type(item) == "table" and item.state == nil then
-        item.state = item.terminate_time and "TERMINATED" or "ESTABLISHED"
-        item.state_derived = true
-      end
+local function fetch_page(api, q, limit, offset)
+  local data, err, meta = api.send{ method = "GET", target = list_target(api, q, limit, offset) }
+  if not data then return nil, err, meta end
+  local ok, nerr = page_numbers(data, meta)
+  if not ok then return nil, nerr, meta end
+  local items = type(data.data) == "table" and data.data or {}
+  for _, item in ipairs(items) do
+    -- `state` is not in every schema (docs/protocol.md#shared-objects): derive it and say so.
+    if type(item) == "table" and item.state == nil then
+      item.state = item.terminate_time and "TERMINATED" or "ESTABLISHED"
+      item.state_derived = true
     end
-    return {
-      data = items,
-      offset = number_or_nil(data.offset) or offset,
-      limit = number_or_nil(data.limit) or limit,
-      total_count = number_or_nil(data.total_count),
-    }, nil, meta
   end
+  return {
+    data = items,
+    offset = number_or_nil(data.offset) or offset,
+    limit = number_or_nil(data.limit) or limit,
+    total_count = number_or_nil(data.total_count),
+  }, nil, meta
+end
 
+local function get_page(api, params)
+  check_args("page", params)
+  local q, err = list_query(api, params)
+  if not q then return nil, err end
+  return fetch_page(api, q, params.limit, params.offset)
+end
+
+-- The iterator behind `list`: pages fetched lazily, one in memory.
+local function iterate(api, params)
+  check_args("list", params)
+  local q, err = list_query(api, params, { offset_mode = true })
+  if not q then error(err, 2) end
+  local mode = params.offset_mode or api.offset_mode
+  if mode ~= "page" and mode ~= "item" then
+    error(invalid("offset_mode", 'must be "page" or "item"'), 2)
+  end
+  local limit, offset = params.limit or 50, params.offset or 0
+  local buf, idx, done, failure, total = nil, 0, false, nil, nil
+
+  return function()
+    if buf and idx < #buf then
+      idx = idx + 1
+      return buf[idx]
+    end
+    if failure then error(failure, 0) end
+    if done then return nil end
+    local page, perr = fetch_page(api, q, limit, offset)
+    if not page then
+      if perr.kind == "api" and perr.status == 404 and perr.code == "RESOURCE_NOT_EXISTS" then
+        done = true
+        return nil
+      end
+      failure = perr
+      error(perr, 0)
+    end
+    local n = #page.data
+    if page.total_count then total = total or page.total_count end
+    if n == 0 or total == 0 then
+      done = true
+      return nil
+    end
+    -- Step from the offset and page size the server says it used: a server that ignores
+    -- `offset` then shows up as an offset that does not advance, instead of a loop.
+    local size = page.limit or limit
+    local next_offset = mode == "page" and page.offset + 1 or page.offset + n
+    local position = (mode == "page" and page.offset * size or page.offset) + n
+    if n < size or (total and position >= total) or next_offset <= offset then
+      done = true
+    end
+    offset = next_offset
+    buf, idx = page.data, 1
+    return buf[1]
+  end
+end
+
+--- Bind the partnerships functions to a client's internal API handle.
+-- @tparam table api the handle `wxpay.client` passes (pipeline + encoders)
+-- @treturn table `{ build, terminate, page, list }`
+function M.new(api)
   local P = {}
 
   --- Authorise a coupon stock to a partner (`POST /v3/marketing/partnerships/build`).
@@ -298,7 +361,7 @@ local function new(api)
   -- @treturn table|nil err
   -- @treturn table|nil meta
   function P.build(params, opts)
-    return write_call("build", BUILD_PATH, params, opts)
+    return write_call(api, "build", BUILD_PATH, params, opts)
   end
 
   --- End a partnership (`POST /v3/marketing/partnerships/terminate`).
@@ -307,7 +370,7 @@ local function new(api)
   -- @treturn table|nil err
   -- @treturn table|nil meta
   function P.terminate(params, opts)
-    return write_call("terminate", TERMINATE_PATH, params, opts)
+    return write_call(api, "terminate", TERMINATE_PATH, params, opts)
   end
 
   --- Fetch one page (`GET /v3/marketing/partnerships`), the raw outcome.
@@ -321,10 +384,7 @@ local function new(api)
   -- @treturn table|nil err
   -- @treturn table|nil meta
   function P.page(params)
-    check_args("page", params)
-    local q, err = list_query(params)
-    if not q then return nil, err end
-    return fetch_page(q, params.limit, params.offset)
+    return get_page(api, params)
   end
 
   --- Iterate over every matching relation, fetching pages lazily (one page in memory).
@@ -345,60 +405,10 @@ local function new(api)
   -- @tparam table params as `page`, plus `offset_mode`
   -- @treturn function the iterator, yielding one relation per step
   function P.list(params)
-    check_args("list", params)
-    local q, err = list_query(params, { offset_mode = true })
-    if not q then error(err, 2) end
-    local mode = params.offset_mode or api.offset_mode
-    if mode ~= "page" and mode ~= "item" then
-      error(invalid("offset_mode", 'must be "page" or "item"'), 2)
-    end
-    local limit, offset = params.limit or 50, params.offset or 0
-    local buf, idx, done, failure, total = nil, 0, false, nil, nil
-
-    return function()
-      if buf and idx < #buf then
-        idx = idx + 1
-        return buf[idx]
-      end
-      if failure then error(failure, 0) end
-      if done then return nil end
-      local page, perr = fetch_page(q, limit, offset)
-      if not page then
-        if perr.kind == "api" and perr.status == 404 and perr.code == "RESOURCE_NOT_EXISTS" then
-          done = true
-          return nil
-        end
-        failure = perr
-        error(perr, 0)
-      end
-      local n = #page.data
-      if page.total_count then total = total or page.total_count end
-      if n == 0 or total == 0 then
-        done = true
-        return nil
-      end
-      -- Step from the offset and page size the server says it used: a server that ignores
-      -- `offset` then shows up as an offset that does not advance, instead of a loop.
-      local size = page.limit or limit
-      local next_offset = mode == "page" and page.offset + 1 or page.offset + n
-      local position = (mode == "page" and page.offset * size or page.offset) + n
-      if n < size or (total and position >= total) or next_offset <= offset then
-        done = true
-      end
-      offset = next_offset
-      buf, idx = page.data, 1
-      return buf[1]
-    end
+    return iterate(api, params)
   end
 
   return P
-end
-
---- Bind the partnerships functions to a client's internal API handle.
--- @tparam table api the handle `wxpay.client` passes (pipeline + encoders)
--- @treturn table `{ build, terminate, page, list }`
-function M.new(api)
-  return new(api)
 end
 
 return M
