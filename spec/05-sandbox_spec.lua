@@ -298,6 +298,33 @@ describe("wxpay-sandbox", function()
       assert.equal(400, sb:http{ target = list_target(ad, "&offset=-1") }.status)
     end)
 
+    it("answers 400 PARAM_ERROR to out-of-range offsets and limits in both offset modes", function()
+      local ad = { business_type = "BUSIFAVOR_STOCK" }
+      assert.equal(200, build("wxoffset000000001").status)
+      local bad = {
+        { "offset", "9223372036854775807" }, { "offset", "9223372036854775808" },
+        { "offset", "2147483648" }, { "offset", "99999999999999999999" }, { "offset", "1e300" },
+        { "offset", "-1" }, { "offset", "abc" }, { "offset", "" },
+        { "limit", "9223372036854775807" }, { "limit", "99999999999999999999" }, { "limit", "1e300" },
+        { "limit", "0" }, { "limit", "-1" }, { "limit", "abc" },
+      }
+      for _, mode in ipairs{ "page", "item" } do
+        sb:configure{ offset_mode = mode }
+        local reqs = {}
+        for i, b in ipairs(bad) do reqs[i] = { target = list_target(ad, "&" .. b[1] .. "=" .. b[2]) } end
+        for i, resp in ipairs(sb:http(reqs)) do
+          local what = mode .. " " .. bad[i][1] .. "=" .. bad[i][2]
+          assert.equal(400, resp.status, what .. ": " .. resp.body)
+          assert.same({ "PARAM_ERROR", bad[i][1] }, { decode(resp).code, decode(resp).detail.field }, what)
+        end
+        -- The largest offset allowed is an empty page, not an error.
+        local last = sb:http{ target = list_target(ad, "&limit=50&offset=2147483647") }
+        assert.equal(404, last.status, mode .. ": " .. last.body)
+        assert.equal("RESOURCE_NOT_EXISTS", decode(last).code)
+      end
+      assert.equal(1, #decode(sb:http{ target = list_target(ad, "&offset=0") }).data)
+    end)
+
     it("lists 10,000 relations quickly", function()
       sb:control("POST", "/seed", { count = 10000 })
       local t0 = core.monotonic()
