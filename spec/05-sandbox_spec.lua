@@ -3,7 +3,8 @@
 local core = require("wxpay.core")
 local cjson = require("cjson").new()
 local sandbox = require("spec.support.sandbox")
-local SLOW = require("spec.helpers").slowdown(8)
+local helpers = require("spec.helpers")
+local SLOW = helpers.slowdown(8)
 
 local function read_file(path)
   local f = assert(io.open(path, "rb"))
@@ -94,6 +95,53 @@ describe("wxpay-sandbox", function()
       assert.equal(cert:public_key():fingerprint(), key:public_key():fingerprint())
       assert.equal(40, #platform_cert:serial())
       assert.truthy(read_file(c.ca_file):find("BEGIN CERTIFICATE", 1, true))
+    end)
+
+    -- Permission bits as octal text ("600"), from stat(1).
+    local function mode(path)
+      local out, ok = helpers.sh("stat -c %a " .. helpers.q(path))
+      assert(ok, "stat " .. path)
+      return (out:gsub("%s+$", ""))
+    end
+
+    local function assert_private(dir)
+      assert.equal("700", mode(dir))
+      local names = assert(helpers.sh("ls -A " .. helpers.q(dir)))
+      local n = 0
+      for name in names:gmatch("[^\n]+") do
+        n = n + 1
+        assert.equal("600", mode(dir .. "/" .. name), name)
+      end
+      assert.is_true(n >= 13) -- twelve PEM files and manifest.json (it holds the APIv3 key)
+    end
+
+    it("keeps --dir 0700 with its files 0600, tightening a reused one and refusing a shared one", function()
+      local base = helpers.tmpdir()
+      local ok, err = pcall(function()
+        local fresh = base .. "/new/keys" -- parents are created too
+        local one = sandbox.start{ dir = fresh, timeout = 120 }
+        one:stop()
+        assert_private(fresh)
+        -- A cache from before (0755, files 0644) is tightened and its keys reused.
+        local old = base .. "/old"
+        assert(os.execute("cp -r " .. helpers.q(fresh) .. " " .. helpers.q(old) .. " && chmod 755 " .. helpers.q(old)
+                          .. " && chmod 644 " .. helpers.q(old) .. "/*"))
+        local two = sandbox.start{ dir = old }
+        two:stop()
+        assert_private(old)
+        assert.equal(one.config.serial_no, two.config.serial_no)
+        -- A group/world-accessible folder holding other things is not the sandbox's to change.
+        local shared = base .. "/shared"
+        assert(os.execute("mkdir -m 755 " .. helpers.q(shared) .. " && touch " .. helpers.q(shared) .. "/notes.txt"))
+        local started, serr = pcall(sandbox.start, { dir = shared })
+        if started then serr:stop() end
+        assert.is_false(started)
+        assert.truthy(tostring(serr):find("readable by others", 1, true), tostring(serr))
+        assert.equal("755", mode(shared))
+        assert.falsy(helpers.sh("ls " .. helpers.q(shared)):find("manifest", 1, true))
+      end)
+      helpers.cleanup()
+      assert(ok, err)
     end)
 
     it("describes public_key mode without platform certificates", function()

@@ -18,8 +18,10 @@ then logs one line per API request to stderr.
 Options:
   --host HOST               address to listen on (default 127.0.0.1)
   --port N                  port, 0 = ephemeral (default 0)
-  --dir DIR                 state directory for keys (default: a fresh temporary directory);
-                            keys already in DIR are reused
+  --dir DIR                 state directory for keys (default: a fresh temporary
+                            directory); keys already in DIR are reused. DIR is made
+                            0700 and its files 0600; an existing DIR that others can read
+                            is tightened if it is empty or a sandbox's, else refused
   --mode MODE               certificate | public_key | combined (default combined)
   --seed N                  pre-populate N relations (BUSIFAVOR_STOCK, stock SEED_STOCK,
                             APPID partners wxseed000001...)
