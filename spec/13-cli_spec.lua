@@ -254,6 +254,32 @@ end)
 describe("wxpay campaign", function()
   before_each(function() sb:reset() end)
 
+  -- Permission bits as octal text ("600"), from stat(1).
+  local function mode(path)
+    local out, ok = h.sh("stat -c %a " .. h.q(path))
+    assert(ok, "stat " .. path)
+    return (out:gsub("%s+$", ""))
+  end
+
+  it("creates the journal 0600, and SQLite's side files with it", function()
+    local plan_file, journal = dir .. "/mode-plan.csv", dir .. "/mode.db"
+    plan(plan_file, 2, "wxmode")
+    local out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. plan_file
+      .. " --stock 7200 --business-type FAVOR_STOCK --journal " .. journal .. " --no-progress")
+    assert.equal(0, rc, out .. err)
+    assert.equal("600", mode(journal))
+    -- While a journal is open in WAL mode its -wal and -shm files exist.
+    local path = dir .. "/mode-direct.db"
+    local j = assert(require("wxpay.cli.journal").open(path))
+    local ok, jerr = pcall(function()
+      assert(j:start({ id = "c", stock_id = "s", business_type = "FAVOR_STOCK" },
+                     { { type = "APPID", id = "wx1", idempotency_key = "k" } }, 1))
+      for _, name in ipairs{ "", "-wal", "-shm" } do assert.equal("600", mode(path .. name), name) end
+    end)
+    j:close()
+    assert(ok, jerr)
+  end)
+
   it("runs a plan, reports it, and a rerun sends nothing", function()
     local p, db = dir .. "/plan.csv", dir .. "/small.db"
     plan(p, 40, "wxsmall")
