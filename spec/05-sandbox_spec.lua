@@ -144,6 +144,109 @@ describe("wxpay-sandbox", function()
       assert(ok, err)
     end)
 
+    -- Without --dir the keys go to a temporary folder under $TMPDIR, which every way of
+    -- ending the sandbox removes. Started through popen so the spec holds its stdin, and
+    -- always with --exit-on-stdin-close so that a failing spec's p:close() still ends it.
+    describe("without --dir", function()
+      local tmp
+
+      local function own_pid()
+        local f = assert(io.open("/proc/self/stat"))
+        local pid = f:read("*n")
+        f:close()
+        return pid
+      end
+
+      local function alive(pid)
+        local stat = io.open("/proc/" .. pid .. "/stat")
+        if not stat then return false end
+        local text = stat:read("*a")
+        stat:close()
+        return not text:match("^%d+ %b() Z")
+      end
+
+      local function spawn()
+        local out = tmp .. "-out"
+        local p = assert(io.popen(string.format(
+          "%s TMPDIR=%s bin/wxpay-sandbox --port 0 --quiet --exit-on-stdin-close --exit-with-pid %d >%s 2>%s",
+          sandbox.CLEAN_ENV, helpers.q(tmp), own_pid(), helpers.q(out), helpers.q(tmp .. "-err")), "w"))
+        local deadline = os.time() + 120
+        local text = ""
+        while not text:find("\n") and os.time() <= deadline do
+          local f = io.open(out, "rb")
+          text = f and f:read("*a") or ""
+          if f then f:close() end
+          if not text:find("\n") then os.execute("sleep 0.05") end
+        end
+        local line = text:match("^([^\n]*)\n")
+        if not line then
+          p:close() -- it watches stdin, so this ends it
+          error("no startup line: " .. (helpers.read(tmp .. "-err") or ""))
+        end
+        local info = cjson.decode(line)
+        info.pid = math.floor(info.pid) -- cjson gives 5.4 a float
+        return p, info
+      end
+
+      -- Waits (bounded) for the sandbox to exit, then reaps the shell.
+      local function reap(p, pid)
+        for _ = 1, 200 do
+          if not alive(pid) then break end
+          os.execute("sleep 0.05")
+        end
+        local still = alive(pid)
+        if still then os.execute("kill -KILL " .. pid) end
+        p:close()
+        assert.is_false(still, "the sandbox did not exit")
+      end
+
+      local function leftovers()
+        return (helpers.sh("ls -A " .. helpers.q(tmp)))
+      end
+
+      before_each(function()
+        tmp = helpers.tmpdir()
+      end)
+      after_each(function()
+        os.remove(tmp .. "-out")
+        os.remove(tmp .. "-err")
+        helpers.cleanup()
+      end)
+
+      for _, how in ipairs{ "TERM", "INT" } do
+        it("removes its temporary folder on SIG" .. how, function()
+          local p, info = spawn()
+          local ok, err = pcall(function()
+            assert.equal(tmp, info.dir:match("^(.*)/[^/]+$"))
+            assert.truthy(io.open(info.config.private_key_file, "rb")):close()
+          end)
+          os.execute(string.format("kill -%s %d", how, info.pid))
+          reap(p, info.pid)
+          assert(ok, err)
+          assert.equal("", leftovers())
+        end)
+      end
+
+      it("removes its temporary folder when stdin closes", function()
+        local p, info = spawn()
+        local ok, err = pcall(function()
+          assert.equal(tmp, info.dir:match("^(.*)/[^/]+$"))
+          assert.truthy(io.open(info.config.private_key_file, "rb")):close()
+        end)
+        p:close() -- closes the sandbox's stdin and waits for it
+        assert.is_false(alive(info.pid))
+        assert(ok, err)
+        assert.equal("", leftovers())
+      end)
+
+      it("removes its temporary folder when startup fails after making it", function()
+        local out, ok = helpers.sh(string.format("%s TMPDIR=%s bin/wxpay-sandbox --host 256.0.0.1 --quiet",
+          sandbox.CLEAN_ENV, helpers.q(tmp)))
+        assert.is_false(ok, out)
+        assert.equal("", leftovers())
+      end)
+    end)
+
     it("describes public_key mode without platform certificates", function()
       local pk = sandbox.start{ mode = "public_key" }
       local ok, err = pcall(function()

@@ -78,14 +78,20 @@ function M.mkdir(dir)
   return true
 end
 
---- A fresh private temporary directory, derived from os.tmpname().
+--- A fresh private (0700) temporary directory under $TMPDIR (default /tmp), by mktemp -d.
 -- @treturn string path
 function M.tempdir()
-  local name = os.tmpname()
-  os.remove(name)
-  local dir = name .. "-wxpay-sandbox"
-  assert(os.execute("mkdir -m 700 " .. shell_quote(dir)), "cannot create " .. dir)
+  local p = assert(io.popen('mktemp -d "${TMPDIR:-/tmp}/wxpay-sandbox.XXXXXX"'))
+  local dir = p:read("l")
+  p:close()
+  assert(dir and dir ~= "", "cannot create a temporary directory")
   return dir
+end
+
+--- Remove a directory made by `tempdir` and everything in it (the keys).
+-- @tparam string dir
+function M.remove_tempdir(dir)
+  os.execute("rm -rf -- " .. shell_quote(dir))
 end
 
 local function rsa_key()
