@@ -99,14 +99,14 @@ describe("wxpay-sandbox", function()
 
     -- Permission bits as octal text ("600"), from stat(1).
     local function mode(path)
-      local out, ok = helpers.sh("stat -c %a " .. helpers.q(path))
+      local out, ok = helpers.sh(sandbox.CLEAN_ENV .. "stat -c %a " .. helpers.q(path))
       assert(ok, "stat " .. path)
       return (out:gsub("%s+$", ""))
     end
 
     local function assert_private(dir)
       assert.equal("700", mode(dir))
-      local names = assert(helpers.sh("ls -A " .. helpers.q(dir)))
+      local names = assert(helpers.sh(sandbox.CLEAN_ENV .. "ls -A " .. helpers.q(dir)))
       local n = 0
       for name in names:gmatch("[^\n]+") do
         n = n + 1
@@ -201,7 +201,7 @@ describe("wxpay-sandbox", function()
       end
 
       local function leftovers()
-        return (helpers.sh("ls -A " .. helpers.q(tmp)))
+        return (helpers.sh(sandbox.CLEAN_ENV .. "ls -A " .. helpers.q(tmp)))
       end
 
       before_each(function()

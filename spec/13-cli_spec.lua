@@ -256,7 +256,7 @@ describe("wxpay campaign", function()
 
   -- Permission bits as octal text ("600"), from stat(1).
   local function mode(path)
-    local out, ok = h.sh("stat -c %a " .. h.q(path))
+    local out, ok = h.sh(sandbox.CLEAN_ENV .. "stat -c %a " .. h.q(path))
     assert(ok, "stat " .. path)
     return (out:gsub("%s+$", ""))
   end
