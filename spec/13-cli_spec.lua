@@ -175,6 +175,15 @@ describe("wxpay numeric options", function()
     assert.same({}, sb:requests())
   end)
 
+  it("treats --appid with --merchant-id as a usage error in list, build and terminate", function()
+    for _, cmd in ipairs{ "list", "build", "terminate" } do
+      local err = usage_error("partnerships " .. cmd .. " --business-type FAVOR_STOCK --stock 7100"
+        .. " --appid wxboth --merchant-id 1900000109")
+      assert.truthy(err:find("not both", 1, true), cmd .. ": " .. err)
+    end
+    assert.same({}, sb:requests())
+  end)
+
   it("accepts the ends of each range", function()
     local plan_file = dir .. "/numeric-ok.csv"
     plan(plan_file, 2, "wxnumok")
