@@ -146,7 +146,8 @@ describe("wxpay-sandbox", function()
 
     -- Without --dir the keys go to a temporary folder under $TMPDIR, which every way of
     -- ending the sandbox removes. Started through popen so the spec holds its stdin, and
-    -- always with --exit-on-stdin-close so that a failing spec's p:close() still ends it.
+    -- always with --exit-on-stdin-close so that a failing spec's p:close() still ends it;
+    -- `timeout -s KILL` bounds a hang (and a killed sandbox leaves its folder: a failure).
     describe("without --dir", function()
       local tmp
 
@@ -168,9 +169,10 @@ describe("wxpay-sandbox", function()
       local function spawn()
         local out = tmp .. "-out"
         local p = assert(io.popen(string.format(
-          "%s TMPDIR=%s bin/wxpay-sandbox --port 0 --quiet --exit-on-stdin-close --exit-with-pid %d >%s 2>%s",
+          "%s TMPDIR=%s timeout -s KILL 120 bin/wxpay-sandbox --port 0 --quiet --exit-on-stdin-close"
+            .. " --exit-with-pid %d >%s 2>%s",
           sandbox.CLEAN_ENV, helpers.q(tmp), own_pid(), helpers.q(out), helpers.q(tmp .. "-err")), "w"))
-        local deadline = os.time() + 120
+        local deadline = os.time() + 110
         local text = ""
         while not text:find("\n") and os.time() <= deadline do
           local f = io.open(out, "rb")
@@ -190,10 +192,8 @@ describe("wxpay-sandbox", function()
 
       -- Waits (bounded) for the sandbox to exit, then reaps the shell.
       local function reap(p, pid)
-        for _ = 1, 200 do
-          if not alive(pid) then break end
-          os.execute("sleep 0.05")
-        end
+        local deadline = os.time() + 30
+        while alive(pid) and os.time() <= deadline do os.execute("sleep 0.05") end
         local still = alive(pid)
         if still then os.execute("kill -KILL " .. pid) end
         p:close()
