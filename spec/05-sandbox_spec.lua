@@ -3,7 +3,8 @@
 local core = require("wxpay.core")
 local cjson = require("cjson").new()
 local sandbox = require("spec.support.sandbox")
-local SLOW = require("spec.helpers").slowdown(8)
+local helpers = require("spec.helpers")
+local SLOW = helpers.slowdown(8)
 
 local function read_file(path)
   local f = assert(io.open(path, "rb"))
@@ -94,6 +95,156 @@ describe("wxpay-sandbox", function()
       assert.equal(cert:public_key():fingerprint(), key:public_key():fingerprint())
       assert.equal(40, #platform_cert:serial())
       assert.truthy(read_file(c.ca_file):find("BEGIN CERTIFICATE", 1, true))
+    end)
+
+    -- Permission bits as octal text ("600"), from stat(1).
+    local function mode(path)
+      local out, ok = helpers.sh(sandbox.CLEAN_ENV .. "stat -c %a " .. helpers.q(path))
+      assert(ok, "stat " .. path)
+      return (out:gsub("%s+$", ""))
+    end
+
+    local function assert_private(dir)
+      assert.equal("700", mode(dir))
+      local names = assert(helpers.sh(sandbox.CLEAN_ENV .. "ls -A " .. helpers.q(dir)))
+      local n = 0
+      for name in names:gmatch("[^\n]+") do
+        n = n + 1
+        assert.equal("600", mode(dir .. "/" .. name), name)
+      end
+      assert.is_true(n >= 13) -- twelve PEM files and manifest.json (it holds the APIv3 key)
+    end
+
+    it("keeps --dir 0700 with its files 0600, tightening a reused one and refusing a shared one", function()
+      local base = helpers.tmpdir()
+      local ok, err = pcall(function()
+        local fresh = base .. "/new/keys" -- parents are created too
+        local one = sandbox.start{ dir = fresh, timeout = 120 }
+        one:stop()
+        assert_private(fresh)
+        -- A cache from before (0755, files 0644) is tightened and its keys reused.
+        local old = base .. "/old"
+        assert(os.execute("cp -r " .. helpers.q(fresh) .. " " .. helpers.q(old) .. " && chmod 755 " .. helpers.q(old)
+                          .. " && chmod 644 " .. helpers.q(old) .. "/*"))
+        local two = sandbox.start{ dir = old }
+        two:stop()
+        assert_private(old)
+        assert.equal(one.config.serial_no, two.config.serial_no)
+        -- A group/world-accessible folder holding other things is not the sandbox's to change.
+        local shared = base .. "/shared"
+        assert(os.execute("mkdir -m 755 " .. helpers.q(shared) .. " && touch " .. helpers.q(shared) .. "/notes.txt"))
+        local started, serr = pcall(sandbox.start, { dir = shared })
+        if started then serr:stop() end
+        assert.is_false(started)
+        assert.truthy(tostring(serr):find("readable by others", 1, true), tostring(serr))
+        assert.equal("755", mode(shared))
+        assert.falsy(helpers.sh("ls " .. helpers.q(shared)):find("manifest", 1, true))
+      end)
+      helpers.cleanup()
+      assert(ok, err)
+    end)
+
+    -- Without --dir the keys go to a temporary folder under $TMPDIR, which every way of
+    -- ending the sandbox removes. Started through popen so the spec holds its stdin, and
+    -- always with --exit-on-stdin-close so that a failing spec's p:close() still ends it;
+    -- `timeout -s KILL` bounds a hang (and a killed sandbox leaves its folder: a failure).
+    describe("without --dir", function()
+      local tmp
+
+      local function own_pid()
+        local f = assert(io.open("/proc/self/stat"))
+        local pid = f:read("*n")
+        f:close()
+        return pid
+      end
+
+      local function alive(pid)
+        local stat = io.open("/proc/" .. pid .. "/stat")
+        if not stat then return false end
+        local text = stat:read("*a")
+        stat:close()
+        return not text:match("^%d+ %b() Z")
+      end
+
+      local function spawn()
+        local out = tmp .. "-out"
+        local p = assert(io.popen(string.format(
+          "%s TMPDIR=%s timeout -s KILL 120 bin/wxpay-sandbox --port 0 --quiet --exit-on-stdin-close"
+            .. " --exit-with-pid %d >%s 2>%s",
+          sandbox.CLEAN_ENV, helpers.q(tmp), own_pid(), helpers.q(out), helpers.q(tmp .. "-err")), "w"))
+        local deadline = os.time() + 110
+        local text = ""
+        while not text:find("\n") and os.time() <= deadline do
+          local f = io.open(out, "rb")
+          text = f and f:read("*a") or ""
+          if f then f:close() end
+          if not text:find("\n") then os.execute("sleep 0.05") end
+        end
+        local line = text:match("^([^\n]*)\n")
+        if not line then
+          p:close() -- it watches stdin, so this ends it
+          error("no startup line: " .. (helpers.read(tmp .. "-err") or ""))
+        end
+        local info = cjson.decode(line)
+        info.pid = math.floor(info.pid) -- cjson gives 5.4 a float
+        return p, info
+      end
+
+      -- Waits (bounded) for the sandbox to exit, then reaps the shell.
+      local function reap(p, pid)
+        local deadline = os.time() + 30
+        while alive(pid) and os.time() <= deadline do os.execute("sleep 0.05") end
+        local still = alive(pid)
+        if still then os.execute("kill -KILL " .. pid) end
+        p:close()
+        assert.is_false(still, "the sandbox did not exit")
+      end
+
+      local function leftovers()
+        return (helpers.sh(sandbox.CLEAN_ENV .. "ls -A " .. helpers.q(tmp)))
+      end
+
+      before_each(function()
+        tmp = helpers.tmpdir()
+      end)
+      after_each(function()
+        os.remove(tmp .. "-out")
+        os.remove(tmp .. "-err")
+        helpers.cleanup()
+      end)
+
+      for _, how in ipairs{ "TERM", "INT" } do
+        it("removes its temporary folder on SIG" .. how, function()
+          local p, info = spawn()
+          local ok, err = pcall(function()
+            assert.equal(tmp, info.dir:match("^(.*)/[^/]+$"))
+            assert.truthy(io.open(info.config.private_key_file, "rb")):close()
+          end)
+          os.execute(string.format("kill -%s %d", how, info.pid))
+          reap(p, info.pid)
+          assert(ok, err)
+          assert.equal("", leftovers())
+        end)
+      end
+
+      it("removes its temporary folder when stdin closes", function()
+        local p, info = spawn()
+        local ok, err = pcall(function()
+          assert.equal(tmp, info.dir:match("^(.*)/[^/]+$"))
+          assert.truthy(io.open(info.config.private_key_file, "rb")):close()
+        end)
+        p:close() -- closes the sandbox's stdin and waits for it
+        assert.is_false(alive(info.pid))
+        assert(ok, err)
+        assert.equal("", leftovers())
+      end)
+
+      it("removes its temporary folder when startup fails after making it", function()
+        local out, ok = helpers.sh(string.format("%s TMPDIR=%s bin/wxpay-sandbox --host 256.0.0.1 --quiet",
+          sandbox.CLEAN_ENV, helpers.q(tmp)))
+        assert.is_false(ok, out)
+        assert.equal("", leftovers())
+      end)
     end)
 
     it("describes public_key mode without platform certificates", function()
@@ -296,6 +447,33 @@ describe("wxpay-sandbox", function()
                   { resp.status, decode(resp).code, decode(resp).detail.location })
       assert.equal(400, sb:http{ target = list_target(ad, "&limit=51") }.status)
       assert.equal(400, sb:http{ target = list_target(ad, "&offset=-1") }.status)
+    end)
+
+    it("answers 400 PARAM_ERROR to out-of-range offsets and limits in both offset modes", function()
+      local ad = { business_type = "BUSIFAVOR_STOCK" }
+      assert.equal(200, build("wxoffset000000001").status)
+      local bad = {
+        { "offset", "9223372036854775807" }, { "offset", "9223372036854775808" },
+        { "offset", "2147483648" }, { "offset", "99999999999999999999" }, { "offset", "1e300" },
+        { "offset", "-1" }, { "offset", "abc" }, { "offset", "" },
+        { "limit", "9223372036854775807" }, { "limit", "99999999999999999999" }, { "limit", "1e300" },
+        { "limit", "0" }, { "limit", "-1" }, { "limit", "abc" },
+      }
+      for _, mode in ipairs{ "page", "item" } do
+        sb:configure{ offset_mode = mode }
+        local reqs = {}
+        for i, b in ipairs(bad) do reqs[i] = { target = list_target(ad, "&" .. b[1] .. "=" .. b[2]) } end
+        for i, resp in ipairs(sb:http(reqs)) do
+          local what = mode .. " " .. bad[i][1] .. "=" .. bad[i][2]
+          assert.equal(400, resp.status, what .. ": " .. resp.body)
+          assert.same({ "PARAM_ERROR", bad[i][1] }, { decode(resp).code, decode(resp).detail.field }, what)
+        end
+        -- The largest offset allowed is an empty page, not an error.
+        local last = sb:http{ target = list_target(ad, "&limit=50&offset=2147483647") }
+        assert.equal(404, last.status, mode .. ": " .. last.body)
+        assert.equal("RESOURCE_NOT_EXISTS", decode(last).code)
+      end
+      assert.equal(1, #decode(sb:http{ target = list_target(ad, "&offset=0") }).data)
     end)
 
     it("lists 10,000 relations quickly", function()

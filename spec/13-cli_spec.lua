@@ -143,6 +143,66 @@ describe("wxpay partnerships", function()
   end)
 end)
 
+describe("wxpay numeric options", function()
+  before_each(function() sb:reset() end)
+
+  local function usage_error(args)
+    local out, err, rc = wxpay("--config " .. config_file .. " " .. args)
+    assert.equal(2, rc, args .. ": " .. err)
+    assert.equal("", out, args)
+    assert.truthy(err:match("^wxpay: [^\n]+\n$"), args .. ": not one line: " .. err)
+    assert.falsy(err:find("traceback", 1, true), args)
+    return err
+  end
+
+  it("rejects out-of-range values as one-line usage errors that send nothing", function()
+    local plan_file, journal = dir .. "/numeric-plan.csv", dir .. "/numeric.db"
+    plan(plan_file, 1, "wxnum")
+    local run = "campaign run " .. plan_file .. " --stock 7100 --business-type FAVOR_STOCK --journal " .. journal
+    for _, bad in ipairs{ "--qps 1e999", "--qps=-1", "--qps 0", "--qps 10001", "--qps nan", "--qps 0x",
+                          "--concurrency 20000", "--concurrency 1025", "--concurrency 0", "--concurrency -3",
+                          "--concurrency 1.5", "--concurrency 1e308", "--concurrency ''" } do
+      local err = usage_error(run .. " " .. bad)
+      local name = bad:match("^%-%-(%a+)")
+      assert.truthy(err:find("--" .. name, 1, true), bad .. ": " .. err)
+    end
+    local list = "partnerships list --business-type FAVOR_STOCK --stock 7100"
+    for _, bad in ipairs{ "--limit 0", "--limit 51", "--limit 100000", "--limit 1e999", "--limit -1",
+                          "--limit 2.5" } do
+      assert.truthy(usage_error(list .. " " .. bad):find("--limit", 1, true), bad)
+    end
+    assert.is_nil(io.open(journal, "rb"), "a usage error created the journal")
+    assert.same({}, sb:requests())
+  end)
+
+  it("treats --appid with --merchant-id as a usage error in list, build and terminate", function()
+    for _, cmd in ipairs{ "list", "build", "terminate" } do
+      local err = usage_error("partnerships " .. cmd .. " --business-type FAVOR_STOCK --stock 7100"
+        .. " --appid wxboth --merchant-id 1900000109")
+      assert.truthy(err:find("not both", 1, true), cmd .. ": " .. err)
+    end
+    assert.same({}, sb:requests())
+  end)
+
+  it("accepts the ends of each range", function()
+    local plan_file = dir .. "/numeric-ok.csv"
+    plan(plan_file, 2, "wxnumok")
+    local out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. plan_file
+      .. " --stock 7101 --business-type FAVOR_STOCK --journal " .. dir .. "/numeric-ok.db"
+      .. " --concurrency 1024 --qps 10000 --no-progress")
+    assert.equal(0, rc, err)
+    assert.truthy(out:find("2 done", 1, true), out)
+    out, err, rc = wxpay("--config " .. config_file .. " partnerships list --business-type FAVOR_STOCK"
+      .. " --stock 7101 --limit 50 --output json")
+    assert.equal(0, rc, err)
+    assert.equal(2, #cjson.decode(out))
+    local _
+    _, err, rc = wxpay("--config " .. config_file .. " partnerships list --business-type FAVOR_STOCK"
+      .. " --stock 7101 --limit 1 --output json")
+    assert.equal(0, rc, err)
+  end)
+end)
+
 describe("wxpay doctor", function()
   before_each(function() sb:reset() end)
 
@@ -202,6 +262,32 @@ end)
 
 describe("wxpay campaign", function()
   before_each(function() sb:reset() end)
+
+  -- Permission bits as octal text ("600"), from stat(1).
+  local function mode(path)
+    local out, ok = h.sh(sandbox.CLEAN_ENV .. "stat -c %a " .. h.q(path))
+    assert(ok, "stat " .. path)
+    return (out:gsub("%s+$", ""))
+  end
+
+  it("creates the journal 0600, and SQLite's side files with it", function()
+    local plan_file, journal = dir .. "/mode-plan.csv", dir .. "/mode.db"
+    plan(plan_file, 2, "wxmode")
+    local out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. plan_file
+      .. " --stock 7200 --business-type FAVOR_STOCK --journal " .. journal .. " --no-progress")
+    assert.equal(0, rc, out .. err)
+    assert.equal("600", mode(journal))
+    -- While a journal is open in WAL mode its -wal and -shm files exist.
+    local path = dir .. "/mode-direct.db"
+    local j = assert(require("wxpay.cli.journal").open(path))
+    local ok, jerr = pcall(function()
+      assert(j:start({ id = "c", stock_id = "s", business_type = "FAVOR_STOCK" },
+                     { { type = "APPID", id = "wx1", idempotency_key = "k" } }, 1))
+      for _, name in ipairs{ "", "-wal", "-shm" } do assert.equal("600", mode(path .. name), name) end
+    end)
+    j:close()
+    assert(ok, jerr)
+  end)
 
   it("runs a plan, reports it, and a rerun sends nothing", function()
     local p, db = dir .. "/plan.csv", dir .. "/small.db"

@@ -10,6 +10,7 @@ Usage: wxpay [--config FILE] COMMAND ...
 Commands:
   campaign run PLAN.csv --stock STOCK_ID --business-type FAVOR_STOCK|BUSIFAVOR_STOCK
                --journal FILE.db [--campaign ID] [--concurrency 16] [--qps N]
+               [--progress | --no-progress]
       Authorise the stock to every partner of PLAN.csv (a header row with an `appid` or a
       `merchant_id` column). Every outcome goes to the SQLite journal before the next step,
       so a run killed at any point can simply be run again: it finishes the rest and does
@@ -24,6 +25,10 @@ Commands:
 
 Configuration: --config FILE or WXPAY_CONFIG=FILE, a JSON object with the keys of wxpay.new
 (the sandbox's startup line, with its "config" member, works as is). Secrets are never printed.
+
+Numbers: --concurrency is an integer from 1 to 1024 (default 16), --qps a number above 0 and
+at most 10000 (default: no limit), --limit an integer from 1 to 50 (WeChat Pay's page size).
+Anything else is a usage error (exit status 2).
 ]]
 
 local VALUES = {
@@ -90,13 +95,26 @@ function M.load_config(path)
   return obj
 end
 
-local function number_opt(opts, name, err, integer)
-  local v = opts[name]
+-- Ranges for the numeric options. 1024 concurrent requests is far beyond what WeChat Pay's
+-- per-merchant rate limits let through, and each one holds a connection and a coroutine.
+local NUMBERS = {
+  concurrency = { integer = true, min = 1, max = 1024, text = "an integer from 1 to 1024" },
+  qps = { min = 0, above_min = true, max = 10000, text = "a number above 0 and at most 10000" },
+  limit = { integer = true, min = 1, max = 50, text = "an integer from 1 to 50" },
+}
+
+-- Checks one numeric option and converts it in place; returns nil and a message if bad.
+local function number_opt(opts, name)
+  local v, range = opts[name], NUMBERS[name]
   if v == nil then return true end
-  local n = tonumber(v)
-  if not n or n <= 0 or (integer and math.floor(n) ~= n) then
-    err:write("wxpay: --", name:gsub("_", "-"), " must be a positive ", integer and "integer" or "number", "\n")
-    return false
+  local n
+  if range.integer then
+    n = v:match("^%d+$") and tonumber(v)
+  else
+    n = v:match("^%d*%.?%d+$") and tonumber(v) -- plain decimals: no 1e999, inf, nan or hex
+  end
+  if not n or n < range.min or n > range.max or (range.above_min and n == range.min) then
+    return nil, "--" .. name .. " must be " .. range.text
   end
   opts[name] = n
   return true
@@ -135,9 +153,9 @@ function M.main(argv, io_)
     err:write("wxpay: --output must be table, csv or json\n")
     return 2
   end
-  if not (number_opt(opts, "concurrency", err, true) and number_opt(opts, "qps", err)
-          and number_opt(opts, "limit", err, true)) then
-    return 2
+  for _, name in ipairs{ "concurrency", "qps", "limit" } do
+    local ok, nerr = number_opt(opts, name)
+    if not ok then err:write("wxpay: ", nerr, "\n"); return 2 end
   end
 
   if cmd == "campaign" and pos[2] == "status" then

@@ -27,7 +27,22 @@ local SCHEMA = {
 local Journal = {}
 Journal.__index = Journal
 
---- Open (or create) a journal.
+local function shell_quote(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+-- Neither Lua nor LuaSQL can set a file's mode, so a new journal is first created empty
+-- (a valid empty database) by a shell with umask 077. SQLite's unix VFS gives the -wal,
+-- -shm and -journal files the main file's permissions, so they are 0600 too.
+local function create_private(path)
+  local f = io.open(path, "rb")
+  if f then f:close(); return true end
+  local r = os.execute("umask 077 && : >> " .. shell_quote(path))
+  if r == true or r == 0 then return true end
+  return nil, "cannot create journal " .. path
+end
+
+--- Open (or create, mode 0600) a journal.
 -- @tparam string path
 -- @return journal, or nil and an error message
 function M.open(path)
@@ -35,6 +50,8 @@ function M.open(path)
   if not ok then
     return nil, "the journal needs LuaSQL's SQLite driver (Debian: apt-get install lua-sql-sqlite3)"
   end
+  local created, cerr = create_private(path)
+  if not created then return nil, cerr end
   local env = driver.sqlite3()
   local conn, err = env:connect(path)
   if not conn then env:close(); return nil, "cannot open journal " .. path .. ": " .. tostring(err) end

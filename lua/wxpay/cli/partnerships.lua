@@ -34,7 +34,11 @@ function M.run(cmd, o)
   local authorized_data = { business_type = o.business_type, stock_id = o.stock }
   if cmd == "list" then
     local partner = o.partner_type and { type = o.partner_type } or nil
-    if o.appid or o.merchant_id then partner = assert(partner_of(o)) end
+    if o.appid or o.merchant_id then
+      local perr
+      partner, perr = partner_of(o)
+      if not partner then o.err:write("wxpay: ", perr, "\n"); return 2 end
+    end
     local rows = {}
     local ok, err = pcall(function()
       for rel in client.partnerships.list{ authorized_data = authorized_data, partner = partner,

@@ -245,6 +245,23 @@ local function query_json(params, name)
   return v
 end
 
+-- Offsets above a signed 32-bit int are refused: WeChat Pay's own are int32, and a bound
+-- keeps `offset * limit + 1` far from integer overflow (which indexed past the matches).
+local MAX_OFFSET = 2147483647
+
+-- A decimal query parameter in min..max, or its default when absent.
+-- @return the integer, or nil and a PARAM_ERROR answer
+local function query_integer(params, name, default, min, max)
+  local text = params[name]
+  if text == nil then return default end
+  local n = text:match("^%d+$") and tonumber(text)
+  if not n or n < min or n > max then
+    return nil, param_error(name, "query", string.format("%s must be an integer in %d..%d", name, min, max),
+                            text)
+  end
+  return n
+end
+
 local function list(state, req, auth)
   local _, params = util.parse_target(req.target)
   local ad, err = query_json(params, "authorized_data")
@@ -269,19 +286,11 @@ local function list(state, req, auth)
       return param_error("partner", "query", "partner." .. f .. " must be a string")
     end
   end
-  local limit, offset = 20, 0
-  if params.limit then
-    limit = params.limit:match("^%d+$") and tonumber(params.limit)
-    if not limit or limit < 1 or limit > 50 then
-      return param_error("limit", "query", "limit must be an integer in 1..50", params.limit)
-    end
-  end
-  if params.offset then
-    offset = params.offset:match("^%d+$") and tonumber(params.offset)
-    if not offset then
-      return param_error("offset", "query", "offset must be a non-negative integer", params.offset)
-    end
-  end
+  local limit, offset
+  limit, err = query_integer(params, "limit", 20, 1, 50)
+  if err then return err end
+  offset, err = query_integer(params, "offset", 0, 0, MAX_OFFSET)
+  if err then return err end
 
   local matches = state.store:query(auth.mchid, {
     business_type = ad.business_type, stock_id = ad.stock_id, partner_type = partner.type,

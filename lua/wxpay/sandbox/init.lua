@@ -18,8 +18,11 @@ then logs one line per API request to stderr.
 Options:
   --host HOST               address to listen on (default 127.0.0.1)
   --port N                  port, 0 = ephemeral (default 0)
-  --dir DIR                 state directory for keys (default: a fresh temporary directory);
-                            keys already in DIR are reused
+  --dir DIR                 state directory for keys (default: a fresh temporary
+                            directory under $TMPDIR, removed on exit); keys already in
+                            DIR are reused. DIR is made 0700 and its files 0600; an
+                            existing DIR that others can read is tightened if it is
+                            empty or a sandbox's, else refused
   --mode MODE               certificate | public_key | combined (default combined)
   --seed N                  pre-populate N relations (BUSIFAVOR_STOCK, stock SEED_STOCK,
                             APPID partners wxseed000001...)
@@ -148,6 +151,14 @@ local function watchers(server, opts)
   return list
 end
 
+-- Start, print the startup line, serve until a watcher stops the server.
+local function run(opts)
+  local server = M.start(opts)
+  io.stdout:write(server:startup_line(), "\n")
+  io.stdout:flush()
+  server:run(watchers(server, opts))
+end
+
 --- Run the sandbox as a program.
 -- @tparam table argv command-line arguments
 -- @treturn int exit status
@@ -162,14 +173,22 @@ function M.main(argv)
     return 0
   end
   opts.pid = own_pid()
-  local ok, server = pcall(M.start, opts)
+  -- Blocked from here on (the watchers take them), so a SIGTERM during key generation
+  -- ends the run below and its clean-up instead of killing the process in the middle.
+  local signal = require("cqueues.signal")
+  signal.block(signal.SIGTERM, signal.SIGINT)
+  local keys_mod = require("wxpay.sandbox.keys")
+  local temp -- holds private keys: removed on every way out but SIGKILL
+  if not opts.dir then
+    temp = keys_mod.tempdir()
+    opts.dir = temp
+  end
+  local ok, failure = pcall(run, opts)
+  if temp then keys_mod.remove_tempdir(temp) end
   if not ok then
-    io.stderr:write("wxpay-sandbox: ", tostring(server), "\n")
+    io.stderr:write("wxpay-sandbox: ", tostring(failure), "\n")
     return 1
   end
-  io.stdout:write(server:startup_line(), "\n")
-  io.stdout:flush()
-  server:run(watchers(server, opts))
   return 0
 end
 

@@ -27,36 +27,71 @@ local function read_file(path)
   return data
 end
 
--- Write via a temporary name and rename, so a reader never sees half a file.
-local function write_file(path, data)
-  local tmp = path .. ".tmp" .. util.random_hex(8)
-  local f = assert(io.open(tmp, "wb"))
-  assert(f:write(data))
-  assert(f:close())
-  assert(os.rename(tmp, path))
-end
-
 local function shell_quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
---- Create a directory (and its parents).
+-- Write via a temporary name and rename, so a reader never sees half a file. Lua cannot
+-- set a file's mode, so a shell with umask 077 creates it: 0600 from its first byte, and
+-- the 0700 directory (see M.mkdir) keeps it private even before that.
+local function write_file(path, data)
+  local tmp = path .. ".tmp" .. util.random_hex(8)
+  local f = assert(io.popen("umask 077 && cat > " .. shell_quote(tmp), "w"))
+  assert(f:write(data))
+  assert(f:close(), "cannot write " .. tmp)
+  assert(os.rename(tmp, path))
+end
+
+-- Group or others may enter or read `dir` (ls -ld: "drwxr-x---" and the like).
+local function shared(dir)
+  local p = io.popen("ls -ld -- " .. shell_quote(dir) .. " 2>/dev/null")
+  local line = p:read("l") or ""
+  p:close()
+  return line:sub(5, 10):find("[^-]") ~= nil
+end
+
+local function is_empty_or_ours(dir)
+  local p = io.popen("ls -A -- " .. shell_quote(dir) .. " 2>/dev/null")
+  local names = p:read("a")
+  p:close()
+  return names == "" or ("\n" .. names):find("\nmanifest%.json\n") ~= nil
+end
+
+--- Create a private (0700) state directory and its parents, or make an existing one private.
+-- The directory is 0700 before any key is written into it. An existing one that others can
+-- read is tightened to 0700 when it is empty or already a sandbox state directory; one that
+-- holds anything else is refused rather than changed.
 -- @tparam string dir
 -- @return true, or nil and an error message
 function M.mkdir(dir)
-  local ok = os.execute("mkdir -p " .. shell_quote(dir))
-  if not ok then return nil, "cannot create directory " .. dir end
+  local q = shell_quote(dir)
+  if not os.execute("test -d " .. q) then
+    if not os.execute("mkdir -p -m 700 -- " .. q) then return nil, "cannot create directory " .. dir end
+    return true
+  end
+  if not shared(dir) then return true end
+  if not is_empty_or_ours(dir) then
+    return nil, "state directory " .. dir .. " is readable by others and holds other files: "
+      .. "give a new or private (chmod 700) directory"
+  end
+  if not os.execute("chmod 700 -- " .. q) then return nil, "cannot make " .. dir .. " private" end
   return true
 end
 
---- A fresh private temporary directory, derived from os.tmpname().
+--- A fresh private (0700) temporary directory under $TMPDIR (default /tmp), by mktemp -d.
 -- @treturn string path
 function M.tempdir()
-  local name = os.tmpname()
-  os.remove(name)
-  local dir = name .. "-wxpay-sandbox"
-  assert(os.execute("mkdir -m 700 " .. shell_quote(dir)), "cannot create " .. dir)
+  local p = assert(io.popen('mktemp -d "${TMPDIR:-/tmp}/wxpay-sandbox.XXXXXX"'))
+  local dir = p:read("l")
+  p:close()
+  assert(dir and dir ~= "", "cannot create a temporary directory")
   return dir
+end
+
+--- Remove a directory made by `tempdir` and everything in it (the keys).
+-- @tparam string dir
+function M.remove_tempdir(dir)
+  os.execute("rm -rf -- " .. shell_quote(dir))
 end
 
 local function rsa_key()
@@ -208,7 +243,8 @@ end
 --   `platform2_serial_no`, `wechatpay_public_key_id`, `apiv3_key`, `files` (field -> path)
 --   and `pem` (field -> PEM text)
 function M.load(dir)
-  assert(M.mkdir(dir))
+  local ok, err = M.mkdir(dir)
+  if not ok then error(err, 0) end
   -- The printed config must work from any working directory.
   if dir:sub(1, 1) ~= "/" then
     local pwd = io.popen("pwd")
@@ -223,10 +259,14 @@ function M.load(dir)
   end
   local keys = { dir = dir, files = {}, pem = {} }
   for k, v in pairs(manifest) do keys[k] = v end
+  local quoted = { shell_quote(dir .. "/manifest.json") }
   for field, name in pairs(FILES) do
     keys.files[field] = dir .. "/" .. name
     keys.pem[field] = read_file(keys.files[field])
+    quoted[#quoted + 1] = shell_quote(keys.files[field])
   end
+  -- Files kept from a sandbox that wrote them 0644.
+  assert(os.execute("chmod 600 -- " .. table.concat(quoted, " ")), "cannot make the key files private")
   return keys
 end
 
