@@ -18,7 +18,7 @@ end
 
 describe("wxpay module", function()
   it("has a version", function()
-    assert.equal("0.1.0", wxpay._VERSION)
+    assert.equal("0.2.0", wxpay._VERSION)
   end)
 
   it("module-level functions need configure first", function()
@@ -201,7 +201,7 @@ describe("request pipeline", function()
     assert.equal("application/json", h.Accept)
     local v = core.versions()
     local ua = h["User-Agent"]
-    assert.matches("^wxpay/0%.1%.0 %(%S+/%S+%) Lua/%d+%.%d+", ua)
+    assert.matches("^wxpay/" .. wxpay._VERSION:gsub("%.", "%%.") .. " %(%S+/%S+%) Lua/%d+%.%d+", ua)
     assert.truthy(ua:find(" libcurl/" .. v.libcurl:match("[%d.]+"), 1, true), ua)
     assert.truthy(ua:find(" OpenSSL/" .. v.openssl:match("%d+%.%d+[%d.]*"), 1, true), ua)
     if rawget(_G, "jit") then assert.matches("LuaJIT/2", ua) end
