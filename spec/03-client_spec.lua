@@ -21,6 +21,14 @@ describe("wxpay module", function()
     assert.equal("0.2.0", wxpay._VERSION)
   end)
 
+  it("errors.is tells the module's errors from tables that look like them", function()
+    local _, err = wxpay.new(F.config(F.transport(ok_handler()), { mchid = F.NIL }))
+    assert.is_true(wxpay.errors.is(err))
+    assert.is_false(wxpay.errors.is({ kind = err.kind, message = err.message, field = err.field }))
+    assert.is_false(wxpay.errors.is("config"))
+    assert.is_false(wxpay.errors.is(nil))
+  end)
+
   it("module-level functions need configure first", function()
     local data, err = wxpay.request{ method = "GET", path = "/v3/x" }
     assert.is_nil(data)
