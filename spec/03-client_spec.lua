@@ -21,6 +21,14 @@ describe("wxpay module", function()
     assert.matches("^%d+%.%d+%.%d+$", wxpay._VERSION)
   end)
 
+  it("errors.is tells the module's errors from tables that look like them", function()
+    local _, err = wxpay.new(F.config(F.transport(ok_handler()), { mchid = F.NIL }))
+    assert.is_true(wxpay.errors.is(err))
+    assert.is_false(wxpay.errors.is({ kind = err.kind, message = err.message, field = err.field }))
+    assert.is_false(wxpay.errors.is("config"))
+    assert.is_false(wxpay.errors.is(nil))
+  end)
+
   it("module-level functions need configure first", function()
     local data, err = wxpay.request{ method = "GET", path = "/v3/x" }
     assert.is_nil(data)
@@ -154,7 +162,6 @@ describe("request pipeline", function()
   -- Under the ASan build only (core._test_fail_random is compiled in there): a request that
   -- cannot be signed is never sent, and the caller gets a local, non-retried error.
   it("sends nothing when signing fails (a failing random source)", function()
-    local core = require("wxpay.core")
     if not core._test_fail_random then
       pending("core._test_fail_random is built only with WXPAY_TEST_HOOKS (make asan)")
       return
@@ -226,8 +233,7 @@ describe("request pipeline", function()
     assert.equal("application/json", h.Accept)
     local v = core.versions()
     local ua = h["User-Agent"]
-    assert.equal("wxpay/" .. wxpay._VERSION .. " (", ua:sub(1, #wxpay._VERSION + 8))
-    assert.matches("^wxpay/%S+ %(%S+/%S+%) Lua/%d+%.%d+", ua)
+    assert.matches("^wxpay/" .. wxpay._VERSION:gsub("%.", "%%.") .. " %(%S+/%S+%) Lua/%d+%.%d+", ua)
     assert.truthy(ua:find(" libcurl/" .. v.libcurl:match("[%d.]+"), 1, true), ua)
     assert.truthy(ua:find(" OpenSSL/" .. v.openssl:match("%d+%.%d+[%d.]*"), 1, true), ua)
     if rawget(_G, "jit") then assert.matches("LuaJIT/2", ua) end

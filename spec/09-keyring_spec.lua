@@ -225,7 +225,9 @@ describe("key ring policy (fake transport)", function()
       now = function() return now end })))
     assert.equal(2, #c.certificates.list())
     assert.truthy(c.request{ method = "GET", path = "/v3/x" })
-    now = now + 15 * 86400 -- the old certificate (10 days) has expired, the new one (20) not
+    -- just past the old certificate's end: it has expired, the newer one (a year longer) not
+    now = core.load_certificate(k.platform_old_cert):not_after() + 1
+    assert.truthy(now < core.load_certificate(k.platform_new_cert):not_after())
     local list = c.certificates.list()
     assert.equal(1, #list)
     assert.equal(k.platform_new_serial, list[1].serial_no)

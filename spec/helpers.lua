@@ -50,15 +50,24 @@ function helpers.cleanup()
   made = {}
 end
 
---- Generates an RSA key (PKCS#8 PEM), its public key and a self-signed certificate.
--- Returns a table of paths and PEM strings.
+--- An RSA key (PKCS#8 PEM), its public key and a self-signed certificate made now with the
+-- openssl CLI (`opts.days`, default 30; `opts.bits`, default 2048). The key is the committed
+-- spec/support/keys/<name>_<bits>.pem when there is one (key generation is the slow part,
+-- a 4096-bit one takes seconds), else a fresh one. Returns a table of paths and PEM strings.
 function helpers.openssl_keypair(dir, name, opts)
   opts = opts or {}
   local key, pub, crt = dir .. "/" .. name .. "_key.pem", dir .. "/" .. name .. "_pub.pem",
     dir .. "/" .. name .. "_cert.pem"
   local bits = opts.bits or 2048
-  assert(select(2, helpers.sh(("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:%d -out %s")
-    :format(bits, key))), "openssl genpkey failed")
+  local fixture = ("spec/support/keys/%s_%d.pem"):format(name, bits)
+  local f = io.open(fixture, "rb")
+  if f then
+    helpers.write(key, f:read("*a"))
+    f:close()
+  else
+    assert(select(2, helpers.sh(("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:%d -out %s")
+      :format(bits, key))), "openssl genpkey failed")
+  end
   assert(select(2, helpers.sh(("openssl pkey -in %s -pubout -out %s"):format(key, pub))))
   assert(select(2, helpers.sh(("openssl req -new -x509 -key %s -subj /CN=%s -days %d -out %s")
     :format(key, name, opts.days or 30, crt))))

@@ -180,7 +180,9 @@ end
 local function public_names(src, vars)
   local names, seen = {}, {}
   local function add(name)
-    if not seen[name] and not SKIP[name] and not internal_name(name) then seen[name] = true; names[#names + 1] = name end
+    if seen[name] or SKIP[name] or internal_name(name) then return end
+    seen[name] = true
+    names[#names + 1] = name
   end
   for var, prefix in pairs(vars) do
     local v = var:gsub("%p", "%%%0")

@@ -1,15 +1,10 @@
--- Shared fixtures for the unit specs (03, 04): fresh test keys made with the openssl CLI,
+-- Shared fixtures for the unit specs (03, 04, 09): the committed test keys and certificates,
 -- a fake transport that records what the client sent and answers like WeChat Pay, and a
 -- checker for the request signature. Not a spec itself (no _spec suffix).
 
 local core = require("wxpay.core")
 
 local F = {}
-
-local function sh(cmd)
-  local ok = os.execute(cmd .. " >/dev/null 2>&1")
-  assert(ok == true or ok == 0, "command failed: " .. cmd)
-end
 
 local function slurp(path)
   local f = assert(io.open(path, "rb"))
@@ -19,42 +14,24 @@ local function slurp(path)
 end
 F.slurp = slurp
 
+F.KEYS = "spec/support/keys/"
+
 local keys
---- Generate (once per process) a merchant key + certificate, two platform certificates
--- (an older and a newer one, different keys), a WeChat Pay public key pair, and an
--- unrelated key. Returns a table of PEM strings, paths and serials.
+--- The committed test keys (spec/support/keys/, see regenerate.sh there): a merchant key +
+-- certificate, two platform certificates (an older and a newer one, different keys), a
+-- WeChat Pay public key pair, and an unrelated key. Returns a table of PEM strings and
+-- serials, loaded once per process.
 function F.keys()
   if keys then return keys end
-  local dir = os.tmpname()
-  os.remove(dir)
-  sh("mkdir -p " .. dir)
-  local function gen(name, days, not_before_offset)
-    local key, cert = dir .. "/" .. name .. "_key.pem", dir .. "/" .. name .. "_cert.pem"
-    sh(string.format("openssl genrsa -out %s 2048", key))
-    sh(string.format("openssl req -new -x509 -key %s -subj /CN=%s -days %d -set_serial 0x%s -out %s",
-      key, name, days, core.sha256_hex(name .. (not_before_offset or "")):sub(1, 32), cert))
-    return key, cert
-  end
-  local mk, mc = gen("merchant", 30)
-  local pk1, pc1 = gen("platform_old", 10)
-  -- "newer" must have a later not_before: wait a second so the validity start differs
-  local t = os.time()
-  while os.time() == t do end
-  local pk2, pc2 = gen("platform_new", 20)
-  local wk = dir .. "/wechatpay_pub_key.pem"
-  sh("openssl genrsa -out " .. wk .. " 2048")
-  sh("openssl pkey -in " .. wk .. " -pubout -out " .. dir .. "/wechatpay_pub.pem")
-  local other = dir .. "/other_key.pem"
-  sh("openssl genrsa -out " .. other .. " 2048")
+  local function read(name) return slurp(F.KEYS .. name .. ".pem") end
   keys = {
-    merchant_key = slurp(mk), merchant_cert = slurp(mc),
-    platform_old_key = slurp(pk1), platform_old_cert = slurp(pc1),
-    platform_new_key = slurp(pk2), platform_new_cert = slurp(pc2),
-    wechatpay_key = slurp(wk), wechatpay_pub = slurp(dir .. "/wechatpay_pub.pem"),
-    other_key = slurp(other),
+    merchant_key = read("merchant_2048"), merchant_cert = read("merchant_cert"),
+    platform_old_key = read("platform_old_2048"), platform_old_cert = read("platform_old_cert"),
+    platform_new_key = read("platform_new_2048"), platform_new_cert = read("platform_new_cert"),
+    wechatpay_key = read("wechatpay_2048"), wechatpay_pub = read("wechatpay_pub"),
+    other_key = read("other_2048"),
     pub_key_id = "PUB_KEY_ID_0114232134912410000000000000000001",
   }
-  sh("rm -rf " .. dir) -- everything is in memory now; specs write files they need
   keys.merchant_serial = core.load_certificate(keys.merchant_cert):serial()
   keys.platform_old_serial = core.load_certificate(keys.platform_old_cert):serial()
   keys.platform_new_serial = core.load_certificate(keys.platform_new_cert):serial()
