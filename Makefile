@@ -31,6 +31,7 @@ deps:
 
 lint:
 	luacheck -q lua spec bench examples tools bin/wxpay-sandbox bin/wxpay
+	sh tools/check-sizes.sh
 
 test-lua54: build
 	$(BUSTED) --lua=$(LUA) $(SPECS)
