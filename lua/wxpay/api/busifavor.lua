@@ -57,7 +57,7 @@ function M.create_stock(api, params, opts)
     schema.create, "out_request_no", schema.check_create)
   if not data then return nil, err, meta end
   local ok, derr = calls.expect(data, { "stock_id" }, meta)
-  if not ok then derr.out_request_no = meta.out_request_no; return nil, derr, meta end
+  if not ok then derr.out_request_no = meta.out_request_no; return nil, derr end
   return data, nil, meta
 end
 
@@ -73,7 +73,7 @@ function M.get_stock(api, stock_id, opts)
   local data, rerr, meta = calls.read(api, target, o)
   if not data then return nil, rerr, meta end
   local ok, derr = calls.expect(data, { "stock_id" }, meta)
-  if not ok then return nil, derr, meta end
+  if not ok then return nil, derr end
   return data, nil, meta
 end
 
@@ -114,7 +114,7 @@ function M.update_budget(api, stock_id, params, opts)
   if type(data.max_coupons) ~= "number" then
     local derr = calls.decode_error("answer lacks max_coupons", meta)
     derr.modify_budget_request_no = meta.modify_budget_request_no
-    return nil, derr, meta
+    return nil, derr
   end
   return data, nil, meta
 end
@@ -124,7 +124,7 @@ local function coupon_write(api, fname, path, params, opts, fields, name, answer
   local data, err, meta = calls.keyed_write(api, fname, "POST", BASE .. path, params, opts, fields, name)
   if not data then return nil, err, meta end
   local ok, derr = calls.expect(data, { answer }, meta)
-  if not ok then derr[name] = meta[name]; return nil, derr, meta end
+  if not ok then derr[name] = meta[name]; return nil, derr end
   return data, nil, meta
 end
 

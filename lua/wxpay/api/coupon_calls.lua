@@ -179,7 +179,7 @@ function M.page(api, target_for, limit, offset, opts)
   local data, err, meta = M.read(api, target_for(limit, offset), opts)
   if not data then return nil, err, meta end
   local ok, perr = page_numbers(data, meta)
-  if not ok then return nil, perr, meta end
+  if not ok then return nil, perr end
   return { data = data.data or {}, offset = data.offset or offset, limit = data.limit or limit,
     total_count = data.total_count }, nil, meta
 end

@@ -55,7 +55,7 @@ function M.create_stock(api, params, opts)
     schema.create, "out_request_no", schema.check_create)
   if not data then return nil, err, meta end
   local ok, derr = calls.expect(data, { "stock_id" }, meta)
-  if not ok then derr.out_request_no = meta.out_request_no; return nil, derr, meta end
+  if not ok then derr.out_request_no = meta.out_request_no; return nil, derr end
   return data, nil, meta
 end
 
@@ -84,7 +84,7 @@ local function state_change(api, verb, stock_id, opts)
   local data, err, meta = calls.write(api, "POST", BASE .. "/stocks/" .. id .. "/" .. verb, body, o, {})
   if not data then return nil, err, meta end
   local ok, derr = calls.expect(data, { "stock_id" }, meta)
-  if not ok then return nil, derr, meta end
+  if not ok then return nil, derr end
   return data, nil, meta
 end
 
@@ -112,7 +112,7 @@ function M.get_stock(api, stock_id, opts)
   local data, err, meta = calls.read(api, target, o)
   if not data then return nil, err, meta end
   local ok, derr = calls.expect(data, { "stock_id" }, meta)
-  if not ok then return nil, derr, meta end
+  if not ok then return nil, derr end
   return data, nil, meta
 end
 
@@ -180,7 +180,7 @@ function M.send_coupon(api, openid, params, opts)
     schema.send, "out_request_no")
   if not data then return nil, werr, meta end
   local ok, derr = calls.expect(data, { "coupon_id" }, meta)
-  if not ok then derr.out_request_no = meta.out_request_no; return nil, derr, meta end
+  if not ok then derr.out_request_no = meta.out_request_no; return nil, derr end
   return data, nil, meta
 end
 
