@@ -113,6 +113,31 @@ local function expect_refusal(t, res, err, field)
   assert.equal(0, #t.calls)
 end
 
+describe("argument types", function()
+  it("a non-table params, filters or opts raises, naming the argument, and sends nothing", function()
+    local b, fv, t = new_client()
+    local calls = {
+      { b.stocks.create, "x" }, { b.stocks.create, {}, "x" }, { b.stocks.update, "1", "x" },
+      { b.stocks.update, "1", {}, "x" }, { b.stocks.update_budget, "1", "x" }, { b.stocks.get, "1", "x" },
+      { b.coupons.use, "x" }, { b.coupons.return_coupon, {}, "x" }, { b.coupons.deactivate, 1 },
+      { b.coupons.list, "o" }, { b.coupons.page, "o", "x" }, { b.coupons.get, "o", "c", "a", "x" },
+      { b.callbacks.set, "x" }, { b.callbacks.get, MCHID, "x" },
+      { fv.stocks.create, "x" }, { fv.stocks.start, "1", "x" }, { fv.stocks.pause, "1", 1 },
+      { fv.stocks.restart, "1", true }, { fv.stocks.get, "1", "x" }, { fv.stocks.list, "x" },
+      { fv.stocks.page, "x" }, { fv.coupons.send, "o", "x" }, { fv.coupons.send, "o", {}, "x" },
+      { fv.coupons.list, "o", "x" }, { fv.coupons.page, "o" }, { fv.coupons.get, "o", "1", "a", "x" },
+      { fv.callbacks.set, {}, "x" }, { fv.callbacks.get, MCHID, 1 },
+    }
+    for i, call in ipairs(calls) do
+      local ok, msg = pcall(call[1], (table.unpack or unpack)(call, 2))
+      assert.is_false(ok, "call " .. i)
+      assert.equal("string", type(msg), "call " .. i .. " raised a non-string")
+      assert.truthy(msg:find("^bad argument #%d to '"), "call " .. i .. ": " .. msg)
+    end
+    assert.equal(0, #t.calls)
+  end)
+end)
+
 describe("busifavor stocks", function()
   it("create sends the protocol bytes, the mchid as belong_merchant, and returns the number", function()
     local b, _, t = new_client(ok_json('{"stock_id":"1286950000000039","create_time":"2024-05-20T13:29:35+08:00"}'))

@@ -47,13 +47,14 @@ end
 -- @treturn table|nil meta (with `out_request_no`)
 function M.create_stock(api, params, opts)
   calls.argcheck("create", 1, params, "table")
+  calls.argcheck("create", 2, opts, "table?")
   local p = params
   if params.belong_merchant == nil and api.mchid ~= nil then
     p = {}
     for k, v in pairs(params) do p[k] = v end
     p.belong_merchant = api.mchid
   end
-  local data, err, meta = calls.keyed_write(api, "create", "POST", BASE .. "/stocks", p, opts,
+  local data, err, meta = calls.keyed_write(api, "POST", BASE .. "/stocks", p, opts,
     schema.create, "out_request_no", schema.check_create)
   if not data then return nil, err, meta end
   local ok, derr = calls.expect(data, { "stock_id" }, meta)
@@ -83,6 +84,7 @@ end
 -- @treturn true|nil
 function M.update_stock(api, stock_id, params, opts)
   calls.argcheck("update", 2, params, "table")
+  calls.argcheck("update", 3, opts, "table?")
   local target, err = stock_target(api, stock_id)
   if not target then return nil, err end
   local changes = 0
@@ -92,7 +94,7 @@ function M.update_stock(api, stock_id, params, opts)
     if body.coupon_use_rule then return schema.check_use_method(body.coupon_use_rule, "coupon_use_rule.") end
     return true
   end
-  local data, werr, meta = calls.keyed_write(api, "update", "PATCH", target, params, opts, schema.update,
+  local data, werr, meta = calls.keyed_write(api, "PATCH", target, params, opts, schema.update,
     "out_request_no", cross)
   if not data then return nil, werr, meta end
   return true, nil, meta
@@ -106,9 +108,10 @@ end
 -- @treturn table|nil meta (with `modify_budget_request_no`)
 function M.update_budget(api, stock_id, params, opts)
   calls.argcheck("update_budget", 2, params, "table")
+  calls.argcheck("update_budget", 3, opts, "table?")
   local target, err = stock_target(api, stock_id, "/budget")
   if not target then return nil, err end
-  local data, werr, meta = calls.keyed_write(api, "update_budget", "PATCH", target, params, opts, schema.budget,
+  local data, werr, meta = calls.keyed_write(api, "PATCH", target, params, opts, schema.budget,
     "modify_budget_request_no", schema.check_budget)
   if not data then return nil, werr, meta end
   if type(data.max_coupons) ~= "number" then
@@ -121,7 +124,9 @@ end
 
 -- B5/B16/B17: a coupon write answering one time field.
 local function coupon_write(api, fname, path, params, opts, fields, name, answer)
-  local data, err, meta = calls.keyed_write(api, fname, "POST", BASE .. path, params, opts, fields, name)
+  calls.argcheck(fname, 1, params, "table")
+  calls.argcheck(fname, 2, opts, "table?")
+  local data, err, meta = calls.keyed_write(api, "POST", BASE .. path, params, opts, fields, name)
   if not data then return nil, err, meta end
   local ok, derr = calls.expect(data, { answer }, meta)
   if not ok then derr[name] = meta[name]; return nil, derr end

@@ -113,10 +113,8 @@ end
 
 --- Check `params` against `schema` (a fresh request number `name` filled in when absent),
 -- apply `cross` (cross-field rules on the checked copy), and send it as a keyed write.
--- Errors carry the request number as `err[name]`.
-function M.keyed_write(api, fname, method, target, params, opts, schema, name, cross)
-  M.argcheck(fname, 1, params, "table")
-  M.argcheck(fname, 2, opts, "table?")
+-- Errors carry the request number as `err[name]`. The caller has checked the argument types.
+function M.keyed_write(api, method, target, params, opts, schema, name, cross)
   local p, no = with_number(api, params, name)
   if not p then return nil, no end
   local numbers = { [name] = no }

@@ -50,8 +50,9 @@ end
 -- @treturn table|nil meta (with `out_request_no`)
 function M.create_stock(api, params, opts)
   calls.argcheck("create", 1, params, "table")
+  calls.argcheck("create", 2, opts, "table?")
   local p = default_mchid(api, params, "belong_merchant")
-  local data, err, meta = calls.keyed_write(api, "create", "POST", BASE .. "/coupon-stocks", p, opts,
+  local data, err, meta = calls.keyed_write(api, "POST", BASE .. "/coupon-stocks", p, opts,
     schema.create, "out_request_no", schema.check_create)
   if not data then return nil, err, meta end
   local ok, derr = calls.expect(data, { "stock_id" }, meta)
@@ -60,8 +61,7 @@ function M.create_stock(api, params, opts)
 end
 
 -- The stock id as a path segment and the creator (opts or the client's mchid).
-local function stock_and_creator(api, fname, stock_id, opts)
-  calls.argcheck(fname, 2, opts, "table?")
+local function stock_and_creator(api, stock_id, opts)
   local id, err = f.segment(stock_id, "stock_id", STOCK_ID, api)
   if not id then return nil, err end
   local o
@@ -78,7 +78,8 @@ end
 
 -- F2-F4: a state change answering `stock_id` and `<answer>`.
 local function state_change(api, verb, stock_id, opts)
-  local id, creator, o = stock_and_creator(api, verb, stock_id, opts)
+  calls.argcheck(verb, 2, opts, "table?")
+  local id, creator, o = stock_and_creator(api, stock_id, opts)
   if not id then return nil, creator end
   local body = setmetatable({ stock_creator_mchid = creator }, { __jsonorder = { "stock_creator_mchid" } })
   local data, err, meta = calls.write(api, "POST", BASE .. "/stocks/" .. id .. "/" .. verb, body, o, {})
@@ -106,7 +107,8 @@ function M.restart_stock(api, stock_id, opts) return state_change(api, "restart"
 -- @tparam[opt] table opts call options and `stock_creator_mchid` (default: the client's)
 -- @treturn table|nil the stock (`status`, `distributed_coupons`, `stock_use_rule`, …)
 function M.get_stock(api, stock_id, opts)
-  local id, creator, o = stock_and_creator(api, "get", stock_id, opts)
+  calls.argcheck("get", 2, opts, "table?")
+  local id, creator, o = stock_and_creator(api, stock_id, opts)
   if not id then return nil, creator end
   local target = calls.target(api, BASE .. "/stocks/" .. id, { { "stock_creator_mchid", creator } })
   local data, err, meta = calls.read(api, target, o)
@@ -170,13 +172,14 @@ end
 -- @treturn table|nil meta (with `out_request_no`)
 function M.send_coupon(api, openid, params, opts)
   calls.argcheck("send", 2, params, "table")
+  calls.argcheck("send", 3, opts, "table?")
   local id, err = f.segment(openid, "openid", OPENID, api)
   if not id then return nil, err end
   for _, name in ipairs({ "coupon_value", "coupon_minimum" }) do
     if params[name] ~= nil then return nil, errors.invalid_argument(name, "not open yet (the API refuses it)") end
   end
   local p = default_mchid(api, params, "stock_creator_mchid")
-  local data, werr, meta = calls.keyed_write(api, "send", "POST", BASE .. "/users/" .. id .. "/coupons", p, opts,
+  local data, werr, meta = calls.keyed_write(api, "POST", BASE .. "/users/" .. id .. "/coupons", p, opts,
     schema.send, "out_request_no")
   if not data then return nil, werr, meta end
   local ok, derr = calls.expect(data, { "coupon_id" }, meta)
