@@ -336,6 +336,7 @@ describe("wxpay.store.budget", function()
     t = t + 0.5
     assert.same({ true, 5 }, { budget.throttle(s, "qps", s0, t) })
     assert.same({ false, 5 }, { budget.throttle(s, "qps", s0, t + 0.1) }) -- started before the cut
+    assert.same({ false, 5 }, { budget.throttle(s, "qps", t, t + 0.1) }) -- at the cut: a ms clock's tie
     local wait, s1, rate = budget.reserve(s, "qps", 10, t + 0.2)
     assert.equal(5, rate)
     assert.is_true(wait >= 0)

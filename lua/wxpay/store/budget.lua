@@ -65,7 +65,9 @@ local function reserve(st, target, now)
 end
 
 local function throttle(st, started_at, now, target)
-  if st.cut_at and started_at < st.cut_at then return false end
+  -- A start at the cut's own instant counts as before it: ngx.now() has milliseconds, so a
+  -- request reserved just before the cut often carries the cut's time.
+  if st.cut_at and started_at <= st.cut_at then return false end
   st.target = st.target or target
   if not st.target then return false end
   st.rate = st.rate or st.target

@@ -208,7 +208,8 @@ end
 
 function Redis:get(key)
   local v, err = self:call("get", key)
-  if v == nil or null(v) then return nil, err end
+  if v == nil and err then return nil, err end
+  if null(v) then return nil end
   return v
 end
 
