@@ -23,7 +23,9 @@
 --   compare-and-set, which the shared dict has not.
 --
 -- When the store fails the functions return `nil, err` and reserve nothing: the caller
--- falls back to a local limiter and warns once (the client decides).
+-- falls back to a local limiter and warns once (the client decides). Reservations queue: with
+-- more demand than `rate`, waits grow; a caller that gives up on a long wait leaves its slot
+-- unused (the budget errs on the side of fewer starts, never more).
 -- @module wxpay.store.budget
 
 local errors = require("wxpay.errors")

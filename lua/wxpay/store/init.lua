@@ -38,6 +38,14 @@
 -- For the certificate download, `lock(store, key, ttl)` / `unlock(store, key, token)` give a
 -- lock that expires, so a dead holder blocks the rest for `ttl` at most; the rate budget is
 -- in `wxpay.store.budget`.
+--
+-- Wiring it into a client: open once per client (`open(config.store)`; an error is a config
+-- error as is), keep `s:scope(config.mchid)`, and put everything for that merchant under it:
+-- the certificates as the raw `/v3/certificates` answer (body and the signature headers, so a
+-- reader verifies and decrypts it with the APIv3 key before use) under e.g. `certs`, taken
+-- with `lock(m, "certs:lock", ttl)` while downloading; the budget under `qps:<pattern>`.
+-- Any `nil, err` from the store means: do it locally this time (download alone, use
+-- `wxpay.concurrent.new_limiter`) and warn once.
 -- @module wxpay.store
 
 local errors = require("wxpay.errors")
