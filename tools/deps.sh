@@ -6,7 +6,7 @@ PKGS="build-essential cmake pkg-config libssl-dev openssl libcurl4-openssl-dev c
 lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev lua-cjson lua-busted lua-check luarocks
 lua-cqueues lua-luaossl lua-socket lua-sec lua-sql-sqlite3 valgrind clang libclang-rt-14-dev
 nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache lua5.1 liblua5.1-0-dev lua5.3 liblua5.3-dev
-lua-ldoc"
+lua-ldoc redis-server lua-nginx-redis lua-redis"
 missing=""
 for p in $PKGS; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -1,0 +1,209 @@
+--- The fleet rate budget: request starts paced for everything that shares a store.
+--
+--     local budget = require("wxpay.store.budget")
+--     local wait, start_at = budget.reserve(s, "qps:POST /v3/pay/transactions/jsapi", 50)
+--     if wait == nil then --[[ store down: use a local limiter (concurrent.new_limiter) ]] end
+--     sleep(wait) -- then start; on a 429:
+--     budget.throttle(s, "qps:POST /v3/pay/transactions/jsapi", start_at)
+--
+-- The same rules as `client.concurrent`'s limiter (`wxpay.concurrent.new_limiter`), held in
+-- the store instead of in one batch: a generic cell rate algorithm (GCRA) with no burst,
+-- starts spaced T = (1 + GUARD) / rate apart, so no one-second window holds more than `rate`
+-- starts; a 429 halves the rate (not below MIN_RATE, and not again for a request that started
+-- before the last cut), which then climbs back by a tenth of the target per second.
+--
+-- Each call reserves its slot atomically:
+--
+-- * Redis: one EVAL script per call, on Redis's clock (`TIME`), so hosts whose clocks differ
+--   agree; `now` is ignored there and `start_at` is in Redis's time.
+-- * memory: plain Lua (nothing runs between the read and the write);
+-- * `lua_shared_dict` and custom stores: a read-modify-write under a lock (`add` with a
+--   50 ms TTL, spinning 1 ms at a time; under nginx `ngx.sleep`, so not in phases that cannot
+--   yield, where the call returns nil, err). A dict without a lock would need a
+--   compare-and-set, which the shared dict has not.
+--
+-- When the store fails the functions return `nil, err` and reserve nothing: the caller
+-- falls back to a local limiter and warns once (the client decides). Reservations queue: with
+-- more demand than `rate`, waits grow; a caller that gives up on a long wait leaves its slot
+-- unused (the budget errs on the side of fewer starts, never more).
+-- @module wxpay.store.budget
+
+local errors = require("wxpay.errors")
+local unavailable = require("wxpay.store").unavailable
+
+local M = {}
+
+-- Kept equal to lua/wxpay/concurrent.lua's limiter (spec/16 checks the pacing matches).
+M.GUARD = 0.02
+M.MIN_RATE = 0.5
+M.STATE_TTL = 60 -- idle state goes away; a climb back takes 10 s, so nothing is lost
+
+-- The algorithm, as source: run here (load) and inside the Redis scripts, so both agree.
+-- `st` fields: tat (next free slot), rate (current), target (configured), cut_at, last_step.
+local ALGO = [[
+local GUARD, MIN_RATE = %s, %s
+
+local function recover(st, now)
+  if st.rate < st.target and st.last_step then
+    local steps = math.floor(now - st.last_step)
+    if steps > 0 then
+      st.rate = math.min(st.target, st.rate + steps * st.target / 10)
+      st.last_step = st.last_step + steps
+    end
+  end
+end
+
+local function reserve(st, target, now)
+  if st.target ~= target then
+    local cut = st.rate and st.target and st.rate < st.target
+    st.rate = cut and math.min(st.rate, target) or target
+    st.target = target
+  end
+  recover(st, now)
+  local start = now
+  if st.tat and st.tat > now then start = st.tat end
+  st.tat = start + (1 + GUARD) / st.rate
+  return start - now, start
+end
+
+local function throttle(st, started_at, now, target)
+  -- A start at the cut's own instant counts as before it: ngx.now() has milliseconds, so a
+  -- request reserved just before the cut often carries the cut's time.
+  if st.cut_at and started_at <= st.cut_at then return false end
+  st.target = st.target or target
+  if not st.target then return false end
+  st.rate = st.rate or st.target
+  recover(st, now)
+  st.rate = math.max(math.min(MIN_RATE, st.target), st.rate / 2)
+  st.cut_at, st.last_step = now, now
+  return true
+end
+]]
+ALGO = ALGO:format(M.GUARD, M.MIN_RATE)
+
+local FIELDS = { "tat", "rate", "target", "cut_at", "last_step" }
+
+local algo = assert((loadstring or load)(ALGO .. "\nreturn reserve, throttle", "=budget")) -- luacheck: ignore 113
+local step_reserve, step_throttle = algo()
+
+local function num(x)
+  return x and string.format("%.17g", x) or ""
+end
+
+local function decode(s)
+  local st = {}
+  if s then
+    local i = 0
+    for part in (s .. ","):gmatch("([^,]*),") do
+      i = i + 1
+      if FIELDS[i] then st[FIELDS[i]] = tonumber(part) end
+    end
+  end
+  return st
+end
+
+local function encode(st)
+  local out = {}
+  for i, f in ipairs(FIELDS) do out[i] = num(st[f]) end
+  return table.concat(out, ",")
+end
+
+local function ttl_for(st, now)
+  return M.STATE_TTL + math.max(0, (st.tat or now) - now)
+end
+
+-- The Redis scripts: the state is a hash; KEYS[1] its key.
+local LOAD = [[
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local h = redis.call('HMGET', KEYS[1], 'tat', 'rate', 'target', 'cut_at', 'last_step')
+local st = { tat = tonumber(h[1]), rate = tonumber(h[2]), target = tonumber(h[3]),
+             cut_at = tonumber(h[4]), last_step = tonumber(h[5]) }
+local function save()
+  local args = {}
+  for _, f in ipairs({ 'tat', 'rate', 'target', 'cut_at', 'last_step' }) do
+    if st[f] then args[#args + 1] = f; args[#args + 1] = string.format('%.17g', st[f]) end
+  end
+  redis.call('HSET', KEYS[1], unpack(args))
+  local ttl = ]] .. M.STATE_TTL .. [[ + math.max(0, (st.tat or now) - now)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(ttl * 1000))
+end
+]]
+
+M.RESERVE_SCRIPT = ALGO .. LOAD .. [[
+local wait, start = reserve(st, tonumber(ARGV[1]), now)
+save()
+return { string.format('%.17g', wait), string.format('%.17g', start), string.format('%.17g', st.rate) }
+]]
+
+M.THROTTLE_SCRIPT = ALGO .. LOAD .. [[
+local cut = throttle(st, tonumber(ARGV[1]), now, tonumber(ARGV[2]))
+if cut then save() end
+return { cut and 1 or 0, string.format('%.17g', st.rate or 0) }
+]]
+
+local function check_rate(rate, field)
+  if type(rate) ~= "number" or rate ~= rate or rate <= 0 or rate == math.huge then
+    return nil, errors.new("invalid_argument", field .. " must be a positive number", { field = field })
+  end
+  return true
+end
+
+--- Reserve the next start for `key` at `rate` starts per second.
+-- @tparam table store a `wxpay.store` (usually a scope: `s:scope(mchid)`)
+-- @tparam string key the budget's key (e.g. `"qps:POST /v3/refund/domestic/refunds"`)
+-- @tparam number rate the configured qps
+-- @tparam[opt] number now the caller's clock (default `store:now()`; Redis uses `TIME`)
+-- @treturn number|nil seconds to wait before starting (0: now), or nil, err (store down:
+--   nothing reserved, fall back to a local limiter)
+-- @treturn number the reserved start, on the store's clock (pass it to `throttle`)
+-- @treturn number the shared rate now in force
+function M.reserve(store, key, rate, now)
+  local ok, err = check_rate(rate, "qps")
+  if not ok then return nil, err end
+  if store:scripted() then
+    local r, e = store:eval(M.RESERVE_SCRIPT, { key }, { string.format("%.17g", rate) })
+    if type(r) ~= "table" then return nil, e or unavailable("reserve: bad script answer") end
+    return tonumber(r[1]), tonumber(r[2]), tonumber(r[3])
+  end
+  now = now or store:now()
+  return store:update(key, function(old)
+    local st = decode(old)
+    local wait, start = step_reserve(st, rate, now)
+    return encode(st), ttl_for(st, now), wait, start, st.rate
+  end)
+end
+
+--- A 429 came for a request that started at `started_at`: halve the shared rate, unless the
+-- request started before the last cut (its 429 was already answered by that cut).
+-- @tparam table store
+-- @tparam string key
+-- @tparam number started_at the second result of `reserve` for that request
+-- @tparam[opt] number now the caller's clock (default `store:now()`; Redis uses `TIME`)
+-- @tparam[opt] number rate the target to cut from when the key has no state yet
+-- @treturn boolean|nil whether the rate was cut, or nil, err
+-- @treturn number the shared rate now in force (nil when the key has no state)
+function M.throttle(store, key, started_at, now, rate)
+  if type(started_at) ~= "number" then
+    return nil, errors.new("invalid_argument", "started_at must be a number", { field = "started_at" })
+  end
+  if rate ~= nil then
+    local ok, err = check_rate(rate, "qps")
+    if not ok then return nil, err end
+  end
+  if store:scripted() then
+    local r, e = store:eval(M.THROTTLE_SCRIPT, { key },
+      { string.format("%.17g", started_at), rate and string.format("%.17g", rate) or "" })
+    if type(r) ~= "table" then return nil, e or unavailable("throttle: bad script answer") end
+    return tonumber(r[1]) == 1, tonumber(r[2])
+  end
+  now = now or store:now()
+  return store:update(key, function(old)
+    local st = decode(old)
+    local cut = step_throttle(st, started_at, now, rate)
+    if not cut then return nil, nil, false, st.rate end
+    return encode(st), ttl_for(st, now), true, st.rate
+  end)
+end
+
+return M
