@@ -40,6 +40,14 @@ local PUBLIC = {
   ["transport/ngx.lua"] = { M = "wxpay.transport.ngx" },
 }
 
+-- Service modules whose public functions are the fields of the table their `M.new(api)`
+-- returns (bound to the client): file -> public prefix. Nested tables count
+-- (`stocks = { create = … }` is `client.busifavor.stocks.create`).
+local BOUND = {
+  ["api/busifavor.lua"] = "client.busifavor",
+  ["api/favor.lua"] = "client.favor",
+}
+
 -- Modules whose functions are not part of the Lua API: machinery behind `client.concurrent`,
 -- or the command-line programs, documented in cli.md and sandbox.md. (The service modules'
 -- own `M.new`, which the client calls to bind them, is not scanned: only the variables
@@ -48,6 +56,11 @@ local INTERNAL = {
   ["concurrent.lua"] = true, ["transport/multi.lua"] = true, ["transport/init.lua"] = true,
   ["transport/http1.lua"] = true, ["transport/ngx_threads.lua"] = true,
   ["cli/"] = true, ["sandbox/"] = true,
+  -- the coupon products' shared checks, calls and field tables (behind client.busifavor/favor)
+  ["api/fields.lua"] = true, ["api/coupon_calls.lua"] = true, ["api/busifavor_schema.lua"] = true,
+  ["api/favor_schema.lua"] = true,
+  -- the shared store (behind the `store` and `qps` config keys; docs/config.md)
+  ["store/"] = true,
   -- the rooms of the request pipeline, reached through `wxpay.client` (which re-exports
   -- the public encoders) and the client's closures
   ["config.lua"] = true, ["json.lua"] = true, ["request.lua"] = true, ["keyring.lua"] = true,
@@ -210,11 +223,43 @@ local function public_names(src, vars)
   return names
 end
 
-local api_doc = read("docs/api.md") or ""
+-- The names in the table constructor at `open`, descending into nested constructors.
+local function bound_names(src, open, prefix, out)
+  local keys, close = table_keys(src, open)
+  local from = open + 1
+  for _, key in ipairs(keys) do
+    local _, e = src:find("[{,%s]" .. key .. "%s*=%s*{", from)
+    if e and e < close then
+      local _, sub_close = table_keys(src, e)
+      bound_names(src, e, prefix .. "." .. key, out)
+      from = sub_close + 1
+    else
+      out[#out + 1] = prefix .. "." .. key
+    end
+  end
+  return out
+end
+
+local function new_returns(src, prefix)
+  local _, fn = src:find("\nfunction%s+M%.new%s*%(")
+  if not fn then return {} end
+  local _, open = src:find("\n%s*return%s*{", fn)
+  if not open then return {} end
+  return bound_names(src, open, prefix, {})
+end
+
+local api_doc = (read("docs/api.md") or "") .. "\n" .. (read("docs/coupons.md") or "")
 local checked = 0
 for _, file in ipairs(lua_files()) do
   local vars = PUBLIC[file]
-  if vars then
+  if BOUND[file] then
+    for _, name in ipairs(new_returns(read("lua/wxpay/" .. file), BOUND[file])) do
+      checked = checked + 1
+      if not has_name(api_doc, name) then
+        problem("docs/api.md or docs/coupons.md: `%s` (lua/wxpay/%s) is not documented", name, file)
+      end
+    end
+  elseif vars then
     local src = read("lua/wxpay/" .. file)
     for _, name in ipairs(public_names(src, vars)) do
       checked = checked + 1

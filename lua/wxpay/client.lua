@@ -31,6 +31,7 @@ M.check_call_options = request.check_call_options
 local function api_handle(st)
   return {
     offset_mode = st.offset_mode,
+    mchid = st.mchid, -- the default for stock_creator_mchid, belong_merchant and the like
     encode_json = json.encode,
     percent_encode = request.percent_encode,
     check_utf8 = request.check_utf8,
@@ -155,6 +156,8 @@ function M.new(config, version)
   local api = api_handle(st)
   client.partnerships = require("wxpay.api.partnerships").new(api)
   client.media = require("wxpay.api.media").new(api)
+  client.busifavor = require("wxpay.api.busifavor").new(api)
+  client.favor = require("wxpay.api.favor").new(api)
   -- Many calls at once: wraps st.transport and st.sleep so tasks yield to a scheduler.
   client.concurrent = require("wxpay.concurrent").attach(st, config)
 

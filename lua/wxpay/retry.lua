@@ -9,14 +9,15 @@ local core = require("wxpay.core")
 local M = {}
 
 -- Methods a server must treat as repeatable; anything else is repeated only with an
--- Idempotency-Key.
+-- Idempotency-Key, or when the request is idempotent by a request number in its body
+-- (`r.idempotent`, the coupon products' `out_request_no` and the like).
 local SAFE_METHODS = { GET = true, PUT = true, DELETE = true }
 
 --- Whether a request may be sent again after the server may have acted on it.
--- @tparam table r the prepared request (`method`, `idempotency_key`)
+-- @tparam table r the prepared request (`method`, `idempotency_key`, `idempotent`)
 -- @treturn boolean
 function M.repeatable(r)
-  return SAFE_METHODS[r.method] or r.idempotency_key ~= nil
+  return SAFE_METHODS[r.method] or r.idempotency_key ~= nil or r.idempotent == true
 end
 
 --- Whether an error answer asks for the same request again: 429, 5xx, and the codes

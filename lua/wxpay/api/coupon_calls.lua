@@ -5,9 +5,7 @@
 -- The coupon APIs take no `Idempotency-Key` header: a write is made safe to repeat by its
 -- request number in the body (`out_request_no`, `use_request_no`, …). A write is therefore
 -- handed to `api.send` with `idempotent = true`, which tells the pipeline it may repeat the
--- request after a dropped connection exactly like one with an Idempotency-Key. A pipeline
--- that does not know that flag reports such a failure with `retry_skipped = "not
--- idempotent"`; `write` then repeats the same bytes itself, within `max_retries`.
+-- request after a dropped connection exactly like one with an Idempotency-Key.
 -- @module wxpay.api.coupon_calls
 
 local errors = require("wxpay.errors")
@@ -17,8 +15,6 @@ local M = {}
 
 local OPTS_KEYS = { timeout = true, connect_timeout = true, deadline = true,
   max_retries = true, wechatpay_serial = true }
--- The client's own default (client.lua `max_retries`), for the fallback repeat only.
-local DEFAULT_MAX_RETRIES = 2
 -- The largest offset a page may state: 2^31 - 1.
 local MAX_OFFSET = 2147483647
 
@@ -64,12 +60,6 @@ local function request(method, target, body, opts)
     max_retries = opts.max_retries, wechatpay_serial = opts.wechatpay_serial }
 end
 
-local function copy(t)
-  local c = {}
-  for k, v in pairs(t) do c[k] = v end
-  return c
-end
-
 -- Put the request numbers (`{ out_request_no = "…" }`) on the meta or the error.
 local function tag(t, numbers)
   if t then for k, v in pairs(numbers) do t[k] = v end end
@@ -87,16 +77,7 @@ end
 function M.write(api, method, target, body, opts, numbers)
   local r = request(method, target, body and api.encode_json(body) or nil, opts)
   r.idempotent = true
-  local data, err, meta = api.send(copy(r))
-  local limit = opts.max_retries or DEFAULT_MAX_RETRIES
-  local attempts = err and err.attempts or 1
-  while not data and err and err.retry_skipped == "not idempotent" and attempts <= limit do
-    local left = copy(r)
-    left.max_retries = limit - attempts
-    data, err, meta = api.send(left)
-    attempts = attempts + (err and err.attempts or (meta and meta.attempts) or 1)
-    if err then err.attempts = attempts elseif meta then meta.attempts = attempts end
-  end
+  local data, err, meta = api.send(r)
   if not data then return nil, tag(err, numbers), meta end
   return data, nil, tag(meta or {}, numbers)
 end
