@@ -1,6 +1,7 @@
 --- The sandbox control API: plain JSON under /_sandbox/, no signatures.
 -- Specs and demos use it to inject faults, inspect requests and reshape behaviour.
 local callbacks = require("wxpay.sandbox.callbacks")
+local coupons = require("wxpay.sandbox.coupons_control")
 local json = require("wxpay.sandbox.json")
 
 local M = {}
@@ -185,6 +186,25 @@ local ROUTES = {
       local view, err = callbacks.send(server, spec)
       if not view then return bad(err) end
       return reply(200, view)
+    end,
+  },
+  -- What users do with coupons (see wxpay.sandbox.coupons_control).
+  ["/_sandbox/busifavor/claim"] = { POST = function(server, req)
+    local spec = body_table(req)
+    if not spec then return bad("body must be a JSON object") end
+    return coupons.claim(server, spec)
+  end },
+  ["/_sandbox/favor/redeem"] = { POST = function(server, req)
+    local spec = body_table(req)
+    if not spec then return bad("body must be a JSON object") end
+    return coupons.redeem(server, spec)
+  end },
+  ["/_sandbox/favor/balance"] = {
+    GET = function(server) return coupons.balance(server, {}) end,
+    POST = function(server, req)
+      local spec = body_table(req)
+      if not spec then return bad("body must be a JSON object") end
+      return coupons.balance(server, spec)
     end,
   },
   ["/_sandbox/media"] = { GET = function(server)
