@@ -1,7 +1,8 @@
 -- The sandbox's coupon products, 商家券 (busifavor) and 代金券 (favor), over real HTTPS
 -- through the generic signed call client.request: stock state machines, budgets and
 -- per-user limits, request-number replay, paging, the COUPON.SEND and COUPON.USE callbacks
--- (received on 127.0.0.1 and checked with client.notify.parse).
+-- (received on 127.0.0.1 and checked with client.notify.parse), and the partnerships rule
+-- for stocks the sandbox never created.
 local wxpay = require("wxpay")
 local sandbox = require("spec.support.sandbox")
 local h = require("spec.helpers")
@@ -486,6 +487,59 @@ describe("代金券 (favor)", function()
       assert.equal(2, total)
     end)
     srv:close()
+    assert(ok, err)
+  end)
+end)
+
+describe("partnerships and coupon stocks", function()
+  local function build(business_type, stock_id)
+    return client.partnerships.build{ partner = { type = "APPID", appid = APPID },
+      authorized_data = { business_type = business_type, stock_id = stock_id } }
+  end
+  local function busifavor_stock()
+    local now = os.time()
+    local data = assert(call("POST", "/v3/marketing/busifavor/stocks", {
+      stock_name = "合作券", belong_merchant = sb.config.mchid, goods_name = "全场",
+      stock_type = "NORMAL", coupon_code_mode = "WECHATPAY_MODE", out_request_no = "p1",
+      coupon_use_rule = { coupon_available_time = { available_begin_time = rfc3339(now),
+                                                    available_end_time = rfc3339(now + 86400) },
+                          fixed_normal_coupon = { discount_amount = 100, transaction_minimum = 200 },
+                          use_method = "OFF_LINE" },
+      stock_send_rule = { max_coupons = 10, max_coupons_per_user = 1 } }))
+    return data.stock_id
+  end
+
+  it("builds for unknown stocks until the sandbox knows stocks of that product (default auto)", function()
+    assert.equal("auto", sb:control("GET", "/config").unknown_stocks)
+    assert(build("BUSIFAVOR_STOCK", "2433405"))
+    local id = busifavor_stock()
+    local rel = assert(build("BUSIFAVOR_STOCK", id))
+    assert.equal(id, rel.authorized_data.stock_id)
+    local e = api_error(404, "RESOURCE_NOT_EXISTS", build("BUSIFAVOR_STOCK", "2433406"))
+    assert.equal("批次不存在", e.message)
+    assert(build("FAVOR_STOCK", "9856000")) -- no 代金券 stock yet
+  end)
+
+  it("allows or refuses unknown stocks as the unknown_stocks switch says", function()
+    sb:configure{ unknown_stocks = "refuse" }
+    api_error(404, "RESOURCE_NOT_EXISTS", build("FAVOR_STOCK", "9856000"))
+    local id = busifavor_stock()
+    assert(build("BUSIFAVOR_STOCK", id))
+    sb:configure{ unknown_stocks = "allow" }
+    assert(build("BUSIFAVOR_STOCK", "2433406"))
+    local _, status = sb:control("POST", "/config", { unknown_stocks = "sometimes" })
+    assert.equal(400, status)
+  end)
+
+  it("takes the switch from the command line, and reset goes back to it", function()
+    local other = sandbox.start{ args = { "--unknown-stocks", "refuse" } }
+    local ok, err = pcall(function()
+      assert.equal("refuse", other:control("GET", "/config").unknown_stocks)
+      other:configure{ unknown_stocks = "allow" }
+      other:reset()
+      assert.equal("refuse", other:control("GET", "/config").unknown_stocks)
+    end)
+    other:stop()
     assert(ok, err)
   end)
 end)

@@ -179,6 +179,8 @@ local function relation_json(rel, with_state)
 end
 
 local function build(state, mchid, partner, ad)
+  local refused = coupons.unknown_stock(state, ad)
+  if refused then return refused end
   local rel = state.store:get(mchid, partner, ad)
   if not rel then
     rel = state.store:insert(mchid, partner, ad)

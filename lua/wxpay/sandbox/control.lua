@@ -29,6 +29,7 @@ local function config_view(config)
     .. ',"signing_certificate":' .. json.encode(config.signing_certificate)
     .. ',"latency":' .. json.encode(config.latency)
     .. ',"clock_offset":' .. json.encode(config.clock_offset)
+    .. ',"unknown_stocks":' .. json.encode(config.unknown_stocks)
     .. ',"advertised_certificates":' .. json.array(config.advertised_certificates) .. "}"
 end
 
@@ -37,6 +38,7 @@ local ENUMS = {
   offset_mode = { page = true, item = true },
   empty_list = { ["404"] = true, ["200"] = true },
   signing_certificate = { primary = true, secondary = true },
+  unknown_stocks = { auto = true, allow = true, refuse = true },
 }
 
 --- Validate and apply a partial configuration (all or nothing).

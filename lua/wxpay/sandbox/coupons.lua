@@ -1,5 +1,7 @@
 --- The coupon products' APIv3 routes, for wxpay.sandbox.api: their paths carry
 -- parameters (`/v3/marketing/busifavor/stocks/{stock_id}`), so they are matched by pattern.
+local common = require("wxpay.sandbox.coupons_common")
+
 local M = {}
 
 -- { pattern, METHOD = handler(state, req, auth, captures) } lists, one per product.
@@ -20,5 +22,7 @@ function M.route(path)
   end
   return nil
 end
+
+M.unknown_stock = common.unknown_stock
 
 return M

@@ -298,6 +298,19 @@ function M.notify(server, url, event, retry)
   })
 end
 
+--- The partnerships rule for unknown stocks: nil when building is allowed, else the
+-- `404 RESOURCE_NOT_EXISTS` answer. `unknown_stocks` = "allow" never refuses, "refuse"
+-- always does, "auto" only once the sandbox has a stock of that product.
+function M.unknown_stock(state, authorized_data)
+  local mode = state.config.unknown_stocks or "auto"
+  if mode == "allow" then return nil end
+  local cs = state.store.coupons
+  local product = cs and cs[authorized_data.business_type == "FAVOR_STOCK" and "favor" or "busifavor"]
+  if product and product.stocks[authorized_data.stock_id] then return nil end
+  if mode == "auto" and not (product and next(product.stocks)) then return nil end
+  return M.error(404, "RESOURCE_NOT_EXISTS", "批次不存在")
+end
+
 --- Add `id` to the list of `openid`'s coupons.
 function M.add_user_coupon(product, openid, id)
   local list = product.by_user[openid]
