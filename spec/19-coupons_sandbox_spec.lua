@@ -232,6 +232,22 @@ describe("商家券 (busifavor)", function()
       { target_max_coupons = 2, current_max_coupons = 3, modify_budget_request_no = "b" }))
   end)
 
+  it("answers control requests with wrong types with 400, and keeps serving", function()
+    local id = create()
+    for _, extra in ipairs{ { send_channel = 5 }, { max_attempts = "many" }, { retry_scale = {} },
+                            { send_merchant = false } } do
+      local res, status = claim(id, OPENID, extra)
+      assert.equal(400, status)
+      assert.equal("PARAM_ERROR", res.code)
+    end
+    local _, status = sb:control("POST", "/favor/balance", { balance = "lots" })
+    assert.equal(400, status)
+    assert.equal("SUCCESS", claim(id).code)
+    local e = api_error(400, "PARAM_ERROR", call("PATCH", STOCKS .. "/" .. id,
+                                                 { out_request_no = "m1", notify_config = "wx1" }))
+    assert.equal("/notify_config", e.detail.field)
+  end)
+
   it("uses, returns and deactivates coupons along the coupon state machine", function()
     local id = create()
     local code = claim(id).coupon_code

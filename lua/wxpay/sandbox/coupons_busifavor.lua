@@ -164,6 +164,7 @@ local function check_modify(stock, body, c)
       end
     end
   end
+  for _, name in ipairs{ "custom_entrance", "display_pattern_info", "notify_config" } do c:object(name) end
   local use = c:object("coupon_use_rule")
   if use then use:enum("use_method", USE_METHODS) end
   local send = c:object("stock_send_rule")

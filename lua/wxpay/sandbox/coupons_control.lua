@@ -73,12 +73,27 @@ local function issue(p, stock, spec, request_no, now)
   return coupon
 end
 
+-- The type of every optional field of a control request, or the refusal.
+local OPTIONAL = { coupon_code = "string", out_request_no = "string", send_channel = "string",
+                   send_merchant = "string", transaction_id = "string", consume_mchid = "string",
+                   goods_detail = "table", max_attempts = "number", retry_scale = "number" }
+
+local function check_spec(spec, required)
+  for _, name in ipairs(required) do
+    if type(spec[name]) ~= "string" or spec[name] == "" then return refuse(name .. " is required", "PARAM_ERROR") end
+  end
+  for name, kind in pairs(OPTIONAL) do
+    if spec[name] ~= nil and type(spec[name]) ~= kind then
+      return refuse(name .. " must be a " .. kind, "PARAM_ERROR")
+    end
+  end
+end
+
 --- `POST /_sandbox/busifavor/claim {stock_id, openid, appid, coupon_code?, out_request_no?,
 -- send_channel?, send_merchant?, max_attempts?, retry_scale?}`: a user claims a 商家券.
 function M.claim(server, spec)
-  for _, name in ipairs{ "stock_id", "openid", "appid" } do
-    if type(spec[name]) ~= "string" or spec[name] == "" then return refuse(name .. " is required", "PARAM_ERROR") end
-  end
+  local bad = check_spec(spec, { "stock_id", "openid", "appid" })
+  if bad then return bad end
   local p = common.state(server.state.store).busifavor
   local stock = p.stocks[spec.stock_id]
   if not stock then return reply(404, { error = "no such stock", code = "PARAM_ERROR" }) end
@@ -88,7 +103,9 @@ function M.claim(server, spec)
   local now = util.now()
   local message, code = claim_refusal(stock, spec, now)
   if message then return refuse(message, code) end
-  if p.coupons[spec.coupon_code or ""] then return refuse("coupon_code is taken", "PARAM_ERROR") end
+  if stock.fields.coupon_code_mode == "MERCHANT_API" and p.coupons[spec.coupon_code] then
+    return refuse("coupon_code is taken", "PARAM_ERROR")
+  end
   local coupon = issue(p, stock, spec, request_no, now)
   local notify_config = stock.fields.notify_config
   local shown = notify_config and notify_config.notify_appid and spec.openid or ""
@@ -106,9 +123,8 @@ end
 --- `POST /_sandbox/favor/redeem {coupon_id, openid, transaction_id?, consume_mchid?,
 -- goods_detail?, max_attempts?, retry_scale?}`: a user pays with a 代金券.
 function M.redeem(server, spec)
-  for _, name in ipairs{ "coupon_id", "openid" } do
-    if type(spec[name]) ~= "string" then return refuse(name .. " is required", "PARAM_ERROR") end
-  end
+  local bad = check_spec(spec, { "coupon_id", "openid" })
+  if bad then return bad end
   local p = favor.product(server.state)
   local coupon = p.coupons[spec.coupon_id]
   if not coupon or coupon.openid ~= spec.openid then
@@ -123,7 +139,7 @@ function M.redeem(server, spec)
   resource.consume_information = {
     consume_time = common.time(now), consume_mchid = spec.consume_mchid or coupon.stock.creator,
     transaction_id = spec.transaction_id or ("42" .. util.random_digits(26)),
-    goods_detail = type(spec.goods_detail) == "table" and spec.goods_detail or nil,
+    goods_detail = spec.goods_detail,
   }
   local callback = notify(server, p.notify[coupon.stock.creator], {
     event_type = "COUPON.USE", summary = "用券成功", associated_data = "", resource = resource,
@@ -135,7 +151,7 @@ end
 function M.balance(server, spec)
   local p = favor.product(server.state)
   if spec.balance ~= nil then
-    local n = math.tointeger(spec.balance)
+    local n = type(spec.balance) == "number" and math.tointeger(spec.balance)
     if not n or n < 0 then return refuse("balance must be a non-negative integer", "PARAM_ERROR") end
     p.balance = n
   end
