@@ -57,8 +57,9 @@ local function listen()
   return srv, "http://127.0.0.1:" .. port .. "/wxpay/coupons"
 end
 
--- Accept one callback, parse it as the app would and answer as parse recommends.
-local function receive(srv)
+-- Accept one POST (read whole, so closing never resets the connection) and answer it
+-- with answer(headers, body) -> status, body.
+local function serve_one(srv, answer)
   local conn = assert(srv:accept())
   conn:settimeout(5)
   assert(conn:receive("*l"))
@@ -71,11 +72,21 @@ local function receive(srv)
     if name:lower() == "content-length" then length = tonumber(value) end
   end
   local body = length > 0 and assert(conn:receive(length)) or ""
-  local n, err, meta = client.notify.parse(headers, body)
-  local answer = n and meta.answer or err.answer
+  local status, text = answer(headers, body)
   conn:send(string.format("HTTP/1.1 %d X\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
-                          answer.status, #answer.body, answer.body))
+                          status, #text, text))
   conn:close()
+end
+
+-- Accept one callback, parse it as the app would and answer as parse recommends.
+local function receive(srv)
+  local n, err
+  serve_one(srv, function(headers, body)
+    local meta
+    n, err, meta = client.notify.parse(headers, body)
+    local answer = n and meta.answer or err.answer
+    return answer.status, answer.body
+  end)
   return n, err
 end
 
@@ -203,6 +214,27 @@ describe("商家券 (busifavor)", function()
       assert.equal(id, d.stock_id)
       assert.equal(OPENID, d.openid)
       assert.equal(sb.config.mchid, d.send_merchant)
+    end)
+    srv:close()
+    assert(ok, err)
+  end)
+
+  it("tries COUPON.SEND 3 times by default and records every answer", function()
+    local srv, url = listen()
+    local ok, err = pcall(function()
+      assert(call("POST", "/v3/marketing/busifavor/callbacks", { notify_url = url }))
+      local res = claim(create(), OPENID, { retry_scale = 0.01 })
+      for _ = 1, 3 do serve_one(srv, function() return 500, "" end) end
+      local rec
+      for _ = 1, 100 do
+        rec = sb:control("GET", "/callbacks").callbacks[res.callback.id]
+        if rec.state ~= "pending" then break end
+        socket.sleep(0.05)
+      end
+      assert.equal("rejected", rec.state)
+      assert.equal("COUPON.SEND", rec.event_type)
+      assert.same({ 500, 500, 500 }, { rec.attempts[1].status, rec.attempts[2].status, rec.attempts[3].status })
+      assert.is_nil(rec.attempts[4])
     end)
     srv:close()
     assert(ok, err)
