@@ -7,8 +7,8 @@ M.USAGE = [[
 Usage: wxpay-sandbox [options]
 
 A local HTTPS look-alike of the WeChat Pay APIv3 partnerships API (and /v3/certificates,
-the two media upload endpoints, the coupon products 商家券 and 代金券). The control API under /_sandbox/ also rotates the
-platform certificate (POST /_sandbox/rotate) and sends signed, encrypted callbacks to a
+the two media upload endpoints, the coupon products 商家券 and 代金券). The control API
+under /_sandbox/ also rotates the platform certificate (POST /_sandbox/rotate) and sends signed, encrypted callbacks to a
 local URL with WeChat Pay's retry schedule (POST /_sandbox/callbacks, see
 wxpay.sandbox.callbacks).
 When it listens it prints one line of JSON to stdout:
