@@ -8,9 +8,9 @@ Usage: wxpay-sandbox [options]
 
 A local HTTPS look-alike of the WeChat Pay APIv3 partnerships API (and /v3/certificates,
 the two media upload endpoints, the coupon products 商家券 and 代金券). The control API
-under /_sandbox/ also rotates the platform certificate (POST /_sandbox/rotate) and sends signed, encrypted callbacks to a
-local URL with WeChat Pay's retry schedule (POST /_sandbox/callbacks, see
-wxpay.sandbox.callbacks).
+under /_sandbox/ also rotates the platform certificate (POST /_sandbox/rotate), sends
+signed, encrypted callbacks to a local URL with WeChat Pay's retry schedule (POST
+/_sandbox/callbacks, see wxpay.sandbox.callbacks) and acts as a user of coupons.
 When it listens it prints one line of JSON to stdout:
   {"config":{...wxpay.new config...},"control_url":"https://127.0.0.1:PORT/_sandbox","pid":N,"dir":"..."}
 then logs one line per API request to stderr.
