@@ -5,6 +5,7 @@
 local core = require("wxpay.core")
 local rand = require("openssl.rand")
 
+local coupons = require("wxpay.sandbox.coupons")
 local json = require("wxpay.sandbox.json")
 local media = require("wxpay.sandbox.media")
 local util = require("wxpay.sandbox.util")
@@ -178,6 +179,8 @@ local function relation_json(rel, with_state)
 end
 
 local function build(state, mchid, partner, ad)
+  local refused = coupons.unknown_stock(state, ad)
+  if refused then return refused end
   local rel = state.store:get(mchid, partner, ad)
   if not rel then
     rel = state.store:insert(mchid, partner, ad)
@@ -362,7 +365,8 @@ local ROUTES = {
 -- @treturn table `{ status =, body = }`
 function M.handle(state, req)
   local path = req.target:match("^[^?]*")
-  local route = ROUTES[path]
+  local route, captures = ROUTES[path], nil
+  if not route then route, captures = coupons.route(path) end
   if not route then
     return error_response(404, "NOT_FOUND", "no such API: " .. path)
   end
@@ -379,7 +383,7 @@ function M.handle(state, req)
   end
   local auth, err = authenticate(state, req, signed)
   if not auth then return err end
-  return handler(state, req, auth, parts)
+  return handler(state, req, auth, parts or captures)
 end
 
 -- The key that signs a response (spec §9.7): in combined mode the request's

@@ -1,6 +1,7 @@
 --- The sandbox control API: plain JSON under /_sandbox/, no signatures.
 -- Specs and demos use it to inject faults, inspect requests and reshape behaviour.
 local callbacks = require("wxpay.sandbox.callbacks")
+local coupons = require("wxpay.sandbox.coupons_control")
 local json = require("wxpay.sandbox.json")
 
 local M = {}
@@ -28,6 +29,7 @@ local function config_view(config)
     .. ',"signing_certificate":' .. json.encode(config.signing_certificate)
     .. ',"latency":' .. json.encode(config.latency)
     .. ',"clock_offset":' .. json.encode(config.clock_offset)
+    .. ',"unknown_stocks":' .. json.encode(config.unknown_stocks)
     .. ',"advertised_certificates":' .. json.array(config.advertised_certificates) .. "}"
 end
 
@@ -36,6 +38,7 @@ local ENUMS = {
   offset_mode = { page = true, item = true },
   empty_list = { ["404"] = true, ["200"] = true },
   signing_certificate = { primary = true, secondary = true },
+  unknown_stocks = { auto = true, allow = true, refuse = true },
 }
 
 --- Validate and apply a partial configuration (all or nothing).
@@ -185,6 +188,25 @@ local ROUTES = {
       local view, err = callbacks.send(server, spec)
       if not view then return bad(err) end
       return reply(200, view)
+    end,
+  },
+  -- What users do with coupons (see wxpay.sandbox.coupons_control).
+  ["/_sandbox/busifavor/claim"] = { POST = function(server, req)
+    local spec = body_table(req)
+    if not spec then return bad("body must be a JSON object") end
+    return coupons.claim(server, spec)
+  end },
+  ["/_sandbox/favor/redeem"] = { POST = function(server, req)
+    local spec = body_table(req)
+    if not spec then return bad("body must be a JSON object") end
+    return coupons.redeem(server, spec)
+  end },
+  ["/_sandbox/favor/balance"] = {
+    GET = function(server) return coupons.balance(server, {}) end,
+    POST = function(server, req)
+      local spec = body_table(req)
+      if not spec then return bad("body must be a JSON object") end
+      return coupons.balance(server, spec)
     end,
   },
   ["/_sandbox/media"] = { GET = function(server)

@@ -7,10 +7,10 @@ M.USAGE = [[
 Usage: wxpay-sandbox [options]
 
 A local HTTPS look-alike of the WeChat Pay APIv3 partnerships API (and /v3/certificates,
-the two media upload endpoints). The control API under /_sandbox/ also rotates the
-platform certificate (POST /_sandbox/rotate) and sends signed, encrypted callbacks to a
-local URL with WeChat Pay's retry schedule (POST /_sandbox/callbacks, see
-wxpay.sandbox.callbacks).
+the two media upload endpoints, the coupon products 商家券 and 代金券). The control API
+under /_sandbox/ also rotates the platform certificate (POST /_sandbox/rotate), sends
+signed, encrypted callbacks to a local URL with WeChat Pay's retry schedule (POST
+/_sandbox/callbacks, see wxpay.sandbox.callbacks) and acts as a user of coupons.
 When it listens it prints one line of JSON to stdout:
   {"config":{...wxpay.new config...},"control_url":"https://127.0.0.1:PORT/_sandbox","pid":N,"dir":"..."}
 then logs one line per API request to stderr.
@@ -29,6 +29,9 @@ Options:
   --offset-mode MODE        page | item: how list offsets count (default page)
   --empty-list STATUS       404 | 200: answer to an empty list page (default 404)
   --no-state-in-list        omit "state" from list items
+  --unknown-stocks MODE     auto | allow | refuse: whether partnerships build refuses a
+                            coupon stock the sandbox never created (default auto: only
+                            once it has created a stock of that product)
   --fault-seed N            seed for random fault rates ({"fault":"500","rate":0.2}), for
                             reproducible runs (default: from the clock)
   --exit-on-stdin-close     exit when stdin reaches end of file
@@ -41,6 +44,7 @@ local VALUES = {
   ["--host"] = "host", ["--port"] = "port", ["--dir"] = "dir", ["--mode"] = "mode",
   ["--seed"] = "seed", ["--offset-mode"] = "offset_mode", ["--empty-list"] = "empty_list",
   ["--exit-with-pid"] = "exit_with_pid", ["--fault-seed"] = "fault_seed",
+  ["--unknown-stocks"] = "unknown_stocks",
 }
 local FLAGS = {
   ["--no-state-in-list"] = "no_state_in_list", ["--quiet"] = "quiet", ["--help"] = "help",
@@ -50,6 +54,7 @@ local CHOICES = {
   mode = { certificate = true, public_key = true, combined = true },
   offset_mode = { page = true, item = true },
   empty_list = { ["404"] = true, ["200"] = true },
+  unknown_stocks = { auto = true, allow = true, refuse = true },
 }
 
 --- Parse command-line arguments.
@@ -57,7 +62,7 @@ local CHOICES = {
 -- @return options table, or nil and an error message
 function M.parse_args(argv)
   local opts = { host = "127.0.0.1", port = 0, mode = "combined", offset_mode = "page",
-                 empty_list = "404", state_in_list = true, seed = 0 }
+                 empty_list = "404", state_in_list = true, seed = 0, unknown_stocks = "auto" }
   local i = 1
   while i <= #argv do
     local a = argv[i]
@@ -103,7 +108,7 @@ function M.start(opts)
     keys = keys, host = opts.host, port = opts.port, mode = opts.mode,
     offset_mode = opts.offset_mode, empty_list = opts.empty_list,
     state_in_list = opts.state_in_list, quiet = opts.quiet, seed = opts.seed, pid = opts.pid,
-    fault_seed = opts.fault_seed,
+    fault_seed = opts.fault_seed, unknown_stocks = opts.unknown_stocks,
   }
   server:listen()
   return server

@@ -25,7 +25,7 @@ Server.__index = Server
 
 local DEFAULTS = {
   mode = "combined", offset_mode = "page", empty_list = "404", state_in_list = true,
-  signing_certificate = "primary", latency = 0, clock_offset = 0,
+  signing_certificate = "primary", latency = 0, clock_offset = 0, unknown_stocks = "auto",
 }
 
 local function default_config(opts)

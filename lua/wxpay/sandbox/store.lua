@@ -24,6 +24,7 @@ function Store:clear()
   self.generation = 0     -- bumped on insert; invalidates cached queries
   self.query_cache = {}
   self.idempotency = {}   -- mchid \0 endpoint \0 key -> { body, status, response }
+  self.coupons = nil      -- coupon stocks and coupons (wxpay.sandbox.coupons_common.state)
 end
 
 --- The id of the grantee in a validated `partner` object.
