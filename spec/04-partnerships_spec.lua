@@ -1,5 +1,5 @@
 -- Unit specs for client.partnerships over a fake transport: input validation (nothing is
--- sent for a bad input), the canonical bytes of spec §10.1/§10.2, Idempotency-Key
+-- sent for a bad input), the canonical bytes of the official vectors (docs/protocol.md#test-vectors), Idempotency-Key
 -- handling and the lazy list iterator.
 
 local F = require("spec.support.fake")
@@ -206,7 +206,7 @@ end)
 describe("partnerships requests", function()
   local FIXED_TS, FIXED_NONCE = "1554208460", "593BEC0C930BF1AFEB40B4A08C8FB242"
 
-  it("build sends the spec §10.1 body and signs it", function()
+  it("build sends the test-vector body and signs it", function()
     local c, t = new_client()
     local p = appid_params()
     local rel, err, meta = c.partnerships.build(p)
@@ -231,7 +231,7 @@ describe("partnerships requests", function()
     assert.same(appid_params(), p)
   end)
 
-  it("page builds the spec §10.2 canonical query", function()
+  it("page builds the test-vector canonical query", function()
     local c, t = new_client(function() return F.response(200, '{"data":[],"limit":20,"offset":0,"total_count":0}') end)
     local page, err = c.partnerships.page{ partner = { type = "APPID", appid = "wx4e1916a585d1f4e9" },
       authorized_data = { business_type = "BUSIFAVOR_STOCK", stock_id = "2433405" }, limit = 20, offset = 0 }

@@ -53,7 +53,7 @@ describe("wxpay-sandbox", function()
     sb:reset()
   end)
 
-  -- Verify a response per spec §2.2 with the key its Wechatpay-Serial names.
+  -- Verify a response (docs/protocol.md#response-verification) with the key its Wechatpay-Serial names.
   local function verifies(resp, key)
     local h = resp.headers
     if not (h["wechatpay-timestamp"] and h["wechatpay-nonce"] and h["wechatpay-signature"]) then

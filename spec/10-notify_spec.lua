@@ -1,4 +1,4 @@
--- Callbacks (spec §5): client.notify.parse over the official V3 vector and the spec §10.4
+-- Callbacks (docs/protocol.md#callbacks): client.notify.parse over the official V3 vector and the test-vector
 -- callback with a pinned clock, every refusal with its recommended answer, and real
 -- callbacks that the sandbox signs, encrypts and POSTs (with retries) to a listener this
 -- spec runs on 127.0.0.1 (LuaSocket), answering with what parse recommends.
@@ -76,8 +76,8 @@ describe("notify.parse with the official V3 vector (clock pinned)", function()
   end)
 end)
 
-describe("notify.parse with the spec §10.4 callback", function()
-  -- The compact 429-byte body of spec §10.4, signed here with the Go test key that pairs
+describe("notify.parse with the test-vector callback", function()
+  -- The compact 429-byte body of the test vector, signed here with the Go test key that pairs
   -- with go_test_platform_certificate.pem (serial D7CE59D1F522D701).
   local BODY = '{"id":"EV-2018022511223320873","create_time":"2015-05-20T13:29:35+08:00",'
     .. '"resource_type":"encrypt-resource","event_type":"TRANSACTION.SUCCESS","summary":"支付成功",'

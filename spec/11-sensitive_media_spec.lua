@@ -1,4 +1,4 @@
--- Sensitive fields (spec §6) and media upload (spec §7): client.encrypt decrypted by the
+-- Sensitive fields (docs/protocol.md#sensitive-fields) and media upload (docs/protocol.md#media-upload): client.encrypt decrypted by the
 -- sandbox and by openssl, client.decrypt of what openssl encrypts and of the V8 vector,
 -- and image uploads to the sandbox's two media endpoints, with the local refusals that
 -- send nothing.
@@ -12,7 +12,7 @@ local q = helpers.q
 
 local config_from = helpers.config_from
 
--- openssl pkeyutl with the spec §10.5 OAEP options; returns stdout and success.
+-- openssl pkeyutl with the OAEP options of docs/protocol.md#sensitive-fields; returns stdout and success.
 local function oaep(op, keyopt, input, md)
   local dir = helpers.tmpdir()
   helpers.write(dir .. "/in", input)

@@ -1,5 +1,7 @@
---- The WeChat Pay APIv3 look-alike: request authentication (spec §1.9), the partnerships
--- endpoints (§9.7), `GET /v3/certificates` (§3.1) and response signing (§2).
+--- The WeChat Pay APIv3 look-alike: request authentication (docs/protocol.md#server-checks-on-requests), the
+-- partnerships endpoints (docs/sandbox.md#what-it-imitates), `GET /v3/certificates`
+-- (docs/protocol.md#platform-certificates) and response signing
+-- (docs/protocol.md#response-verification).
 -- Handlers return `{ status =, body = }`; `finish` adds headers and the signature, so
 -- the server can apply faults between processing and signing.
 local core = require("wxpay.core")
@@ -48,7 +50,7 @@ function M.load_crypto(keys)
   }
 end
 
---- Parse an Authorization value exactly as spec §1.6 describes it.
+--- Parse an Authorization value exactly as docs/protocol.md#authorization-header describes it.
 -- @tparam string value
 -- @treturn table|nil `{ mchid =, nonce_str =, timestamp =, serial_no =, signature = }`
 function M.parse_authorization(value)
@@ -78,7 +80,7 @@ local function sign_error(message, detail)
   return error_response(401, "SIGN_ERROR", message, detail)
 end
 
--- The checks of spec §1.9, in its order. Returns the parsed Authorization fields, or nil
+-- The checks of docs/protocol.md#server-checks-on-requests, in that order. Returns the parsed Authorization fields, or nil
 -- and the error response. `body` is the signed body line (the meta JSON for uploads).
 local function authenticate(state, req, body)
   local h = req.headers
@@ -120,7 +122,7 @@ local function is_string(v, min, max)
   return type(v) == "string" and #v >= min and #v <= max
 end
 
--- Field rules of spec §9.2. Returns normalised copies, or nil and an error response.
+-- Field rules of docs/protocol.md#shared-objects. Returns normalised copies, or nil and an error response.
 local function validate_partner(p)
   if type(p) ~= "table" then return nil, param_error("/partner", "body", "partner is required") end
   if p.type == "APPID" then
@@ -374,7 +376,7 @@ function M.handle(state, req)
   if not handler then return { status = 405, body = "" } end
   local signed, parts = req.body, nil
   if route.multipart then
-    -- Uploads sign the meta part only (spec §1.3, §7.2).
+    -- Uploads sign the meta part only (docs/protocol.md#body-line, #multipart-format).
     parts = media.parse(req)
     if not parts then
       return param_error("meta", "body", "multipart/form-data with a meta part, then a file part, is required")
@@ -386,7 +388,7 @@ function M.handle(state, req)
   return handler(state, req, auth, parts or captures)
 end
 
--- The key that signs a response (spec §9.7): in combined mode the request's
+-- The key that signs a response (docs/sandbox.md#what-it-imitates): in combined mode the request's
 -- Wechatpay-Serial picks the public key, anything else gets the platform certificate.
 local function signer_for(state, req)
   local mode = state.config.mode

@@ -1,5 +1,5 @@
 --- Signed, encrypted callback notifications sent by the sandbox to the app under test
--- (spec §5), with WeChat Pay's retry schedule scaled down for tests.
+-- (docs/protocol.md#callbacks), with WeChat Pay's retry schedule scaled down for tests.
 --
 -- `POST /_sandbox/callbacks` with a JSON object:
 --   url            "http://127.0.0.1:PORT/path" or https (verified against the sandbox CA);
@@ -50,7 +50,7 @@ local function signer_for(state, name)
   return crypto.platforms[name]
 end
 
--- The callback body, fields in the documented order (spec §5.2).
+-- The callback body, fields in the documented order (docs/protocol.md#callbacks).
 local function build_body(state, spec)
   local nonce = util.random_alnum(12)
   local original_type = spec.original_type or "transaction"

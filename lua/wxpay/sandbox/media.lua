@@ -1,4 +1,4 @@
---- The media upload endpoints (spec §7): multipart parsing and the checks on meta and file.
+--- The media upload endpoints (docs/protocol.md#media-upload): multipart parsing and the checks on meta and file.
 -- `api.lua` verifies the signature over the meta part before `handler` runs. Accepted
 -- uploads are kept in `state.media` (listed by `GET /_sandbox/media`).
 local core = require("wxpay.core")
@@ -9,7 +9,7 @@ local util = require("wxpay.sandbox.util")
 local M = {}
 
 local MB = 1024 * 1024
--- [SIM] limits: 2 MB for marketing images, 5 MB for the generic endpoint (spec §7.1).
+-- [SIM] limits: 2 MB for marketing images, 5 MB for the generic endpoint (docs/protocol.md#upload-endpoints).
 local LIMITS = { marketing = 2 * MB, merchant = 5 * MB }
 local EXTENSIONS = { jpg = "jpeg", jpeg = "jpeg", png = "png", bmp = "bmp" }
 
