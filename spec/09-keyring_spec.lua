@@ -1,4 +1,5 @@
--- The key ring (docs/protocol.md#response-verification, #platform-certificates, #migration): certificate download from nothing, rotation,
+-- The key ring (docs/protocol.md#response-verification, #platform-certificates,
+-- #migration): certificate download from nothing, rotation,
 -- the unknown-serial refresh and its rate limit, combined and pure public-key modes, a
 -- refused certificate download — against the sandbox over real HTTPS — plus the parts
 -- that need a clock or coroutines (periodic refresh, expiry, one shared refresh) over the

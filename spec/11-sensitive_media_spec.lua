@@ -1,4 +1,5 @@
--- Sensitive fields (docs/protocol.md#sensitive-fields) and media upload (docs/protocol.md#media-upload): client.encrypt decrypted by the
+-- Sensitive fields (docs/protocol.md#sensitive-fields) and media upload
+-- (docs/protocol.md#media-upload): client.encrypt decrypted by the
 -- sandbox and by openssl, client.decrypt of what openssl encrypts and of the V8 vector,
 -- and image uploads to the sandbox's two media endpoints, with the local refusals that
 -- send nothing.
