@@ -81,7 +81,8 @@ local function sign_error(message, detail)
 end
 
 -- The checks of docs/protocol.md#server-checks-on-requests, in that order. Returns the
--- parsed Authorization fields, or nil and the error response. `body` is the signed body line (the meta JSON for uploads).
+-- parsed Authorization fields, or nil and the error response. `body` is the signed body
+-- line (the meta JSON for uploads).
 local function authenticate(state, req, body)
   local h = req.headers
   if (h["accept"] or "") == "" or (h["user-agent"] or "") == "" then
