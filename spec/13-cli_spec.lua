@@ -604,10 +604,7 @@ describe("wxpay campaign run (interrupts, --dry-run, duplicates)", function()
   it("does not record a claimed duplicate the list does not show", function()
     local campaign = require("wxpay.cli.campaign")
     local function client_listing(rels)
-      return { partnerships = { list = function()
-        local i = 0
-        return function() i = i + 1; return rels[i] end
-      end } }
+      return { partnerships = { page = function() return { data = rels, offset = 0, limit = 50 } end } }
     end
     local partner = { type = "APPID", appid = "wx1" }
     local ad = { business_type = "FAVOR_STOCK", stock_id = "1" }

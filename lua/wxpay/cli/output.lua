@@ -178,7 +178,11 @@ function M.parse_csv(text)
   return records
 end
 
-local function duration(s)
+--- A number as the CLI prints it: integral ones without a fraction.
+function M.number(v) return cell(v) end
+
+--- Seconds as `3s`, `2m05s` or `1h02m` (`?` when unknown).
+function M.duration(s)
   if s == nil or s ~= s or s == math.huge then return "?" end
   s = math.floor(s + 0.5)
   if s >= 3600 then return string.format("%dh%02dm", math.floor(s / 3600), math.floor(s % 3600 / 60)) end
@@ -215,11 +219,11 @@ function M.progress(opts)
       local fill = total > 0 and math.floor(w * d / total) or w
       out:write(string.format("\r%s [%s%s] %d/%d %3d%%  %.1f/s  errors %d  ETA %s\027[K",
         opts.label or "", string.rep("#", fill), string.rep(".", w - fill), d, total,
-        total > 0 and math.floor(100 * d / total) or 100, rate, e, final and "0s" or duration(eta)))
+        total > 0 and math.floor(100 * d / total) or 100, rate, e, final and "0s" or M.duration(eta)))
       if final then out:write("\n") end
     else
       out:write(string.format("%s%d/%d done, %d errors, %.1f/s, ETA %s\n", opts.label and (opts.label .. ": ") or "",
-        d, total, e, rate, final and "0s" or duration(eta)))
+        d, total, e, rate, final and "0s" or M.duration(eta)))
     end
     out:flush()
   end
