@@ -237,6 +237,8 @@ describe("wxpay doctor", function()
         return { wechatpay_public_key_file = other_key .. ".pub", platform_certificate_files = false,
                  apiv3_key = false }
       end, nil, "FAIL  answer verified", "platform public key" },
+    { "a wrong APIv3 key with the public key configured", { apiv3_key = string.rep("k", 32),
+        platform_certificate_files = false }, nil, "FAIL  apiv3_key decrypts", "APIv3 key" },
   }
   for _, case in ipairs(cases) do
     it("diagnoses " .. case[1], function()
