@@ -251,6 +251,33 @@ describe("client.concurrent", function()
     client.close()
   end)
 
+  it("calls on_progress(done, total, summary) after each task ends, a raising one too", function()
+    local client = assert(wxpay.new(sb.config))
+    local tasks = {}
+    for i = 1, 6 do tasks[i] = build_task(client, "1000009", i) end
+    tasks[7] = function() error("mine", 0) end
+    local calls, finished = {}, 0
+    for _, t in ipairs(tasks) do
+      local task = t
+      tasks[_] = function() local r = { pcall(task) }; finished = finished + 1
+        if not r[1] then error(r[2], 0) end
+        return table.unpack and table.unpack(r, 2) or unpack(r, 2) -- luacheck: ignore 143
+      end
+    end
+    local _, summary = client.concurrent(tasks, { concurrency = 3, on_progress = function(done, total, s)
+      calls[#calls + 1] = { done = done, total = total, finished = finished, requests = s.requests }
+    end })
+    assert.equal(7, #calls)
+    for i, c in ipairs(calls) do
+      assert.equal(i, c.done)
+      assert.equal(7, c.total)
+      assert.equal(i, c.finished) -- called as each task ends, not afterwards
+    end
+    assert.equal(summary.requests, calls[7].requests)
+    assert.has_error(function() client.concurrent({}, { on_progress = 1 }) end)
+    client.close()
+  end)
+
   it("never has more than `concurrency` requests at the sandbox at once", function()
     local client = assert(wxpay.new(sb.config))
     local latency = 0.1 * SLOW -- long enough that every slot fills even where signing is slow

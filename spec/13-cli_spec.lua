@@ -237,6 +237,8 @@ describe("wxpay doctor", function()
         return { wechatpay_public_key_file = other_key .. ".pub", platform_certificate_files = false,
                  apiv3_key = false }
       end, nil, "FAIL  answer verified", "platform public key" },
+    { "a wrong APIv3 key with the public key configured", { apiv3_key = string.rep("k", 32),
+        platform_certificate_files = false }, nil, "FAIL  apiv3_key decrypts", "APIv3 key" },
   }
   for _, case in ipairs(cases) do
     it("diagnoses " .. case[1], function()
@@ -421,5 +423,201 @@ describe("wxpay campaign", function()
       assert.equal("ESTABLISHED", built[partner])
       assert.equal(key_of[partner], key)
     end
+  end)
+end)
+
+describe("wxpay command line (errors, help, --version, --max)", function()
+  before_each(function() sb:reset() end)
+
+  it("prints an API error once, without a doubled prefix", function()
+    local out, err, rc = wxpay("--config " .. config_file .. " partnerships terminate --business-type FAVOR_STOCK"
+      .. " --stock 7300 --appid wxnothere")
+    assert.equal(1, rc)
+    assert.equal("", out)
+    assert.truthy(err:match("^wxpay: api error"), err)
+    assert.falsy(err:find("wxpay: wxpay:", 1, true), err)
+  end)
+
+  it("prints its version, and the sandbox's", function()
+    local version = require("wxpay")._VERSION
+    local out, err, rc = wxpay("--version")
+    assert.equal(0, rc, err)
+    assert.equal("wxpay " .. version .. "\n", out)
+    local text, ok = h.sh(sandbox.CLEAN_ENV .. "lua5.4 bin/wxpay-sandbox --version")
+    assert.truthy(ok)
+    assert.equal("wxpay-sandbox " .. version .. "\n", text)
+  end)
+
+  it("shows a command's own help with COMMAND --help", function()
+    local out, err, rc = wxpay("partnerships --help")
+    assert.equal(0, rc, err)
+    assert.truthy(out:find("--max N", 1, true), out)
+    assert.falsy(out:find("campaign run", 1, true), out)
+    out = wxpay("campaign --help")
+    assert.truthy(out:find("--dry-run", 1, true), out)
+    assert.falsy(out:find("partnerships list", 1, true), out)
+  end)
+
+  it("stops after --max rows; --limit is only the page size", function()
+    for i = 1, 7 do
+      local _, err, rc = wxpay("--config " .. config_file .. " partnerships build --business-type FAVOR_STOCK"
+        .. " --stock 7301 --appid wxmax00000000000" .. i)
+      assert.equal(0, rc, err)
+    end
+    local list = "--config " .. config_file
+      .. " partnerships list --business-type FAVOR_STOCK --stock 7301 --output json"
+    local out, err, rc = wxpay(list .. " --limit 2")
+    assert.equal(0, rc, err)
+    assert.equal(7, #cjson.decode(out))
+    out, err, rc = wxpay(list .. " --limit 2 --max 3")
+    assert.equal(0, rc, err)
+    assert.equal(3, #cjson.decode(out))
+    local _
+    _, err, rc = wxpay(list .. " --max 0")
+    assert.equal(2, rc)
+    assert.truthy(err:find("--max", 1, true), err)
+  end)
+end)
+
+describe("wxpay output", function()
+  local output = require("wxpay.cli.output")
+
+  it("aligns table columns by display width (CJK characters take two columns)", function()
+    local t = output.table({ { error_message = "合作关系已存在", request_id = "r1" },
+                             { error_message = "ok", request_id = "r2" } }, { "error_message", "request_id" })
+    local lines = {}
+    for l in t:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    -- the display column where request_id starts: 14 for the CJK row (7 characters x 2) + 2
+    local function display_col(line, needle)
+      local before = line:sub(1, line:find(needle, 1, true) - 1)
+      local cols = 0
+      for ch in before:gmatch("[%z\1-\127\194-\244][\128-\191]*") do cols = cols + (#ch >= 3 and 2 or 1) end
+      return cols
+    end
+    assert.equal(display_col(lines[1], "request_id"), display_col(lines[3], "r1"))
+    assert.equal(display_col(lines[1], "request_id"), display_col(lines[4], "r2"))
+    assert.equal(16, display_col(lines[3], "r1"))
+  end)
+
+  it("prints integral numbers without .0", function()
+    local t = output.table({ { total_count = 2252.0, rate = 1.5 } }, { "total_count", "rate" })
+    assert.truthy(t:find("2252  ", 1, true), t)
+    assert.falsy(t:find("2252.0", 1, true), t)
+    assert.truthy(t:find("1.5", 1, true), t)
+    assert.equal("n\r\n2252\r\n", output.csv({ { n = 2252.0 } }, { "n" }))
+  end)
+end)
+
+describe("wxpay campaign run (interrupts, --dry-run, duplicates)", function()
+  before_each(function() sb:reset() end)
+  after_each(function() sb:configure{ latency = 0 } end)
+
+  it("stops on SIGINT with status 130 and a resume line, and a rerun finishes without building twice", function()
+    local p, db = dir .. "/int.csv", dir .. "/int.db"
+    plan(p, 40, "wxint")
+    sb:configure{ latency = 0.1 }
+    local pidf, rcf, errf = dir .. "/int.pid", dir .. "/int.rc", dir .. "/int.err"
+    os.remove(rcf)
+    local run = string.format("lua5.4 bin/wxpay --config %s campaign run %s --stock 9101 --business-type FAVOR_STOCK"
+      .. " --journal %s --concurrency 2", config_file, p, db)
+    -- A subshell records the pid and, once it ends, the exit status.
+    os.execute(string.format("(%s%s >/dev/null 2>%s & echo $! > %s; wait $!; echo $? > %s) &", sandbox.CLEAN_ENV,
+      run, h.q(errf), h.q(pidf), h.q(rcf)))
+    local deadline = os.time() + 30
+    while #builds_for("9101") < 4 and os.time() < deadline do os.execute("sleep 0.05") end
+    local pid = tonumber(h.read(pidf))
+    os.execute("kill -INT " .. pid)
+    while not io.open(rcf) and os.time() < deadline do os.execute("sleep 0.05") end
+    local err = h.read(errf)
+    assert.equal("130", (h.read(rcf):gsub("%s+", "")), err)
+    local n = tonumber(err:match("interrupted: (%d+)/40 done, run again to resume\n"))
+    assert.truthy(n and n < 40, err)
+    assert.falsy(err:find("traceback", 1, true), err)
+    assert.falsy(err:find("interrupted!", 1, true), err)
+
+    sb:configure{ latency = 0 }
+    local out, err2, rc = wxpay("--config " .. config_file .. " campaign run " .. p
+      .. " --stock 9101 --business-type FAVOR_STOCK --journal " .. db .. " --no-progress")
+    assert.equal(0, rc, err2)
+    assert.truthy(out:find("40 partners, 40 done, 0 failed", 1, true), out)
+    local seen = {}
+    for _, b in ipairs(builds_for("9101")) do
+      assert.equal(200, b.e.status, "a build answered " .. tostring(b.e.status))
+      seen[b.body.partner.appid] = true
+    end
+    local count = 0
+    for _ in pairs(seen) do count = count + 1 end
+    assert.equal(40, count)
+  end)
+
+  it("--dry-run validates the plan, says what it would send and how long, and sends nothing", function()
+    local p = dir .. "/dry.csv"
+    plan(p, 30, "wxdry")
+    local db = dir .. "/dry.db"
+    local out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. p
+      .. " --stock 9102 --business-type FAVOR_STOCK --journal " .. db .. " --qps 10 --dry-run")
+    assert.equal(0, rc, err)
+    assert.truthy(out:find("wxdry000000000030", 1, true), out)
+    assert.truthy(out:find("30 build requests", 1, true), out)
+    assert.truthy(out:find("3s at --qps 10", 1, true), out)
+    assert.same({}, sb:requests())
+    assert.is_nil(io.open(db, "rb"), "a dry run created the journal")
+    -- a row the library refuses is named, and still nothing is sent
+    h.write(p, "appid\nwxok1\n" .. string.rep("x", 40) .. "\n")
+    out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. p
+      .. " --stock 9102 --business-type FAVOR_STOCK --journal " .. db .. " --dry-run")
+    assert.equal(1, rc, out .. err)
+    assert.truthy(err:find("row 3", 1, true), err)
+    assert.truthy(err:find("invalid_argument", 1, true), err)
+    assert.same({}, sb:requests())
+    -- without base_url the first line says this is the production API
+    local path = with_config{ base_url = false, backup_url = false }
+    h.write(p, "appid\nwxok1\n")
+    out, err, rc = wxpay("--config " .. path .. " campaign run " .. p
+      .. " --stock 9102 --business-type FAVOR_STOCK --journal " .. db .. " --dry-run")
+    os.remove(path)
+    assert.equal(0, rc, out .. err)
+    assert.truthy(err:match("^[^\n]*production API[^\n]*api%.mch%.weixin%.qq%.com"), err)
+    assert.same({}, sb:requests())
+  end)
+
+  it("confirms a partner that already exists by listing it before recording it done", function()
+    local _, err, rc = wxpay("--config " .. config_file .. " partnerships build --business-type FAVOR_STOCK"
+      .. " --stock 9103 --appid wxdup000000000001")
+    assert.equal(0, rc, err)
+    local p, db = dir .. "/dup.csv", dir .. "/dup.db"
+    plan(p, 2, "wxdup")
+    local out
+    out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. p
+      .. " --stock 9103 --business-type FAVOR_STOCK --journal " .. db .. " --no-progress")
+    assert.equal(0, rc, out .. err)
+    assert.truthy(out:find("2 done", 1, true), out)
+    local listed = false
+    for _, e in ipairs(sb:requests()) do
+      if e.method == "GET" and e.target:find("/v3/marketing/partnerships", 1, true)
+         and e.target:find("wxdup000000000001", 1, true) then listed = true end
+    end
+    assert.truthy(listed, "no list request confirmed the duplicate")
+    local rows = parse_csv((wxpay("campaign status " .. db .. " --output csv")))
+    assert.equal("done", rows[2][4])
+    assert.equal("ALREADY_ESTABLISHED", rows[2][7])
+  end)
+
+  it("does not record a claimed duplicate the list does not show", function()
+    local campaign = require("wxpay.cli.campaign")
+    local function client_listing(rels)
+      return { partnerships = { page = function() return { data = rels, offset = 0, limit = 50 } end } }
+    end
+    local partner = { type = "APPID", appid = "wx1" }
+    local ad = { business_type = "FAVOR_STOCK", stock_id = "1" }
+    assert.is_true(campaign.confirm_established(client_listing{ { partner = partner, state = "ESTABLISHED" } },
+      partner, ad))
+    assert.is_false(campaign.confirm_established(client_listing{}, partner, ad))
+    assert.is_false(campaign.confirm_established(client_listing{ { partner = partner, state = "TERMINATED" } },
+      partner, ad))
+    assert.is_true(campaign.already_exists{ kind = "api", code = "RESOURCE_ALREADY_EXISTS" })
+    assert.is_true(campaign.already_exists{ kind = "api", code = "INVALID_REQUEST", message = "合作关系已存在" })
+    assert.is_false(campaign.already_exists{ kind = "api", code = "INVALID_REQUEST", message = "bad" })
+    assert.is_true(campaign.already_exists{ kind = "api", code = "X", already_exists = true })
   end)
 end)

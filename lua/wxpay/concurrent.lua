@@ -30,6 +30,10 @@
 --   (`wxpay.transport.ngx_threads`) where cosockets work, with the same result shape and the
 --   same qps rules (`M.new_limiter`); elsewhere (init_worker, ...) one after another.
 --
+-- * `on_progress(done, total, summary)` (optional) is called after each task ends (an error
+--   too), with the tasks ended so far, `#tasks` and the summary so far: cheap enough to call
+--   every time; an error it raises ends the batch.
+--
 -- The second result, `summary`, is `{ elapsed, requests, throttled, rate_cuts, min_rate,
 -- max_in_flight }` (seconds; requests started through the multi interface; 429 answers;
 -- times the rate was cut; the lowest rate used, nil when never limited).
@@ -46,9 +50,7 @@ local GUARD = 0.02      -- starts are spaced (1 + GUARD) / rate apart
 local TOLERANCE = 0.005 -- a start may come this early, to catch up after a late one
 local MIN_RATE = 0.5    -- a cut never goes below one start every two seconds
 
-local function pack(...)
-  return { n = select("#", ...), ... }
-end
+local function pack(...) return { n = select("#", ...), ... } end
 
 ---------------------------------------------------------------------------------------------
 -- Rate limiter: a generic cell rate algorithm (GCRA) with AIMD on 429
@@ -150,7 +152,10 @@ function M.check_args(tasks, opts)
   if qps ~= nil and (type(qps) ~= "number" or qps ~= qps or qps <= 0 or qps == math.huge) then
     error("bad argument #2 to 'concurrent' (qps must be a positive number)", 3)
   end
-  return n, c, qps
+  if opts.on_progress ~= nil and type(opts.on_progress) ~= "function" then
+    error("bad argument #2 to 'concurrent' (on_progress must be a function)", 3)
+  end
+  return n, c, qps, opts.on_progress
 end
 
 ---------------------------------------------------------------------------------------------
@@ -170,10 +175,7 @@ function Scheduler.sleep(_, seconds)
   return coroutine.yield(TOKEN, "sleep", seconds)
 end
 
--- A FIFO queue.
-local function queue()
-  return { first = 1, last = 0 }
-end
+local function queue() return { first = 1, last = 0 } end -- a FIFO queue
 local function push(q, v)
   q.last = q.last + 1
   q[q.last] = v
@@ -185,17 +187,16 @@ local function shift(q)
   q.first = q.first + 1
   return v
 end
-local function peek(q)
-  return q[q.first]
-end
+local function peek(q) return q[q.first] end
 
 -- One batch: its tasks, queues, transfers in flight and counters. `ctx` is the client's:
 -- `owner` (weak map coroutine -> scheduler), `transport` (with `multi(n)`).
 local Batch = {}
 Batch.__index = Batch
 
-local function new_batch(ctx, tasks, n, concurrency, qps)
-  return setmetatable({ ctx = ctx, tasks = tasks, n = n, concurrency = concurrency,
+local function new_batch(ctx, tasks, n, concurrency, qps, on_progress)
+  return setmetatable({ ctx = ctx, tasks = tasks, n = n, concurrency = concurrency, on_progress = on_progress,
+    t0 = core.monotonic(), ended = 0,
     limiter = M.new_limiter(qps), sched = setmetatable({}, Scheduler), results = {},
     runnable = queue(), waiting = queue(), sleepers = {}, inflight = {}, ninflight = 0,
     max_in_flight = 0, started = 0, next_task = 1, alive = 0 }, Batch)
@@ -214,6 +215,8 @@ function Batch:resume(task, args)
     else
       self.results[task.i] = { n = 2, nil, r[2] }
     end
+    self.ended = self.ended + 1
+    if self.on_progress then self.on_progress(self.ended, self.n, self:summary()) end
   elseif r[2] == TOKEN and r[3] == "http" then
     push(self.waiting, { task = task, req = r[4] })
   elseif r[2] == TOKEN and r[3] == "sleep" then
@@ -320,17 +323,21 @@ function Batch:run()
   end
 end
 
+-- The summary so far (the second result of `client.concurrent`).
+function Batch:summary()
+  local limiter = self.limiter
+  return { elapsed = core.monotonic() - self.t0, requests = self.started, throttled = limiter.throttled,
+    rate_cuts = limiter.cuts, min_rate = limiter.min_rate, max_in_flight = self.max_in_flight }
+end
+
 -- Run the batch. However the loop ends (an error from outside the tasks too: an interrupt,
 -- a memory error), this batch's transfers leave the multi handle the next batches share.
-local function schedule(ctx, tasks, n, concurrency, qps)
-  local t0 = core.monotonic()
-  local b = new_batch(ctx, tasks, n, concurrency, qps)
+local function schedule(ctx, tasks, n, concurrency, qps, on_progress)
+  local b = new_batch(ctx, tasks, n, concurrency, qps, on_progress)
   local ok, err = pcall(b.run, b)
   if b.multi then pcall(b.multi.cancel_all, b.multi) end
   if not ok then error(err, 0) end
-  local limiter = b.limiter
-  return b.results, { elapsed = core.monotonic() - t0, requests = b.started, throttled = limiter.throttled,
-    rate_cuts = limiter.cuts, min_rate = limiter.min_rate, max_in_flight = b.max_in_flight }
+  return b.results, b:summary()
 end
 
 --- Run one task to completion: its results packed as `table.pack` would, or
@@ -345,27 +352,46 @@ end
 
 -- Without a scheduler (OpenResty outside cosocket phases): one task after another, still
 -- within qps, sleeping with the client's own (non-blocking there) sleep.
-local function sequential(ctx, tasks, n, qps)
+local function sequential(ctx, tasks, n, qps, on_progress)
   local mono = core.monotonic
   local t0 = mono()
   local limiter = M.new_limiter(qps)
   local results = {}
+  local function summary() return { elapsed = mono() - t0, requests = 0, throttled = 0, rate_cuts = 0,
+                                     min_rate = limiter.min_rate, max_in_flight = 1 } end
   for i = 1, n do
     local wait = limiter:wait(mono())
     if wait > 0 then ctx.sleep(wait) end
     limiter:start(mono())
     results[i] = M.run_task(tasks[i])
+    if on_progress then on_progress(i, n, summary()) end
   end
-  return results, { elapsed = mono() - t0, requests = 0, throttled = 0, rate_cuts = 0,
-                    min_rate = limiter.min_rate, max_in_flight = 1 }
+  return results, summary()
+end
+
+-- Light threads give their summary only at the end: each task reports the count and time.
+local function counted(tasks, n, on_progress)
+  if not on_progress then return tasks end
+  local t0, ended, out = core.monotonic(), 0, {}
+  for i = 1, n do
+    out[i] = function()
+      local r = M.run_task(tasks[i])
+      ended = ended + 1
+      on_progress(ended, n, { elapsed = core.monotonic() - t0 })
+      if r[1] == nil and r.n == 2 then error(r[2], 0) end
+      return unpack(r, 1, r.n)
+    end
+  end
+  return out
 end
 
 -- Under OpenResty: light threads where cosockets work, else one task after another.
-local function openresty(ctx, tasks, n, concurrency, qps)
+local function openresty(ctx, tasks, n, concurrency, qps, on_progress)
   if require("wxpay.transport.ngx").cosockets_available() then
-    return require("wxpay.transport.ngx_threads").run(tasks, { concurrency = concurrency, qps = qps })
+    return require("wxpay.transport.ngx_threads").run(counted(tasks, n, on_progress),
+      { concurrency = concurrency, qps = qps })
   end
-  return sequential(ctx, tasks, n, qps)
+  return sequential(ctx, tasks, n, qps, on_progress)
 end
 
 --- Hook `client.concurrent` into a client. Called once by `wxpay.client.new`.
@@ -400,19 +426,19 @@ function M.attach(st, config)
 
   --- Run `tasks` (functions making client calls) concurrently; see the module doc.
   -- @tparam table tasks array of functions
-  -- @tparam[opt] table opts `concurrency` (16), `qps` (none)
+  -- @tparam[opt] table opts `concurrency` (16), `qps` (none), `on_progress(done, total, summary)`
   -- @treturn table results, `results[i]` packed like `table.pack`
   -- @treturn table summary
   return function(tasks, opts)
-    local n, concurrency, qps = M.check_args(tasks, opts)
+    local n, concurrency, qps, on_progress = M.check_args(tasks, opts)
     if current() or ctx.busy then error("client.concurrent: batches do not nest", 2) end
-    if rawget(_G, "ngx") then return openresty(ctx, tasks, n, concurrency, qps) end
+    if rawget(_G, "ngx") then return openresty(ctx, tasks, n, concurrency, qps, on_progress) end
     if not ctx.transport then
       -- A transport without multi answers synchronously: coroutines still give ordering and sleeps.
       ctx.transport = { multi = function() error("wxpay.concurrent: the client's transport has no multi") end }
     end
     ctx.busy = true
-    local ok, results, summary = pcall(schedule, ctx, tasks, n, concurrency, qps)
+    local ok, results, summary = pcall(schedule, ctx, tasks, n, concurrency, qps, on_progress)
     ctx.busy = false
     if not ok then error(results, 0) end
     return results, summary

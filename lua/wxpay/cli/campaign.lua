@@ -46,7 +46,7 @@ function M.read_plan(path)
     local id = (records[line][col] or ""):gsub("^%s+", ""):gsub("%s+$", "")
     if id ~= "" and not seen[id] then
       seen[id] = true
-      out[#out + 1] = { type = ptype, id = id }
+      out[#out + 1] = { type = ptype, id = id, row = line }
     end
   end
   if #out == 0 then return nil, "plan " .. path .. " lists no partners" end
@@ -58,74 +58,193 @@ local function is_tty()
   return ok == true or ok == 0
 end
 
---- Run a campaign.
--- @tparam table o `plan`, `stock`, `business_type`, `campaign`, `concurrency`, `qps`,
---   `journal`, `client`, `out` (stdout), `err` (stderr), `tty` (nil: detect)
--- @treturn int exit status (0: every partner done)
-function M.run(o)
+--- Whether an API error says the relation already exists: `err.already_exists` when the
+-- library sets it, else the same rule from the code and message (WeChat Pay answers
+-- `RESOURCE_ALREADY_EXISTS`, or `INVALID_REQUEST` with 已存在 in the message).
+function M.already_exists(err)
+  if type(err) ~= "table" or err.kind ~= "api" then return false end
+  if err.already_exists ~= nil then return err.already_exists and true or false end
+  return err.code == "RESOURCE_ALREADY_EXISTS"
+    or (err.code == "INVALID_REQUEST" and tostring(err.message or ""):find("已存在", 1, true) ~= nil)
+end
+
+--- Confirm a suspected duplicate: list the stock's partnerships for that partner and look
+-- for an established one. Matching a message's text is a guess; the listing is the fact.
+-- @treturn boolean
+function M.confirm_established(client, partner, authorized_data)
+  local page = client.partnerships.page{ authorized_data = authorized_data, partner = partner, limit = 50 }
+  local id = partner.appid or partner.merchant_id
+  for _, rel in ipairs(page and type(page.data) == "table" and page.data or {}) do
+    local p = type(rel.partner) == "table" and rel.partner or {}
+    if (p.appid or p.merchant_id) == id and rel.state == "ESTABLISHED" then return true end
+  end
+  return false
+end
+
+-- The journal outcome of one build call.
+local function outcome_of(r, partner, rel, err, meta)
+  if rel then
+    return { state = "done", attempts = meta.attempts, request_id = meta.request_id, relation_state = rel.state }
+  end
+  if M.already_exists(err) and M.confirm_established(r.client, partner, r.authorized_data) then
+    -- Established before this campaign's key was used (e.g. by hand): the goal is met.
+    return { state = "done", attempts = err.attempts, request_id = err.request_id,
+             relation_state = "ESTABLISHED", error_code = "ALREADY_ESTABLISHED" }
+  end
+  return { state = "failed", attempts = err.attempts, retryable = err.retryable and true or false,
+           error_code = err.code, error_message = err.message, request_id = err.request_id }
+end
+
+local function partner_of(p)
+  return p.partner_type == "APPID" and { type = "APPID", appid = p.partner_id }
+         or { type = "MERCHANT", merchant_id = p.partner_id }
+end
+
+-- One task per partner. Once `r.stop` is set (Ctrl-C, a journal failure) tasks not yet
+-- started send nothing: they end as "skipped" and their partners stay pending.
+local function partner_task(r, p)
+  return function()
+    if r.stop then r.ended_ok = r.ended_ok + 1; return "skipped" end
+    if p.state == "failed" then r.errors = r.errors - 1 end
+    r.journal:sending(r.campaign, p, core.time())
+    local rel, err, meta = r.client.partnerships.build({ partner = partner_of(p),
+      authorized_data = r.authorized_data }, { idempotency_key = p.idempotency_key })
+    local outcome = outcome_of(r, partner_of(p), rel, err, meta)
+    if outcome.state == "failed" then r.errors = r.errors + 1 end
+    r.journal:outcome(r.campaign, p, outcome, core.time())
+    r.done, r.ended_ok = r.done + 1, r.ended_ok + 1
+    return outcome.state
+  end
+end
+
+local function interruption(e)
+  return tostring(e):find("interrupted!", 1, true) ~= nil
+end
+
+-- Run the tasks; returns whether Ctrl-C stopped them. A task that raised (the journal
+-- failed, or Ctrl-C landed inside it) makes the rest skip: `ended_ok` falls behind `done`.
+local function run_tasks(r, o, todo)
+  local tasks = {}
+  for i, p in ipairs(todo) do tasks[i] = partner_task(r, p) end
+  local ok, results = pcall(r.client.concurrent, tasks, { concurrency = o.concurrency, qps = o.qps,
+    on_progress = function(ended)
+      if ended > r.ended_ok then r.stop = true end
+      r.progress.update(r.done, r.errors)
+    end })
+  if not ok then
+    if interruption(results) then return true end
+    error(results, 0)
+  end
+  local interrupted = false
+  for i, res in ipairs(results) do
+    if res[1] == nil and res.n == 2 then
+      if interruption(res[2]) then
+        interrupted = true
+      else
+        o.err:write("wxpay: partner ", todo[i].partner_id, ": ", output.message(res[2]), "\n")
+      end
+    end
+  end
+  return interrupted
+end
+
+-- Checks the options and reads the plan: partners and campaign id, or nil and a status.
+local function prepare(o)
   if not BUSINESS_TYPES[o.business_type or ""] then
     o.err:write("wxpay: --business-type must be FAVOR_STOCK or BUSIFAVOR_STOCK\n")
-    return 2
+    return nil, 2
   end
   if type(o.stock) ~= "string" or o.stock == "" then
     o.err:write("wxpay: --stock STOCK_ID is required\n")
-    return 2
+    return nil, 2
   end
   local partners, perr = M.read_plan(o.plan)
-  if not partners then o.err:write("wxpay: ", perr, "\n"); return 1 end
+  if not partners then o.err:write("wxpay: ", perr, "\n"); return nil, 1 end
   local campaign = o.campaign or (o.business_type .. "-" .. o.stock)
+  for _, p in ipairs(partners) do p.idempotency_key = M.idempotency_key(campaign, p.type, p.id) end
+  return partners, campaign
+end
+
+-- A transport that records each request and sends nothing: the client validates and signs
+-- before a request reaches its transport, so a row that gets here is one WeChat Pay would see.
+local function recorder(seen)
+  return { request = function(req)
+    seen[#seen + 1] = (req.method or "?") .. " " .. tostring(req.url):gsub("^https?://[^/]*", "")
+    return nil, require("wxpay.transport").error("network", "dry run: not sent", false)
+  end }
+end
+
+local function dry_client(config, seen)
+  local c = {}
+  for k, v in pairs(config or {}) do c[k] = v end
+  c.transport, c.max_retries = recorder(seen), 0
+  return require("wxpay").new(c)
+end
+
+--- `campaign run --dry-run`: check every row of the plan with the library's own validation
+-- and the config, print what would be sent and how long it would take at --qps; send
+-- nothing and write no journal.
+-- @treturn int exit status (1 when a row or the config is refused)
+function M.dry_run(o, partners, campaign)
+  local seen = {}
+  local client, cerr = dry_client(o.config, seen)
+  if not client then o.err:write("wxpay: ", output.message(cerr), "\n"); return 1 end
+  local ad, rows, bad = { business_type = o.business_type, stock_id = o.stock }, {}, 0
+  for _, p in ipairs(partners) do
+    local partner = p.type == "APPID" and { type = "APPID", appid = p.id } or { type = "MERCHANT", merchant_id = p.id }
+    local _, err = client.partnerships.build({ partner = partner, authorized_data = ad },
+      { idempotency_key = p.idempotency_key })
+    if err and err.kind == "invalid_argument" then
+      bad = bad + 1
+      o.err:write("wxpay: ", o.plan, " row ", p.row, ": ", output.message(err), "\n")
+    else
+      rows[#rows + 1] = { partner_type = p.type, partner_id = p.id, idempotency_key = p.idempotency_key }
+    end
+  end
+  client.close()
+  o.out:write(output.table(rows, { "partner_type", "partner_id", "idempotency_key" }))
+  local pace = o.qps and string.format("about %s at --qps %s", output.duration(#rows / o.qps), output.number(o.qps))
+               or "no --qps limit: as fast as --concurrency and the API allow"
+  o.out:write(string.format("dry run of campaign %s: would send %d build requests (POST %s) for %s %s to %s; "
+    .. "%s; nothing sent\n", campaign, #rows, "/v3/marketing/partnerships/build", o.business_type, o.stock,
+    o.host or "?", pace))
+  if bad > 0 then o.err:write(string.format("wxpay: %d row%s of the plan refused\n", bad, bad == 1 and "" or "s")) end
+  return bad == 0 and 0 or 1
+end
+
+--- Run a campaign.
+-- @tparam table o `plan`, `stock`, `business_type`, `campaign`, `concurrency`, `qps`,
+--   `journal`, `client`, `out` (stdout), `err` (stderr), `tty` (nil: detect); for
+--   `dry_run`, `config` and `host` instead of `client`
+-- @treturn int exit status (0: every partner done; 130: interrupted)
+function M.run(o)
+  local partners, campaign = prepare(o)
+  if not partners then return campaign end
+  if o.dry_run then return M.dry_run(o, partners, campaign) end
   local journal, jerr = journal_mod.open(o.journal)
   if not journal then o.err:write("wxpay: ", jerr, "\n"); return 1 end
-  for _, p in ipairs(partners) do p.idempotency_key = M.idempotency_key(campaign, p.type, p.id) end
   local ok, serr = journal:start({ id = campaign, stock_id = o.stock, business_type = o.business_type,
     plan = o.plan }, partners, core.time())
   if not ok then o.err:write("wxpay: ", serr, "\n"); journal:close(); return 1 end
 
   local todo = journal:todo(campaign)
   local counts = journal:counts(campaign)
-  local already = counts.total - #todo
-  local done, errors = already, counts.failed
-  local client = o.client
-  local progress = output.progress{ total = counts.total, start = already, tty = o.tty == nil and is_tty() or o.tty,
-    out = o.err, clock = core.monotonic, label = "campaign " .. campaign }
-  local authorized_data = { business_type = o.business_type, stock_id = o.stock }
-
-  local tasks = {}
-  for i, p in ipairs(todo) do
-    tasks[i] = function()
-      local partner = p.partner_type == "APPID" and { type = "APPID", appid = p.partner_id }
-                      or { type = "MERCHANT", merchant_id = p.partner_id }
-      if p.state == "failed" then errors = errors - 1 end
-      journal:sending(campaign, p, core.time())
-      local rel, err, meta = client.partnerships.build({ partner = partner, authorized_data = authorized_data },
-        { idempotency_key = p.idempotency_key })
-      local outcome
-      if rel then
-        outcome = { state = "done", attempts = meta.attempts, request_id = meta.request_id,
-                    relation_state = rel.state }
-      elseif err.kind == "api" and err.code == "INVALID_REQUEST" and tostring(err.message):find("已存在") then
-        -- Established before this campaign's key was used (e.g. by hand): the goal is met.
-        outcome = { state = "done", attempts = err.attempts, request_id = err.request_id,
-                    relation_state = "ESTABLISHED", error_code = "ALREADY_ESTABLISHED" }
-      else
-        outcome = { state = "failed", attempts = err.attempts, retryable = err.retryable and true or false,
-                    error_code = err.code, error_message = err.message, request_id = err.request_id }
-        errors = errors + 1
-      end
-      journal:outcome(campaign, p, outcome, core.time())
-      done = done + 1
-      progress.update(done, errors)
-      return outcome.state
-    end
-  end
-  local results = client.concurrent(tasks, { concurrency = o.concurrency, qps = o.qps })
-  for i, r in ipairs(results) do
-    if r[1] == nil and r.n == 2 then -- a task raised (the journal failed, for one)
-      o.err:write("wxpay: partner ", todo[i].partner_id, ": ", tostring(r[2]), "\n")
-    end
-  end
+  local r = { journal = journal, campaign = campaign, client = o.client, done = counts.total - #todo,
+    errors = counts.failed, ended_ok = 0, authorized_data = { business_type = o.business_type, stock_id = o.stock } }
+  r.progress = output.progress{ total = counts.total, start = r.done, tty = o.tty == nil and is_tty() or o.tty,
+    out = o.err, clock = core.monotonic, label = "campaign " .. campaign, every = 1 }
+  local run_ok, interrupted = pcall(run_tasks, r, o, todo)
+  if not run_ok then journal:close(); error(interrupted, 0) end
   counts = journal:counts(campaign)
-  progress.finish(counts.done + counts.failed, counts.failed)
+  if interrupted then
+    -- Partners whose answer never came stay `sending` (unknown): the rerun re-sends them
+    -- with the same Idempotency-Key, which WeChat Pay answers as a replay.
+    o.err:write(string.format("\ninterrupted: %d/%d done, run again to resume\n", counts.done + counts.failed,
+      counts.total))
+    journal:close()
+    return 130
+  end
+  r.progress.finish(counts.done + counts.failed, counts.failed)
   o.out:write(string.format("campaign %s: %d partners, %d done, %d failed, %d not finished\n", campaign,
     counts.total, counts.done, counts.failed, counts.pending + counts.sending))
   journal:close()

@@ -28,13 +28,8 @@ function M.parse_http_date(s)
     + tonumber(mi) * 60 + tonumber(se)
 end
 
-local function read(path)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, err end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read = require("wxpay.config").read_file
+local serial_key = require("wxpay.keyring").serial_key
 
 -- A PEM from `name` or `name_file`: returns pem, where ("field"), or nil, why.
 local function pem_of(config, name)
@@ -49,22 +44,24 @@ local function pem_of(config, name)
   return nil, nil
 end
 
-local function serial_key(s)
-  return (tostring(s):upper():gsub("^0+(.)", "%1"))
-end
-
 --- Run every check.
 -- @tparam table config the decoded configuration (keys of `wxpay.new`)
 -- @tparam table opts `wxpay` (the module), `now` (function, unix seconds)
 -- @treturn table array of `{ check, status = "ok"|"warn"|"fail", detail, advice }`
 function M.checks(config, opts)
-  local wxpay = opts.wxpay
   local now = opts.now or core.time
   local out = {}
   local function add(check, status, detail, advice)
     out[#out + 1] = { check = check, status = status, detail = detail, advice = advice }
   end
+  M.check_keys(config, add, now)
+  M.check_apiv3_length(config, add)
+  if M.check_endpoint(config, add, now) then M.check_signed(config, add, opts.wxpay) end
+  return out
+end
 
+--- The merchant identity: mchid, private key, certificate and serial_no.
+function M.check_keys(config, add, now)
   if type(config.mchid) == "string" and config.mchid:match("^%d+$") then
     add("mchid", "ok", "merchant " .. config.mchid)
   else
@@ -122,6 +119,10 @@ function M.checks(config, opts)
     add("serial_no", "warn", "not checked: no merchant_certificate_file",
       "Add merchant_certificate_file (apiclient_cert.pem) so key, certificate and serial_no can be checked.")
   end
+end
+
+--- The APIv3 key's length (whether it is the right key needs an answer to decrypt).
+function M.check_apiv3_length(config, add)
 
   if config.apiv3_key ~= nil then
     local n = type(config.apiv3_key) == "string" and #config.apiv3_key or 0
@@ -139,6 +140,10 @@ function M.checks(config, opts)
   else
     add("apiv3_key", "warn", "not set", "Callbacks and certificate downloads need the 32-byte APIv3 key.")
   end
+end
+
+--- Reachability and clock; returns whether the host answered.
+function M.check_endpoint(config, add, now)
 
   -- Reachability and clock, from an unsigned request: any HTTP answer proves the host is there.
   local base = config.base_url or "https://api.mch.weixin.qq.com"
@@ -153,13 +158,13 @@ function M.checks(config, opts)
   if not ok then
     add("endpoint reachable", "fail", "base_url, ca_file or proxy is not a string",
       "Give base_url as \"https://host[:port]\" and ca_file/proxy as strings.")
-    return out
+    return false
   end
   if not resp then
     add("endpoint reachable", "fail", base .. ": " .. tostring(terr.message),
       terr.connected and "The host answered but the exchange failed; check proxy settings."
       or "Cannot connect: check the network, firewall, proxy and ca_file (the TLS certificate must verify).")
-    return out
+    return false
   end
   add("endpoint reachable", "ok", base .. " answered HTTP " .. resp.status)
   local date = M.parse_http_date(resp.headers.date)
@@ -178,12 +183,37 @@ function M.checks(config, opts)
       add("clock", "ok", text)
     end
   end
+  return true
+end
 
+-- Whether the APIv3 key decrypts the platform certificates in a /v3/certificates answer.
+local function check_apiv3_decrypts(config, data, add)
+  if type(config.apiv3_key) ~= "string" or #config.apiv3_key ~= 32 then return end
+  local entry = type(data) == "table" and type(data.data) == "table" and data.data[1]
+  local ec = type(entry) == "table" and entry.encrypt_certificate
+  if type(ec) ~= "table" then
+    add("apiv3_key decrypts", "warn", "not checked: no platform certificates to decrypt",
+      "The APIv3 key is checked when something is decrypted with it: send yourself a test callback "
+      .. "(client.notify.parse decrypts its resource) and see that it decrypts.")
+    return
+  end
+  if core.aes_gcm_decrypt(config.apiv3_key, tostring(ec.nonce), tostring(ec.associated_data or ""),
+                          tostring(ec.ciphertext)) then
+    add("apiv3_key decrypts", "ok", "decrypts the platform certificates")
+  else
+    add("apiv3_key decrypts", "fail", "the platform certificates do not decrypt with apiv3_key",
+      "This is not the merchant's APIv3 key: copy it again from the merchant platform "
+      .. "(API安全 > APIv3密钥), or set a new one there.")
+  end
+end
+
+--- A signed request, its answer verified, and the APIv3 key tried on it.
+function M.check_signed(config, add, wxpay)
   local client, nerr = wxpay.new(config)
   if not client then
     add("configuration", "fail", tostring(nerr.message or nerr) .. (nerr.field and (" (" .. nerr.field .. ")") or ""),
       "Fix the field named; `wxpay.new` refuses this configuration.")
-    return out
+    return
   end
 
   -- A signed request, and its answer verified.
@@ -192,6 +222,7 @@ function M.checks(config, opts)
   if data then
     add("signed request", "ok", "accepted (request_id " .. tostring(meta.request_id) .. ")")
     add("answer verified", "ok", "signature checked with " .. tostring(meta.verified_by))
+    check_apiv3_decrypts(config, data, add)
   elseif err.kind == "api" and err.status == 401 then
     add("signed request", "fail", "WeChat Pay refused the signature: " .. tostring(err.code) .. " "
       .. tostring(err.message),
@@ -199,10 +230,15 @@ function M.checks(config, opts)
       .. "'s API certificate: check serial_no, the key file and mchid together.")
   elseif err.kind == "api" and err.status == 404 then
     add("signed request", "ok", "accepted (no platform certificates: a public-key merchant)")
+    check_apiv3_decrypts(config, nil, add)
   elseif err.kind == "signature" then
     add("signed request", "ok", "accepted")
     if err.check == "timestamp" then
       add("answer verified", "fail", tostring(err.message), "Synchronise this machine's clock (NTP).")
+    elseif err.check == "decrypt" then
+      add("apiv3_key decrypts", "fail", tostring(err.message),
+        "The downloaded platform certificates do not decrypt: apiv3_key is not the merchant's APIv3 key "
+        .. "(merchant platform, API安全 > APIv3密钥).")
     else
       add("answer verified", "fail", tostring(err.message),
         "Answers are signed by WeChat Pay, not by you: wechatpay_public_key_file/_id must be the platform "
@@ -212,7 +248,6 @@ function M.checks(config, opts)
     add("signed request", "fail", tostring(err), "Check base_url, the network and the proxy.")
   end
   client.close()
-  return out
 end
 
 --- Print the checks; returns the exit status (1 if any failed).

@@ -4,39 +4,55 @@
 
 local M = {}
 
-M.USAGE = [[
-Usage: wxpay [--config FILE] COMMAND ...
-
-Commands:
+-- Each command's help; `wxpay COMMAND --help` prints its own, `wxpay --help` them all.
+M.HELP = {
+  campaign = [[
   campaign run PLAN.csv --stock STOCK_ID --business-type FAVOR_STOCK|BUSIFAVOR_STOCK
                --journal FILE.db [--campaign ID] [--concurrency 16] [--qps N]
-               [--progress | --no-progress]
+               [--progress | --no-progress] [--dry-run]
       Authorise the stock to every partner of PLAN.csv (a header row with an `appid` or a
       `merchant_id` column). Every outcome goes to the SQLite journal before the next step,
       so a run killed at any point can simply be run again: it finishes the rest and does
       nothing twice. A campaign is its business type and stock unless --campaign is given.
+      --dry-run checks every row and the config, prints what would be sent and how long it
+      would take at --qps, and sends nothing. Ctrl-C stops it (exit status 130); run again
+      to resume.
   campaign status FILE.db [--campaign ID] [--output table|csv|json]
+]],
+  partnerships = [[
   partnerships list --business-type T [--stock ID] [--partner-type APPID|MERCHANT]
-               [--appid X | --merchant-id X] [--limit N] [--output table|csv|json]
+               [--appid X | --merchant-id X] [--limit N] [--max N] [--output table|csv|json]
+      --limit N is the page size of each request (1 to 50); every page is read unless
+      --max N stops after N rows.
   partnerships build|terminate --business-type T --stock ID (--appid X | --merchant-id X)
                [--idempotency-key K] [--output table|csv|json]
+]],
+  sandbox = [[
   sandbox [sandbox options]      start the local sandbox (see `wxpay sandbox --help`)
+]],
+  doctor = [[
   doctor                         check the configuration and say what to fix
+]],
+}
+
+M.USAGE = "Usage: wxpay [--config FILE] COMMAND ...   (wxpay --version, wxpay COMMAND --help)\n\nCommands:\n"
+  .. M.HELP.campaign .. M.HELP.partnerships .. M.HELP.sandbox .. M.HELP.doctor .. [[
 
 Configuration: --config FILE or WXPAY_CONFIG=FILE, a JSON object with the keys of wxpay.new
 (the sandbox's startup line, with its "config" member, works as is). Secrets are never printed.
+Without base_url the commands talk to the production API, and say so first.
 
 Numbers: --concurrency is an integer from 1 to 1024 (default 16), --qps a number above 0 and
-at most 10000 (default: no limit), --limit an integer from 1 to 50 (WeChat Pay's page size).
-Anything else is a usage error (exit status 2).
+at most 10000 (default: no limit), --limit an integer from 1 to 50 (WeChat Pay's page size),
+--max a positive integer. Anything else is a usage error (exit status 2).
 ]]
 
 local VALUES = {
   config = true, stock = true, business_type = true, journal = true, campaign = true,
   concurrency = true, qps = true, output = true, partner_type = true, appid = true,
-  merchant_id = true, limit = true, idempotency_key = true,
+  merchant_id = true, limit = true, max = true, idempotency_key = true,
 }
-local FLAGS = { help = true, progress = true, no_progress = true }
+local FLAGS = { help = true, progress = true, no_progress = true, dry_run = true, version = true }
 
 --- Split arguments into positional words and `--name value` / `--name=value` options.
 -- @return positional array, options map; or nil and an error
@@ -101,6 +117,7 @@ local NUMBERS = {
   concurrency = { integer = true, min = 1, max = 1024, text = "an integer from 1 to 1024" },
   qps = { min = 0, above_min = true, max = 10000, text = "a number above 0 and at most 10000" },
   limit = { integer = true, min = 1, max = 50, text = "an integer from 1 to 50" },
+  max = { integer = true, min = 1, max = 2 ^ 53, text = "a positive integer" },
 }
 
 -- Checks one numeric option and converts it in place; returns nil and a message if bad.
@@ -120,99 +137,148 @@ local function number_opt(opts, name)
   return true
 end
 
---- Run the command.
--- @tparam table argv arguments
--- @tparam[opt] table io `out`, `err` (files), `env` (function like os.getenv)
--- @treturn int exit status: 0 fine, 1 failed, 2 usage
-function M.main(argv, io_)
-  io_ = io_ or {}
-  local out, err, getenv = io_.out or io.stdout, io_.err or io.stderr, io_.env or os.getenv
-  local cmd = argv[1]
-  if cmd == "sandbox" then -- everything after it is the sandbox's
-    local rest = {}
-    for i = 2, #argv do rest[#rest + 1] = argv[i] end
-    -- The sandbox is a rock of its own (wxpay-sandbox); the command works without it.
-    local ok, sandbox = pcall(require, "wxpay.sandbox")
-    if ok then return sandbox.main(rest) end
-    if tostring(sandbox):find("module 'wxpay.sandbox' not found", 1, true) then
-      err:write("wxpay: `wxpay sandbox` needs the wxpay-sandbox rock: luarocks install wxpay-sandbox\n")
-    else
-      err:write("wxpay: cannot load the sandbox: ", tostring(sandbox):match("^[^\n]*"), "\n")
-    end
-    return 1
+-- `wxpay sandbox ...`: everything after the word is the sandbox's.
+local function run_sandbox(argv, err)
+  local rest = {}
+  for i = 2, #argv do rest[#rest + 1] = argv[i] end
+  -- The sandbox is a rock of its own (wxpay-sandbox); the command works without it.
+  local ok, sandbox = pcall(require, "wxpay.sandbox")
+  if ok then return sandbox.main(rest) end
+  if tostring(sandbox):find("module 'wxpay.sandbox' not found", 1, true) then
+    err:write("wxpay: `wxpay sandbox` needs the wxpay-sandbox rock: luarocks install wxpay-sandbox\n")
+  else
+    err:write("wxpay: cannot load the sandbox: ", tostring(sandbox):match("^[^\n]*"), "\n")
   end
-  local pos, opts = M.parse(argv)
-  if not pos then err:write("wxpay: ", opts, "\n", M.USAGE); return 2 end
-  cmd = pos[1]
+  return 1
+end
+
+-- --help, --version and no command at all; returns a status when one of them applies.
+local function help_or_version(cmd, opts, out)
+  if opts.version then
+    out:write("wxpay ", require("wxpay")._VERSION, "\n")
+    return 0
+  end
+  if opts.help and M.HELP[cmd or ""] then
+    out:write("Usage: wxpay [--config FILE] COMMAND ...\n\n", M.HELP[cmd])
+    return 0
+  end
   if opts.help or cmd == nil or cmd == "help" then
     out:write(M.USAGE)
     return (cmd == nil and not opts.help) and 2 or 0
   end
-  local format = opts.output or "table"
-  if not require("wxpay.cli.output").FORMATS[format] then
-    err:write("wxpay: --output must be table, csv or json\n")
-    return 2
+end
+
+-- The options every command shares; returns a usage message when one is wrong.
+local function check_options(opts)
+  if not require("wxpay.cli.output").FORMATS[opts.output or "table"] then
+    return "--output must be table, csv or json"
   end
-  for _, name in ipairs{ "concurrency", "qps", "limit" } do
+  for _, name in ipairs{ "concurrency", "qps", "limit", "max" } do
     local ok, nerr = number_opt(opts, name)
-    if not ok then err:write("wxpay: ", nerr, "\n"); return 2 end
+    if not ok then return nerr end
   end
+end
 
-  if cmd == "campaign" and pos[2] == "status" then
-    if not pos[3] then err:write("wxpay: campaign status needs the journal file\n"); return 2 end
-    return require("wxpay.cli.campaign").status{ journal = pos[3], campaign = opts.campaign, format = format,
-                                                 out = out, err = err }
-  end
+-- The configuration from --config or WXPAY_CONFIG: config, path; or nil, message, status.
+local function configuration(opts, getenv)
+  local path = opts.config or getenv("WXPAY_CONFIG")
+  if not path then return nil, "no configuration: give --config FILE or set WXPAY_CONFIG", 2 end
+  local config, cerr = M.load_config(path)
+  if not config then return nil, cerr, 1 end
+  return config, path
+end
 
-  local config_path = opts.config or getenv("WXPAY_CONFIG")
-  if not config_path then
-    err:write("wxpay: no configuration: give --config FILE or set WXPAY_CONFIG\n")
+local PRODUCTION = "https://api.mch.weixin.qq.com"
+
+local function campaign_run(pos, opts, c)
+  if not pos[3] or not opts.journal then
+    c.err:write("wxpay: campaign run needs PLAN.csv and --journal FILE\n")
     return 2
   end
-  local config, cerr = M.load_config(config_path)
-  if not config then err:write("wxpay: ", cerr, "\n"); return 1 end
-  local wxpay = require("wxpay")
+  return require("wxpay.cli.campaign").run{
+    plan = pos[3], stock = opts.stock, business_type = opts.business_type, campaign = opts.campaign,
+    concurrency = opts.concurrency or 16, qps = opts.qps, journal = opts.journal, client = c.client,
+    config = c.config, dry_run = opts.dry_run, host = c.config.base_url or PRODUCTION,
+    out = c.out, err = c.err, tty = (opts.progress and true) or (opts.no_progress and false) or nil,
+  }
+end
 
+local function partnerships(pos, opts, c)
+  if not opts.business_type then
+    c.err:write("wxpay: --business-type is required\n")
+    return 2
+  end
+  return require("wxpay.cli.partnerships").run(pos[2], {
+    stock = opts.stock, business_type = opts.business_type, appid = opts.appid,
+    merchant_id = opts.merchant_id, partner_type = opts.partner_type, limit = opts.limit, max = opts.max,
+    idempotency_key = opts.idempotency_key, format = opts.output or "table", client = c.client,
+    out = c.out, err = c.err,
+  })
+end
+
+-- The commands that need a configuration, after it has loaded.
+local function with_config(pos, opts, c)
+  local cmd = pos[1]
   if cmd == "doctor" then
     local doctor = require("wxpay.cli.doctor")
-    out:write("checking ", config_path, "\n")
-    return doctor.report(doctor.checks(config, { wxpay = wxpay }), out)
+    c.out:write("checking ", c.path, " against ", c.config.base_url or (PRODUCTION .. " (the production API)"), "\n")
+    return doctor.report(doctor.checks(c.config, { wxpay = require("wxpay") }), c.out)
   end
-
-  local client, nerr = wxpay.new(config)
+  local run = (cmd == "campaign" and pos[2] == "run") and campaign_run or (cmd == "partnerships" and partnerships)
+  if not run then
+    c.err:write("wxpay: unknown command: ", table.concat(pos, " "), "\n", M.USAGE)
+    return 2
+  end
+  if c.config.base_url == nil then
+    c.err:write("wxpay: no base_url in ", c.path, ": this talks to the production API, ", PRODUCTION, "\n")
+  end
+  if run == campaign_run and opts.dry_run then return run(pos, opts, c) end -- it makes a client that never sends
+  local client, nerr = require("wxpay").new(c.config)
   if not client then
-    err:write("wxpay: ", tostring(nerr), "\n(`wxpay doctor` explains what to fix)\n")
+    c.err:write("wxpay: ", require("wxpay.cli.output").message(nerr), "\n(`wxpay doctor` explains what to fix)\n")
     return 1
   end
-  local status
-  if cmd == "campaign" and pos[2] == "run" then
-    if not pos[3] or not opts.journal then
-      err:write("wxpay: campaign run needs PLAN.csv and --journal FILE\n")
-      status = 2
-    else
-      status = require("wxpay.cli.campaign").run{
-        plan = pos[3], stock = opts.stock, business_type = opts.business_type, campaign = opts.campaign,
-        concurrency = opts.concurrency or 16, qps = opts.qps, journal = opts.journal, client = client,
-        out = out, err = err, tty = (opts.progress and true) or (opts.no_progress and false) or nil,
-      }
-    end
-  elseif cmd == "partnerships" then
-    if not opts.business_type then
-      err:write("wxpay: --business-type is required\n")
-      status = 2
-    else
-      status = require("wxpay.cli.partnerships").run(pos[2], {
-        stock = opts.stock, business_type = opts.business_type, appid = opts.appid,
-        merchant_id = opts.merchant_id, partner_type = opts.partner_type, limit = opts.limit,
-        idempotency_key = opts.idempotency_key, format = format, client = client, out = out, err = err,
-      })
-    end
-  else
-    err:write("wxpay: unknown command: ", table.concat(pos, " "), "\n", M.USAGE)
-    status = 2
-  end
+  c.client = client
+  local ok, status = pcall(run, pos, opts, c)
   client.close()
+  if not ok then error(status, 0) end
   return status
+end
+
+local function dispatch(argv, out, err, getenv)
+  if argv[1] == "sandbox" then return run_sandbox(argv, err) end
+  local pos, opts = M.parse(argv)
+  if not pos then err:write("wxpay: ", opts, "\n", M.USAGE); return 2 end
+  local cmd = pos[1]
+  local status = help_or_version(cmd, opts, out)
+  if status then return status end
+  local uerr = check_options(opts)
+  if uerr then err:write("wxpay: ", uerr, "\n"); return 2 end
+  if cmd == "campaign" and pos[2] == "status" then
+    if not pos[3] then err:write("wxpay: campaign status needs the journal file\n"); return 2 end
+    return require("wxpay.cli.campaign").status{ journal = pos[3], campaign = opts.campaign,
+      format = opts.output or "table", out = out, err = err }
+  end
+  local config, path, cstatus = configuration(opts, getenv)
+  if not config then err:write("wxpay: ", path, "\n"); return cstatus end
+  return with_config(pos, opts, { config = config, path = path, out = out, err = err })
+end
+
+--- Run the command.
+-- @tparam table argv arguments
+-- @tparam[opt] table io `out`, `err` (files), `env` (function like os.getenv)
+-- @treturn int exit status: 0 fine, 1 failed, 2 usage, 130 interrupted (Ctrl-C)
+function M.main(argv, io_)
+  io_ = io_ or {}
+  local out, err = io_.out or io.stdout, io_.err or io.stderr
+  local ok, status = pcall(dispatch, argv, out, err, io_.env or os.getenv)
+  if ok then return status end
+  -- The interpreter turns Ctrl-C into an "interrupted!" error wherever Lua code runs.
+  if tostring(status):find("interrupted!", 1, true) then
+    err:write("wxpay: interrupted\n")
+    return 130
+  end
+  error(status, 0)
 end
 
 return M

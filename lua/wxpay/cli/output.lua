@@ -7,15 +7,51 @@ local M = {}
 
 M.FORMATS = { table = true, csv = true, json = true }
 
+-- Integral numbers print as integers: Lua 5.4 decodes JSON numbers as floats (2252.0).
 local function cell(v)
   if v == nil then return "" end
+  if type(v) == "number" and math.floor(v) == v and math.abs(v) <= 2 ^ 53 then
+    return string.format("%d", v)
+  end
   return tostring(v)
 end
 
--- Display width: one column per UTF-8 character (CJK text may look a little narrower).
-local function width(s)
-  local _, n = s:gsub("[^\128-\191]", "")
+-- East Asian wide and fullwidth code points take two terminal columns (Unicode's UAX #11).
+local WIDE = {
+  { 0x1100, 0x115F }, { 0x2E80, 0x303E }, { 0x3041, 0x33FF }, { 0x3400, 0x4DBF },
+  { 0x4E00, 0x9FFF }, { 0xA000, 0xA4CF }, { 0xAC00, 0xD7A3 }, { 0xF900, 0xFAFF },
+  { 0xFE30, 0xFE4F }, { 0xFF00, 0xFF60 }, { 0xFFE0, 0xFFE6 }, { 0x1F300, 0x1F64F },
+  { 0x1F900, 0x1F9FF }, { 0x20000, 0x3FFFD },
+}
+
+local function code_point(ch)
+  local b = { ch:byte(1, -1) }
+  if #b == 1 then return b[1] end
+  local cp = b[1] % (2 ^ (7 - #b))
+  for i = 2, #b do cp = cp * 64 + b[i] % 64 end
+  return cp
+end
+
+--- Display width of a UTF-8 string: two columns per wide character, one otherwise.
+function M.width(s)
+  local n = 0
+  for ch in s:gmatch("[%z\1-\127\192-\253][\128-\191]*") do
+    local cp, w = code_point(ch), 1
+    if cp >= 0x1100 then
+      for _, r in ipairs(WIDE) do
+        if cp >= r[1] and cp <= r[2] then w = 2; break end
+      end
+    end
+    n = n + w
+  end
   return n
+end
+local width = M.width
+
+--- An error as one line of text, without the `wxpay: ` its tostring starts with (the CLI
+-- puts its own).
+function M.message(err)
+  return (tostring(err):gsub("^wxpay: ", ""))
 end
 
 --- Render rows as an aligned text table.
@@ -142,7 +178,11 @@ function M.parse_csv(text)
   return records
 end
 
-local function duration(s)
+--- A number as the CLI prints it: integral ones without a fraction.
+function M.number(v) return cell(v) end
+
+--- Seconds as `3s`, `2m05s` or `1h02m` (`?` when unknown).
+function M.duration(s)
   if s == nil or s ~= s or s == math.huge then return "?" end
   s = math.floor(s + 0.5)
   if s >= 3600 then return string.format("%dh%02dm", math.floor(s / 3600), math.floor(s % 3600 / 60)) end
@@ -179,11 +219,11 @@ function M.progress(opts)
       local fill = total > 0 and math.floor(w * d / total) or w
       out:write(string.format("\r%s [%s%s] %d/%d %3d%%  %.1f/s  errors %d  ETA %s\027[K",
         opts.label or "", string.rep("#", fill), string.rep(".", w - fill), d, total,
-        total > 0 and math.floor(100 * d / total) or 100, rate, e, final and "0s" or duration(eta)))
+        total > 0 and math.floor(100 * d / total) or 100, rate, e, final and "0s" or M.duration(eta)))
       if final then out:write("\n") end
     else
       out:write(string.format("%s%d/%d done, %d errors, %.1f/s, ETA %s\n", opts.label and (opts.label .. ": ") or "",
-        d, total, e, rate, final and "0s" or duration(eta)))
+        d, total, e, rate, final and "0s" or M.duration(eta)))
     end
     out:flush()
   end

@@ -27,7 +27,7 @@ end
 --- Run one subcommand.
 -- @tparam string cmd "list", "build" or "terminate"
 -- @tparam table o options (`stock`, `business_type`, `appid`, `merchant_id`, `partner_type`,
---   `limit`, `idempotency_key`, `format`), plus `client`, `out`, `err`
+--   `limit` (page size), `max` (stop after that many rows), `idempotency_key`, `format`), plus `client`, `out`, `err`
 -- @treturn int exit status
 function M.run(cmd, o)
   local client, format = o.client, o.format or "table"
@@ -44,9 +44,10 @@ function M.run(cmd, o)
       for rel in client.partnerships.list{ authorized_data = authorized_data, partner = partner,
                                            limit = o.limit } do
         rows[#rows + 1] = row(rel, authorized_data)
+        if o.max and #rows >= o.max then break end -- --limit is only the page size
       end
     end)
-    if not ok then o.err:write("wxpay: ", tostring(err), "\n"); return 1 end
+    if not ok then o.err:write("wxpay: ", output.message(err), "\n"); return 1 end
     o.out:write(output.render(rows, COLUMNS, format))
     return 0
   elseif cmd == "build" or cmd == "terminate" then
@@ -54,7 +55,7 @@ function M.run(cmd, o)
     if not partner then o.err:write("wxpay: ", perr, "\n"); return 2 end
     local rel, err = client.partnerships[cmd]({ partner = partner, authorized_data = authorized_data },
       { idempotency_key = o.idempotency_key })
-    if not rel then o.err:write("wxpay: ", tostring(err), "\n"); return 1 end
+    if not rel then o.err:write("wxpay: ", output.message(err), "\n"); return 1 end
     if cmd == "terminate" then
       rel = { partner = partner, authorized_data = authorized_data, state = "TERMINATED",
               terminate_time = rel.terminate_time }

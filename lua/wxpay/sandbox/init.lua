@@ -37,6 +37,7 @@ Options:
   --exit-on-stdin-close     exit when stdin reaches end of file
   --exit-with-pid PID       exit when process PID is gone (checked every second)
   --quiet                   no request log on stderr
+  --version                 print the version
   --help                    this text
 ]]
 
@@ -48,6 +49,7 @@ local VALUES = {
 }
 local FLAGS = {
   ["--no-state-in-list"] = "no_state_in_list", ["--quiet"] = "quiet", ["--help"] = "help",
+  ["--version"] = "version",
   ["--exit-on-stdin-close"] = "exit_on_stdin_close",
 }
 local CHOICES = {
@@ -175,6 +177,10 @@ function M.main(argv)
   end
   if opts.help then
     io.stdout:write(M.USAGE)
+    return 0
+  end
+  if opts.version then
+    io.stdout:write("wxpay-sandbox ", require("wxpay")._VERSION, "\n")
     return 0
   end
   opts.pid = own_pid()
