@@ -32,12 +32,18 @@ build = {
   type = "command",
   build_command = "mkdir -p build/rock && $(CC) $(CFLAGS) -D_GNU_SOURCE"
     .. " -I$(LUA_INCDIR) -I$(OPENSSL_INCDIR) -I$(CURL_INCDIR)"
-    .. " csrc/auth.c csrc/core.c csrc/crypto.c csrc/http.c csrc/multi.c csrc/pkey.c csrc/util.c csrc/xfer.c"
+    .. " csrc/auth.c csrc/core.c csrc/crypto.c csrc/http.c csrc/multi.c csrc/pkey.c csrc/signal.c csrc/util.c csrc/xfer.c"
     .. " $(LIBFLAG) -o build/rock/core.so -L$(OPENSSL_LIBDIR) -L$(CURL_LIBDIR) -lcrypto -lcurl -lpthread",
   install = {
     lib = { ["wxpay.core"] = "build/rock/core.so" },
     lua = {
       -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
+      ["wxpay.api.busifavor"] = "lua/wxpay/api/busifavor.lua",
+      ["wxpay.api.busifavor_schema"] = "lua/wxpay/api/busifavor_schema.lua",
+      ["wxpay.api.coupon_calls"] = "lua/wxpay/api/coupon_calls.lua",
+      ["wxpay.api.favor"] = "lua/wxpay/api/favor.lua",
+      ["wxpay.api.favor_schema"] = "lua/wxpay/api/favor_schema.lua",
+      ["wxpay.api.fields"] = "lua/wxpay/api/fields.lua",
       ["wxpay.api.media"] = "lua/wxpay/api/media.lua",
       ["wxpay.api.partnerships"] = "lua/wxpay/api/partnerships.lua",
       ["wxpay.client"] = "lua/wxpay/client.lua",
@@ -53,6 +59,11 @@ build = {
       ["wxpay.request"] = "lua/wxpay/request.lua",
       ["wxpay.retry"] = "lua/wxpay/retry.lua",
       ["wxpay.sensitive"] = "lua/wxpay/sensitive.lua",
+      ["wxpay.store.budget"] = "lua/wxpay/store/budget.lua",
+      ["wxpay.store"] = "lua/wxpay/store/init.lua",
+      ["wxpay.store.memory"] = "lua/wxpay/store/memory.lua",
+      ["wxpay.store.ngx"] = "lua/wxpay/store/ngx.lua",
+      ["wxpay.store.redis"] = "lua/wxpay/store/redis.lua",
       ["wxpay.transport.curl"] = "lua/wxpay/transport/curl.lua",
       ["wxpay.transport.http1"] = "lua/wxpay/transport/http1.lua",
       ["wxpay.transport"] = "lua/wxpay/transport/init.lua",

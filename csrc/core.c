@@ -96,6 +96,7 @@ __attribute__((visibility("default"))) int luaopen_wxpay_core(lua_State *L) {
   wx_open_auth(L);
   wx_open_http(L);
   wx_open_multi(L);
+  wx_open_signal(L);
   lua_pushliteral(L, WXPAY_CORE_VERSION);
   lua_setfield(L, -2, "_VERSION");
   return 1;

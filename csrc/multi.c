@@ -9,6 +9,7 @@
  * when its next timer is due, and we tell it which sockets are ready. (curl_multi_perform
  * would look at every transfer on every call, polling each socket once: with 32 transfers
  * in flight that was ~34 poll(2) calls per request.) */
+#include <errno.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -335,7 +336,8 @@ static int l_multi_perform(lua_State *L) {
     nready = poll(m->fds, (nfds_t)m->nfds, ms);
     if (nready < 0) {
       size_t k;
-      for (k = 0; k < m->nfds; k++) m->fds[k].revents = 0; /* EINTR: look again */
+      for (k = 0; k < m->nfds; k++) m->fds[k].revents = 0;
+      if (errno == EINTR) break; /* a signal: back to Lua at once (core.trap_signal's hook) */
     }
   }
   lua_newtable(L);

@@ -103,6 +103,7 @@ WX_HIDDEN void wx_open_auth(lua_State *L);
 WX_HIDDEN void wx_open_crypto(lua_State *L);
 WX_HIDDEN void wx_open_http(lua_State *L);
 WX_HIDDEN void wx_open_multi(lua_State *L);
+WX_HIDDEN void wx_open_signal(lua_State *L);
 
 /* Library-wide one-time initialisation (OpenSSL, libcurl), behind pthread_once. */
 WX_HIDDEN int wx_global_init(void);

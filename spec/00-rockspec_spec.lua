@@ -26,6 +26,9 @@ local PROVIDERS = {
 local OPTIONAL = {
   socket = "luasocket: the sandbox clock has milliseconds with it, whole seconds without",
   ["wxpay.sandbox"] = "the wxpay-sandbox rock: without it `wxpay sandbox` says how to install it",
+  redis = "lua-redis, needed only with store = \"redis://…\" in plain Lua (the store says which package)",
+  ["resty.redis"] = "lua-resty-redis, needed only with store = \"redis://…\" under OpenResty",
+  ["nginx.redis"] = "the same module under the name Debian's lua-nginx-redis installs it",
 }
 
 local function load_rockspec(file)

@@ -117,9 +117,17 @@ local function partner_task(r, p)
   end
 end
 
+-- "interrupted" (Ctrl-C: the interpreter's "interrupted!") or "terminated" (SIGTERM:
+-- core.trap_signal's "terminated!"), else nil.
 local function interruption(e)
-  return tostring(e):find("interrupted!", 1, true) ~= nil
+  local s = tostring(e)
+  if s:find("interrupted!", 1, true) then return "interrupted" end
+  if s:find("terminated!", 1, true) then return "terminated" end
 end
+M.interruption = interruption
+
+-- Exit statuses of a stopped run: 128 + the signal's number, as shells report them.
+local STOP_STATUS = { interrupted = 130, terminated = 143 }
 
 -- Run the tasks; returns whether Ctrl-C stopped them. A task that raised (the journal
 -- failed, or Ctrl-C landed inside it) makes the rest skip: `ended_ok` falls behind `done`.
@@ -132,14 +140,16 @@ local function run_tasks(r, o, todo)
       r.progress.update(r.done, r.errors)
     end })
   if not ok then
-    if interruption(results) then return true end
+    local stop = interruption(results)
+    if stop then return stop end
     error(results, 0)
   end
-  local interrupted = false
+  local interrupted
   for i, res in ipairs(results) do
     if res[1] == nil and res.n == 2 then
-      if interruption(res[2]) then
-        interrupted = true
+      local stop = interruption(res[2])
+      if stop then
+        interrupted = interrupted or stop
       else
         o.err:write("wxpay: partner ", todo[i].partner_id, ": ", output.message(res[2]), "\n")
       end
@@ -216,7 +226,7 @@ end
 -- @tparam table o `plan`, `stock`, `business_type`, `campaign`, `concurrency`, `qps`,
 --   `journal`, `client`, `out` (stdout), `err` (stderr), `tty` (nil: detect); for
 --   `dry_run`, `config` and `host` instead of `client`
--- @treturn int exit status (0: every partner done; 130: interrupted)
+-- @treturn int exit status (0: every partner done; 130: Ctrl-C; 143: SIGTERM)
 function M.run(o)
   local partners, campaign = prepare(o)
   if not partners then return campaign end
@@ -239,10 +249,10 @@ function M.run(o)
   if interrupted then
     -- Partners whose answer never came stay `sending` (unknown): the rerun re-sends them
     -- with the same Idempotency-Key, which WeChat Pay answers as a replay.
-    o.err:write(string.format("\ninterrupted: %d/%d done, run again to resume\n", counts.done + counts.failed,
-      counts.total))
+    o.err:write(string.format("\n%s: %d/%d done, run again to resume\n", interrupted,
+      counts.done + counts.failed, counts.total))
     journal:close()
-    return 130
+    return STOP_STATUS[interrupted]
   end
   r.progress.finish(counts.done + counts.failed, counts.failed)
   o.out:write(string.format("campaign %s: %d partners, %d done, %d failed, %d not finished\n", campaign,

@@ -267,16 +267,18 @@ end
 --- Run the command.
 -- @tparam table argv arguments
 -- @tparam[opt] table io `out`, `err` (files), `env` (function like os.getenv)
--- @treturn int exit status: 0 fine, 1 failed, 2 usage, 130 interrupted (Ctrl-C)
+-- @treturn int exit status: 0 fine, 1 failed, 2 usage, 130 interrupted (Ctrl-C), 143 SIGTERM
 function M.main(argv, io_)
   io_ = io_ or {}
   local out, err = io_.out or io.stdout, io_.err or io.stderr
   local ok, status = pcall(dispatch, argv, out, err, io_.env or os.getenv)
   if ok then return status end
-  -- The interpreter turns Ctrl-C into an "interrupted!" error wherever Lua code runs.
-  if tostring(status):find("interrupted!", 1, true) then
-    err:write("wxpay: interrupted\n")
-    return 130
+  -- The interpreter turns Ctrl-C into an "interrupted!" error wherever Lua code runs, and
+  -- bin/wxpay has SIGTERM raise "terminated!" the same way (core.trap_signal).
+  local stop = require("wxpay.cli.campaign").interruption(status)
+  if stop then
+    err:write("wxpay: ", stop, "\n")
+    return stop == "interrupted" and 130 or 143
   end
   error(status, 0)
 end
