@@ -12,6 +12,7 @@
 local core = require("wxpay.core")
 local journal_mod = require("wxpay.cli.journal")
 local output = require("wxpay.cli.output")
+local stocks = require("wxpay.cli.stocks")
 
 local M = {}
 
@@ -159,18 +160,39 @@ local function run_tasks(r, o, todo)
 end
 
 -- Checks the options and reads the plan: partners and campaign id, or nil and a status.
+-- `--create-stock FILE.json --product P`: checks the options and reads the stock's fields;
+-- returns nil, or a message and an exit status.
+local function stock_file_options(o)
+  if o.stock then return "give --stock or --create-stock, not both", 2 end
+  local bt = stocks.PRODUCTS[o.product or ""]
+  if not bt then return "--create-stock needs --product busifavor or favor", 2 end
+  if o.business_type and o.business_type ~= bt then
+    return "--business-type " .. o.business_type .. " is not the business type of --product " .. o.product, 2
+  end
+  o.business_type = bt
+  local params, perr = stocks.read_params(o.create_stock)
+  if not params then return perr, 1 end
+  o.stock_params = params
+  -- The fields as sorted JSON: a rerun must send the same ones with the journaled number.
+  o.params_sha256 = core.sha256_hex(require("wxpay.client").encode_json(params))
+end
+
 local function prepare(o)
+  if o.create_stock then
+    local serr, status = stock_file_options(o)
+    if serr then o.err:write("wxpay: ", serr, "\n"); return nil, status end
+  end
   if not BUSINESS_TYPES[o.business_type or ""] then
     o.err:write("wxpay: --business-type must be FAVOR_STOCK or BUSIFAVOR_STOCK\n")
     return nil, 2
   end
-  if type(o.stock) ~= "string" or o.stock == "" then
-    o.err:write("wxpay: --stock STOCK_ID is required\n")
+  if not o.create_stock and (type(o.stock) ~= "string" or o.stock == "") then
+    o.err:write("wxpay: --stock STOCK_ID (or --create-stock FILE.json) is required\n")
     return nil, 2
   end
   local partners, perr = M.read_plan(o.plan)
   if not partners then o.err:write("wxpay: ", perr, "\n"); return nil, 1 end
-  local campaign = o.campaign or (o.business_type .. "-" .. o.stock)
+  local campaign = o.campaign or (o.business_type .. "-" .. (o.stock or ("new-" .. o.params_sha256:sub(1, 12))))
   for _, p in ipairs(partners) do p.idempotency_key = M.idempotency_key(campaign, p.type, p.id) end
   return partners, campaign
 end
@@ -199,7 +221,14 @@ function M.dry_run(o, partners, campaign)
   local seen = {}
   local client, cerr = dry_client(o.config, seen)
   if not client then o.err:write("wxpay: ", output.message(cerr), "\n"); return 1 end
-  local ad, rows, bad = { business_type = o.business_type, stock_id = o.stock }, {}, 0
+  local ad, rows, bad = { business_type = o.business_type, stock_id = o.stock or "NEW" }, {}, 0
+  if o.stock_params then
+    local _, err = stocks.create_stock(client, o.product, o.stock_params, o.stock_params.out_request_no or "DRYRUN")
+    if err and err.kind == "invalid_argument" then
+      bad = bad + 1
+      o.err:write("wxpay: ", o.create_stock, ": ", output.message(err), "\n")
+    end
+  end
   for _, p in ipairs(partners) do
     local partner = p.type == "APPID" and { type = "APPID", appid = p.id } or { type = "MERCHANT", merchant_id = p.id }
     local _, err = client.partnerships.build({ partner = partner, authorized_data = ad },
@@ -216,10 +245,51 @@ function M.dry_run(o, partners, campaign)
   local pace = o.qps and string.format("about %s at --qps %s", output.duration(#rows / o.qps), output.number(o.qps))
                or "no --qps limit: as fast as --concurrency and the API allow"
   o.out:write(string.format("dry run of campaign %s: would send %d build requests (POST %s) for %s %s to %s; "
-    .. "%s; nothing sent\n", campaign, #rows, "/v3/marketing/partnerships/build", o.business_type, o.stock,
+    .. "%s; nothing sent\n", campaign, #rows, "/v3/marketing/partnerships/build", o.business_type,
+    o.stock or ("a new stock from " .. o.create_stock),
     o.host or "?", pace))
   if bad > 0 then o.err:write(string.format("wxpay: %d row%s of the plan refused\n", bad, bad == 1 and "" or "s")) end
   return bad == 0 and 0 or 1
+end
+
+-- The journaled request number of a campaign's stock, committed before any create call.
+local function journaled_number(o, journal, campaign)
+  local step = journal:stock_step(campaign)
+  if step then return step end
+  local old = journal:campaign(campaign)
+  if old then
+    return nil, string.format("campaign %s in this journal is for stock %s, not a new one", campaign, old.stock_id)
+  end
+  local no = o.stock_params.out_request_no
+  if no == nil then
+    local gerr
+    no, gerr = stocks.new_request_no()
+    if not no then return nil, gerr end
+  end
+  journal:begin_stock_step(campaign, o.product, tostring(no), o.params_sha256, core.time())
+  return journal:stock_step(campaign)
+end
+
+--- The campaign's first step with `--create-stock`: the stock id, created once. The request
+-- number is committed to the journal before the create call, so a run killed before the
+-- answer sends the same number again, which WeChat Pay answers with the same stock.
+-- @return stock id, or nil and a message
+function M.stock_step(o, journal, campaign)
+  local step, serr = journaled_number(o, journal, campaign)
+  if not step then return nil, serr end
+  if step.params_sha256 ~= o.params_sha256 then
+    return nil, string.format("campaign %s creates its stock from other fields (out_request_no %s): give the "
+      .. "same %s, or another --campaign", campaign, step.out_request_no, o.create_stock)
+  end
+  if step.stock_id then return step.stock_id end
+  local data, err = stocks.create_stock(o.client, o.product, o.stock_params, step.out_request_no)
+  if not data then
+    return nil, string.format("creating the stock (out_request_no %s): %s; run again to repeat the same request",
+      step.out_request_no, output.message(err))
+  end
+  journal:stock_created(campaign, data.stock_id, core.time())
+  o.err:write("wxpay: created stock ", data.stock_id, " (out_request_no ", step.out_request_no, ")\n")
+  return data.stock_id
 end
 
 --- Run a campaign.
@@ -233,6 +303,11 @@ function M.run(o)
   if o.dry_run then return M.dry_run(o, partners, campaign) end
   local journal, jerr = journal_mod.open(o.journal)
   if not journal then o.err:write("wxpay: ", jerr, "\n"); return 1 end
+  if o.create_stock then
+    local stock_id, cerr = M.stock_step(o, journal, campaign)
+    if not stock_id then o.err:write("wxpay: ", cerr, "\n"); journal:close(); return 1 end
+    o.stock = stock_id
+  end
   local ok, serr = journal:start({ id = campaign, stock_id = o.stock, business_type = o.business_type,
     plan = o.plan }, partners, core.time())
   if not ok then o.err:write("wxpay: ", serr, "\n"); journal:close(); return 1 end

@@ -10,10 +10,15 @@ M.HELP = {
   campaign run PLAN.csv --stock STOCK_ID --business-type FAVOR_STOCK|BUSIFAVOR_STOCK
                --journal FILE.db [--campaign ID] [--concurrency 16] [--qps N]
                [--progress | --no-progress] [--dry-run]
+  campaign run PLAN.csv --create-stock FILE.json --product busifavor|favor
+               --journal FILE.db [the options above but --stock and --business-type]
       Authorise the stock to every partner of PLAN.csv (a header row with an `appid` or a
-      `merchant_id` column). Every outcome goes to the SQLite journal before the next step,
-      so a run killed at any point can simply be run again: it finishes the rest and does
-      nothing twice. A campaign is its business type and stock unless --campaign is given.
+      `merchant_id` column). With --create-stock the campaign first creates the stock from
+      FILE.json; its request number is journaled before the call, so a rerun after a crash
+      repeats that request and gets the same stock, never a second one. Every outcome goes to
+      the SQLite journal before the next step, so a run killed at any point can simply be run
+      again: it finishes the rest and does nothing twice. A campaign is its business type and
+      stock (or stock file) unless --campaign is given.
       --dry-run checks every row and the config, prints what would be sent and how long it
       would take at --qps, and sends nothing. Ctrl-C stops it (exit status 130); run again
       to resume.
@@ -27,6 +32,19 @@ M.HELP = {
   partnerships build|terminate --business-type T --stock ID (--appid X | --merchant-id X)
                [--idempotency-key K] [--output table|csv|json]
 ]],
+  stocks = [[
+  stocks create --product busifavor|favor FILE.json [--out-request-no N] [--output F]
+      Create a stock from the fields in FILE.json; prints its stock_id and out_request_no. A
+      number generated (when neither the option nor the file gives one) is printed first:
+      pass it with --out-request-no to repeat the request after a lost answer.
+  stocks get --product busifavor|favor STOCK_ID [--output table|csv|json]
+  stocks budget --product busifavor STOCK_ID (--max-coupons N | --max-coupons-by-day N)
+               [--current-max-coupons N] [--current-max-coupons-by-day N] [--out-request-no N]
+      Change a 商家券 budget (compare-and-set); without --current-… the stock is read first.
+  stocks list --product favor [--status S] [--create-start-time T] [--create-end-time T]
+               [--limit N] [--max N] [--output table|csv|json]
+      List 代金券 stocks (商家券 has no list endpoint: use get).
+]],
   sandbox = [[
   sandbox [sandbox options]      start the local sandbox (see `wxpay sandbox --help`)
 ]],
@@ -36,7 +54,7 @@ M.HELP = {
 }
 
 M.USAGE = "Usage: wxpay [--config FILE] COMMAND ...   (wxpay --version, wxpay COMMAND --help)\n\nCommands:\n"
-  .. M.HELP.campaign .. M.HELP.partnerships .. M.HELP.sandbox .. M.HELP.doctor .. [[
+  .. M.HELP.campaign .. M.HELP.partnerships .. M.HELP.stocks .. M.HELP.sandbox .. M.HELP.doctor .. [[
 
 Configuration: --config FILE or WXPAY_CONFIG=FILE, a JSON object with the keys of wxpay.new
 (the sandbox's startup line, with its "config" member, works as is). Secrets are never printed.
@@ -44,13 +62,17 @@ Without base_url the commands talk to the production API, and say so first.
 
 Numbers: --concurrency is an integer from 1 to 1024 (default 16), --qps a number above 0 and
 at most 10000 (default: no limit), --limit an integer from 1 to 50 (WeChat Pay's page size),
---max a positive integer. Anything else is a usage error (exit status 2).
+--max a positive integer; --max-coupons, --max-coupons-by-day and their --current-… an integer
+from 1 to 1000000000. Anything else is a usage error (exit status 2).
 ]]
 
 local VALUES = {
   config = true, stock = true, business_type = true, journal = true, campaign = true,
   concurrency = true, qps = true, output = true, partner_type = true, appid = true,
   merchant_id = true, limit = true, max = true, idempotency_key = true,
+  product = true, create_stock = true, out_request_no = true, max_coupons = true, max_coupons_by_day = true,
+  current_max_coupons = true, current_max_coupons_by_day = true, status = true, create_start_time = true,
+  create_end_time = true,
 }
 local FLAGS = { help = true, progress = true, no_progress = true, dry_run = true, version = true }
 
@@ -119,6 +141,12 @@ local NUMBERS = {
   limit = { integer = true, min = 1, max = 50, text = "an integer from 1 to 50" },
   max = { integer = true, min = 1, max = 2 ^ 53, text = "a positive integer" },
 }
+-- Coupon counts of a budget: WeChat Pay's range for max_coupons (1..10^9).
+for _, name in ipairs{ "max_coupons", "max_coupons_by_day", "current_max_coupons", "current_max_coupons_by_day" } do
+  NUMBERS[name] = { integer = true, min = 1, max = 1e9, text = "an integer from 1 to 1000000000" }
+end
+local NUMBER_OPTIONS = { "concurrency", "qps", "limit", "max", "max_coupons", "max_coupons_by_day",
+  "current_max_coupons", "current_max_coupons_by_day" }
 
 -- Checks one numeric option and converts it in place; returns nil and a message if bad.
 local function number_opt(opts, name)
@@ -131,7 +159,7 @@ local function number_opt(opts, name)
     n = v:match("^%d*%.?%d+$") and tonumber(v) -- plain decimals: no 1e999, inf, nan or hex
   end
   if not n or n < range.min or n > range.max or (range.above_min and n == range.min) then
-    return nil, "--" .. name .. " must be " .. range.text
+    return nil, "--" .. (name:gsub("_", "-")) .. " must be " .. range.text
   end
   opts[name] = n
   return true
@@ -173,7 +201,7 @@ local function check_options(opts)
   if not require("wxpay.cli.output").FORMATS[opts.output or "table"] then
     return "--output must be table, csv or json"
   end
-  for _, name in ipairs{ "concurrency", "qps", "limit", "max" } do
+  for _, name in ipairs(NUMBER_OPTIONS) do
     local ok, nerr = number_opt(opts, name)
     if not ok then return nerr end
   end
@@ -197,6 +225,7 @@ local function campaign_run(pos, opts, c)
   end
   return require("wxpay.cli.campaign").run{
     plan = pos[3], stock = opts.stock, business_type = opts.business_type, campaign = opts.campaign,
+    create_stock = opts.create_stock, product = opts.product,
     concurrency = opts.concurrency or 16, qps = opts.qps, journal = opts.journal, client = c.client,
     config = c.config, dry_run = opts.dry_run, host = c.config.base_url or PRODUCTION,
     out = c.out, err = c.err, tty = (opts.progress and true) or (opts.no_progress and false) or nil,
@@ -216,6 +245,18 @@ local function partnerships(pos, opts, c)
   })
 end
 
+local function stocks(pos, opts, c)
+  return require("wxpay.cli.stocks").run(pos, {
+    product = opts.product, format = opts.output or "table", client = c.client, out = c.out, err = c.err,
+    out_request_no = opts.out_request_no, max_coupons = opts.max_coupons, max_coupons_by_day = opts.max_coupons_by_day,
+    current_max_coupons = opts.current_max_coupons, current_max_coupons_by_day = opts.current_max_coupons_by_day,
+    status = opts.status, create_start_time = opts.create_start_time, create_end_time = opts.create_end_time,
+    limit = opts.limit, max = opts.max,
+  })
+end
+
+local COMMANDS = { partnerships = partnerships, stocks = stocks }
+
 -- The commands that need a configuration, after it has loaded.
 local function with_config(pos, opts, c)
   local cmd = pos[1]
@@ -224,7 +265,7 @@ local function with_config(pos, opts, c)
     c.out:write("checking ", c.path, " against ", c.config.base_url or (PRODUCTION .. " (the production API)"), "\n")
     return doctor.report(doctor.checks(c.config, { wxpay = require("wxpay") }), c.out)
   end
-  local run = (cmd == "campaign" and pos[2] == "run") and campaign_run or (cmd == "partnerships" and partnerships)
+  local run = (cmd == "campaign" and pos[2] == "run") and campaign_run or COMMANDS[cmd]
   if not run then
     c.err:write("wxpay: unknown command: ", table.concat(pos, " "), "\n", M.USAGE)
     return 2
@@ -258,6 +299,10 @@ local function dispatch(argv, out, err, getenv)
     if not pos[3] then err:write("wxpay: campaign status needs the journal file\n"); return 2 end
     return require("wxpay.cli.campaign").status{ journal = pos[3], campaign = opts.campaign,
       format = opts.output or "table", out = out, err = err }
+  end
+  if cmd == "stocks" then
+    local serr = require("wxpay.cli.stocks").usage_error(pos, opts)
+    if serr then err:write("wxpay: ", serr, "\n"); return 2 end
   end
   local config, path, cstatus = configuration(opts, getenv)
   if not config then err:write("wxpay: ", path, "\n"); return cstatus end

@@ -22,6 +22,12 @@ local SCHEMA = {
       sends INTEGER NOT NULL DEFAULT 0, retryable INTEGER, error_code TEXT, error_message TEXT,
       request_id TEXT, relation_state TEXT, updated_at INTEGER,
       PRIMARY KEY (campaign, partner_type, partner_id))]],
+  -- A campaign that creates its stock (`--create-stock`): the request number is committed
+  -- before the create call, the stock id once the answer is in. A table of its own, so
+  -- journals written before it existed open unchanged.
+  [[CREATE TABLE IF NOT EXISTS stock_steps (
+      campaign TEXT PRIMARY KEY, product TEXT NOT NULL, out_request_no TEXT NOT NULL,
+      params_sha256 TEXT NOT NULL, stock_id TEXT, created_at INTEGER NOT NULL, updated_at INTEGER)]],
 }
 
 local Journal = {}
@@ -133,6 +139,25 @@ function Journal:start(c, partners, now)
   end
   self:exec("COMMIT")
   return true
+end
+
+--- The stock step of a campaign (`campaign`, `product`, `out_request_no`,
+-- `params_sha256`, `stock_id` once created), or nil.
+function Journal:stock_step(campaign)
+  return self:rows("SELECT * FROM stock_steps WHERE campaign = " .. self:q(campaign))[1]
+end
+
+--- Record a stock step's request number (committed before the create call is sent).
+function Journal:begin_stock_step(campaign, product, out_request_no, params_sha256, now)
+  self:exec(string.format("INSERT INTO stock_steps (campaign, product, out_request_no, params_sha256, "
+    .. "created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s)", self:q(campaign), self:q(product),
+    self:q(out_request_no), self:q(params_sha256), self:q(now), self:q(now)))
+end
+
+--- Record the stock id the create call answered.
+function Journal:stock_created(campaign, stock_id, now)
+  self:exec(string.format("UPDATE stock_steps SET stock_id = %s, updated_at = %s WHERE campaign = %s",
+    self:q(stock_id), self:q(now), self:q(campaign)))
 end
 
 --- Partners still to do: never sent, in doubt, or failed in a way a retry may fix.
