@@ -237,6 +237,13 @@ describe("wxpay doctor", function()
         return { wechatpay_public_key_file = other_key .. ".pub", platform_certificate_files = false,
                  apiv3_key = false }
       end, nil, "FAIL  answer verified", "platform public key" },
+    -- doctor runs wxpay.config's own checks, so it refuses what wxpay.new refuses
+    { "a 33-digit mchid", { mchid = string.rep("1", 33) }, nil, "FAIL  mchid", "merchant number" },
+    { "both private_key and private_key_file", function()
+        return { private_key = h.read(sb.config.private_key_file) }
+      end, nil, "FAIL  private key", "not both" },
+    { "a WeChat Pay public key without its id", { wechatpay_public_key_id = false }, nil,
+      "FAIL  wechatpay_public_key", "wechatpay_public_key_id" },
     { "a wrong APIv3 key with the public key configured", { apiv3_key = string.rep("k", 32),
         platform_certificate_files = false }, nil, "FAIL  apiv3_key decrypts", "APIv3 key" },
   }

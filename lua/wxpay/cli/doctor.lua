@@ -28,20 +28,123 @@ function M.parse_http_date(s)
     + tonumber(mi) * 60 + tonumber(se)
 end
 
-local read = require("wxpay.config").read_file
+-- The checks are wxpay.config's own (the ones `wxpay.new` runs), so doctor refuses exactly
+-- what the library refuses; doctor adds the plain words, the advice and what only it looks
+-- at (the certificate's expiry, the APIv3 key decrypting something).
+local config_mod = require("wxpay.config")
 local serial_key = require("wxpay.keyring").serial_key
 
--- A PEM from `name` or `name_file`: returns pem, where ("field"), or nil, why.
-local function pem_of(config, name)
-  if config[name .. "_file"] ~= nil then
-    local s, err = read(tostring(config[name .. "_file"]))
-    if not s then
-      return nil, name .. "_file", "cannot read " .. tostring(config[name .. "_file"]) .. ": " .. tostring(err)
-    end
-    return s, name .. "_file"
+local KEY_ADVICE = "Point private_key_file at apiclient_key.pem from the merchant platform's API certificate download."
+
+-- Advice for a private key refused by wxpay.config, from what it said.
+local function key_advice(err)
+  local m = tostring(err.message)
+  if m:find("not both", 1, true) then return "Keep one of private_key and private_key_file: the file is simpler." end
+  if m:find("2048", 1, true) then return "WeChat Pay API keys are RSA-2048." end
+  if m:find("cannot load", 1, true) then
+    return "Use apiclient_key.pem (PEM, '-----BEGIN PRIVATE KEY-----'), not the certificate or a .p12 file."
   end
-  if type(config[name]) == "string" then return config[name], name end
-  return nil, nil
+  return KEY_ADVICE
+end
+
+local function is_field(err, name)
+  return err ~= nil and (err.field == name or err.field == name .. "_file")
+end
+
+--- The merchant identity, through wxpay.config's `check_identity` and `load_merchant_key`:
+-- mchid, private key, certificate and serial_no.
+function M.check_keys(config, add, now)
+  local ok, ierr = config_mod.check_identity(config, {})
+  if ok or ierr.field ~= "mchid" then
+    add("mchid", "ok", "merchant " .. config.mchid)
+  else
+    add("mchid", "fail", ierr.message, "Set mchid to your merchant number (商户号), as a string of digits.")
+  end
+  local serial_err = not ok and ierr.field == "serial_no" and ierr or nil
+
+  -- One run of the library's key check: its first error names the field at fault.
+  local st = { serial_no = type(config.serial_no) == "string" and config.serial_no:upper() or "" }
+  local kok, kerr = config_mod.load_merchant_key(config, st)
+  if is_field(kerr, "private_key") then
+    add("private key", "fail", kerr.message, key_advice(kerr))
+  else
+    add("private key", "ok", "RSA-" .. st.private_key:bits() .. " from "
+      .. (config.private_key_file ~= nil and "private_key_file" or "private_key"))
+  end
+  M.check_certificate(config, add, now, st, kok and nil or kerr, serial_err)
+end
+
+-- The merchant certificate: loaded, the key's, serial_no its serial, not expired. `kerr` is
+-- load_merchant_key's error (nil when it passed), `serial_err` check_identity's for serial_no.
+function M.check_certificate(config, add, now, st, kerr, serial_err)
+  local cert, cerr = config_mod.load_pem(config, "merchant_certificate", core.load_certificate)
+  if cert == nil then
+    add("merchant certificate", "fail", cerr.message, "Fix the path, or use apiclient_cert.pem from the same "
+      .. "download as the private key.")
+    return
+  end
+  if cert == false then
+    if serial_err then
+      add("serial_no", "fail", serial_err.message, "Set serial_no to the API certificate's serial "
+        .. "(openssl x509 -noout -serial -in apiclient_cert.pem).")
+    else
+      add("serial_no", "warn", "not checked: no merchant_certificate_file",
+        "Add merchant_certificate_file (apiclient_cert.pem) so key, certificate and serial_no can be checked.")
+    end
+    return
+  end
+  local serial = cert:serial()
+  if is_field(kerr, "merchant_certificate") then
+    add("key matches certificate", "fail", "the private key is not the key of certificate " .. serial,
+      "The private key and the certificate come from different downloads: use the apiclient_key.pem "
+      .. "that was issued together with apiclient_cert.pem.")
+  elseif st.private_key then
+    add("key matches certificate", "ok", "certificate " .. serial)
+  end
+  -- The serial rule of load_merchant_key (which stops at a mismatched key), told in full.
+  if serial_err or serial_key(st.serial_no) ~= serial_key(serial) then
+    add("serial_no", "fail", serial_err and (serial_err.message .. "; the certificate's serial is " .. serial)
+      or ("serial_no " .. config.serial_no .. " is not the certificate's serial " .. serial),
+      "Set serial_no to " .. serial .. " (openssl x509 -noout -serial -in apiclient_cert.pem).")
+  else
+    add("serial_no", "ok", serial)
+  end
+  if cert:not_after() < now() then
+    add("certificate validity", "fail", "the merchant certificate expired",
+      "Renew the API certificate in the merchant platform and update key, certificate and serial_no.")
+  end
+end
+
+--- The APIv3 key and the keys answers are verified with, through wxpay.config's
+-- `check_apiv3_key`, `load_public_key` and `load_platform_certificates`.
+function M.check_verification(config, add)
+  local st = {}
+  if not config_mod.check_apiv3_key(config, st) then
+    local n = type(config.apiv3_key) == "string" and #config.apiv3_key or 0
+    add("apiv3_key", "fail", "apiv3_key is " .. n .. " bytes, not 32",
+      "The APIv3 key is exactly 32 characters (merchant platform, API安全 > APIv3密钥). Copy it whole, "
+      .. "without spaces or a line break.")
+  elseif st.apiv3_key then
+    add("apiv3_key", "ok", "32 bytes")
+  end
+  local ok, err = config_mod.load_public_key(config, st)
+  if not ok then
+    add("wechatpay_public_key", "fail", err.message, "Give wechatpay_public_key_file (pub_key.pem) together with "
+      .. "wechatpay_public_key_id (PUB_KEY_ID_…), both from the merchant platform (API安全 > 微信支付公钥).")
+    return
+  elseif st.public_key then
+    add("wechatpay_public_key", "ok", st.public_key.id)
+  end
+  ok, err = config_mod.load_platform_certificates(config, st)
+  if ok and not st.apiv3_key then
+    add("apiv3_key", "warn", "not set", "Callbacks and certificate downloads need the 32-byte APIv3 key.")
+  elseif not ok and err.field == "wechatpay_public_key" then
+    add("apiv3_key", "fail", "no apiv3_key and nothing else to verify answers with",
+      "Configure wechatpay_public_key_file + wechatpay_public_key_id, or apiv3_key to download certificates.")
+  elseif not ok then
+    add("platform certificates", "fail", err.message, "Fix the path, or leave platform_certificate_files out "
+      .. "(with apiv3_key the certificates are downloaded).")
+  end
 end
 
 --- Run every check.
@@ -55,92 +158,11 @@ function M.checks(config, opts)
     out[#out + 1] = { check = check, status = status, detail = detail, advice = advice }
   end
   M.check_keys(config, add, now)
-  M.check_apiv3_length(config, add)
+  M.check_verification(config, add)
   if M.check_endpoint(config, add, now) then M.check_signed(config, add, opts.wxpay) end
   return out
 end
 
---- The merchant identity: mchid, private key, certificate and serial_no.
-function M.check_keys(config, add, now)
-  if type(config.mchid) == "string" and config.mchid:match("^%d+$") then
-    add("mchid", "ok", "merchant " .. config.mchid)
-  else
-    add("mchid", "fail", "mchid is missing or not a string of digits",
-      "Set mchid to your merchant number (商户号), as a string of digits.")
-  end
-
-  -- The merchant key, its certificate and the serial that names it.
-  local key
-  local kpem, kfield, kerr = pem_of(config, "private_key")
-  if not kpem then
-    add("private key", "fail", kerr or "no private_key or private_key_file",
-      "Point private_key_file at apiclient_key.pem from the merchant platform's API certificate download.")
-  else
-    local k, lerr = core.load_private_key(kpem)
-    if not k then
-      add("private key", "fail", kfield .. " does not hold a private key (" .. tostring(lerr):gsub(".*: ", "") .. ")",
-        "Use apiclient_key.pem (PEM, '-----BEGIN PRIVATE KEY-----'), not the certificate or a .p12 file.")
-    elseif k:bits() < 2048 then
-      add("private key", "fail", "an RSA key of " .. k:bits() .. " bits", "WeChat Pay API keys are RSA-2048.")
-    else
-      key = k
-      add("private key", "ok", "RSA-" .. k:bits() .. " from " .. kfield)
-    end
-  end
-  local cpem, cfield, cerr = pem_of(config, "merchant_certificate")
-  if cpem then
-    local cert, lerr = core.load_certificate(cpem)
-    if not cert then
-      add("merchant certificate", "fail", cfield .. " is not a certificate (" .. tostring(lerr):gsub(".*: ", "") .. ")",
-        "Use apiclient_cert.pem from the same download as the private key.")
-    else
-      local serial = cert:serial()
-      if key and cert:public_key():fingerprint() ~= key:public_key():fingerprint() then
-        add("key matches certificate", "fail", "the private key is not the key of certificate " .. serial,
-          "The private key and the certificate come from different downloads: use the apiclient_key.pem "
-          .. "that was issued together with apiclient_cert.pem.")
-      elseif key then
-        add("key matches certificate", "ok", "certificate " .. serial)
-      end
-      if type(config.serial_no) ~= "string" or serial_key(config.serial_no) ~= serial_key(serial) then
-        add("serial_no", "fail", "serial_no " .. tostring(config.serial_no) .. " is not the certificate's serial "
-          .. serial, "Set serial_no to " .. serial .. " (openssl x509 -noout -serial -in apiclient_cert.pem).")
-      else
-        add("serial_no", "ok", serial)
-      end
-      if cert:not_after() < now() then
-        add("certificate validity", "fail", "the merchant certificate expired",
-          "Renew the API certificate in the merchant platform and update key, certificate and serial_no.")
-      end
-    end
-  elseif cerr then
-    add("merchant certificate", "fail", cerr, "Fix the path, or leave merchant_certificate_file out.")
-  else
-    add("serial_no", "warn", "not checked: no merchant_certificate_file",
-      "Add merchant_certificate_file (apiclient_cert.pem) so key, certificate and serial_no can be checked.")
-  end
-end
-
---- The APIv3 key's length (whether it is the right key needs an answer to decrypt).
-function M.check_apiv3_length(config, add)
-
-  if config.apiv3_key ~= nil then
-    local n = type(config.apiv3_key) == "string" and #config.apiv3_key or 0
-    if n == 32 then
-      add("apiv3_key", "ok", "32 bytes")
-    else
-      add("apiv3_key", "fail", "apiv3_key is " .. n .. " bytes, not 32",
-        "The APIv3 key is exactly 32 characters (merchant platform, API安全 > APIv3密钥). Copy it whole, "
-        .. "without spaces or a line break.")
-    end
-  elseif not config.wechatpay_public_key_file and not config.wechatpay_public_key
-         and not config.platform_certificate_files and not config.platform_certificates then
-    add("apiv3_key", "fail", "no apiv3_key and nothing else to verify answers with",
-      "Configure wechatpay_public_key_file + wechatpay_public_key_id, or apiv3_key to download certificates.")
-  else
-    add("apiv3_key", "warn", "not set", "Callbacks and certificate downloads need the 32-byte APIv3 key.")
-  end
-end
 
 --- Reachability and clock; returns whether the host answered.
 function M.check_endpoint(config, add, now)
