@@ -216,6 +216,27 @@ describe("wxpay campaign run --create-stock", function()
     assert.truthy(err:find("other fields", 1, true), err)
   end)
 
+  it("refuses a stock file the library refuses, sends nothing, and takes the fixed file after", function()
+    local p, db = dir .. "/p3.csv", dir .. "/c3.db"
+    plan(p, 2, "wxfix")
+    local bad = dir .. "/bad.json"
+    local fields = cjson.decode(h.read(favor_file("good")))
+    fields.available_begin_time = nil
+    h.write(bad, cjson.encode(fields))
+    local base = "campaign run " .. p .. " --product favor --journal " .. db .. " --campaign fix --create-stock "
+    local out, err, rc = wxpay(base .. bad .. " --dry-run")
+    assert.equal(1, rc, out .. err)
+    assert.truthy(err:find("available_begin_time", 1, true), err)
+    assert.falsy(err:find("row", 1, true), err) -- the file is not a row of the plan
+    err, rc = select(2, wxpay(base .. bad))
+    assert.equal(1, rc)
+    assert.truthy(err:find("available_begin_time", 1, true) and err:find("nothing sent", 1, true), err)
+    assert.equal(0, #sb:requests())
+    out, err, rc = wxpay(base .. dir .. "/good.json")
+    assert.equal(0, rc, err)
+    assert.truthy(out:find("2 partners, 2 done", 1, true), out)
+  end)
+
   it("journals the request number before the call: a lost answer is repeated, not created twice", function()
     local p, db, file = dir .. "/p2.csv", dir .. "/c2.db", busifavor_file("c2")
     plan(p, 3, "wxlost")

@@ -222,12 +222,11 @@ function M.dry_run(o, partners, campaign)
   local client, cerr = dry_client(o.config, seen)
   if not client then o.err:write("wxpay: ", output.message(cerr), "\n"); return 1 end
   local ad, rows, bad = { business_type = o.business_type, stock_id = o.stock or "NEW" }, {}, 0
+  local bad_stock = false
   if o.stock_params then
     local _, err = stocks.create_stock(client, o.product, o.stock_params, o.stock_params.out_request_no or "DRYRUN")
-    if err and err.kind == "invalid_argument" then
-      bad = bad + 1
-      o.err:write("wxpay: ", o.create_stock, ": ", output.message(err), "\n")
-    end
+    bad_stock = err ~= nil and err.kind == "invalid_argument"
+    if bad_stock then o.err:write("wxpay: ", o.create_stock, ": ", output.message(err), "\n") end
   end
   for _, p in ipairs(partners) do
     local partner = p.type == "APPID" and { type = "APPID", appid = p.id } or { type = "MERCHANT", merchant_id = p.id }
@@ -249,7 +248,7 @@ function M.dry_run(o, partners, campaign)
     o.stock or ("a new stock from " .. o.create_stock),
     o.host or "?", pace))
   if bad > 0 then o.err:write(string.format("wxpay: %d row%s of the plan refused\n", bad, bad == 1 and "" or "s")) end
-  return bad == 0 and 0 or 1
+  return (bad == 0 and not bad_stock) and 0 or 1
 end
 
 -- The journaled request number of a campaign's stock, committed before any create call.
@@ -267,7 +266,7 @@ local function journaled_number(o, journal, campaign)
     if not no then return nil, gerr end
   end
   journal:begin_stock_step(campaign, o.product, tostring(no), o.params_sha256, core.time())
-  return journal:stock_step(campaign)
+  return journal:stock_step(campaign), true
 end
 
 --- The campaign's first step with `--create-stock`: the stock id, created once. The request
@@ -275,14 +274,20 @@ end
 -- answer sends the same number again, which WeChat Pay answers with the same stock.
 -- @return stock id, or nil and a message
 function M.stock_step(o, journal, campaign)
-  local step, serr = journaled_number(o, journal, campaign)
-  if not step then return nil, serr end
+  local step, fresh = journaled_number(o, journal, campaign)
+  if not step then return nil, fresh end
   if step.params_sha256 ~= o.params_sha256 then
     return nil, string.format("campaign %s creates its stock from other fields (out_request_no %s): give the "
       .. "same %s, or another --campaign", campaign, step.out_request_no, o.create_stock)
   end
   if step.stock_id then return step.stock_id end
   local data, err = stocks.create_stock(o.client, o.product, o.stock_params, step.out_request_no)
+  if not data and err.kind == "invalid_argument" then
+    -- Refused before sending: a number no request carried is not worth keeping, and the
+    -- fixed file must be free to get one of its own.
+    if fresh then journal:forget_stock_step(campaign) end
+    return nil, string.format("%s: %s; nothing sent", o.create_stock, output.message(err))
+  end
   if not data then
     return nil, string.format("creating the stock (out_request_no %s): %s; run again to repeat the same request",
       step.out_request_no, output.message(err))

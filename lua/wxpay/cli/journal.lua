@@ -154,6 +154,11 @@ function Journal:begin_stock_step(campaign, product, out_request_no, params_sha2
     self:q(out_request_no), self:q(params_sha256), self:q(now), self:q(now)))
 end
 
+--- Drop a stock step whose request was never sent (the library refused the fields).
+function Journal:forget_stock_step(campaign)
+  self:exec("DELETE FROM stock_steps WHERE stock_id IS NULL AND campaign = " .. self:q(campaign))
+end
+
 --- Record the stock id the create call answered.
 function Journal:stock_created(campaign, stock_id, now)
   self:exec(string.format("UPDATE stock_steps SET stock_id = %s, updated_at = %s WHERE campaign = %s",
