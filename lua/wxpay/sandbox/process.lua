@@ -128,7 +128,27 @@ function M.start(opts)
     config = info.config, control_url = info.control_url, base_url = info.config.base_url,
     pid = int(info.pid) or pid, dir = info.dir, stderr_file = err,
   }, Sandbox)
+  self:publish_ca()
   return self
+end
+
+-- The sandbox keeps its folder private (0700), but nginx workers run as another user and
+-- must read the CA certificate (`lua_ssl_trusted_certificate`). The CA certificate is
+-- public: a copy goes into a folder anyone may read, and the config points at it (libcurl
+-- reads the copy just the same). stop() removes it.
+function Sandbox:publish_ca()
+  local p = assert(io.popen("mktemp -d /tmp/wxpay-sandbox-ca.XXXXXX"))
+  local dir = (p:read("*l") or "")
+  p:close()
+  if dir == "" then return end
+  local copy = dir .. "/ca.pem"
+  local ok = os.execute(string.format("chmod 755 %s && cp %s %s && chmod 644 %s", q(dir),
+    q(self.config.ca_file), q(copy), q(copy)))
+  if ok == true or ok == 0 then
+    self.public_ca_dir, self.config.ca_file = dir, copy
+  else
+    os.execute("rm -rf " .. q(dir))
+  end
 end
 
 -- curl config-file quoting: the command line would be too long for 200 signed requests.
@@ -331,6 +351,7 @@ end
 function Sandbox:stop()
   if self.stopped then return true end
   self.stopped = true
+  if self.public_ca_dir then os.execute("rm -rf " .. q(self.public_ca_dir)) end
   os.execute("kill -TERM " .. self.pid .. " 2>/dev/null")
   for _ = 1, 100 do
     if not alive(self.pid) then
