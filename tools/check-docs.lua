@@ -61,6 +61,8 @@ local INTERNAL = {
   ["api/favor_schema.lua"] = true,
   -- the shared store (behind the `store` and `qps` config keys; docs/config.md)
   ["store/"] = true,
+  -- the client's side of it: shared certificates, budget and failover (docs/fleet.md)
+  ["fleet/"] = true,
   -- the rooms of the request pipeline, reached through `wxpay.client` (which re-exports
   -- the public encoders) and the client's closures
   ["config.lua"] = true, ["json.lua"] = true, ["request.lua"] = true, ["keyring.lua"] = true,

@@ -26,7 +26,7 @@ local CONFIG_KEYS = {
   transport = true, logger = true, clock_skew = true, offset_mode = true,
   failover_cooldown = true, retry_base_delay = true, retry_max_delay = true,
   retry_after_max = true, sleep = true, now = true, monotonic = true,
-  certificate_refresh_interval = true,
+  certificate_refresh_interval = true, store = true, qps = true,
 }
 M.KEYS = CONFIG_KEYS
 
@@ -361,11 +361,18 @@ function M.choose_transport(config, st)
   return true
 end
 
+--- The keys `store` and `qps` (the shared store and rate budget, wxpay.fleet) into `st.fleet`.
+-- @return true, or nil and a `config` error
+function M.check_fleet(config, st)
+  return require("wxpay.fleet").check(config, st)
+end
+
 -- The checks in the order `build` runs them (each fills its part of the state). The
 -- transport comes last, so a config that fails a check opens no HTTP session.
 local STEPS = {
   M.check_keys, M.check_identity, M.load_merchant_key, M.check_apiv3_key, M.load_public_key,
   M.load_platform_certificates, M.check_hosts, M.check_numbers, M.check_strings, M.check_hooks,
+  M.check_fleet,
 }
 
 local function run_steps(config, st)

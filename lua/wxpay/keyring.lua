@@ -149,11 +149,48 @@ local function swap_in(st, fresh)
   st.certificates = keep
 end
 
--- Download /v3/certificates and replace the downloaded set, following
+-- Check a `/v3/certificates` answer and replace the downloaded set, following
 -- docs/protocol.md#trusting-a-download: decrypt every entry (any failure rejects the whole
 -- answer), check each certificate's serial and validity, verify the answer with the already
--- trusted keys plus the new certificates, and only then swap the set in. Returns true or
--- nil, err; the current set is kept on failure.
+-- trusted keys plus the new certificates, and only then swap the set in. The same checks
+-- for a fresh download and for one read from a shared store (`stored`): there the
+-- signature's age is not checked (its writer checked it when it was fresh; the APIv3 key's
+-- GCM tag still proves each certificate came from WeChat Pay for this merchant, and
+-- expired ones are dropped). Returns true or nil, err; the current set is kept on failure.
+function M.accept(st, resp, stored)
+  local obj = json.decode(resp.body)
+  if type(obj) ~= "table" or type(obj.data) ~= "table" then return rejected(st, resp, "decode", "no data array") end
+  local now = st.now()
+  local fresh, ring = {}, {}
+  for _, c in ipairs(st.certificates) do ring[#ring + 1] = c end
+  for i, entry in ipairs(obj.data) do
+    local c, kind, msg, extra = decrypt_entry(st, i, entry, now)
+    if c == false then return rejected(st, resp, kind, msg, extra) end
+    if c then
+      fresh[#fresh + 1] = c
+      ring[#ring + 1] = c
+    end
+  end
+  resp.what = stored and "stored /v3/certificates response" or "/v3/certificates response"
+  local view = st
+  if stored then
+    local ts = tonumber(resp.headers["wechatpay-timestamp"] or "")
+    view = setmetatable({ now = function() return ts or now end }, { __index = st })
+  end
+  local verified, verr = verify.response(view, resp, ring)
+  if not verified then
+    redact.log(st, "warn", "wxpay certificate download rejected", { error = tostring(verr) })
+    return nil, verr
+  end
+  swap_in(st, fresh)
+  st.has_downloaded = #fresh > 0
+  st.next_refresh = st.monotonic() + st.certificate_refresh_interval
+  redact.log(st, "debug", "wxpay certificates refreshed", { count = #fresh, stored = stored or nil })
+  return true
+end
+
+-- Download /v3/certificates and take it in (`M.accept`). Returns true and the answer, or
+-- nil, err.
 local function download_certificates(st)
   local now_mono = st.monotonic()
   st.next_refresh = now_mono + 60 -- a failure is retried at most once a minute
@@ -172,30 +209,17 @@ local function download_certificates(st)
     redact.log(st, "warn", "wxpay certificate download failed", { error = tostring(err) })
     return nil, err
   end
-  local obj = json.decode(resp.body)
-  if type(obj) ~= "table" or type(obj.data) ~= "table" then return rejected(st, resp, "decode", "no data array") end
-  local now = st.now()
-  local fresh, ring = {}, {}
-  for _, c in ipairs(st.certificates) do ring[#ring + 1] = c end
-  for i, entry in ipairs(obj.data) do
-    local c, kind, msg, extra = decrypt_entry(st, i, entry, now)
-    if c == false then return rejected(st, resp, kind, msg, extra) end
-    if c then
-      fresh[#fresh + 1] = c
-      ring[#ring + 1] = c
-    end
+  local ok, aerr = M.accept(st, resp)
+  if not ok then return nil, aerr end
+  return true, resp
+end
+
+-- With a shared store: the fleet's one download (wxpay.fleet.certs), else our own.
+local function shared_or_own(st)
+  if st.fleet and st.fleet.shared then
+    return require("wxpay.fleet.certs").refresh(st, download_certificates)
   end
-  resp.what = "/v3/certificates response"
-  local verified, verr = verify.response(st, resp, ring)
-  if not verified then
-    redact.log(st, "warn", "wxpay certificate download rejected", { error = tostring(verr) })
-    return nil, verr
-  end
-  swap_in(st, fresh)
-  st.has_downloaded = #fresh > 0
-  st.next_refresh = now_mono + st.certificate_refresh_interval
-  redact.log(st, "debug", "wxpay certificates refreshed", { count = #fresh })
-  return true
+  return download_certificates(st)
 end
 
 --- Download the platform certificates now. One download at a time: a caller arriving
@@ -213,9 +237,10 @@ function M.refresh(st)
     return st.refresh_ok, st.refresh_err
   end
   st.refreshing = true
-  local ok, res, err = pcall(download_certificates, st)
+  local ok, res, err = pcall(shared_or_own, st)
   st.refreshing = false
   if not ok then error(res, 0) end
+  if res then err = nil end -- the answer itself stays here
   st.refresh_ok, st.refresh_err = res, err
   return res, err
 end

@@ -7,6 +7,7 @@
 local core = require("wxpay.core")
 local cjson = require("cjson")
 local errors = require("wxpay.errors")
+local fleet = require("wxpay.fleet")
 local json = require("wxpay.json")
 local keyring = require("wxpay.keyring")
 local redact = require("wxpay.redact")
@@ -95,6 +96,7 @@ local function send_attempt(st, r, remaining)
   for leg = 1, second and 2 or 1 do
     leg_used = leg
     base = leg == 1 and first or second
+    if st.fleet then fleet.before_send(st, r) end -- the shared rate budget: wait for a start
     local headers, serr = signed_headers(st, r)
     if not headers then resp, terr = nil, serr; break end
     local timeout, connect_timeout = r.timeout, r.connect_timeout
@@ -114,6 +116,7 @@ local function send_attempt(st, r, remaining)
       connect_timeout = connect_timeout,
       -- Sent at most once: transports must not silently re-send it on a new connection.
       fresh_connect = not retry.repeatable(r) or nil }
+    if resp and st.fleet then fleet.answered(st, r, resp) end -- a 429 slows everyone
     if resp then break end
     if not retry.fail_over(terr, leg, second) then break end
     log(st, "warn", "wxpay failover: cannot connect, trying the other host",

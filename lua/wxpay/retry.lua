@@ -62,6 +62,9 @@ end
 -- @return first, second (nil without a backup)
 function M.hosts(st)
   local first, second = st.base_url, st.backup_url
+  if second and st.fleet and not st.prefer_backup_until then
+    st.prefer_backup_until = require("wxpay.fleet").prefer_backup_until(st) -- another worker's switch
+  end
   if second and st.prefer_backup_until then
     if st.monotonic() < st.prefer_backup_until then
       first, second = second, first
@@ -90,6 +93,7 @@ end
 function M.answered(st, leg, base)
   if leg == 2 then
     st.prefer_backup_until = base ~= st.base_url and st.monotonic() + st.failover_cooldown or nil
+    if st.fleet then require("wxpay.fleet").switched(st, base ~= st.base_url) end
   end
 end
 
