@@ -154,6 +154,28 @@ describe("a fleet sharing one Redis (plain Lua)", function()
     assert.equal(2, downloads(sb))
   end)
 
+  it("refuses a genuine stored answer signed more than one refresh interval ago", function()
+    assert.truthy(client().partnerships.page(LIST)) -- stores the answer signed now
+    local s = assert(store.open(srv.url, { driver = "socket" })):scope(mchid)
+    local json = require("wxpay.json")
+    local entry = json.decode(assert(s:get("certs")))
+    -- The same answer, signed again by the platform key as it would have been 3960 s ago
+    -- (refresh interval 3600 + clock skew 300 + a minute): a genuine but stale answer.
+    local key = assert(core.load_private_key(helpers.read(sb.dir .. "/platform_key.pem")))
+    local ts = tostring(core.time() - 3960)
+    local h = entry.headers
+    h["wechatpay-timestamp"] = ts
+    h["wechatpay-signature"] = key:sign(ts .. "\n" .. h["wechatpay-nonce"] .. "\n" .. entry.body .. "\n")
+    entry.fetched_at = core.time() + 10
+    assert(s:set("certs", json.encode(entry), 3600))
+    local seen, logger = warnings()
+    local page, err = client{ logger = logger }.partnerships.page(LIST)
+    assert.is_nil(err)
+    assert.truthy(page)
+    assert.equal(2, downloads(sb))
+    assert.equal(1, count(seen, "stored certificates refused"))
+  end)
+
   it("Redis stopping mid-run: requests go on alone, one warning; sharing resumes after", function()
     local shift = 0
     local monotonic = function() return core.monotonic() + shift end

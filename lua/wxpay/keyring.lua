@@ -154,9 +154,10 @@ end
 -- answer), check each certificate's serial and validity, verify the answer with the already
 -- trusted keys plus the new certificates, and only then swap the set in. The same checks
 -- for a fresh download and for one read from a shared store (`stored`): there the
--- signature's age is not checked (its writer checked it when it was fresh; the APIv3 key's
--- GCM tag still proves each certificate came from WeChat Pay for this merchant, and
--- expired ones are dropped). Returns true or nil, err; the current set is kept on failure.
+-- signature may be as old as one refresh interval (plus the clock skew), never older, so a
+-- replayed old answer is refused; the APIv3 key's GCM tag still proves each certificate
+-- came from WeChat Pay for this merchant, and expired ones are dropped. Returns true or
+-- nil, err; the current set is kept on failure.
 function M.accept(st, resp, stored)
   local obj = json.decode(resp.body)
   if type(obj) ~= "table" or type(obj.data) ~= "table" then return rejected(st, resp, "decode", "no data array") end
@@ -175,7 +176,12 @@ function M.accept(st, resp, stored)
   local view = st
   if stored then
     local ts = tonumber(resp.headers["wechatpay-timestamp"] or "")
-    view = setmetatable({ now = function() return ts or now end }, { __index = st })
+    local age = ts and now - ts
+    if not age or age > st.certificate_refresh_interval + st.clock_skew or age < -st.clock_skew then
+      return rejected(st, resp, "signature", "the stored answer was signed more than one refresh interval ago",
+        { check = "timestamp" })
+    end
+    view = setmetatable({ now = function() return ts end }, { __index = st })
   end
   local verified, verr = verify.response(view, resp, ring)
   if not verified then
