@@ -168,7 +168,7 @@ describe("wxpay-sandbox", function()
       local function spawn()
         local out = tmp .. "-out"
         local p = assert(io.popen(string.format(
-          "%s TMPDIR=%s timeout -s KILL 120 bin/wxpay-sandbox --port 0 --quiet --exit-on-stdin-close"
+          "%s TMPDIR=%s timeout -s KILL 120 lua5.4 bin/wxpay-sandbox --port 0 --quiet --exit-on-stdin-close"
             .. " --exit-with-pid %d >%s 2>%s",
           sandbox.CLEAN_ENV, helpers.q(tmp), own_pid(), helpers.q(out), helpers.q(tmp .. "-err")), "w"))
         local deadline = os.time() + 110
@@ -239,7 +239,7 @@ describe("wxpay-sandbox", function()
       end)
 
       it("removes its temporary folder when startup fails after making it", function()
-        local out, ok = helpers.sh(string.format("%s TMPDIR=%s bin/wxpay-sandbox --host 256.0.0.1 --quiet",
+        local out, ok = helpers.sh(string.format("%s TMPDIR=%s lua5.4 bin/wxpay-sandbox --host 256.0.0.1 --quiet",
           sandbox.CLEAN_ENV, helpers.q(tmp)))
         assert.is_false(ok, out)
         assert.equal("", leftovers())
