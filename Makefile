@@ -71,6 +71,8 @@ fuzz:
 
 demo: deps build
 	$(LUA) examples/demo.lua
+	$(LUA) examples/launch.lua --sandbox --logo examples/logo.png \
+	  --appids wxd678efh567hg6787,wx1111111111111111,wx2222222222222222
 
 bench: deps build
 	$(LUA) bench/run.lua

@@ -6,7 +6,11 @@
 --           500 HTML page quoting the request's Authorization credentials (a careless
 --           gateway);
 --   "delay" delay: the request is processed, then the answer waits `seconds`;
---   "post"  tamper, unsigned, stale, probe: applied to the processed, signed answer.
+--   "post"  tamper, unsigned, stale, probe: applied to the processed, signed answer;
+--           500_after, drop_after: the request is processed (a build or create is stored),
+--           then its answer is lost: replaced by a 500 SYSTEM_ERROR, or the connection is
+--           closed without an answer. A client that repeats the request must be answered
+--           from what was stored, not create a second one.
 -- So {500, count 1} then {429, count 1} fail two requests in turn, while {delay} and
 -- {tamper} queued together hit the same request. An entry with `path` (and `method`) only
 -- matches requests to that path (query ignored), so a fault can target one endpoint.
@@ -22,6 +26,7 @@ local M = {}
 local CLASS = {
   ["500"] = "pre", ["429"] = "pre", ["202"] = "pre", echo = "pre", drop = "pre", delay = "delay",
   tamper = "post", unsigned = "post", stale = "post", probe = "post",
+  ["500_after"] = "post", drop_after = "post",
 }
 
 local Faults = {}
@@ -49,7 +54,8 @@ function M.new(seed)
 end
 
 --- Queue a fault.
--- @tparam table spec `{ fault = "500"|"429"|"202"|"echo"|"delay"|"tamper"|"unsigned"|"stale"|"probe"|"drop",
+-- @tparam table spec `{ fault = "500"|"429"|"202"|"echo"|"delay"|"tamper"|"unsigned"|"stale"|"probe"|"drop"
+--   |"500_after"|"drop_after",
 --   count = n (default 1) or rate = p (0 < p <= 1, until cleared), retry_after = s (429),
 --   seconds = s (delay), path = "/v3/…" (optional), method = "POST" (optional),
 --   seed = n (optional: re-seed the rate draws) }`; `{ seed = n }` alone only re-seeds

@@ -202,6 +202,15 @@ function Server:api_request(con, conn, req)
   end
   local post = f.post and f.post.fault
   if post then entry.fault = (entry.fault and entry.fault .. "," or "") .. post end
+  -- Processed, then the answer is lost (faults.lua).
+  if post == "drop_after" then
+    self:log("#%d conn=%d %s %s -> processed (%d), dropped", entry.seq, conn.id, req.method, req.target,
+             resp.status)
+    entry.status = 0
+    return false
+  elseif post == "500_after" then
+    resp, post = api.error_response(500, "SYSTEM_ERROR", "系统错误"), nil
+  end
   local headers, body = api.finish(state, req, resp, post)
   -- Configured round-trip latency for every answer (`latency` in /_sandbox/config), spent
   -- after the answer is signed, as if on the way back: the signing of answers then happens
