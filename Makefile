@@ -81,6 +81,9 @@ bench: deps build
 # the checkout.
 rock:
 	sh tools/rock-check.sh build/rocktree
+	luarocks --lua-version=5.4 test wxpay-scm-1.rockspec >build/luarocks-test.log 2>&1 || \
+	  { tail -30 build/luarocks-test.log; exit 1; }
+	@grep successes build/luarocks-test.log
 
 # The API pages from the code's LDoc comments (build/docs/); docs/*.md is the reference.
 docs:
