@@ -135,7 +135,8 @@ end
 -- The sandbox keeps its folder private (0700), but nginx workers run as another user and
 -- must read the CA certificate (`lua_ssl_trusted_certificate`). The CA certificate is
 -- public: a copy goes into a folder anyone may read, and the config points at it (libcurl
--- reads the copy just the same). stop() removes it.
+-- reads the copy just the same). stop() removes it and points the config back at the
+-- sandbox's own file (which stays with a --dir).
 function Sandbox:publish_ca()
   local p = assert(io.popen("mktemp -d /tmp/wxpay-sandbox-ca.XXXXXX"))
   local dir = (p:read("*l") or "")
@@ -145,7 +146,7 @@ function Sandbox:publish_ca()
   local ok = os.execute(string.format("chmod 755 %s && cp %s %s && chmod 644 %s", q(dir),
     q(self.config.ca_file), q(copy), q(copy)))
   if ok == true or ok == 0 then
-    self.public_ca_dir, self.config.ca_file = dir, copy
+    self.public_ca_dir, self.private_ca_file, self.config.ca_file = dir, self.config.ca_file, copy
   else
     os.execute("rm -rf " .. q(dir))
   end
@@ -351,7 +352,10 @@ end
 function Sandbox:stop()
   if self.stopped then return true end
   self.stopped = true
-  if self.public_ca_dir then os.execute("rm -rf " .. q(self.public_ca_dir)) end
+  if self.public_ca_dir then -- the copy goes; the config names the sandbox's own file again
+    os.execute("rm -rf " .. q(self.public_ca_dir))
+    self.config.ca_file, self.public_ca_dir = self.private_ca_file, nil
+  end
   os.execute("kill -TERM " .. self.pid .. " 2>/dev/null")
   for _ = 1, 100 do
     if not alive(self.pid) then
