@@ -245,9 +245,14 @@ end
 local function new_returns(src, prefix)
   local _, fn = src:find("\nfunction%s+M%.new%s*%(")
   if not fn then return {} end
+  -- `return { … }`, or `local t = calls.bind(api, { … })` plus `t.name = …` lines
   local _, open = src:find("\n%s*return%s*{", fn)
+  if not open then _, open = src:find("bind%(api,%s*{", fn) end
   if not open then return {} end
-  return bound_names(src, open, prefix, {})
+  local names = bound_names(src, open, prefix, {})
+  local stop = src:find("\nend", fn) or #src
+  for extra in src:sub(fn, stop):gmatch("\n%s*t%.([%w_]+)%s*=") do names[#names + 1] = prefix .. "." .. extra end
+  return names
 end
 
 local api_doc = (read("docs/api.md") or "") .. "\n" .. (read("docs/coupons.md") or "")

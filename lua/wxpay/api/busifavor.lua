@@ -198,22 +198,10 @@ end
 --   `creator_merchant` (default: the client's mchid) / `belong_merchant` / `sender_merchant`,
 --   `limit?` (20), `offset?` (0, a page index)
 -- @treturn table|nil `{ data = {…}, offset, limit, total_count }`
-function M.coupons_page(api, openid, filters)
-  calls.argcheck("page", 2, filters, "table")
-  local target_for, limit, offset = coupons_query(api, openid, filters)
-  if not target_for then return nil, limit end
-  return calls.page(api, target_for, limit, offset)
-end
-
---- B6 as a lazy iterator over every coupon, one page in memory. Bad filters raise at the
--- call; a failure while paging raises the structured error inside the loop.
--- `offset_mode` ("page" by default, from the client config) says how `offset` advances.
-function M.coupons_list(api, openid, filters)
-  calls.argcheck("list", 2, filters, "table")
-  local target_for, limit, offset, mode = coupons_query(api, openid, filters)
-  if not target_for then error(limit, 2) end
-  return calls.iterate(api, target_for, limit, offset, mode)
-end
+M.coupons_page, M.coupons_list = calls.pager(coupons_query, 2)
+-- (`coupons_list`: B6 as a lazy iterator over every coupon, one page in memory. Bad filters
+-- raise at the call; a failure while paging raises the structured error inside the loop.
+-- `offset_mode` ("page" by default, from the client config) says how `offset` advances.)
 
 --- B7: one coupon (`GET …/users/{openid}/coupons/{coupon_code}/appids/{appid}`).
 -- @treturn table|nil the coupon (`coupon_state`, `stock_id`, `coupon_code`, …)
@@ -253,13 +241,7 @@ end
 -- @tparam[opt] string mchid default: the client's
 -- @treturn table|nil `{ mchid, notify_url }`
 function M.get_callback(api, mchid, opts)
-  calls.argcheck("get", 2, opts, "table?")
-  local o, err = calls.options(api, opts)
-  if not o then return nil, err end
-  local id
-  id, err = calls.mchid(api, { mchid = mchid }, "mchid", 8, 15)
-  if not id then return nil, err end
-  return calls.read(api, calls.target(api, BASE .. "/callbacks", { { "mchid", id } }), o)
+  return calls.get_callback(api, BASE, mchid, opts, 8, 15)
 end
 
 --- B18: the decrypted resource of a `COUPON.SEND` (领券) callback parsed by
@@ -268,14 +250,7 @@ end
 -- @tparam table notification what `client.notify.parse` returned
 -- @return the resource, or nil and an `invalid_argument` error (another event type)
 function M.send_event(notification)
-  if type(notification) ~= "table" or notification.event_type ~= "COUPON.SEND" then
-    return nil, errors.invalid_argument("event_type", "is not COUPON.SEND")
-  end
-  local r = notification.resource_data
-  if type(r) ~= "table" or type(r.coupon_code) ~= "string" or type(r.stock_id) ~= "string" then
-    return nil, errors.invalid_argument("resource", "COUPON.SEND resource lacks coupon_code or stock_id")
-  end
-  return r
+  return calls.event(notification, "COUPON.SEND", { "coupon_code", "stock_id" })
 end
 
 --- Bind the 商家券 functions to a client's API handle.
@@ -283,16 +258,15 @@ end
 -- @treturn table `{ stocks = { create, get, update, update_budget }, coupons = { use,
 --   return_coupon, deactivate, page, list, get }, callbacks = { set, get }, send_event }`
 function M.new(api)
-  local function bind(fn) return function(...) return fn(api, ...) end end
-  return {
-    stocks = { create = bind(M.create_stock), get = bind(M.get_stock), update = bind(M.update_stock),
-      update_budget = bind(M.update_budget) },
-    coupons = { use = bind(M.use_coupon), return_coupon = bind(M.return_coupon),
-      deactivate = bind(M.deactivate_coupon), page = bind(M.coupons_page), list = bind(M.coupons_list),
-      get = bind(M.get_coupon) },
-    callbacks = { set = bind(M.set_callback), get = bind(M.get_callback) },
-    send_event = M.send_event,
-  }
+  local t = calls.bind(api, {
+    stocks = { create = M.create_stock, get = M.get_stock, update = M.update_stock,
+      update_budget = M.update_budget },
+    coupons = { use = M.use_coupon, return_coupon = M.return_coupon, deactivate = M.deactivate_coupon,
+      page = M.coupons_page, list = M.coupons_list, get = M.get_coupon },
+    callbacks = { set = M.set_callback, get = M.get_callback },
+  })
+  t.send_event = M.send_event
+  return t
 end
 
 return M

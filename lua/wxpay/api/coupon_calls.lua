@@ -228,4 +228,72 @@ function M.mchid(api, t, name, min, max)
   return fields.value(v, name, fields.digits(min or 1, max or 20), api.check_utf8)
 end
 
+--- The callback-URL query both products have (`GET BASE/callbacks?mchid=`): `mchid`
+-- defaults to the client's, and must be `min`..`max` digits.
+-- @return `{ mchid, notify_url }`, or nil and an error
+function M.get_callback(api, base, mchid, opts, min, max)
+  M.argcheck("get", 2, opts, "table?")
+  local o, err = M.options(api, opts)
+  if not o then return nil, err end
+  local id
+  id, err = M.mchid(api, { mchid = mchid }, "mchid", min, max)
+  if not id then return nil, err end
+  return M.read(api, M.target(api, base .. "/callbacks", { { "mchid", id } }), o)
+end
+
+--- The resource of a parsed notification of `event_type`, which must carry the string
+-- fields named in `required` (e.g. `{ "coupon_id", "stock_id" }`).
+-- @return the resource, or nil and an `invalid_argument` error
+function M.event(notification, event_type, required)
+  if type(notification) ~= "table" or notification.event_type ~= event_type then
+    return nil, errors.invalid_argument("event_type", "is not " .. event_type)
+  end
+  local r = notification.resource_data
+  local ok = type(r) == "table"
+  for _, name in ipairs(required) do ok = ok and type(r[name]) == "string" end
+  if not ok then
+    return nil, errors.invalid_argument("resource", event_type .. " resource lacks "
+      .. table.concat(required, " or "))
+  end
+  return r
+end
+
+--- One page and the lazy iterator over a query builder `query(api, ...)` that returns
+-- `target_for(limit, offset), limit, offset, mode` or `nil, err`. The filters are the
+-- call's last argument (number `n`); `mode` defaults to the page-index mode.
+-- @return `page(api, ...)`, `list(api, ...)`: bad filters are `nil, err` from `page` and
+--   raise from `list`; a failure while paging raises inside the loop
+function M.pager(query, n)
+  local function page(api, ...)
+    M.argcheck("page", n, select(n, ...), "table")
+    local target_for, limit, offset = query(api, ...)
+    if not target_for then return nil, limit end
+    return M.page(api, target_for, limit, offset)
+  end
+  local function list(api, ...)
+    M.argcheck("list", n, select(n, ...), "table")
+    local target_for, limit, offset, mode = query(api, ...)
+    if not target_for then error(limit, 2) end
+    return M.iterate(api, target_for, limit, offset, mode or "page")
+  end
+  return page, list
+end
+
+--- Bind a tree of module functions `fn(api, ...)` to a client's handle: the dot-called
+-- closures `client.busifavor` and `client.favor` are made of.
+-- @tparam table api the handle
+-- @tparam table tree names -> functions, or -> nested trees
+-- @treturn table the same tree of closures
+function M.bind(api, tree)
+  local out = {}
+  for name, v in pairs(tree) do
+    if type(v) == "table" then
+      out[name] = M.bind(api, v)
+    else
+      out[name] = function(...) return v(api, ...) end
+    end
+  end
+  return out
+end
+
 return M

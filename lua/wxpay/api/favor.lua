@@ -242,22 +242,10 @@ end
 --   `creator_mchid` (default: the client's) / `sender_mchid` / `available_mchid`,
 --   `limit?` (20), `offset?` (0), `business_type?`
 -- @treturn table|nil `{ data = {…}, offset, limit, total_count }`
-function M.coupons_page(api, openid, filters)
-  calls.argcheck("page", 2, filters, "table")
-  local target_for, limit, offset = coupons_query(api, openid, filters)
-  if not target_for then return nil, limit end
-  return calls.page(api, target_for, limit, offset)
-end
-
---- F13 as a lazy iterator (one page in memory); `offset_mode` ("page" by default, from
--- the client config) says how `offset` advances. Bad filters raise at the call; a failure
--- while paging raises the structured error inside the loop.
-function M.coupons_list(api, openid, filters)
-  calls.argcheck("list", 2, filters, "table")
-  local target_for, limit, offset, mode = coupons_query(api, openid, filters)
-  if not target_for then error(limit, 2) end
-  return calls.iterate(api, target_for, limit, offset, mode)
-end
+M.coupons_page, M.coupons_list = calls.pager(coupons_query, 2)
+-- (`coupons_list`: F13 as a lazy iterator, one page in memory; `offset_mode` ("page" by
+-- default, from the client config) says how `offset` advances. Bad filters raise at the
+-- call; a failure while paging raises the structured error inside the loop.)
 
 --- F18: set the 核销 callback URL (`POST /v3/marketing/favor/callbacks`).
 -- @tparam table params `notify_url` (https, no query string), `mchid?` (default: the
@@ -281,13 +269,7 @@ end
 -- @tparam[opt] string mchid default: the client's
 -- @treturn table|nil `{ mchid, notify_url }`
 function M.get_callback(api, mchid, opts)
-  calls.argcheck("get", 2, opts, "table?")
-  local o, err = calls.options(api, opts)
-  if not o then return nil, err end
-  local id
-  id, err = calls.mchid(api, { mchid = mchid }, "mchid")
-  if not id then return nil, err end
-  return calls.read(api, calls.target(api, BASE .. "/callbacks", { { "mchid", id } }), o)
+  return calls.get_callback(api, BASE, mchid, opts)
 end
 
 --- F20: the decrypted coupon of a `COUPON.USE` (核销) callback parsed by
@@ -296,14 +278,7 @@ end
 -- @tparam table notification what `client.notify.parse` returned
 -- @return the coupon, or nil and an `invalid_argument` error (another event type)
 function M.use_event(notification)
-  if type(notification) ~= "table" or notification.event_type ~= "COUPON.USE" then
-    return nil, errors.invalid_argument("event_type", "is not COUPON.USE")
-  end
-  local r = notification.resource_data
-  if type(r) ~= "table" or type(r.coupon_id) ~= "string" or type(r.stock_id) ~= "string" then
-    return nil, errors.invalid_argument("resource", "COUPON.USE resource lacks coupon_id or stock_id")
-  end
-  return r
+  return calls.event(notification, "COUPON.USE", { "coupon_id", "stock_id" })
 end
 
 --- Bind the 代金券 functions to a client's API handle.
@@ -311,16 +286,14 @@ end
 -- @treturn table `{ stocks = { create, start, pause, restart, get, page, list },
 --   coupons = { send, get, page, list }, callbacks = { set, get }, use_event }`
 function M.new(api)
-  local function bind(fn) return function(...) return fn(api, ...) end end
-  return {
-    stocks = { create = bind(M.create_stock), start = bind(M.start_stock), pause = bind(M.pause_stock),
-      restart = bind(M.restart_stock), get = bind(M.get_stock), page = bind(M.stocks_page),
-      list = bind(M.stocks_list) },
-    coupons = { send = bind(M.send_coupon), get = bind(M.get_coupon), page = bind(M.coupons_page),
-      list = bind(M.coupons_list) },
-    callbacks = { set = bind(M.set_callback), get = bind(M.get_callback) },
-    use_event = M.use_event,
-  }
+  local t = calls.bind(api, {
+    stocks = { create = M.create_stock, start = M.start_stock, pause = M.pause_stock,
+      restart = M.restart_stock, get = M.get_stock, page = M.stocks_page, list = M.stocks_list },
+    coupons = { send = M.send_coupon, get = M.get_coupon, page = M.coupons_page, list = M.coupons_list },
+    callbacks = { set = M.set_callback, get = M.get_callback },
+  })
+  t.use_event = M.use_event
+  return t
 end
 
 return M
