@@ -88,46 +88,11 @@ function M.integer(v, field, min, max, unit)
   return v
 end
 
--- Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
-  local yoe = y - era * 400
-  local mp = (m + 9) % 12
-  local doy = math.floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
-
-local MONTH_DAYS = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
-
 --- Parse an RFC 3339 time with an offset (`2015-05-20T13:29:35+08:00`, `…35.120+08:00`,
 -- `…Z`) into seconds since the epoch (UTC); fractions are dropped.
 -- @tparam string s
 -- @return number, or nil and a reason
-function M.parse_time(s)
-  if type(s) ~= "string" or #s > 40 then return nil, "must be an RFC 3339 time string" end
-  local y, mo, d, h, mi, sec, rest = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d):(%d%d)(.*)$")
-  if not y then return nil, "must be an RFC 3339 time like 2024-05-20T13:29:35+08:00" end
-  rest = rest:gsub("^%.%d+", "", 1)
-  local offset
-  if rest == "Z" then
-    offset = 0
-  else
-    local sign, oh, om = rest:match("^([+-])(%d%d):(%d%d)$")
-    if not sign then return nil, "must end with a UTC offset (Z or +08:00)" end
-    oh, om = tonumber(oh), tonumber(om)
-    if oh > 23 or om > 59 then return nil, "has an invalid UTC offset" end
-    offset = (oh * 60 + om) * 60 * (sign == "-" and -1 or 1)
-  end
-  y, mo, d, h, mi, sec = tonumber(y), tonumber(mo), tonumber(d), tonumber(h), tonumber(mi), tonumber(sec)
-  local leap = (y % 4 == 0 and y % 100 ~= 0) or y % 400 == 0
-  if mo < 1 or mo > 12 or d < 1 or d > MONTH_DAYS[mo] or (mo == 2 and d == 29 and not leap)
-     or h > 23 or mi > 59 or sec > 60 then
-    return nil, "is not a valid date and time"
-  end
-  return days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + math.min(sec, 59) - offset
-end
+M.parse_time = require("wxpay.time").parse_rfc3339
 
 local check_object
 

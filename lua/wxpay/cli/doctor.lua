@@ -6,27 +6,8 @@ local core = require("wxpay.core")
 
 local M = {}
 
-local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9,
-  Oct = 10, Nov = 11, Dec = 12 }
-
--- Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
-  local yoe = y - era * 400
-  local mp = (m + 9) % 12
-  local doy = math.floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
-
 --- Unix seconds of an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`), or nil.
-function M.parse_http_date(s)
-  local d, mon, y, h, mi, se = tostring(s):match("^%a+, (%d%d?) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
-  if not d or not MONTHS[mon] then return nil end
-  return days_from_civil(tonumber(y), MONTHS[mon], tonumber(d)) * 86400 + tonumber(h) * 3600
-    + tonumber(mi) * 60 + tonumber(se)
-end
+M.parse_http_date = require("wxpay.time").parse_http_date
 
 -- The checks are wxpay.config's own (the ones `wxpay.new` runs), so doctor refuses exactly
 -- what the library refuses; doctor adds the plain words, the advice and what only it looks

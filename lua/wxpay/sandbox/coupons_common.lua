@@ -166,34 +166,9 @@ function Checker:error()
   return self.box.err
 end
 
--- Days since 1970-01-01 of a proleptic Gregorian date (no os.time: it is local time).
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = (y >= 0 and y or y - 399) // 400
-  local yoe = y - era * 400
-  local mp = (m + 9) % 12
-  local doy = (153 * mp + 2) // 5 + d - 1
-  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-  return era * 146097 + doe - 719468
-end
-
---- Parse `YYYY-MM-DDTHH:MM:SS[.fff](Z|±HH:MM)`.
+--- Parse `YYYY-MM-DDTHH:MM:SS[.fff](Z|±HH:MM)` (the library's own parser).
 -- @treturn number|nil unix seconds
-function M.parse_time(s)
-  local y, mo, d, h, mi, sec, rest = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d):(%d%d)(.*)$")
-  if not y then return nil end
-  rest = rest:gsub("^%.%d%d?%d?", "", 1)
-  local offset
-  if rest == "Z" then offset = 0
-  else
-    local sign, oh, om = rest:match("^([+-])(%d%d):(%d%d)$")
-    if not sign then return nil end
-    offset = (tonumber(oh) * 60 + tonumber(om)) * 60 * (sign == "-" and -1 or 1)
-  end
-  y, mo, d, h, mi, sec = tonumber(y), tonumber(mo), tonumber(d), tonumber(h), tonumber(mi), tonumber(sec)
-  if mo < 1 or mo > 12 or d < 1 or d > 31 or h > 23 or mi > 59 or sec > 59 then return nil end
-  return days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - offset
-end
+M.parse_time = require("wxpay.time").parse_rfc3339
 
 --- Unix seconds as WeChat Pay writes times.
 function M.time(t)
