@@ -172,20 +172,29 @@ local function check_modify(stock, body, c)
   if body.subsidy == false and stock.fields.subsidy == true then c:fail("subsidy", "can only turn on") end
 end
 
---- B3 `PATCH /v3/marketing/busifavor/stocks/{stock_id}` (204 on success).
-function M.modify(state, req, auth, captures)
+-- The start of a keyed write on one of the caller's stocks: the stock, its checked body
+-- (`check(c, stock, body)`) and the replay state of request number `number`. Returns stock,
+-- body, cs, handle, or nil and the answer to send (an error, or the stored replay).
+local function keyed_write(state, req, auth, captures, check, op, number)
   local stock, e = own_stock(state, auth, captures[1])
-  if not stock then return e end
+  if not stock then return nil, e end
   local body
   body, e = common.body(req)
-  if not body then return e end
+  if not body then return nil, e end
   local c = common.checker(body)
-  check_modify(stock, body, c)
-  if c:error() then return c:error() end
+  check(c, stock, body)
+  if c:error() then return nil, c:error() end
   local cs = common.state(state.store)
-  local answer, handle = common.replay(cs, { auth.mchid, "busifavor.modify", stock.id, body.out_request_no },
-                                       body, "批次已存在")
-  if answer then return answer end
+  local answer, handle = common.replay(cs, { auth.mchid, op, stock.id, body[number] }, body, "批次已存在")
+  if answer then return nil, answer end
+  return stock, body, cs, handle
+end
+
+--- B3 `PATCH /v3/marketing/busifavor/stocks/{stock_id}` (204 on success).
+function M.modify(state, req, auth, captures)
+  local stock, body, cs, handle = keyed_write(state, req, auth, captures,
+    function(c, st, b) check_modify(st, b, c) end, "busifavor.modify", "out_request_no")
+  if not stock then return body end
   if stock.finish and util.now() >= stock.finish then return err(400, "INVALID_REQUEST", "批次已过期") end
   for name, v in pairs(body) do
     if type(MODIFIABLE[name]) == "table" then
@@ -212,18 +221,9 @@ end
 
 --- B4 `PATCH /v3/marketing/busifavor/stocks/{stock_id}/budget`: compare-and-set.
 function M.budget(state, req, auth, captures)
-  local stock, e = own_stock(state, auth, captures[1])
-  if not stock then return e end
-  local body
-  body, e = common.body(req)
-  if not body then return e end
-  local c = common.checker(body)
-  check_budget(c)
-  if c:error() then return c:error() end
-  local cs = common.state(state.store)
-  local answer, handle = common.replay(cs, { auth.mchid, "busifavor.budget", stock.id,
-                                             body.modify_budget_request_no }, body, "批次已存在")
-  if answer then return answer end
+  local stock, body, cs, handle = keyed_write(state, req, auth, captures, check_budget, "busifavor.budget",
+    "modify_budget_request_no")
+  if not stock then return body end
   local rule = stock.fields.stock_send_rule
   local field = body.target_max_coupons ~= nil and "max_coupons" or "max_coupons_by_day"
   if body["current_" .. field] ~= nil and body["current_" .. field] ~= rule[field] then
