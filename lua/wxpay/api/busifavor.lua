@@ -192,16 +192,20 @@ local function coupons_query(api, openid, filters)
   end, limit, offset, mode
 end
 
+local coupons_page, coupons_list = calls.pager(coupons_query, 2)
+
 --- B6: one page of a user's coupons (`GET /v3/marketing/busifavor/users/{openid}/coupons`).
 -- @tparam string openid
 -- @tparam table filters `appid` (required), `stock_id?`, `coupon_state?`, one of
 --   `creator_merchant` (default: the client's mchid) / `belong_merchant` / `sender_merchant`,
 --   `limit?` (20), `offset?` (0, a page index)
 -- @treturn table|nil `{ data = {…}, offset, limit, total_count }`
-M.coupons_page, M.coupons_list = calls.pager(coupons_query, 2)
--- (`coupons_list`: B6 as a lazy iterator over every coupon, one page in memory. Bad filters
--- raise at the call; a failure while paging raises the structured error inside the loop.
--- `offset_mode` ("page" by default, from the client config) says how `offset` advances.)
+M.coupons_page = coupons_page
+
+--- B6 as a lazy iterator over every coupon, one page in memory. Bad filters raise at the
+-- call; a failure while paging raises the structured error inside the loop.
+-- `offset_mode` ("page" by default, from the client config) says how `offset` advances.
+M.coupons_list = coupons_list
 
 --- B7: one coupon (`GET …/users/{openid}/coupons/{coupon_code}/appids/{appid}`).
 -- @treturn table|nil the coupon (`coupon_state`, `stock_id`, `coupon_code`, …)

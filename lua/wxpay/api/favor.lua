@@ -237,15 +237,19 @@ local function coupons_query(api, openid, filters)
   end, limit, offset, mode
 end
 
+local coupons_page, coupons_list = calls.pager(coupons_query, 2)
+
 --- F13: one page of a user's coupons (`GET /v3/marketing/favor/users/{openid}/coupons`).
 -- @tparam table filters `appid` (required), `stock_id?`, `status?` (`SENDED`|`USED`), one of
 --   `creator_mchid` (default: the client's) / `sender_mchid` / `available_mchid`,
 --   `limit?` (20), `offset?` (0), `business_type?`
 -- @treturn table|nil `{ data = {…}, offset, limit, total_count }`
-M.coupons_page, M.coupons_list = calls.pager(coupons_query, 2)
--- (`coupons_list`: F13 as a lazy iterator, one page in memory; `offset_mode` ("page" by
--- default, from the client config) says how `offset` advances. Bad filters raise at the
--- call; a failure while paging raises the structured error inside the loop.)
+M.coupons_page = coupons_page
+
+--- F13 as a lazy iterator (one page in memory); `offset_mode` ("page" by default, from
+-- the client config) says how `offset` advances. Bad filters raise at the call; a failure
+-- while paging raises the structured error inside the loop.
+M.coupons_list = coupons_list
 
 --- F18: set the 核销 callback URL (`POST /v3/marketing/favor/callbacks`).
 -- @tparam table params `notify_url` (https, no query string), `mchid?` (default: the
