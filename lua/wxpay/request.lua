@@ -161,6 +161,36 @@ function M.check_call_options(t, prefix)
   return true
 end
 
+-- Names a product call's `opts.headers` may not set: the client's own, and those with an
+-- option of their own (`idempotency_key`, `wechatpay_serial`).
+local OPTION_HEADERS = { ["idempotency-key"] = "idempotency_key", ["wechatpay-serial"] = "wechatpay_serial" }
+
+--- Validate the extra request headers of a product call (`opts.headers`, such as
+-- `Accept-Language`): valid names, values without CR, LF or NUL, none of the headers the
+-- client sets, and neither Idempotency-Key nor Wechatpay-Serial (options of their own).
+-- @tparam table|nil headers map name -> value
+-- @tparam string field the field name for errors (e.g. `"opts.headers"`)
+-- @return a copy of the map (or nil when none), or nil and an `invalid_argument` error
+function M.check_extra_headers(headers, field)
+  if headers == nil then return nil end
+  if type(headers) ~= "table" then return nil, errors.invalid_argument(field, "must be a table") end
+  local out = {}
+  for name, value in pairs(headers) do
+    local f = field .. "." .. tostring(name)
+    if type(name) ~= "string" or not name:match("^[%w!#$%%&'*+.^_`|~%-]+$") then
+      return nil, errors.invalid_argument(f, "is not a valid header name")
+    end
+    if RESERVED_HEADERS[name:lower()] then return nil, errors.invalid_argument(f, "is set by the client") end
+    if OPTION_HEADERS[name:lower()] then
+      return nil, errors.invalid_argument(f, "give it as the " .. OPTION_HEADERS[name:lower()] .. " option")
+    end
+    local ok, e = check_header_value(f, value)
+    if not ok then return nil, e end
+    out[name] = value
+  end
+  return out
+end
+
 -- An Idempotency-Key given as a header is the key of the request: same format as the
 -- option, and it must not contradict the option (meta would report the other one).
 local function idempotency_header(field, value, option)
