@@ -29,6 +29,29 @@ local function transport_error(st, terr, sent)
   })
 end
 
+-- The live API's code for "this already exists" is not documented: other marketing APIs
+-- answer RESOURCE_ALREADY_EXISTS, partnerships the generic INVALID_REQUEST with "已存在"
+-- (or "already exist(s)" under Accept-Language: en).
+local function already_exists(code, message)
+  if code == "RESOURCE_ALREADY_EXISTS" then return true end
+  if code ~= "INVALID_REQUEST" or not message then return nil end
+  if message:find("已存在", 1, true) or message:lower():find("already exist", 1, true) then return true end
+  return nil
+end
+
+local SIGN_HINT = "WeChat Pay checks mchid, serial_no and the private key together: a wrong mchid, "
+  .. "a serial_no of another certificate or a key that does not match it all give this answer; "
+  .. "run `wxpay doctor` to check them"
+
+-- A 401 about the signature or the certificate serial: usually a wrong mchid (e.g.
+-- "商户证书序列号有误"), not a bad signature.
+local function sign_hint(status, code, message)
+  if status ~= 401 then return nil end
+  if code == "SIGN_ERROR" then return SIGN_HINT end
+  if code == "INVALID_REQUEST" and message and message:find("证书序列号", 1, true) then return SIGN_HINT end
+  return nil
+end
+
 -- An error answer may echo the request (a gateway's HTML page, a message quoting a
 -- header): every text taken from it is redacted.
 local function api_error(st, resp, sent)
@@ -47,7 +70,8 @@ local function api_error(st, resp, sent)
   end
   local status = resp.status
   local e = errors.new("api", message, { code = code, detail = detail, status = status,
-    request_id = resp.headers["request-id"], retryable = retry.retryable_answer(status, code) })
+    request_id = resp.headers["request-id"], retryable = retry.retryable_answer(status, code),
+    already_exists = already_exists(code, message), hint = sign_hint(status, code, message) })
   -- Error answers need no signature (docs/protocol.md#which-answers-are-signed); when one
   -- is present, record the outcome.
   local h = resp.headers
