@@ -596,3 +596,49 @@ describe("partnerships.list", function()
     assert.equal(3, #page.data)
   end)
 end)
+
+describe("examples/campaign.lua: a build refused as already existing", function()
+  local campaign = assert(loadfile("examples/campaign.lua"))({})
+  local AUTH = { business_type = "BUSIFAVOR_STOCK", stock_id = "2433405" }
+
+  -- build answers `build_answer`; the list answers `listed` (an array of relations) or 404.
+  local function run(build_answer, listed)
+    local c, t = new_client(function(req)
+      if req.method == "POST" then return build_answer end
+      if not listed then return F.error_response(404, "RESOURCE_NOT_EXISTS", "无数据") end
+      return F.response(200, cjson.encode({ data = listed, limit = 50, offset = 0, total_count = #listed }))
+    end)
+    local outcome, info = campaign.establish(c, "wxdup", AUTH, "camp-wxdup")
+    return outcome, info, t
+  end
+  local function rel(appid, state)
+    return { partner = { type = "APPID", appid = appid }, authorized_data = AUTH, state = state }
+  end
+
+  it("counts it as already present only when the listing shows it ESTABLISHED", function()
+    local outcome, _, t = run(F.error_response(400, "INVALID_REQUEST", "合作关系已存在"),
+      { rel("wxdup", "ESTABLISHED") })
+    assert.equal("already", outcome)
+    assert.equal(2, #t.calls)
+    local q = t.calls[2].target
+    assert.truthy(q:find("partner=" .. require("wxpay.client").percent_encode('{"type":"APPID","appid":"wxdup"}'),
+      1, true), q)
+    assert.equal("already", (run(F.error_response(400, "RESOURCE_ALREADY_EXISTS", "exists"),
+      { rel("wxdup", "ESTABLISHED") })))
+  end)
+
+  it("counts it failed when the listing does not confirm it", function()
+    for _, listed in ipairs({ false, {}, { rel("wxdup", "TERMINATED") }, { rel("wxother", "ESTABLISHED") } }) do
+      local outcome, err = run(F.error_response(400, "INVALID_REQUEST", "合作关系已存在"), listed or nil)
+      assert.equal("failed", outcome)
+      assert.is_true(err.already_exists)
+    end
+  end)
+
+  it("counts any other INVALID_REQUEST as failed, without listing", function()
+    local outcome, err, t = run(F.error_response(400, "INVALID_REQUEST", "批次不可用"), { rel("wxdup", "ESTABLISHED") })
+    assert.equal("failed", outcome)
+    assert.equal("INVALID_REQUEST", err.code)
+    assert.equal(1, #t.calls)
+  end)
+end)
