@@ -810,6 +810,37 @@ describe("failover", function()
     return function() return now end, function(d) now = now + d end
   end
 
+  -- A certificate that does not name the URL's host (cosocket and libcurl wording): retrying
+  -- the same host cannot help, the backup (another name, its own certificate) is tried once.
+  for _, msg in ipairs({ "TLS handshake with api.example.test:443 failed: certificate host mismatch",
+    "SSL: no alternative certificate subject name matches target host name 'api.example.test'",
+    "SSL: certificate subject name 'other' does not match target host name 'api.example.test'" }) do
+    it("does not retry a TLS host-name mismatch and hints at the host name: " .. msg:sub(1, 40), function()
+      local c, t = new_client(function() return nil, { kind = "network", message = msg, connected = false } end,
+        { max_retries = 2 })
+      local data, err = c.request{ method = "GET", path = "/v3/x" }
+      assert.is_nil(data)
+      assert.equal("network", err.kind)
+      assert.is_false(err.retryable)
+      assert.equal(1, err.attempts)
+      assert.equal(2, #t.calls) -- primary, then the backup once
+      assert.truthy(err.hint:find("host name", 1, true), err.hint)
+      assert.truthy(err.hint:find("backup.example.test", 1, true), err.hint)
+      assert.is_nil(err.hint:find("ca_file is the cause", 1, true))
+    end)
+  end
+
+  it("still retries a TLS failure that is not a host-name mismatch", function()
+    local c, t = new_client(function()
+      return nil, { kind = "network", message = "SSL connect error", connected = false }
+    end, { max_retries = 1, backup_url = false })
+    local _, err = c.request{ method = "GET", path = "/v3/x" }
+    assert.is_true(err.retryable)
+    assert.equal(2, err.attempts)
+    assert.equal(2, #t.calls)
+    assert.is_nil(err.hint)
+  end)
+
   it("sends the same request to the backup, then prefers it for the cool-down", function()
     local mono, advance = clock()
     local logger, lines = F.logger()

@@ -17,15 +17,37 @@ local M = {}
 
 local log = redact.log
 
-local function transport_error(st, terr, sent)
+-- A certificate that does not name the URL's host, in libcurl's words ("no alternative
+-- certificate subject name matches target host name", "… does not match target host
+-- name") or a cosocket's ("certificate host mismatch").
+local function host_mismatch(message)
+  local m = tostring(message or ""):lower()
+  return m:find("match target host name", 1, true) or m:find("matches target host name", 1, true)
+    or m:find("host mismatch", 1, true)
+end
+
+-- Trying the same host again cannot change its certificate: not retried (the other host,
+-- with a name and certificate of its own, is still tried once by failover), and the hint
+-- points at the host name, not at the trusted CA.
+local function mismatch_hint(base)
+  local host = tostring(base or ""):match("^%a+://%[?([^/%]]-)%]?:?%d*/?$") or tostring(base)
+  return "TLS host name mismatch: the certificate " .. host .. " presented does not name the host "
+    .. "name " .. host .. "; base_url and backup_url must use a host name the certificate names (api.mch.weixin.qq.com "
+    .. "or api2.mch.weixin.qq.com for WeChat Pay, localhost for the sandbox); the trusted CA (ca_file) "
+    .. "is not what failed"
+end
+
+local function transport_error(st, terr, sent, base)
   if type(terr) ~= "table" then terr = { message = tostring(terr) } end
   local kind = terr.kind == "timeout" and "timeout" or "network"
+  local mismatch = kind == "network" and host_mismatch(terr.message)
   -- `code` stays a local one (NETWORK_ERROR / TIMEOUT, or SIGN_FAILED); libcurl's number
   -- goes beside it. Retryable unless the error says otherwise.
   return errors.new(kind, redact.text(st, terr.message or kind, sent), {
     code = type(terr.code) == "string" and terr.code or nil,
     curl_code = terr.curl_code or (type(terr.code) == "number" and terr.code or nil),
-    connected = terr.connected, retryable = terr.retryable ~= false,
+    connected = terr.connected, retryable = terr.retryable ~= false and not mismatch,
+    hint = mismatch and mismatch_hint(base) or nil,
   })
 end
 
@@ -212,7 +234,7 @@ function M.perform(st, r)
       if done then return data, derr, meta end
       err = data
     else
-      err = transport_error(st, terr, r.sent)
+      err = transport_error(st, terr, r.sent, base)
       -- After a connection was made the server may have acted; repeat only when safe.
       if err.connected ~= false and not retry.repeatable(r) then
         err.retry_skipped = "not idempotent"
