@@ -105,6 +105,8 @@ describe("config validation", function()
     { "no way to verify responses", { wechatpay_public_key = F.NIL, wechatpay_public_key_id = F.NIL,
       platform_certificates = F.NIL, apiv3_key = F.NIL }, "wechatpay_public_key" },
     { "refresh interval over 12 h", { certificate_refresh_interval = 43201 }, "certificate_refresh_interval" },
+    -- the docs say "less than 12 hours"
+    { "refresh interval of exactly 12 h", { certificate_refresh_interval = 43200 }, "certificate_refresh_interval" },
     { "unknown key (typo)", { mch_id = "1900000001" }, "mch_id" },
     { "unknown key (case)", { Timeout = 3 }, "Timeout" },
     { "bad transport", { transport = "carrier-pigeon" }, "transport" },
@@ -275,6 +277,16 @@ describe("request pipeline", function()
     { "function in body", { method = "POST", path = "/v3/x", body = { f = print } }, "body" },
     { "bad idempotency key", { method = "POST", path = "/v3/x", body = {}, idempotency_key = "a b" },
       "idempotency_key" },
+    { "idempotency key with a tab", { method = "POST", path = "/v3/x", body = {}, idempotency_key = "a\tb" },
+      "idempotency_key" },
+    { "idempotency key with DEL", { method = "POST", path = "/v3/x", body = {}, idempotency_key = "a\127" },
+      "idempotency_key" },
+    { "idempotency key non-ASCII", { method = "POST", path = "/v3/x", body = {}, idempotency_key = "键" },
+      "idempotency_key" },
+    { "empty idempotency key", { method = "POST", path = "/v3/x", body = {}, idempotency_key = "" },
+      "idempotency_key" },
+    { "idempotency key of 129", { method = "POST", path = "/v3/x", body = {},
+      idempotency_key = string.rep("k", 129) }, "idempotency_key" },
     { "reserved header", { method = "GET", path = "/v3/x", headers = { authorization = "x" } },
       "headers.authorization" },
     { "header injection", { method = "GET", path = "/v3/x", headers = { ["X-A"] = "1\r\nX-B: 2" } },
@@ -293,11 +305,67 @@ describe("request pipeline", function()
     end)
   end
 
+  it("accepts any visible ASCII Idempotency-Key up to 128 characters on other endpoints", function()
+    local c, t = new_client()
+    for i, key in ipairs({ "order.2024:01/7", "a=b~c", string.rep("k", 128), "k#" .. string.rep("9", 60) }) do
+      local data, err, meta = c.request{ method = "POST", path = "/v3/x", body = {}, idempotency_key = key }
+      assert.is_nil(err)
+      assert.truthy(data)
+      assert.equal(key, meta.idempotency_key)
+      assert.equal(key, t.calls[i].headers["Idempotency-Key"])
+    end
+    -- partnerships keeps the documented class
+    local rel, err = c.partnerships.build({ partner = { type = "APPID", appid = "wx1" },
+      authorized_data = { business_type = "FAVOR_STOCK", stock_id = "1" } }, { idempotency_key = "order.1" })
+    assert.is_nil(rel)
+    assert.equal("opts.idempotency_key", err.field)
+    assert.equal(4, #t.calls)
+  end)
+
   it("raises when the request spec is not a table, and tolerates a method call", function()
     local c, t = new_client()
     assert.has_error(function() c.request("GET /v3/x") end)
     assert.truthy(c:request{ method = "GET", path = "/v3/x" })
     assert.equal(1, #t.calls)
+  end)
+end)
+
+describe("api error answers", function()
+  local function answer(status, code, message)
+    local c = new_client(function() return F.error_response(status, code, message) end, { max_retries = 0 })
+    local data, err = c.request{ method = "POST", path = "/v3/marketing/partnerships/build", body = {},
+      idempotency_key = "k1" }
+    assert.is_nil(data)
+    assert.equal("api", err.kind)
+    return err
+  end
+
+  it("marks an answer that says the object already exists", function()
+    assert.is_true(answer(400, "RESOURCE_ALREADY_EXISTS", "资源已存在").already_exists)
+    assert.is_true(answer(400, "RESOURCE_ALREADY_EXISTS", "").already_exists)
+    assert.is_true(answer(400, "INVALID_REQUEST", "合作关系已存在").already_exists)
+    assert.is_true(answer(400, "INVALID_REQUEST", "The partnership already exists").already_exists)
+    assert.is_true(answer(400, "INVALID_REQUEST", "Partnership Already Existed").already_exists)
+  end)
+
+  it("does not mark other business-rule errors, nor the phrase under another code", function()
+    assert.is_nil(answer(400, "INVALID_REQUEST", "批次状态不正确").already_exists)
+    assert.is_nil(answer(400, "INVALID_REQUEST", "").already_exists)
+    assert.is_nil(answer(400, "PARAM_ERROR", "商户号已存在").already_exists)
+    assert.is_nil(answer(500, "SYSTEM_ERROR", "already exists").already_exists)
+  end)
+
+  it("hints that mchid, serial_no and the key are checked together on a 401 SIGN_ERROR", function()
+    local err = answer(401, "SIGN_ERROR", "商户证书序列号有误")
+    assert.is_string(err.hint)
+    for _, word in ipairs({ "mchid", "serial_no", "private key", "wxpay doctor" }) do
+      assert.truthy(err.hint:find(word, 1, true), err.hint)
+    end
+    assert.truthy(tostring(err):find(err.hint, 1, true), tostring(err))
+    assert.equal("商户证书序列号有误", err.message)
+    assert.is_string(answer(401, "INVALID_REQUEST", "证书序列号不匹配").hint)
+    assert.is_nil(answer(400, "PARAM_ERROR", "mchid 有误").hint)
+    assert.is_nil(answer(401, "INVALID_REQUEST", "请求过期").hint)
   end)
 end)
 
@@ -742,6 +810,37 @@ describe("failover", function()
     return function() return now end, function(d) now = now + d end
   end
 
+  -- A certificate that does not name the URL's host (cosocket and libcurl wording): retrying
+  -- the same host cannot help, the backup (another name, its own certificate) is tried once.
+  for _, msg in ipairs({ "TLS handshake with api.example.test:443 failed: certificate host mismatch",
+    "SSL: no alternative certificate subject name matches target host name 'api.example.test'",
+    "SSL: certificate subject name 'other' does not match target host name 'api.example.test'" }) do
+    it("does not retry a TLS host-name mismatch and hints at the host name: " .. msg:sub(1, 40), function()
+      local c, t = new_client(function() return nil, { kind = "network", message = msg, connected = false } end,
+        { max_retries = 2 })
+      local data, err = c.request{ method = "GET", path = "/v3/x" }
+      assert.is_nil(data)
+      assert.equal("network", err.kind)
+      assert.is_false(err.retryable)
+      assert.equal(1, err.attempts)
+      assert.equal(2, #t.calls) -- primary, then the backup once
+      assert.truthy(err.hint:find("host name", 1, true), err.hint)
+      assert.truthy(err.hint:find("backup.example.test", 1, true), err.hint)
+      assert.is_nil(err.hint:find("ca_file is the cause", 1, true))
+    end)
+  end
+
+  it("still retries a TLS failure that is not a host-name mismatch", function()
+    local c, t = new_client(function()
+      return nil, { kind = "network", message = "SSL connect error", connected = false }
+    end, { max_retries = 1, backup_url = false })
+    local _, err = c.request{ method = "GET", path = "/v3/x" }
+    assert.is_true(err.retryable)
+    assert.equal(2, err.attempts)
+    assert.equal(2, #t.calls)
+    assert.is_nil(err.hint)
+  end)
+
   it("sends the same request to the backup, then prefers it for the cool-down", function()
     local mono, advance = clock()
     local logger, lines = F.logger()
@@ -1079,7 +1178,7 @@ describe("hostile input (issue 10)", function()
       refused(c, t, { method = "POST", path = "/v3/x", body = {}, headers = { ["Idempotency-Key"] = "a b" } },
         "headers.Idempotency-Key")
       refused(c, t, { method = "POST", path = "/v3/x", body = {},
-        headers = { ["IDEMPOTENCY-KEY"] = string.rep("k", 49) } }, "headers.IDEMPOTENCY-KEY")
+        headers = { ["IDEMPOTENCY-KEY"] = string.rep("k", 129) } }, "headers.IDEMPOTENCY-KEY")
     end)
 
     it("reports a header key in meta and treats the request as keyed", function()

@@ -60,7 +60,7 @@ describe("partnerships input validation", function()
       nil, "partner.merchant_id" },
     { "merchant_id of 16", "build", with{ ["partner.type"] = "MERCHANT", ["partner.merchant_id"] = long(16, "1") },
       nil, "partner.merchant_id" },
-    { "merchant_id not digits", "build", with{ ["partner.type"] = "MERCHANT", ["partner.merchant_id"] = "1234567a" },
+    { "merchant_id with LF", "build", with{ ["partner.type"] = "MERCHANT", ["partner.merchant_id"] = "1234567\n" },
       nil, "partner.merchant_id" },
     { "merchant_id a number", "build", with{ ["partner.type"] = "MERCHANT", ["partner.merchant_id"] = 12345678 },
       nil, "partner.merchant_id" },
@@ -82,7 +82,11 @@ describe("partnerships input validation", function()
     { "scenarios not an array", "build", with{ ["authorized_data.scenarios"] = "COUPON_SEND" }, nil,
       "authorized_data.scenarios" },
     { "empty scenarios", "build", with{ ["authorized_data.scenarios"] = {} }, nil, "authorized_data.scenarios" },
-    { "unknown scenario", "build", with{ ["authorized_data.scenarios"] = { "PAY" } }, nil,
+    { "empty scenario", "build", with{ ["authorized_data.scenarios"] = { "" } }, nil,
+      "authorized_data.scenarios[1]" },
+    { "scenario a number", "build", with{ ["authorized_data.scenarios"] = { "COUPON_SEND", 1 } }, nil,
+      "authorized_data.scenarios[2]" },
+    { "scenario with CR", "build", with{ ["authorized_data.scenarios"] = { "COUPON_SEND\r" } }, nil,
       "authorized_data.scenarios[1]" },
     { "duplicate scenario", "build", with{ ["authorized_data.scenarios"] = { "COUPON_SEND", "COUPON_SEND" } }, nil,
       "authorized_data.scenarios[2]" },
@@ -113,8 +117,16 @@ describe("partnerships input validation", function()
     { "page partner filter bad appid", "page", with{ ["partner.appid"] = long(40) }, nil, "partner.appid" },
     { "page scenarios filter", "page", with{ ["authorized_data.scenarios"] = { "COUPON_SEND" } }, nil,
       "authorized_data.scenarios" },
-    { "page FAVOR_STOCK to MERCHANT", "page", { partner = { type = "MERCHANT" },
-      authorized_data = { business_type = "FAVOR_STOCK" } }, nil, "partner.type" },
+    { "page unknown option", "page", appid_params(), { idempotency_key = "k1" }, "opts.idempotency_key" },
+    { "page bad timeout option", "page", appid_params(), { timeout = 0 }, "opts.timeout" },
+    { "page bad max_retries option", "page", appid_params(), { max_retries = -1 }, "opts.max_retries" },
+    { "page headers not a table", "page", appid_params(), { headers = "en" }, "opts.headers" },
+    { "page reserved header", "page", appid_params(), { headers = { Authorization = "x" } },
+      "opts.headers.Authorization" },
+    { "page header with CR LF", "page", appid_params(), { headers = { ["Accept-Language"] = "en\r\nX: 1" } },
+      "opts.headers.Accept-Language" },
+    { "list unknown option", "list", appid_params(), { verify = false }, "opts.verify" },
+    { "list bad deadline option", "list", appid_params(), { deadline = -1 }, "opts.deadline" },
     { "page unknown field", "page", with{ offset_mode = "item" }, nil, "offset_mode" },
     { "list limit 51", "list", with{ limit = 51 }, nil, "limit" },
     { "list offset -1", "list", with{ offset = -1 }, nil, "offset" },
@@ -153,7 +165,7 @@ describe("partnerships input validation", function()
       local c, t = new_client()
       local err
       if fname == "list" then
-        local ok, raised = pcall(c.partnerships.list, params)
+        local ok, raised = pcall(c.partnerships.list, params, opts)
         assert.is_false(ok)
         err = raised
       else
@@ -190,6 +202,10 @@ describe("partnerships input validation", function()
         authorized_data = { business_type = "BUSIFAVOR_STOCK", stock_id = "1" } },
       { partner = { type = "MERCHANT", merchant_id = long(15, "1") },
         authorized_data = { business_type = "BUSIFAVOR_STOCK", stock_id = "1" } },
+      -- the docs give merchant_id a length only, and document no scenarios values
+      { partner = { type = "MERCHANT", merchant_id = "ABC-1234" },
+        authorized_data = { business_type = "BUSIFAVOR_STOCK", stock_id = "1" } },
+      with{ ["authorized_data.scenarios"] = { "COUPON_SEND", "NEW_SCENARIO" } },
     }
     for i, p in ipairs(ok_cases) do
       local res, err = c.partnerships.build(p, { idempotency_key = "Az09|_*-" .. i })
@@ -260,13 +276,22 @@ describe("partnerships requests", function()
     assert.is_nil(page.total_count)
   end)
 
-  it("page returns the raw 404 and derives a missing state", function()
-    local c = new_client(function() return F.error_response(404, "RESOURCE_NOT_EXISTS", "无数据") end)
-    local page, err = c.partnerships.page(with{ limit = 5 })
-    assert.is_nil(page)
-    assert.equal("api", err.kind)
-    assert.equal(404, err.status)
-    assert.equal("RESOURCE_NOT_EXISTS", err.code)
+  it("page turns any 404 into an empty page and derives a missing state", function()
+    for _, code in ipairs({ "RESOURCE_NOT_EXISTS", "NOT_FOUND", "PARAM_ERROR" }) do
+      local c = new_client(function() return F.error_response(404, code, "无数据") end)
+      local page, err, meta = c.partnerships.page(with{ limit = 5, offset = 2 })
+      assert.is_nil(err)
+      assert.same({}, page.data)
+      assert.equal(0, page.total_count)
+      assert.equal(5, page.limit)
+      assert.equal(2, page.offset)
+      assert.equal(404, meta.status)
+    end
+    -- other errors stay errors
+    local c0 = new_client(function() return F.error_response(400, "PARAM_ERROR", "bad") end)
+    local p0, e0 = c0.partnerships.page(with{ limit = 5 })
+    assert.is_nil(p0)
+    assert.equal(400, e0.status)
 
     local body = '{"data":[{"partner":{"type":"APPID","appid":"a"},"build_time":"t"},' ..
       '{"partner":{"type":"APPID","appid":"b"},"terminate_time":"t2"},{"state":"ESTABLISHED"}],' ..
@@ -291,6 +316,46 @@ describe("partnerships requests", function()
       authorized_data = { business_type = "FAVOR_STOCK", stock_id = "2" } }))
     assert.equal('{"partner":{"type":"APPID","appid":"wx1"},' ..
       '"authorized_data":{"business_type":"FAVOR_STOCK","stock_id":"2"}}', t.calls[2].body)
+  end)
+
+  it("lists FAVOR_STOCK for a MERCHANT partner (only granting it is refused)", function()
+    local c, t = new_client(function() return F.response(200, '{"data":[],"limit":50,"offset":0}') end)
+    local page, err = c.partnerships.page{ partner = { type = "MERCHANT", merchant_id = "1900000109" },
+      authorized_data = { business_type = "FAVOR_STOCK", stock_id = "1" } }
+    assert.is_nil(err)
+    assert.same({}, page.data)
+    assert.equal(1, #t.calls)
+    local n = 0
+    local q = { partner = { type = "MERCHANT" }, authorized_data = { business_type = "FAVOR_STOCK" } }
+    for _ in c.partnerships.list(q) do
+      n = n + 1
+    end
+    assert.equal(0, n)
+    assert.equal(2, #t.calls)
+  end)
+
+  it("page and list take per-call options: timeout, retries, extra headers", function()
+    local calls = 0
+    local c, t = new_client(function()
+      calls = calls + 1
+      if calls == 1 then return F.error_response(500, "SYSTEM_ERROR", "boom") end
+      return F.response(200, '{"data":[],"limit":50,"offset":0}')
+    end, { max_retries = 0 })
+    local page, err, meta = c.partnerships.page(appid_params(), { timeout = 3, connect_timeout = 2,
+      max_retries = 1, deadline = 60, headers = { ["Accept-Language"] = "en" } })
+    assert.is_nil(err)
+    assert.same({}, page.data)
+    assert.equal(2, meta.attempts)
+    assert.equal(3, t.calls[1].timeout)
+    assert.equal(2, t.calls[1].connect_timeout)
+    assert.equal("en", t.calls[2].headers["Accept-Language"])
+    assert.truthy(F.check_signature(t.calls[2]))
+    calls = 0
+    for _ in c.partnerships.list(appid_params(), { timeout = 4, max_retries = 1,
+      headers = { ["Accept-Language"] = "zh-CN" } }) do end
+    assert.equal(4, #t.calls)
+    assert.equal(4, t.calls[3].timeout)
+    assert.equal("zh-CN", t.calls[4].headers["Accept-Language"])
   end)
 
   it("passes scenarios through only when given", function()
@@ -457,11 +522,10 @@ describe("partnerships.list", function()
     assert.equal(500, err.status)
     assert.is_true(err.retryable)
     assert.equal(2, #t.calls)
-    -- a 404 that is not "no results" is an error too
-    local c2 = new_client(function() return F.error_response(404, "NOT_FOUND", "no such path") end)
-    local ok2, err2 = pcall(collect, c2, { authorized_data = { business_type = "FAVOR_STOCK" } })
-    assert.is_false(ok2)
-    assert.equal("NOT_FOUND", err2.code)
+    -- any 404 from the list endpoint is an empty result (the docs name no code for it)
+    local c2, t2 = new_client(function() return F.error_response(404, "NOT_FOUND", "no such data") end)
+    assert.equal(0, #collect(c2, { authorized_data = { business_type = "FAVOR_STOCK" } }))
+    assert.equal(1, #t2.calls)
   end)
 
   it("accepts offset 2^31 - 1 and sends it as an integer", function()
@@ -530,5 +594,51 @@ describe("partnerships.list", function()
     assert.equal(3, n)
     local page = assert(wxpay.partnerships.page{ authorized_data = { business_type = "BUSIFAVOR_STOCK" } })
     assert.equal(3, #page.data)
+  end)
+end)
+
+describe("examples/campaign.lua: a build refused as already existing", function()
+  local campaign = assert(loadfile("examples/campaign.lua"))({})
+  local AUTH = { business_type = "BUSIFAVOR_STOCK", stock_id = "2433405" }
+
+  -- build answers `build_answer`; the list answers `listed` (an array of relations) or 404.
+  local function run(build_answer, listed)
+    local c, t = new_client(function(req)
+      if req.method == "POST" then return build_answer end
+      if not listed then return F.error_response(404, "RESOURCE_NOT_EXISTS", "无数据") end
+      return F.response(200, cjson.encode({ data = listed, limit = 50, offset = 0, total_count = #listed }))
+    end)
+    local outcome, info = campaign.establish(c, "wxdup", AUTH, "camp-wxdup")
+    return outcome, info, t
+  end
+  local function rel(appid, state)
+    return { partner = { type = "APPID", appid = appid }, authorized_data = AUTH, state = state }
+  end
+
+  it("counts it as already present only when the listing shows it ESTABLISHED", function()
+    local outcome, _, t = run(F.error_response(400, "INVALID_REQUEST", "合作关系已存在"),
+      { rel("wxdup", "ESTABLISHED") })
+    assert.equal("already", outcome)
+    assert.equal(2, #t.calls)
+    local q = t.calls[2].target
+    assert.truthy(q:find("partner=" .. require("wxpay.client").percent_encode('{"type":"APPID","appid":"wxdup"}'),
+      1, true), q)
+    assert.equal("already", (run(F.error_response(400, "RESOURCE_ALREADY_EXISTS", "exists"),
+      { rel("wxdup", "ESTABLISHED") })))
+  end)
+
+  it("counts it failed when the listing does not confirm it", function()
+    for _, listed in ipairs({ false, {}, { rel("wxdup", "TERMINATED") }, { rel("wxother", "ESTABLISHED") } }) do
+      local outcome, err = run(F.error_response(400, "INVALID_REQUEST", "合作关系已存在"), listed or nil)
+      assert.equal("failed", outcome)
+      assert.is_true(err.already_exists)
+    end
+  end)
+
+  it("counts any other INVALID_REQUEST as failed, without listing", function()
+    local outcome, err, t = run(F.error_response(400, "INVALID_REQUEST", "批次不可用"), { rel("wxdup", "ESTABLISHED") })
+    assert.equal("failed", outcome)
+    assert.equal("INVALID_REQUEST", err.code)
+    assert.equal(1, #t.calls)
   end)
 end)

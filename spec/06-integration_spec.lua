@@ -195,9 +195,14 @@ describe("listing", function()
         stock_id = "NONE" } })))
     end
     sb:configure{ empty_list = "404" }
-    local page, err = c.partnerships.page{ authorized_data = { business_type = "FAVOR_STOCK", stock_id = "NONE" } }
-    assert.is_nil(page)
-    assert.equal("RESOURCE_NOT_EXISTS", err.code)
+    -- page too: any 404 from the list endpoint is an empty page
+    local page, err, meta = c.partnerships.page{
+      authorized_data = { business_type = "FAVOR_STOCK", stock_id = "NONE" } }
+    assert.is_nil(err)
+    assert.same({}, page.data)
+    assert.equal(0, page.total_count)
+    assert.is_true(meta.empty)
+    assert.equal(404, meta.status)
   end)
 
   it("page() returns one raw page with total_count at offset 0", function()
@@ -376,6 +381,24 @@ describe("configuration against the sandbox's files", function()
     assert.equal("base_url", try("base_url", "ftp://127.0.0.1").field)
     assert.equal("private_key_file", try("private_key_file", dir .. "/missing.pem").field)
     assert.equal("mchid", try("mchid", nil).field)
+  end)
+
+  it("does not retry a host name the certificate does not name, and says so", function()
+    sb:reset()
+    -- The sandbox's certificate names localhost and 127.0.0.1; libcurl resolves any
+    -- *.localhost name to the loopback address itself (RFC 6761), so this reaches it.
+    local base = sb.config.base_url:gsub("^https://[^:/]+", "https://wxpay.localhost")
+    local c = client{ base_url = base, backup_url = false, max_retries = 2 }
+    local _, err = c.partnerships.build(params("wxhost"))
+    if err.curl_code == 6 then pending("this libcurl does not resolve *.localhost") return end
+    assert.equal("network", err.kind)
+    assert.equal(60, err.curl_code) -- CURLE_PEER_FAILED_VERIFICATION
+    assert.is_false(err.connected)
+    assert.is_false(err.retryable)
+    assert.equal(1, err.attempts)
+    assert.truthy(err.hint:find("host name wxpay.localhost", 1, true), err.hint)
+    assert.truthy(tostring(err):find("localhost for the sandbox", 1, true), tostring(err))
+    assert.equal(0, sb:stats().requests)
   end)
 
   it("verifies the sandbox's TLS certificate, always", function()

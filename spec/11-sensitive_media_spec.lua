@@ -189,6 +189,24 @@ describe("client.media.upload", function()
     assert.equal(1, #sb:requests()) -- refused locally
   end)
 
+  it("takes opts.max_bytes, e.g. the 2 MB most merchant pages give", function()
+    local big = "\137PNG\r\n\26\n" .. string.rep("x", 2 * 1024 * 1024 - 7)
+    local none, err = c.media.upload(big, { filename = "big.png", endpoint = "merchant",
+      max_bytes = 2 * 1024 * 1024 - 1 })
+    assert.is_nil(none)
+    assert.equal("file", err.field)
+    assert.equal(0, #sb:requests())
+    local res, rerr = c.media.upload(big, { filename = "big.png", endpoint = "merchant", max_bytes = #big })
+    assert.is_nil(rerr)
+    assert.truthy(res.media_id)
+  end)
+
+  it("accepts a .jpeg name (looser than the marketing page's JPG, on purpose)", function()
+    local res, err = c.media.upload(JPEG, { filename = "photo.jpeg" })
+    assert.is_nil(err)
+    assert.truthy(res.media_url)
+  end)
+
   local refusals = {
     { "a GIF name", PNG, { filename = "a.gif" }, "opts.filename" },
     { "content that is not what the name says", PNG, { filename = "a.jpg" }, "file" },
@@ -199,6 +217,11 @@ describe("client.media.upload", function()
     { "an unknown endpoint", PNG, { filename = "a.png", endpoint = "video" }, "opts.endpoint" },
     { "an unknown option", PNG, { filename = "a.png", idempotency_key = "x" }, "opts.idempotency_key" },
     { "a file that is not an image", "plain text\n", { filename = "a.png" }, "file" },
+    { "max_bytes 0", PNG, { filename = "a.png", max_bytes = 0 }, "opts.max_bytes" },
+    { "a fractional max_bytes", PNG, { filename = "a.png", max_bytes = 1.5 }, "opts.max_bytes" },
+    { "max_bytes as a string", PNG, { filename = "a.png", max_bytes = "2097152" }, "opts.max_bytes" },
+    { "max_bytes over 10 MB", PNG, { filename = "a.png", max_bytes = 10 * 1024 * 1024 + 1 }, "opts.max_bytes" },
+    { "an image over opts.max_bytes", PNG, { filename = "a.png", max_bytes = #PNG - 1 }, "file" },
   }
   for _, case in ipairs(refusals) do
     it("refuses " .. case[1] .. " without sending anything", function()

@@ -422,12 +422,17 @@ describe("OpenResty (real nginx)", function()
   describe("examples/openresty", function()
     local config_file
 
+    local function example_conf()
+      return (read(ROOT .. "/examples/openresty/nginx.conf"):gsub("{{root}}", ROOT)
+        :gsub("{{ca_file}}", sb.config.ca_file))
+    end
+
     setup(function()
       config_file = os.tmpname()
-      write(config_file, cjson.encode(cfg))
-      local conf = read(ROOT .. "/examples/openresty/nginx.conf")
-        :gsub("{{root}}", ROOT):gsub("{{ca_file}}", sb.config.ca_file)
-      nginx = start_nginx(conf, "WXPAY_CONFIG=" .. q(config_file))
+      -- The sandbox's startup line, as the CLI takes it: the config is its "config" member.
+      write(config_file, cjson.encode{ config = cfg, control_url = sb.config.base_url .. "/_sandbox",
+        pid = cjson.null })
+      nginx = start_nginx(example_conf(), "WXPAY_CONFIG=" .. q(config_file))
       -- the worker is up when the static location answers
       for _ = 1, 100 do
         if http("GET", nginx.url .. "/healthz") == 200 then break end
@@ -446,6 +451,21 @@ describe("OpenResty (real nginx)", function()
       end
       return n
     end
+
+    it("prints the config error when the config is refused", function()
+      local bad = os.tmpname()
+      local c = {}
+      for k, v in pairs(cfg) do c[k] = v end
+      c.apiv3_key = "short"
+      write(bad, cjson.encode(c))
+      local ok, err = pcall(start_nginx, example_conf(), "WXPAY_CONFIG=" .. q(bad))
+      os.remove(bad)
+      assert.is_false(ok)
+      err = tostring(err)
+      assert.truthy(err:find("apiv3_key", 1, true), err)
+      assert.is_nil(err:find("unknown error", 1, true), err)
+      assert.is_nil(err:find(cfg.apiv3_key, 1, true)) -- no secret, even the good one
+    end)
 
     it("lists every relation across pages", function()
       local lists_before = api_requests("/v3/marketing/partnerships?")

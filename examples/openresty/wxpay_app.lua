@@ -50,18 +50,36 @@ local function partner_params(obj)
   }
 end
 
---- Create the client (init_by_lua: keys are parsed once, before the workers fork).
--- @tparam string config_file path of a JSON file holding the `wxpay.new` config
-function M.init(config_file)
-  local f = assert(io.open(assert(config_file, "WXPAY_CONFIG is not set"), "rb"))
-  local config = assert(cjson.decode(f:read("*a")), "WXPAY_CONFIG is not JSON")
+-- The config object from the file: a `wxpay.new` config, or the sandbox's startup line
+-- (its "config" member), as the CLI takes them; JSON nulls dropped. Raises a message.
+local function read_config(config_file)
+  if not config_file then error("WXPAY_CONFIG is not set", 0) end
+  local f, ferr = io.open(config_file, "rb")
+  if not f then error("WXPAY_CONFIG: " .. tostring(ferr), 0) end
+  local config = cjson.decode(f:read("*a"))
   f:close()
+  if type(config) ~= "table" then error("WXPAY_CONFIG " .. config_file .. " is not a JSON object", 0) end
+  if config.mchid == nil and type(config.config) == "table" then config = config.config end
+  for k, v in pairs(config) do
+    if v == cjson.null then config[k] = nil end
+  end
+  return config
+end
+
+--- Create the client (init_by_lua: keys are parsed once, before the workers fork).
+-- @tparam string config_file path of a JSON file holding the `wxpay.new` config, or the
+--   sandbox's startup line
+function M.init(config_file)
+  local config = read_config(config_file)
   config.logger = function(level, message, fields)
     if level == "warn" or level == "error" then
       ngx.log(level == "warn" and ngx.WARN or ngx.ERR, message, " ", cjson.encode(fields or {}))
     end
   end
-  client = assert(wxpay.new(config))
+  local err
+  client, err = wxpay.new(config)
+  -- A string, so nginx prints it (an error table would show as "unknown error").
+  if not client then error("wxpay config: " .. tostring(err) .. " (`wxpay doctor` explains it)", 0) end
 end
 
 --- Warm the key ring in a timer (cosockets work there): a worker downloads the platform

@@ -37,6 +37,7 @@ local function api_handle(st)
     check_utf8 = request.check_utf8,
     check_idempotency_key = request.check_idempotency_key,
     check_call_options = request.check_call_options,
+    check_extra_headers = request.check_extra_headers,
     -- nil and an error (nothing sent) when the random source fails.
     new_idempotency_key = function()
       local key, why = core.nonce(32)
@@ -49,6 +50,14 @@ local function api_handle(st)
       -- A multipart upload signs its meta JSON (`sign_body`) and sends the whole body.
       if r.body then r.headers["Content-Type"] = r.content_type or "application/json" end
       if r.idempotency_key then r.headers["Idempotency-Key"] = r.idempotency_key end
+      -- A product call's checked `opts.headers` (e.g. Accept-Language), replacing a default
+      -- of the same name whatever its case.
+      for name, value in pairs(r.extra_headers or {}) do
+        for k in pairs(r.headers) do
+          if k:lower() == name:lower() then r.headers[k] = nil end
+        end
+        r.headers[name] = value
+      end
       return pipeline.run(st, r)
     end,
   }

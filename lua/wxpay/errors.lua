@@ -27,6 +27,7 @@ function Error.__tostring(e)
   end
   if e.probe then extra[#extra + 1] = "probe=true" end
   if #extra > 0 then head[#head + 1] = " (" .. table.concat(extra, ", ") .. ")" end
+  if e.hint then head[#head + 1] = "; hint: " .. tostring(e.hint) end
   return table.concat(head)
 end
 

@@ -18,16 +18,61 @@ local M = {}
 
 local log = redact.log
 
-local function transport_error(st, terr, sent)
+-- A certificate that does not name the URL's host, in libcurl's words ("no alternative
+-- certificate subject name matches target host name", "… does not match target host
+-- name") or a cosocket's ("certificate host mismatch").
+local function host_mismatch(message)
+  local m = tostring(message or ""):lower()
+  return m:find("match target host name", 1, true) or m:find("matches target host name", 1, true)
+    or m:find("host mismatch", 1, true)
+end
+
+-- Trying the same host again cannot change its certificate: not retried (the other host,
+-- with a name and certificate of its own, is still tried once by failover), and the hint
+-- points at the host name, not at the trusted CA.
+local function mismatch_hint(base)
+  local host = tostring(base or ""):match("^%a+://%[?([^/%]]-)%]?:?%d*/?$") or tostring(base)
+  return "TLS host name mismatch: the certificate " .. host .. " presented does not name the host "
+    .. "name " .. host .. "; base_url and backup_url must use a host name the certificate names (api.mch.weixin.qq.com "
+    .. "or api2.mch.weixin.qq.com for WeChat Pay, localhost for the sandbox); the trusted CA (ca_file) "
+    .. "is not what failed"
+end
+
+local function transport_error(st, terr, sent, base)
   if type(terr) ~= "table" then terr = { message = tostring(terr) } end
   local kind = terr.kind == "timeout" and "timeout" or "network"
+  local mismatch = kind == "network" and host_mismatch(terr.message)
   -- `code` stays a local one (NETWORK_ERROR / TIMEOUT, or SIGN_FAILED); libcurl's number
   -- goes beside it. Retryable unless the error says otherwise.
   return errors.new(kind, redact.text(st, terr.message or kind, sent), {
     code = type(terr.code) == "string" and terr.code or nil,
     curl_code = terr.curl_code or (type(terr.code) == "number" and terr.code or nil),
-    connected = terr.connected, retryable = terr.retryable ~= false,
+    connected = terr.connected, retryable = terr.retryable ~= false and not mismatch,
+    hint = mismatch and mismatch_hint(base) or nil,
   })
+end
+
+-- The live API's code for "this already exists" is not documented: other marketing APIs
+-- answer RESOURCE_ALREADY_EXISTS, partnerships the generic INVALID_REQUEST with "已存在"
+-- (or "already exist(s)" under Accept-Language: en).
+local function already_exists(code, message)
+  if code == "RESOURCE_ALREADY_EXISTS" then return true end
+  if code ~= "INVALID_REQUEST" or not message then return nil end
+  if message:find("已存在", 1, true) or message:lower():find("already exist", 1, true) then return true end
+  return nil
+end
+
+local SIGN_HINT = "WeChat Pay checks mchid, serial_no and the private key together: a wrong mchid, "
+  .. "a serial_no of another certificate or a key that does not match it all give this answer; "
+  .. "run `wxpay doctor` to check them"
+
+-- A 401 about the signature or the certificate serial: usually a wrong mchid (e.g.
+-- "商户证书序列号有误"), not a bad signature.
+local function sign_hint(status, code, message)
+  if status ~= 401 then return nil end
+  if code == "SIGN_ERROR" then return SIGN_HINT end
+  if code == "INVALID_REQUEST" and message and message:find("证书序列号", 1, true) then return SIGN_HINT end
+  return nil
 end
 
 -- An error answer may echo the request (a gateway's HTML page, a message quoting a
@@ -48,7 +93,8 @@ local function api_error(st, resp, sent)
   end
   local status = resp.status
   local e = errors.new("api", message, { code = code, detail = detail, status = status,
-    request_id = resp.headers["request-id"], retryable = retry.retryable_answer(status, code) })
+    request_id = resp.headers["request-id"], retryable = retry.retryable_answer(status, code),
+    already_exists = already_exists(code, message), hint = sign_hint(status, code, message) })
   -- Error answers need no signature (docs/protocol.md#which-answers-are-signed); when one
   -- is present, record the outcome.
   local h = resp.headers
@@ -191,7 +237,7 @@ function M.perform(st, r)
       if done then return data, derr, meta end
       err = data
     else
-      err = transport_error(st, terr, r.sent)
+      err = transport_error(st, terr, r.sent, base)
       -- After a connection was made the server may have acted; repeat only when safe.
       if err.connected ~= false and not retry.repeatable(r) then
         err.retry_skipped = "not idempotent"

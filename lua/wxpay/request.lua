@@ -123,12 +123,30 @@ local function check_header_value(field, v)
   return true
 end
 
---- Validate an Idempotency-Key (`^[A-Za-z0-9|_*-]{1,48}$`, docs/protocol.md#idempotency-key).
+--- Validate a partnerships Idempotency-Key (`^[A-Za-z0-9|_*-]{1,48}$`, as the partnerships
+-- pages state: docs/protocol.md#idempotency-key).
 -- @return true, or nil and an `invalid_argument` error for `field`
 function M.check_idempotency_key(key, field)
   if type(key) ~= "string" then return nil, errors.invalid_argument(field, "must be a string") end
   if #key < 1 or #key > 48 or not key:match("^[A-Za-z0-9|_*%-]+$") then
     return nil, errors.invalid_argument(field, "must be 1-48 characters of A-Z a-z 0-9 | _ * -")
+  end
+  return true
+end
+
+-- Longest Idempotency-Key `client.request` sends: no page gives a limit above 48 and
+-- 128 leaves room for composite keys.
+local MAX_REQUEST_KEY = 128
+
+--- Validate the Idempotency-Key of a `client.request` call (any endpoint): 1-128 visible
+-- ASCII characters. The docs' class ends in "等" (and so on), so only what cannot be a key
+-- in a header (spaces, control characters, non-ASCII bytes) is refused here.
+-- @return true, or nil and an `invalid_argument` error for `field`
+function M.check_request_idempotency_key(key, field)
+  if type(key) ~= "string" then return nil, errors.invalid_argument(field, "must be a string") end
+  if #key < 1 or #key > MAX_REQUEST_KEY or key:find("[^\33-\126]") then
+    return nil, errors.invalid_argument(field, "must be 1-" .. MAX_REQUEST_KEY
+      .. " visible ASCII characters (no spaces or control characters)")
   end
   return true
 end
@@ -161,10 +179,40 @@ function M.check_call_options(t, prefix)
   return true
 end
 
+-- Names a product call's `opts.headers` may not set: the client's own, and those with an
+-- option of their own (`idempotency_key`, `wechatpay_serial`).
+local OPTION_HEADERS = { ["idempotency-key"] = "idempotency_key", ["wechatpay-serial"] = "wechatpay_serial" }
+
+--- Validate the extra request headers of a product call (`opts.headers`, such as
+-- `Accept-Language`): valid names, values without CR, LF or NUL, none of the headers the
+-- client sets, and neither Idempotency-Key nor Wechatpay-Serial (options of their own).
+-- @tparam table|nil headers map name -> value
+-- @tparam string field the field name for errors (e.g. `"opts.headers"`)
+-- @return a copy of the map (or nil when none), or nil and an `invalid_argument` error
+function M.check_extra_headers(headers, field)
+  if headers == nil then return nil end
+  if type(headers) ~= "table" then return nil, errors.invalid_argument(field, "must be a table") end
+  local out = {}
+  for name, value in pairs(headers) do
+    local f = field .. "." .. tostring(name)
+    if type(name) ~= "string" or not name:match("^[%w!#$%%&'*+.^_`|~%-]+$") then
+      return nil, errors.invalid_argument(f, "is not a valid header name")
+    end
+    if RESERVED_HEADERS[name:lower()] then return nil, errors.invalid_argument(f, "is set by the client") end
+    if OPTION_HEADERS[name:lower()] then
+      return nil, errors.invalid_argument(f, "give it as the " .. OPTION_HEADERS[name:lower()] .. " option")
+    end
+    local ok, e = check_header_value(f, value)
+    if not ok then return nil, e end
+    out[name] = value
+  end
+  return out
+end
+
 -- An Idempotency-Key given as a header is the key of the request: same format as the
 -- option, and it must not contradict the option (meta would report the other one).
 local function idempotency_header(field, value, option)
-  local ok, e = M.check_idempotency_key(value, field)
+  local ok, e = M.check_request_idempotency_key(value, field)
   if not ok then return nil, e end
   if option ~= nil and option ~= value then
     return nil, errors.invalid_argument(field, "conflicts with idempotency_key (give the key once)")
@@ -266,7 +314,7 @@ local function build_headers(spec, body, user_agent)
   if body then headers["Content-Type"] = "application/json" end
   local idempotency_key = spec.idempotency_key
   if idempotency_key ~= nil then
-    local ok, e = M.check_idempotency_key(idempotency_key, "idempotency_key")
+    local ok, e = M.check_request_idempotency_key(idempotency_key, "idempotency_key")
     if not ok then return nil, e end
     headers["Idempotency-Key"] = idempotency_key
   end

@@ -1,7 +1,5 @@
---- 委托营销 partnerships: build, terminate, page and list
--- (docs/protocol.md#partnerships).
--- Reached as `client.partnerships`; every function is a dot-called closure bound to the
--- client.
+--- 委托营销 partnerships: build, terminate, page and list (docs/protocol.md#partnerships).
+-- Reached as `client.partnerships`; dot-called closures bound to the client.
 --
 -- Input rules (checked before anything is sent; a failure is `nil, err` with
 -- `kind = "invalid_argument"`, `code = "INVALID_ARGUMENT"` and `field` naming the input,
@@ -12,14 +10,16 @@
 --   problem, including a field of the wrong Lua type (`stock_id = 2433405`, a number), is
 --   an `invalid_argument` error, so data-driven callers can report it per record.
 -- * `partner.type` is `APPID` or `MERCHANT`; `appid` (1-32 characters) is required for
---   APPID, `merchant_id` (8-15 digits) for MERCHANT. The id field that does not match
---   `type` is left out of the request, as the spec recommends (official examples carry
---   both); it is not validated.
+--   APPID, `merchant_id` (8-15 characters: the docs give only a length) for MERCHANT.
+--   The id field that does not match `type` is left out of the request (official
+--   examples carry both); it is not validated.
 -- * `authorized_data.business_type` is `FAVOR_STOCK` or `BUSIFAVOR_STOCK`; `stock_id`
---   (1-20 characters) is required for build/terminate and optional as a list filter;
---   `scenarios` (build/terminate only) is a non-empty array of distinct `COUPON_SEND` /
---   `STOCK_QUERY` and is sent only when given. `FAVOR_STOCK` with a `MERCHANT` partner is
---   refused (the API does not support it).
+--   (1-20 characters) is required for build/terminate and optional as a list filter (the
+--   newer list page marks it required: pass it);
+--   `scenarios` (build/terminate only) is a non-empty array of distinct strings of 1-64
+--   characters (`COUPON_SEND`, `STOCK_QUERY` are the known values; no official page lists
+--   them) and is sent only when given. Granting or ending `FAVOR_STOCK` for a `MERCHANT`
+--   partner is refused (the docs restrict it); listing it is not.
 -- * Unknown fields anywhere in `params`, `partner`, `authorized_data` or `opts` are refused.
 -- * Strings must be UTF-8 without 4-byte characters; lengths count characters.
 -- * `limit` is an integer 1..50, `offset` an integer 0..2^31-1 (2147483647); a signed page
@@ -27,7 +27,10 @@
 --   error (`page` returns it, `list` raises it).
 -- * Identifiers (`appid`, `merchant_id`, `stock_id`) hold no control characters (CR, LF,
 --   NUL, DEL, …).
--- * `opts.idempotency_key` matches `^[A-Za-z0-9|_*-]{1,48}$`.
+-- * `opts.idempotency_key` matches `^[A-Za-z0-9|_*-]{1,48}$` (as these pages state).
+-- * `page`/`list` `opts`: `timeout`, `connect_timeout`, `deadline`, `max_retries`, and
+--   `headers` (extra request headers such as `Accept-Language`; not the ones the client
+--   sets, nor Idempotency-Key or Wechatpay-Serial).
 -- @module wxpay.api.partnerships
 
 local errors = require("wxpay.errors")
@@ -38,9 +41,11 @@ local invalid = errors.invalid_argument
 
 local PARTNER_TYPES = { APPID = true, MERCHANT = true }
 local BUSINESS_TYPES = { FAVOR_STOCK = true, BUSIFAVOR_STOCK = true }
-local SCENARIOS = { COUPON_SEND = true, STOCK_QUERY = true }
 local OPTS_KEYS = { idempotency_key = true, wechatpay_serial = true, timeout = true,
   connect_timeout = true, deadline = true, max_retries = true }
+-- page and list: the call options and extra headers (Accept-Language, …); no key.
+local READ_OPTS_KEYS = { timeout = true, connect_timeout = true, deadline = true,
+  max_retries = true, headers = true }
 local BUILD_PATH = "/v3/marketing/partnerships/build"
 local TERMINATE_PATH = "/v3/marketing/partnerships/terminate"
 local LIST_PATH = "/v3/marketing/partnerships"
@@ -107,11 +112,9 @@ local function partner_object(api, p, write)
       if p.merchant_id == nil then
         return nil, invalid("partner.merchant_id", "required when partner.type is MERCHANT")
       end
+      -- The docs give a length only (real ones are digits; the API has the last word).
       out.merchant_id, err = check_string(api, p.merchant_id, "partner.merchant_id", 8, 15)
       if not out.merchant_id then return nil, err end
-      if not out.merchant_id:match("^%d+$") then
-        return nil, invalid("partner.merchant_id", "must be digits")
-      end
     end
   end
   return out
@@ -147,11 +150,12 @@ local function authorized_object(api, a, write)
     end
     local seen, list = {}, setmetatable({}, ARRAY)
     for i = 1, n do
+      -- No official page documents the values (COUPON_SEND and STOCK_QUERY are the known
+      -- ones): any identifier-like string is sent.
       local field = "authorized_data.scenarios[" .. i .. "]"
-      if type(s[i]) ~= "string" or not SCENARIOS[s[i]] then
-        return nil, invalid(field, "must be COUPON_SEND or STOCK_QUERY")
-      end
-      if seen[s[i]] then return nil, invalid(field, "duplicate " .. s[i]) end
+      local v, serr = check_string(api, s[i], field, 1, 64)
+      if not v then return nil, serr end
+      if seen[v] then return nil, invalid(field, "duplicate " .. v) end
       seen[s[i]] = true
       list[i] = s[i]
     end
@@ -167,7 +171,8 @@ local function objects(api, params, write)
   local ad
   ad, err = authorized_object(api, params.authorized_data, write)
   if not ad then return nil, err end
-  if partner and partner.type == "MERCHANT" and ad.business_type == "FAVOR_STOCK" then
+  -- The docs restrict granting FAVOR_STOCK to a merchant, not listing.
+  if write and partner and partner.type == "MERCHANT" and ad.business_type == "FAVOR_STOCK" then
     return nil, invalid("partner.type", "FAVOR_STOCK cannot be authorised to a MERCHANT partner")
   end
   return partner, ad
@@ -263,13 +268,38 @@ local function page_numbers(data, meta)
   return true
 end
 
-local function number_or_nil(v)
-  return type(v) == "number" and v or nil
+local function number_or_nil(v) return type(v) == "number" and v or nil end
+
+-- page and list: options checked like build's, extra headers like client.request's.
+-- Returns the options for api.send, or nil and an error.
+local function read_options(api, opts)
+  if opts == nil then return {} end
+  local ok, err = check_fields(opts, READ_OPTS_KEYS, "opts.")
+  if not ok then return nil, err end
+  ok, err = api.check_call_options(opts, "opts.")
+  if not ok then return nil, err end
+  local headers
+  headers, err = api.check_extra_headers(opts.headers, "opts.headers")
+  if err then return nil, err end
+  return { timeout = opts.timeout, connect_timeout = opts.connect_timeout, deadline = opts.deadline,
+    max_retries = opts.max_retries, headers = headers }
 end
 
-local function fetch_page(api, q, limit, offset)
-  local data, err, meta = api.send{ method = "GET", target = list_target(api, q, limit, offset) }
-  if not data then return nil, err, meta end
+-- The docs say an empty result is an error without naming its code: any 404 from the list
+-- endpoint is taken as "nothing matches".
+local function empty_page(err, limit, offset)
+  return { data = {}, offset = offset, limit = limit, total_count = 0 }, nil,
+    { status = err.status, request_id = err.request_id, attempts = err.attempts, empty = true }
+end
+
+local function fetch_page(api, q, limit, offset, o)
+  local data, err, meta = api.send{ method = "GET", target = list_target(api, q, limit, offset),
+    timeout = o.timeout, connect_timeout = o.connect_timeout, deadline = o.deadline,
+    max_retries = o.max_retries, extra_headers = o.headers }
+  if not data then
+    if err.kind == "api" and err.status == 404 then return empty_page(err, limit, offset) end
+    return nil, err, meta
+  end
   local ok, nerr = page_numbers(data, meta)
   if not ok then return nil, nerr, meta end
   local items = type(data.data) == "table" and data.data or {}
@@ -288,18 +318,24 @@ local function fetch_page(api, q, limit, offset)
   }, nil, meta
 end
 
-local function get_page(api, params)
-  check_args("page", params)
+local function get_page(api, params, opts)
+  check_args("page", params, opts)
   local q, err = list_query(api, params)
   if not q then return nil, err end
-  return fetch_page(api, q, params.limit, params.offset)
+  local o
+  o, err = read_options(api, opts)
+  if not o then return nil, err end
+  return fetch_page(api, q, params.limit, params.offset, o)
 end
 
 -- The iterator behind `list`: pages fetched lazily, one in memory.
-local function iterate(api, params)
-  check_args("list", params)
+local function iterate(api, params, opts)
+  check_args("list", params, opts)
   local q, err = list_query(api, params, { offset_mode = true })
   if not q then error(err, 2) end
+  local o
+  o, err = read_options(api, opts)
+  if not o then error(err, 2) end
   local mode = params.offset_mode or api.offset_mode
   if mode ~= "page" and mode ~= "item" then
     error(invalid("offset_mode", 'must be "page" or "item"'), 2)
@@ -314,12 +350,8 @@ local function iterate(api, params)
     end
     if failure then error(failure, 0) end
     if done then return nil end
-    local page, perr = fetch_page(api, q, limit, offset)
+    local page, perr = fetch_page(api, q, limit, offset, o)
     if not page then
-      if perr.kind == "api" and perr.status == 404 and perr.code == "RESOURCE_NOT_EXISTS" then
-        done = true
-        return nil
-      end
       failure = perr
       error(perr, 0)
     end
@@ -373,26 +405,29 @@ function M.new(api)
     return write_call(api, "terminate", TERMINATE_PATH, params, opts)
   end
 
-  --- Fetch one page (`GET /v3/marketing/partnerships`), the raw outcome.
-  -- `limit` and `offset` are sent only when given (the server's defaults apply otherwise);
-  -- errors, including the 404 `RESOURCE_NOT_EXISTS` an empty result may produce, are
+  --- Fetch one page (`GET /v3/marketing/partnerships`).
+  -- `limit` and `offset` are sent only when given (the server's defaults apply otherwise).
+  -- Any 404 answer is an empty page (`data = {}`, `total_count = 0`, `meta.empty = true`):
+  -- the docs say an empty result is an error without naming its code. Other errors are
   -- returned as they are. Items without `state` get one derived from `terminate_time` and
   -- `state_derived = true`.
   -- @tparam table params `{ authorized_data = {business_type, stock_id?}, partner = {type,
   --   appid? | merchant_id?}?, limit?, offset? }`
+  -- @tparam[opt] table opts `timeout`, `connect_timeout`, `deadline`, `max_retries`,
+  --   `headers` (extra request headers, e.g. `{ ["Accept-Language"] = "en" }`)
   -- @treturn table|nil `{ data = {…}, offset = n, limit = n, total_count = n|nil }`
   -- @treturn table|nil err
   -- @treturn table|nil meta
-  function P.page(params)
-    return get_page(api, params)
+  function P.page(params, opts)
+    return get_page(api, params, opts)
   end
 
   --- Iterate over every matching relation, fetching pages lazily (one page in memory).
   -- `limit` defaults to 50, `offset` to 0; `offset_mode` (`"page"`: next = offset + 1, the
   -- default, or `"item"`: next = offset + #data) comes from the call or the client config.
   -- It stops after a short page, when `total_count` is reached, or if the offset would not
-  -- advance. An empty result (404 `RESOURCE_NOT_EXISTS`, missing or empty `data`,
-  -- `total_count == 0`) gives zero iterations. Invalid params raise at the call; a failure
+  -- advance. An empty result (any 404, missing or empty `data`, `total_count == 0`) gives
+  -- zero iterations. Invalid params or opts raise at the call; a failure
   -- while paging raises the structured error from inside the loop, like `io.lines`. Catch
   -- it with pcall:
   --
@@ -403,9 +438,10 @@ function M.new(api)
   --     end)
   --     if not ok then print(tostring(err), err.kind, err.retryable) end
   -- @tparam table params as `page`, plus `offset_mode`
+  -- @tparam[opt] table opts as `page`'s, applied to every page fetched
   -- @treturn function the iterator, yielding one relation per step
-  function P.list(params)
-    return iterate(api, params)
+  function P.list(params, opts)
+    return iterate(api, params, opts)
   end
 
   return P

@@ -134,7 +134,10 @@ local function handshake(sock, host, port, name, connect_deadline)
   if ok then return true end
   sock:close()
   local e = connect_error(host, port, "TLS handshake with", err)
-  if tostring(err):find("verify", 1, true) or tostring(err):find("certificate", 1, true) then
+  -- A host mismatch is the URL's host name, not the CA bundle (the pipeline's hint says so).
+  if tostring(err):find("host mismatch", 1, true) then
+    e.retryable = false
+  elseif tostring(err):find("verify", 1, true) or tostring(err):find("certificate", 1, true) then
     e.message = e.message .. " (is lua_ssl_trusted_certificate set, with lua_ssl_verify_depth >= 3?)"
   end
   return nil, e
