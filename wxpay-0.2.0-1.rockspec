@@ -46,6 +46,7 @@ build = {
       ["wxpay.api.favor_schema"] = "lua/wxpay/api/favor_schema.lua",
       ["wxpay.api.fields"] = "lua/wxpay/api/fields.lua",
       ["wxpay.api.media"] = "lua/wxpay/api/media.lua",
+      ["wxpay.api.paging"] = "lua/wxpay/api/paging.lua",
       ["wxpay.api.partnerships"] = "lua/wxpay/api/partnerships.lua",
       ["wxpay.client"] = "lua/wxpay/client.lua",
       ["wxpay.concurrent"] = "lua/wxpay/concurrent.lua",

@@ -57,8 +57,8 @@ local INTERNAL = {
   ["transport/http1.lua"] = true, ["transport/ngx_threads.lua"] = true,
   ["cli/"] = true, ["sandbox/"] = true,
   -- the coupon products' shared checks, calls and field tables (behind client.busifavor/favor)
-  ["api/fields.lua"] = true, ["api/coupon_calls.lua"] = true, ["api/busifavor_schema.lua"] = true,
-  ["api/favor_schema.lua"] = true,
+  ["api/fields.lua"] = true, ["api/coupon_calls.lua"] = true, ["api/paging.lua"] = true,
+  ["api/busifavor_schema.lua"] = true, ["api/favor_schema.lua"] = true,
   -- calendar arithmetic shared by the field checks, doctor and the sandbox
   ["time.lua"] = true,
   -- the shared store (behind the `store` and `qps` config keys; docs/config.md)

@@ -10,6 +10,7 @@
 
 local errors = require("wxpay.errors")
 local fields = require("wxpay.api.fields")
+local paging = require("wxpay.api.paging")
 
 local M = {}
 
@@ -168,33 +169,7 @@ end
 -- short or empty page, when `total_count` is reached, or if the offset would not advance;
 -- a failure raises the structured error inside the loop (and again on a later call).
 function M.iterate(api, target_for, limit, offset, mode)
-  local buf, idx, done, failure, total = nil, 0, false, nil, nil
-  return function()
-    if buf and idx < #buf then
-      idx = idx + 1
-      return buf[idx]
-    end
-    if failure then error(failure, 0) end
-    if done then return nil end
-    local page, err = M.page(api, target_for, limit, offset)
-    if not page then
-      failure = err
-      error(err, 0)
-    end
-    local n = #page.data
-    total = total or page.total_count
-    if n == 0 or total == 0 then
-      done = true
-      return nil
-    end
-    local size = page.limit or limit
-    local next_offset = mode == "page" and page.offset + 1 or page.offset + n
-    local position = (mode == "page" and page.offset * size or page.offset) + n
-    if n < size or (total and position >= total) or next_offset <= offset then done = true end
-    offset = next_offset
-    buf, idx = page.data, 1
-    return buf[1]
-  end
+  return paging.iterate(function(l, o) return M.page(api, target_for, l, o) end, limit, offset, mode)
 end
 
 --- Check the paging filters `limit` (1..`max_limit`, default `default_limit`), `offset`

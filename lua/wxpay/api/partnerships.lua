@@ -34,6 +34,8 @@
 -- @module wxpay.api.partnerships
 
 local errors = require("wxpay.errors")
+local fields = require("wxpay.api.fields")
+local paging = require("wxpay.api.paging")
 
 local M = {}
 
@@ -59,14 +61,7 @@ local AUTHORIZED_ORDER = { __jsonorder = { "business_type", "stock_id", "scenari
 local BODY_ORDER = { __jsonorder = { "partner", "authorized_data" } }
 local ARRAY = { __jsontype = "array" }
 
-local function utf8_len(s)
-  local n = 0
-  for i = 1, #s do
-    local c = s:byte(i)
-    if c < 0x80 or c >= 0xC0 then n = n + 1 end
-  end
-  return n
-end
+local utf8_len = fields.utf8_len
 
 local function check_string(api, v, field, min, max)
   if type(v) ~= "string" then return nil, invalid(field, "must be a string, got " .. type(v)) end
@@ -81,14 +76,7 @@ local function check_string(api, v, field, min, max)
   return v
 end
 
-local function check_fields(t, allowed, prefix)
-  for k in pairs(t) do
-    if type(k) ~= "string" or not allowed[k] then
-      return nil, invalid(prefix .. tostring(k), "unknown field")
-    end
-  end
-  return true
-end
+local check_fields = fields.known
 
 -- `write`: build/terminate (ids required); otherwise a list filter (ids optional).
 local function partner_object(api, p, write)
@@ -340,39 +328,8 @@ local function iterate(api, params, opts)
   if mode ~= "page" and mode ~= "item" then
     error(invalid("offset_mode", 'must be "page" or "item"'), 2)
   end
-  local limit, offset = params.limit or 50, params.offset or 0
-  local buf, idx, done, failure, total = nil, 0, false, nil, nil
-
-  return function()
-    if buf and idx < #buf then
-      idx = idx + 1
-      return buf[idx]
-    end
-    if failure then error(failure, 0) end
-    if done then return nil end
-    local page, perr = fetch_page(api, q, limit, offset, o)
-    if not page then
-      failure = perr
-      error(perr, 0)
-    end
-    local n = #page.data
-    if page.total_count then total = total or page.total_count end
-    if n == 0 or total == 0 then
-      done = true
-      return nil
-    end
-    -- Step from the offset and page size the server says it used: a server that ignores
-    -- `offset` then shows up as an offset that does not advance, instead of a loop.
-    local size = page.limit or limit
-    local next_offset = mode == "page" and page.offset + 1 or page.offset + n
-    local position = (mode == "page" and page.offset * size or page.offset) + n
-    if n < size or (total and position >= total) or next_offset <= offset then
-      done = true
-    end
-    offset = next_offset
-    buf, idx = page.data, 1
-    return buf[1]
-  end
+  return paging.iterate(function(limit, offset) return fetch_page(api, q, limit, offset, o) end,
+    params.limit or 50, params.offset or 0, mode)
 end
 
 --- Bind the partnerships functions to a client's internal API handle.
