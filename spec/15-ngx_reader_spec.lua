@@ -193,6 +193,74 @@ describe("wxpay.transport.ngx against hostile upstreams (fake cosockets)", funct
 end)
 
 ---------------------------------------------------------------------------------------------
+-- Framing edge cases straight into the reader
+---------------------------------------------------------------------------------------------
+
+describe("wxpay.transport.ngx reader framing", function()
+  local reader, saved_ngx
+
+  setup(function()
+    saved_ngx = rawget(_G, "ngx")
+    rawset(_G, "ngx", nil)
+    package.loaded["wxpay.transport.ngx"] = nil
+    reader = require("wxpay.transport.ngx")._read_response
+  end)
+
+  teardown(function()
+    rawset(_G, "ngx", saved_ngx)
+    package.loaded["wxpay.transport.ngx"] = nil
+  end)
+
+  -- Read `bytes` (delivered `piece` bytes at a time): resp, keepalive or nil, err.
+  local function read(bytes, piece)
+    local clock = F.clock(0)
+    local conn = F.connection{ answers = { bytes }, clock = clock, piece = piece }
+    return reader(F.socket(conn), 10, "GET", { now = clock.now })
+  end
+
+  it("reads a body of many one-byte chunks exactly, in any piece size", function()
+    local body, wire = {}, { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" }
+    for i = 1, 20000 do
+      body[i] = string.char(i % 256)
+      wire[#wire + 1] = "1\r\n" .. body[i] .. "\r\n"
+    end
+    wire[#wire + 1] = "0\r\n\r\n"
+    for _, piece in ipairs({ 1, 7, 4096, 64 * 1024 }) do
+      local resp, keepalive = read(table.concat(wire), piece)
+      assert(resp, keepalive)
+      assert.equal(table.concat(body), resp.body)
+      assert.is_true(keepalive)
+    end
+  end)
+
+  it("reads many header lines exactly: each name, and repeated ones joined", function()
+    local wire, want = { "HTTP/1.1 200 OK" }, { ["content-length"] = "4", ["x-r"] = {} }
+    for i = 1, 5000 do
+      wire[#wire + 1] = "X-H" .. i .. ": v" .. i
+      wire[#wire + 1] = "X-R:" .. i
+      want["x-h" .. i] = "v" .. i
+      want["x-r"][i] = tostring(i)
+    end
+    want["x-r"] = table.concat(want["x-r"], ", ")
+    wire[#wire + 1] = "Content-Length: 4"
+    for _, piece in ipairs({ 3, 4096, 64 * 1024 }) do
+      local resp = assert(read(table.concat(wire, "\r\n") .. "\r\n\r\nbody", piece))
+      assert.same(want, resp.headers)
+      assert.equal("body", resp.body)
+    end
+  end)
+
+  it("reads a body of 1 MB in large pieces exactly, with nothing left over", function()
+    local body = string.rep("0123456789abcdef", 64 * 1024)
+    local resp, keepalive = read("HTTP/1.1 200 OK\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body,
+      64 * 1024)
+    assert(resp, keepalive)
+    assert.equal(body, resp.body)
+    assert.is_true(keepalive)
+  end)
+end)
+
+---------------------------------------------------------------------------------------------
 -- Random, truncated and mutated streams straight into the reader
 ---------------------------------------------------------------------------------------------
 
