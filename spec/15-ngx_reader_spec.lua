@@ -166,6 +166,19 @@ describe("wxpay.transport.ngx against hostile upstreams (fake cosockets)", funct
     assert.equal(2, #first.sent)
   end)
 
+  it("does not pool a connection whose answer had both chunked framing and a Content-Length", function()
+    local c = serve{ answers = { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n"
+      .. "2\r\nok\r\n0\r\n\r\n", OK } }
+    serve{ answers = { OK } }
+    local t = transport()
+    local resp = assert(get(t))
+    assert.equal("ok", resp.body)
+    assert.is_true(c.closed)
+    assert(get(t))
+    assert.equal(2, server.connects)
+    assert.equal(1, #c.sent)
+  end)
+
   it("refuses CR, LF and NUL in header names, values and the method, sending nothing", function()
     serve{ answers = { OK } }
     local t = transport()
@@ -257,6 +270,14 @@ describe("wxpay.transport.ngx reader framing", function()
     assert(resp, keepalive)
     assert.equal(body, resp.body)
     assert.is_true(keepalive)
+  end)
+
+  it("uses chunked framing but does not keep the connection when Content-Length is there too", function()
+    local resp, keepalive = read("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+      .. "5\r\nhello\r\n0\r\n\r\n")
+    assert(resp, keepalive)
+    assert.equal("hello", resp.body)
+    assert.is_false(keepalive)
   end)
 end)
 

@@ -254,7 +254,9 @@ local function read_response(rd, method)
   until status >= 200 or status == 101
 
   local te = headers["transfer-encoding"]
-  local keepalive = keeps_alive(version, headers)
+  -- Both framings at once: RFC 9112 asks a client to close after such an answer (it may be
+  -- a smuggling attempt).
+  local keepalive = keeps_alive(version, headers) and not (te and headers["content-length"])
   local body
   if method == "HEAD" or status == 204 or status == 304 or status == 101 then
     body = "" -- no body by definition
