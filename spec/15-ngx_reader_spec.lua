@@ -279,6 +279,26 @@ describe("wxpay.transport.ngx reader framing", function()
     assert.equal("hello", resp.body)
     assert.is_false(keepalive)
   end)
+
+  it("reads the status only as three digits followed by a space or the end of the line", function()
+    for _, line in ipairs({ "HTTP/1.1 2000 OK", "HTTP/1.1 200OK", "HTTP/1.1 20", "XHTTP/1.1 200 OK" }) do
+      local resp, err = read(line .. "\r\nContent-Length: 0\r\n\r\n")
+      assert.is_nil(resp, line)
+      assert.equal("malformed status line", err, line)
+    end
+    for _, line in ipairs({ "HTTP/1.1 200", "HTTP/1.1 200 ", "HTTP/1.0 200 OK" }) do
+      local resp = assert(read(line .. "\r\nContent-Length: 0\r\n\r\n"))
+      assert.equal(200, resp.status, line)
+    end
+  end)
+
+  it("never keeps a 101 Switching Protocols connection", function()
+    local resp, keepalive = read("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+      .. "Connection: Upgrade\r\n\r\n")
+    assert(resp, keepalive)
+    assert.equal(101, resp.status)
+    assert.is_false(keepalive)
+  end)
 end)
 
 ---------------------------------------------------------------------------------------------

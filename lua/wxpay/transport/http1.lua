@@ -146,12 +146,13 @@ local function read_head_line(rd)
   return line
 end
 
---- Status line: version ("1.1"), status (integer) or nil, err.
+--- Status line: version ("1.1"), status (integer) or nil, err. The three digits end the
+-- line or are followed by a space: "HTTP/1.1 2000" is no status 200.
 local function read_status_line(rd)
   local line, err = read_head_line(rd)
   if not line then return nil, err end
-  local version, status = line:match("^HTTP/(%d%.%d) (%d%d%d)")
-  if not status then return nil, "malformed status line" end
+  local version, status, rest = line:match("^HTTP/(%d%.%d) (%d%d%d)(.*)$")
+  if not status or (rest ~= "" and rest:sub(1, 1) ~= " ") then return nil, "malformed status line" end
   return version, tonumber(status)
 end
 
@@ -254,9 +255,10 @@ local function read_response(rd, method)
   until status >= 200 or status == 101
 
   local te = headers["transfer-encoding"]
-  -- Both framings at once: RFC 9112 asks a client to close after such an answer (it may be
-  -- a smuggling attempt).
-  local keepalive = keeps_alive(version, headers) and not (te and headers["content-length"])
+  -- Both framings at once (RFC 9112 asks a client to close after such an answer: it may be a
+  -- smuggling attempt), or a switch to another protocol: no next answer can follow safely.
+  local keepalive = keeps_alive(version, headers) and status ~= 101
+    and not (te and headers["content-length"])
   local body
   if method == "HEAD" or status == 204 or status == 304 or status == 101 then
     body = "" -- no body by definition
