@@ -179,6 +179,14 @@ describe("wxpay.transport.ngx against hostile upstreams (fake cosockets)", funct
     assert.equal(1, #c.sent)
   end)
 
+  it("refuses a malformed header line as a network error instead of dropping it", function()
+    serve{ answers = { "HTTP/1.1 200 OK\r\nContent-Length : 3\r\n\r\nabc" } }
+    local resp, err = get(transport())
+    assert.is_nil(resp)
+    assert.same({ "network", true }, { err.kind, err.connected })
+    assert.matches("malformed header line", err.message, 1, true)
+  end)
+
   it("refuses CR, LF and NUL in header names, values and the method, sending nothing", function()
     serve{ answers = { OK } }
     local t = transport()
@@ -298,6 +306,17 @@ describe("wxpay.transport.ngx reader framing", function()
     assert(resp, keepalive)
     assert.equal(101, resp.status)
     assert.is_false(keepalive)
+  end)
+
+  it("refuses header lines it cannot parse, instead of dropping them", function()
+    for _, line in ipairs({ "Content-Length : 3", "no colon here", ": empty name", " folded: x",
+        "X-A\0: 1" }) do
+      local resp, err = read("HTTP/1.1 200 OK\r\n" .. line .. "\r\nContent-Length: 3\r\n\r\nabc")
+      assert.is_nil(resp, line)
+      assert.equal("malformed header line", err, line)
+    end
+    local resp = assert(read("HTTP/1.1 200 OK\r\nX-Empty:\r\nX-Tab:\tv \r\nContent-Length: 3\r\n\r\nabc"))
+    assert.same({ "", "v", "abc" }, { resp.headers["x-empty"], resp.headers["x-tab"], resp.body })
   end)
 end)
 

@@ -156,20 +156,24 @@ local function read_status_line(rd)
   return version, tonumber(status)
 end
 
--- Header lines up to the empty one: names lower-cased, repeated ones joined with ", ".
+-- A header name is a token (RFC 9110), with no space before the colon.
+local HEADER_LINE = "^([%w!#%$%%&'%*%+%.%^_`|~%-]+):[ \t]*(.-)[ \t]*$"
+
+-- Header lines up to the empty one: names lower-cased, repeated ones joined with ", ". A
+-- line that is no header is an error: dropping it could drop the framing (a
+-- "Content-Length : 3" would leave the body read until the connection closes).
 local function read_headers(rd)
   local values = {}
   while true do
     local line, err = read_head_line(rd)
     if not line then return nil, err end
     if line == "" then break end
-    local name, value = line:match("^([^:%s]+):[ \t]*(.-)[ \t]*$")
-    if name then
-      name = name:lower()
-      local list = values[name] or {}
-      list[#list + 1] = value
-      values[name] = list
-    end
+    local name, value = line:match(HEADER_LINE)
+    if not name then return nil, "malformed header line" end
+    name = name:lower()
+    local list = values[name] or {}
+    list[#list + 1] = value
+    values[name] = list
   end
   local headers = {} -- joined once: appending to a growing value each time is quadratic
   for name, list in pairs(values) do headers[name] = table.concat(list, ", ") end
