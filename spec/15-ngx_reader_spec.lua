@@ -166,6 +166,27 @@ describe("wxpay.transport.ngx against hostile upstreams (fake cosockets)", funct
     assert.equal(2, #first.sent)
   end)
 
+  it("does not pool a connection whose answer had both chunked framing and a Content-Length", function()
+    local c = serve{ answers = { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n"
+      .. "2\r\nok\r\n0\r\n\r\n", OK } }
+    serve{ answers = { OK } }
+    local t = transport()
+    local resp = assert(get(t))
+    assert.equal("ok", resp.body)
+    assert.is_true(c.closed)
+    assert(get(t))
+    assert.equal(2, server.connects)
+    assert.equal(1, #c.sent)
+  end)
+
+  it("refuses a malformed header line as a network error instead of dropping it", function()
+    serve{ answers = { "HTTP/1.1 200 OK\r\nContent-Length : 3\r\n\r\nabc" } }
+    local resp, err = get(transport())
+    assert.is_nil(resp)
+    assert.same({ "network", true }, { err.kind, err.connected })
+    assert.matches("malformed header line", err.message, 1, true)
+  end)
+
   it("refuses CR, LF and NUL in header names, values and the method, sending nothing", function()
     serve{ answers = { OK } }
     local t = transport()
@@ -189,6 +210,113 @@ describe("wxpay.transport.ngx against hostile upstreams (fake cosockets)", funct
     local _, err = get(t, { url = "https://h/x\r\nX-Evil: 1" })
     assert.same({ "network", false }, { err.kind, err.connected })
     assert.equal(0, server.connects)
+  end)
+end)
+
+---------------------------------------------------------------------------------------------
+-- Framing edge cases straight into the reader
+---------------------------------------------------------------------------------------------
+
+describe("wxpay.transport.ngx reader framing", function()
+  local reader, saved_ngx
+
+  setup(function()
+    saved_ngx = rawget(_G, "ngx")
+    rawset(_G, "ngx", nil)
+    package.loaded["wxpay.transport.ngx"] = nil
+    reader = require("wxpay.transport.ngx")._read_response
+  end)
+
+  teardown(function()
+    rawset(_G, "ngx", saved_ngx)
+    package.loaded["wxpay.transport.ngx"] = nil
+  end)
+
+  -- Read `bytes` (delivered `piece` bytes at a time): resp, keepalive or nil, err.
+  local function read(bytes, piece)
+    local clock = F.clock(0)
+    local conn = F.connection{ answers = { bytes }, clock = clock, piece = piece }
+    return reader(F.socket(conn), 10, "GET", { now = clock.now })
+  end
+
+  it("reads a body of many one-byte chunks exactly, in any piece size", function()
+    local body, wire = {}, { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" }
+    for i = 1, 20000 do
+      body[i] = string.char(i % 256)
+      wire[#wire + 1] = "1\r\n" .. body[i] .. "\r\n"
+    end
+    wire[#wire + 1] = "0\r\n\r\n"
+    for _, piece in ipairs({ 1, 7, 4096, 64 * 1024 }) do
+      local resp, keepalive = read(table.concat(wire), piece)
+      assert(resp, keepalive)
+      assert.equal(table.concat(body), resp.body)
+      assert.is_true(keepalive)
+    end
+  end)
+
+  it("reads many header lines exactly: each name, and repeated ones joined", function()
+    local wire, want = { "HTTP/1.1 200 OK" }, { ["content-length"] = "4", ["x-r"] = {} }
+    for i = 1, 5000 do
+      wire[#wire + 1] = "X-H" .. i .. ": v" .. i
+      wire[#wire + 1] = "X-R:" .. i
+      want["x-h" .. i] = "v" .. i
+      want["x-r"][i] = tostring(i)
+    end
+    want["x-r"] = table.concat(want["x-r"], ", ")
+    wire[#wire + 1] = "Content-Length: 4"
+    for _, piece in ipairs({ 3, 4096, 64 * 1024 }) do
+      local resp = assert(read(table.concat(wire, "\r\n") .. "\r\n\r\nbody", piece))
+      assert.same(want, resp.headers)
+      assert.equal("body", resp.body)
+    end
+  end)
+
+  it("reads a body of 1 MB in large pieces exactly, with nothing left over", function()
+    local body = string.rep("0123456789abcdef", 64 * 1024)
+    local resp, keepalive = read("HTTP/1.1 200 OK\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body,
+      64 * 1024)
+    assert(resp, keepalive)
+    assert.equal(body, resp.body)
+    assert.is_true(keepalive)
+  end)
+
+  it("uses chunked framing but does not keep the connection when Content-Length is there too", function()
+    local resp, keepalive = read("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+      .. "5\r\nhello\r\n0\r\n\r\n")
+    assert(resp, keepalive)
+    assert.equal("hello", resp.body)
+    assert.is_false(keepalive)
+  end)
+
+  it("reads the status only as three digits followed by a space or the end of the line", function()
+    for _, line in ipairs({ "HTTP/1.1 2000 OK", "HTTP/1.1 200OK", "HTTP/1.1 20", "XHTTP/1.1 200 OK" }) do
+      local resp, err = read(line .. "\r\nContent-Length: 0\r\n\r\n")
+      assert.is_nil(resp, line)
+      assert.equal("malformed status line", err, line)
+    end
+    for _, line in ipairs({ "HTTP/1.1 200", "HTTP/1.1 200 ", "HTTP/1.0 200 OK" }) do
+      local resp = assert(read(line .. "\r\nContent-Length: 0\r\n\r\n"))
+      assert.equal(200, resp.status, line)
+    end
+  end)
+
+  it("never keeps a 101 Switching Protocols connection", function()
+    local resp, keepalive = read("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+      .. "Connection: Upgrade\r\n\r\n")
+    assert(resp, keepalive)
+    assert.equal(101, resp.status)
+    assert.is_false(keepalive)
+  end)
+
+  it("refuses header lines it cannot parse, instead of dropping them", function()
+    for _, line in ipairs({ "Content-Length : 3", "no colon here", ": empty name", " folded: x",
+        "X-A\0: 1" }) do
+      local resp, err = read("HTTP/1.1 200 OK\r\n" .. line .. "\r\nContent-Length: 3\r\n\r\nabc")
+      assert.is_nil(resp, line)
+      assert.equal("malformed header line", err, line)
+    end
+    local resp = assert(read("HTTP/1.1 200 OK\r\nX-Empty:\r\nX-Tab:\tv \r\nContent-Length: 3\r\n\r\nabc"))
+    assert.same({ "", "v", "abc" }, { resp.headers["x-empty"], resp.headers["x-tab"], resp.body })
   end)
 end)
 

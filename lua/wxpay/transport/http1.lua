@@ -45,10 +45,15 @@ end
 ---------------------------------------------------------------------------------------------
 -- The response reader. Like lua-resty-http: status line, headers and one function per body
 -- framing, each with its limit. `rd` is the state of one response:
--- `{ sock, deadline, now, buf, got, max_body, max_headers, header_bytes }`.
--- Bytes come through `receiveany` in bounded pieces into `rd.buf`, and every wait gets only
--- the time left until the deadline: a cosocket re-arms its timer whenever data arrives, so
--- one big `receive` from a dripping server would never time out.
+-- `{ sock, deadline, now, buf, pos, got, max_body, max_headers, header_bytes }`.
+-- Bytes come through `receiveany` in bounded pieces, and every wait gets only the time left
+-- until the deadline: a cosocket re-arms its timer whenever data arrives, so one big
+-- `receive` from a dripping server would never time out.
+-- `rd.buf` holds one piece and `rd.pos` its first unread byte. A line or a body longer than
+-- what is left of the piece is gathered in a table and joined once: appending to a buffer
+-- or cutting its front on every piece, line or chunk would copy it each time, and the work
+-- would grow with the square of the answer (seconds of a worker's CPU for a 16 MB body or
+-- for many tiny chunks).
 ---------------------------------------------------------------------------------------------
 
 local READ_PIECE = 64 * 1024
@@ -62,30 +67,45 @@ local function arm(sock, deadline, clock)
   return true
 end
 
--- Append the next piece the peer sends to rd.buf. Returns true or nil, err.
+-- Replace rd.buf by the next piece the peer sends (the caller has taken the rest of the old
+-- one). Returns true or nil, err.
 local function fill(rd)
   if not arm(rd.sock, rd.deadline, rd.now) then return nil, "timeout" end
   local data, err = rd.sock:receiveany(READ_PIECE)
   if not data then return nil, err or "closed" end
   rd.got = true
-  rd.buf = rd.buf .. data
+  rd.buf, rd.pos = data, 1
   return true
+end
+
+-- What is left of rd.buf, which is then used up.
+local function take_rest(rd)
+  local rest = rd.pos == 1 and rd.buf or rd.buf:sub(rd.pos)
+  rd.pos = #rd.buf + 1
+  return rest
 end
 
 -- One line, without its CRLF (a bare LF is accepted), of at most `cap` bytes; a longer
 -- one is the error `too_long`.
 local function read_line(rd, cap, too_long)
-  local from = 1
+  local parts, len = nil, 0
   while true do
-    local lf = rd.buf:find("\n", from, true)
+    local lf = rd.buf:find("\n", rd.pos, true)
     if lf then
-      local line = rd.buf:sub(1, lf - 1):gsub("\r$", "")
+      local line = rd.buf:sub(rd.pos, lf - 1)
+      rd.pos = lf + 1
+      if parts then
+        parts[#parts + 1] = line
+        line = table.concat(parts)
+      end
+      line = line:gsub("\r$", "")
       if #line > cap then return nil, too_long end
-      rd.buf = rd.buf:sub(lf + 1)
       return line
     end
-    if #rd.buf > cap + 1 then return nil, too_long end -- + 1: the CR may be there already
-    from = #rd.buf + 1
+    len = len + #rd.buf - rd.pos + 1
+    if len > cap + 1 then return nil, too_long end -- + 1: the CR may be there already
+    parts = parts or {}
+    parts[#parts + 1] = take_rest(rd)
     local ok, err = fill(rd)
     if not ok then return nil, err end
   end
@@ -93,13 +113,26 @@ end
 
 -- Exactly n bytes (n is already within the body limit).
 local function read_bytes(rd, n)
-  while #rd.buf < n do
+  local have = #rd.buf - rd.pos + 1
+  if have >= n then
+    local data = rd.buf:sub(rd.pos, rd.pos + n - 1)
+    rd.pos = rd.pos + n
+    return data
+  end
+  local parts = { take_rest(rd) }
+  while have < n do
     local ok, err = fill(rd)
     if not ok then return nil, err end
+    local want = n - have
+    if #rd.buf <= want then
+      parts[#parts + 1] = take_rest(rd)
+    else
+      parts[#parts + 1] = rd.buf:sub(1, want)
+      rd.pos = want + 1
+    end
+    have = have + #parts[#parts]
   end
-  local data = rd.buf:sub(1, n)
-  rd.buf = rd.buf:sub(n + 1)
-  return data
+  return table.concat(parts)
 end
 
 -- A line of the head: the status line, headers, trailers. All of them together stay
@@ -113,29 +146,38 @@ local function read_head_line(rd)
   return line
 end
 
---- Status line: version ("1.1"), status (integer) or nil, err.
+--- Status line: version ("1.1"), status (integer) or nil, err. The three digits end the
+-- line or are followed by a space: "HTTP/1.1 2000" is no status 200.
 local function read_status_line(rd)
   local line, err = read_head_line(rd)
   if not line then return nil, err end
-  local version, status = line:match("^HTTP/(%d%.%d) (%d%d%d)")
-  if not status then return nil, "malformed status line" end
+  local version, status, rest = line:match("^HTTP/(%d%.%d) (%d%d%d)(.*)$")
+  if not status or (rest ~= "" and rest:sub(1, 1) ~= " ") then return nil, "malformed status line" end
   return version, tonumber(status)
 end
 
--- Header lines up to the empty one: names lower-cased, repeated ones joined with ", ".
+-- A header name is a token (RFC 9110), with no space before the colon.
+local HEADER_LINE = "^([%w!#%$%%&'%*%+%.%^_`|~%-]+):[ \t]*(.-)[ \t]*$"
+
+-- Header lines up to the empty one: names lower-cased, repeated ones joined with ", ". A
+-- line that is no header is an error: dropping it could drop the framing (a
+-- "Content-Length : 3" would leave the body read until the connection closes).
 local function read_headers(rd)
-  local headers = {}
+  local values = {}
   while true do
     local line, err = read_head_line(rd)
     if not line then return nil, err end
-    if line == "" then return headers end
-    local name, value = line:match("^([^:%s]+):[ \t]*(.-)[ \t]*$")
-    if name then
-      name = name:lower()
-      local old = headers[name]
-      headers[name] = old and (old .. ", " .. value) or value
-    end
+    if line == "" then break end
+    local name, value = line:match(HEADER_LINE)
+    if not name then return nil, "malformed header line" end
+    name = name:lower()
+    local list = values[name] or {}
+    list[#list + 1] = value
+    values[name] = list
   end
+  local headers = {} -- joined once: appending to a growing value each time is quadratic
+  for name, list in pairs(values) do headers[name] = table.concat(list, ", ") end
+  return headers
 end
 
 local function body_over(rd)
@@ -185,8 +227,8 @@ local function read_body_chunked(rd)
 end
 
 local function read_body_close(rd)
-  local parts, total = { rd.buf }, #rd.buf
-  rd.buf = ""
+  local parts = { take_rest(rd) }
+  local total = #parts[1]
   while total <= rd.max_body do
     if not arm(rd.sock, rd.deadline, rd.now) then return nil, "timeout" end
     local data, err = rd.sock:receiveany(READ_PIECE)
@@ -216,9 +258,12 @@ local function read_response(rd, method)
     if not headers then return nil, err, rd.got end
   until status >= 200 or status == 101
 
-  local keepalive = keeps_alive(version, headers)
-  local body
   local te = headers["transfer-encoding"]
+  -- Both framings at once (RFC 9112 asks a client to close after such an answer: it may be a
+  -- smuggling attempt), or a switch to another protocol: no next answer can follow safely.
+  local keepalive = keeps_alive(version, headers) and status ~= 101
+    and not (te and headers["content-length"])
+  local body
   if method == "HEAD" or status == 204 or status == 304 or status == 101 then
     body = "" -- no body by definition
   elseif te and te:lower():find("chunked", 1, true) then
@@ -231,7 +276,7 @@ local function read_response(rd, method)
   end
   if not body then return nil, err, true end
   -- Bytes past the response (an answer nobody asked for): the connection is not reusable.
-  if rd.buf ~= "" then keepalive = false end
+  if rd.pos <= #rd.buf then keepalive = false end
   return { status = status, headers = headers, body = body }, keepalive
 end
 
@@ -244,7 +289,7 @@ end
 --   `max_headers` (256 KB)
 -- @return `resp, keepalive` or `nil, err` (a string) and whether any byte arrived
 function M.read_response(sock, deadline, method, opts)
-  local rd = { sock = sock, deadline = deadline, now = opts.now, buf = "", got = false,
+  local rd = { sock = sock, deadline = deadline, now = opts.now, buf = "", pos = 1, got = false,
     max_body = opts.max_body or M.MAX_BODY, max_headers = opts.max_headers or M.MAX_HEADER_BYTES,
     header_bytes = 0 }
   return read_response(rd, method)
