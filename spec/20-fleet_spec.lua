@@ -225,6 +225,32 @@ describe("a fleet sharing one Redis (plain Lua)", function()
     end
   end)
 
+  it("a rate-budget wait longer than the time left is not slept: timeout, nothing sent", function()
+    local slept = {}
+    local c = client{ qps = 1, deadline = 2, sleep = function(x) slept[#slept + 1] = x end }
+    assert.truthy(c.partnerships.page(LIST)) -- certificates in hand
+    local s = assert(store.open(srv.url, { driver = "socket" })):scope(mchid)
+    for _ = 1, 10 do budget.reserve(s, "qps", 1) end -- ten seconds of queue ahead
+    local _, before = budget.reserve(s, "qps", 1, nil, 0) -- refused: only peeks
+    sb:control("DELETE", "/requests")
+    slept = {}
+    local page, err = c.partnerships.page(LIST)
+    assert.is_nil(page)
+    assert.equal("timeout", err.kind)
+    assert.is_false(err.connected)
+    assert.matches("rate budget", err.message, 1, true)
+    for _, x in ipairs(slept) do assert.is_true(x < 2, "slept " .. x) end
+    assert.equal(0, #starts(sb, "/v3/marketing/partnerships"))
+    local _, after = budget.reserve(s, "qps", 1, nil, 0)
+    assert.near(before, after, 1e-6) -- the refused call took no slot
+    -- without a deadline the attempt's timeout caps the wait the same way
+    local c2 = client{ qps = 1, timeout = 1, sleep = function(x) slept[#slept + 1] = x end }
+    local p2, e2 = c2.partnerships.page(LIST)
+    assert.is_nil(p2)
+    assert.equal("timeout", e2.kind)
+    for _, x in ipairs(slept) do assert.is_true(x < 2, "slept " .. x) end
+  end)
+
   it("a 429 to one client halves the shared rate for the other", function()
     local qps = { default = 40, ["GET /v3/marketing/*"] = 10 }
     local a = client{ qps = qps, max_retries = 0 }
