@@ -176,6 +176,28 @@ describe("a fleet sharing one Redis (plain Lua)", function()
     assert.equal(1, count(seen, "stored certificates refused"))
   end)
 
+  it("a stored answer is kept until its signature is one interval old, whatever fetched_at says", function()
+    assert.truthy(client().partnerships.page(LIST))
+    local s = assert(store.open(srv.url, { driver = "socket" })):scope(mchid)
+    local json = require("wxpay.json")
+    local entry = json.decode(assert(s:get("certs")))
+    -- A genuine answer signed 3000 s ago, replayed with fetched_at = now.
+    local key = assert(core.load_private_key(helpers.read(sb.dir .. "/platform_key.pem")))
+    local ts = tostring(core.time() - 3000)
+    local h = entry.headers
+    h["wechatpay-timestamp"] = ts
+    h["wechatpay-signature"] = key:sign(ts .. "\n" .. h["wechatpay-nonce"] .. "\n" .. entry.body .. "\n")
+    entry.fetched_at = core.time()
+    assert(s:set("certs", json.encode(entry), 3600))
+    local shift = 0
+    local c = client{ monotonic = function() return core.monotonic() + shift end }
+    assert.truthy(c.partnerships.page(LIST)) -- taken: 600 s of its interval are left
+    assert.equal(1, downloads(sb))
+    shift = 700 -- past the signature's interval, well before fetched_at's
+    assert.truthy(c.partnerships.page(LIST))
+    assert.equal(2, downloads(sb))
+  end)
+
   it("Redis stopping mid-run: requests go on alone, one warning; sharing resumes after", function()
     local shift = 0
     local monotonic = function() return core.monotonic() + shift end

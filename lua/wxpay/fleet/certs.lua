@@ -60,13 +60,14 @@ local function try_stored(st)
   end
   -- What this client holds already (it needs newer) or refused before.
   if blob == f.applied or blob == f.refused then return false end
-  local resp, fetched_at = decode(blob)
-  -- fetched_at is the writer's word, not signed: never later than now.
-  if resp then fetched_at = math.min(fetched_at, st.now()) end
+  local resp = decode(blob)
   if resp and keyring.accept(st, resp, true) then
     f.applied = blob
-    -- Refresh when the entry runs out, not a whole interval from now.
-    local left = fetched_at + st.certificate_refresh_interval - st.now()
+    -- Refresh when the entry runs out, not a whole interval from now. Counted from the
+    -- signed Wechatpay-Timestamp (accept verified it): `fetched_at` is the writer's word,
+    -- and a replay with a fresh one would keep an old set nearly a second interval.
+    local signed_at = tonumber(resp.headers["wechatpay-timestamp"]) or 0
+    local left = signed_at + st.certificate_refresh_interval - st.now()
     st.next_refresh = st.monotonic() + math.max(1, math.min(left, st.certificate_refresh_interval))
     return true
   end
