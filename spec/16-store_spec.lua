@@ -100,6 +100,35 @@ describe("wxpay.store.open", function()
     assert.equal("redis", store.open("redis://127.0.0.1:6379/2").kind)
   end)
 
+  it("resty.redis pools: one per host, port, db and password (the password never in the name)", function()
+    local pools = {}
+    local fake = { new = function() return {
+      set_timeout = function() end, set_keepalive = function() end,
+      get_reused_times = function() return 1 end, -- reused: no AUTH, the pool must be right
+      connect = function(_, _, _, o) pools[#pools + 1] = o.pool; return true end,
+      get = function() return "v" end,
+    } end }
+    local saved_ngx, saved_mod = rawget(_G, "ngx"), package.loaded["wxpay.store.redis"]
+    finally(function()
+      rawset(_G, "ngx", saved_ngx)
+      package.loaded["resty.redis"], package.loaded["wxpay.store.redis"] = nil, saved_mod
+    end)
+    rawset(_G, "ngx", { null = {} })
+    package.loaded["resty.redis"], package.loaded["wxpay.store.redis"] = fake, nil
+    local redis = require("wxpay.store.redis")
+    for _, cfg in ipairs({ { password = "pw-alpha" }, { password = "pw-beta" }, {},
+                           { password = "pw-alpha", db = 3 }, { password = "pw-alpha" } }) do
+      cfg.host, cfg.port = "127.0.0.1", 6379
+      assert.equal("v", assert(redis.new(cfg, { driver = "resty" })):get("k"))
+    end
+    assert.equal(5, #pools)
+    for i = 1, 4 do
+      for j = i + 1, 4 do assert.are_not.equal(pools[i], pools[j]) end
+      assert.not_matches("pw%-", pools[i])
+    end
+    assert.equal(pools[1], pools[5])
+  end)
+
   it("names the missing function of a custom store", function()
     local err = config_error({ get = print, set = print, add = print, incr = print }, "store.delete")
     assert.matches("store.delete is a nil", err.message, 1, true)
