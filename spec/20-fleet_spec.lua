@@ -198,6 +198,25 @@ describe("a fleet sharing one Redis (plain Lua)", function()
     assert.equal(2, downloads(sb))
   end)
 
+  it("the download lock outlasts the holder's retries and Retry-After sleeps", function()
+    local t = 1000
+    local backend = require("wxpay.store.memory").new({ clock = function() return t end })
+    local custom = {}
+    for _, op in ipairs({ "get", "set", "add", "incr", "delete" }) do
+      custom[op] = function(_, ...) return backend[op](backend, ...) end
+    end
+    local lock = "wxpay:" .. mchid .. ":certs:lock"
+    local held = {}
+    local c = client{ store = custom, timeout = 2, connect_timeout = 1, max_retries = 2,
+      retry_after_max = 30, monotonic = function() return t end,
+      sleep = function(x) t = t + x; held[#held + 1] = backend:get(lock) ~= nil end }
+    sb:fault{ fault = "429", retry_after = 20, count = 2, path = "/v3/certificates" }
+    assert.truthy(c.partnerships.page(LIST))
+    assert.equal(3, downloads(sb)) -- two 429s, then the answer
+    assert.same({ true, true }, held) -- still held after each 20 s wait
+    assert.is_nil(backend:get(lock)) -- and released at the end
+  end)
+
   it("Redis stopping mid-run: requests go on alone, one warning; sharing resumes after", function()
     local shift = 0
     local monotonic = function() return core.monotonic() + shift end
