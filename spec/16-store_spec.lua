@@ -100,6 +100,35 @@ describe("wxpay.store.open", function()
     assert.equal("redis", store.open("redis://127.0.0.1:6379/2").kind)
   end)
 
+  it("resty.redis pools: one per host, port, db and password (the password never in the name)", function()
+    local pools = {}
+    local fake = { new = function() return {
+      set_timeout = function() end, set_keepalive = function() end,
+      get_reused_times = function() return 1 end, -- reused: no AUTH, the pool must be right
+      connect = function(_, _, _, o) pools[#pools + 1] = o.pool; return true end,
+      get = function() return "v" end,
+    } end }
+    local saved_ngx, saved_mod = rawget(_G, "ngx"), package.loaded["wxpay.store.redis"]
+    finally(function()
+      rawset(_G, "ngx", saved_ngx)
+      package.loaded["resty.redis"], package.loaded["wxpay.store.redis"] = nil, saved_mod
+    end)
+    rawset(_G, "ngx", { null = {} })
+    package.loaded["resty.redis"], package.loaded["wxpay.store.redis"] = fake, nil
+    local redis = require("wxpay.store.redis")
+    for _, cfg in ipairs({ { password = "pw-alpha" }, { password = "pw-beta" }, {},
+                           { password = "pw-alpha", db = 3 }, { password = "pw-alpha" } }) do
+      cfg.host, cfg.port = "127.0.0.1", 6379
+      assert.equal("v", assert(redis.new(cfg, { driver = "resty" })):get("k"))
+    end
+    assert.equal(5, #pools)
+    for i = 1, 4 do
+      for j = i + 1, 4 do assert.are_not.equal(pools[i], pools[j]) end
+      assert.not_matches("pw%-", pools[i])
+    end
+    assert.equal(pools[1], pools[5])
+  end)
+
   it("names the missing function of a custom store", function()
     local err = config_error({ get = print, set = print, add = print, incr = print }, "store.delete")
     assert.matches("store.delete is a nil", err.message, 1, true)
@@ -273,6 +302,22 @@ describe("a custom store", function()
     end
   end)
 
+  it("an update that outlives its lock leaves the next holder's lock alone", function()
+    local t = 100
+    local c = custom({ clock = function() return t end })
+    local inner_set = c.set
+    c.set = function(self, key, value, ttl)
+      if key == "qps" then -- slow: the 50 ms lock runs out, and someone else takes it
+        t = t + 0.2
+        assert(inner_set(self, "qps:lock", "someone else", 10))
+      end
+      return inner_set(self, key, value, ttl)
+    end
+    local s = assert(store.open(c, { sleep = function() end }))
+    assert.equal(0, (budget.reserve(s, "qps", 5, 0)))
+    assert.equal("someone else", s:get("qps:lock"))
+  end)
+
   it("the budget spins on a held lock, then proceeds; a lock that stays busy is nil, err", function()
     local t = custom()
     local slept, release = 0, true
@@ -316,11 +361,12 @@ describe("wxpay.store.budget", function()
         local start = now
         if lim.tat and lim.tat > now then start = lim.tat end
         lim:wait(now) -- recovery, as the batch does before each start
-        lim:start(start)
         local wait, got, cur = budget.reserve(s, key, rate, now)
         assert.near(start, got, 1e-9)
         assert.near(start - now, wait, 1e-9)
         assert.near(lim.rate, cur, 1e-9)
+        -- a queue longer than MAX_WAIT is refused, and the limiter then starts nothing either
+        if wait <= budget.MAX_WAIT then lim:start(start) end
         if i % 20 == 0 then
           local cut_l = lim:throttle(now, start)
           local cut_b, after = budget.throttle(s, key, got, now)
@@ -356,6 +402,32 @@ describe("wxpay.store.budget", function()
       seen[#seen + 1] = r
     end
     assert.same({ 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 9.5, 10, 10, 10 }, seen)
+  end)
+
+  it("a start later than max_wait is refused and keeps no slot", function()
+    assert.equal(0, (budget.reserve(s, "qps", 1, t)))
+    assert.near(1.02, (budget.reserve(s, "qps", 1, t)), 1e-9)
+    local wait = budget.reserve(s, "qps", 1, t, 1.5)
+    assert.near(2.04, wait, 1e-9) -- over 1.5: refused, the caller sleeps nothing
+    -- the refused slot is still free for the next caller
+    assert.near(2.04, (budget.reserve(s, "qps", 1, t, 5)), 1e-9)
+    assert.near(3.06, (budget.reserve(s, "qps", 1, t)), 1e-9)
+  end)
+
+  it("damaged state (an absurd rate, a start far ahead) falls back to the configured rate", function()
+    -- tat, rate, target, cut_at, last_step: a tiny rate without last_step, a year's queue
+    assert(s:set("qps", string.format("%.17g,1e-9,5,,", t + 3e7)))
+    local wait, _, rate = budget.reserve(s, "qps", 5, t)
+    assert.equal(0, wait)
+    assert.equal(5, rate)
+    -- a cut rate without last_step climbs back instead of staying cut for ever
+    assert(s:set("qps2", string.format("%.17g,2.5,5,,", t)))
+    local _, _, r1 = budget.reserve(s, "qps2", 5, t)
+    assert.equal(2.5, r1)
+    local _, _, r2 = budget.reserve(s, "qps2", 5, t + 1.01)
+    assert.near(3, r2, 1e-9)
+    local w = budget.reserve(s, "qps", 5, t, 1e9)
+    assert.is_true(w <= budget.MAX_WAIT)
   end)
 
   it("throttle without state needs the target; with it, cuts from it", function()
@@ -570,6 +642,21 @@ describe("the Redis store (lua-redis)", function()
 
     it("throttle of a fresh key cuts from the given target", function()
       assert.same({ true, 4 }, { budget.throttle(s, key, 0, nil, 8) })
+    end)
+
+    it("refuses a start later than max_wait without using the slot; mends damaged state", function()
+      local _, s0 = budget.reserve(s, key, 1)
+      local w1, s1 = budget.reserve(s, key, 1, nil, 0.5)
+      assert.is_true(w1 > 0.5) -- refused
+      local _, s2 = budget.reserve(s, key, 1)
+      assert.near(s1, s2, 1e-9) -- the refused slot went to the next one
+      assert.near(1.02, s2 - s0, 0.05)
+      local full = "wxpay:" .. MCHID .. ":" .. key
+      raw(srv.port, { { "DEL", full }, { "HSET", full, "tat", string.format("%.6f", redis_now() + 3e7),
+        "rate", "1e-9", "target", "5" } })
+      local wait, _, rate = budget.reserve(s, key, 5)
+      assert.equal(0, wait)
+      assert.equal(5, rate)
     end)
 
     it("4 processes share one budget: at most rate starts in any second, 90 %+ used", function()

@@ -176,6 +176,47 @@ describe("a fleet sharing one Redis (plain Lua)", function()
     assert.equal(1, count(seen, "stored certificates refused"))
   end)
 
+  it("a stored answer is kept until its signature is one interval old, whatever fetched_at says", function()
+    assert.truthy(client().partnerships.page(LIST))
+    local s = assert(store.open(srv.url, { driver = "socket" })):scope(mchid)
+    local json = require("wxpay.json")
+    local entry = json.decode(assert(s:get("certs")))
+    -- A genuine answer signed 3000 s ago, replayed with fetched_at = now.
+    local key = assert(core.load_private_key(helpers.read(sb.dir .. "/platform_key.pem")))
+    local ts = tostring(core.time() - 3000)
+    local h = entry.headers
+    h["wechatpay-timestamp"] = ts
+    h["wechatpay-signature"] = key:sign(ts .. "\n" .. h["wechatpay-nonce"] .. "\n" .. entry.body .. "\n")
+    entry.fetched_at = core.time()
+    assert(s:set("certs", json.encode(entry), 3600))
+    local shift = 0
+    local c = client{ monotonic = function() return core.monotonic() + shift end }
+    assert.truthy(c.partnerships.page(LIST)) -- taken: 600 s of its interval are left
+    assert.equal(1, downloads(sb))
+    shift = 700 -- past the signature's interval, well before fetched_at's
+    assert.truthy(c.partnerships.page(LIST))
+    assert.equal(2, downloads(sb))
+  end)
+
+  it("the download lock outlasts the holder's retries and Retry-After sleeps", function()
+    local t = 1000
+    local backend = require("wxpay.store.memory").new({ clock = function() return t end })
+    local custom = {}
+    for _, op in ipairs({ "get", "set", "add", "incr", "delete" }) do
+      custom[op] = function(_, ...) return backend[op](backend, ...) end
+    end
+    local lock = "wxpay:" .. mchid .. ":certs:lock"
+    local held = {}
+    local c = client{ store = custom, timeout = 2, connect_timeout = 1, max_retries = 2,
+      retry_after_max = 30, monotonic = function() return t end,
+      sleep = function(x) t = t + x; held[#held + 1] = backend:get(lock) ~= nil end }
+    sb:fault{ fault = "429", retry_after = 20, count = 2, path = "/v3/certificates" }
+    assert.truthy(c.partnerships.page(LIST))
+    assert.equal(3, downloads(sb)) -- two 429s, then the answer
+    assert.same({ true, true }, held) -- still held after each 20 s wait
+    assert.is_nil(backend:get(lock)) -- and released at the end
+  end)
+
   it("Redis stopping mid-run: requests go on alone, one warning; sharing resumes after", function()
     local shift = 0
     local monotonic = function() return core.monotonic() + shift end
@@ -223,6 +264,32 @@ describe("a fleet sharing one Redis (plain Lua)", function()
     if slow < math.huge then
       assert.is_true(rate >= 0.9 * 20 / slow, ("%.2f starts/s"):format(rate))
     end
+  end)
+
+  it("a rate-budget wait longer than the time left is not slept: timeout, nothing sent", function()
+    local slept = {}
+    local c = client{ qps = 1, deadline = 2, sleep = function(x) slept[#slept + 1] = x end }
+    assert.truthy(c.partnerships.page(LIST)) -- certificates in hand
+    local s = assert(store.open(srv.url, { driver = "socket" })):scope(mchid)
+    for _ = 1, 10 do budget.reserve(s, "qps", 1) end -- ten seconds of queue ahead
+    local _, before = budget.reserve(s, "qps", 1, nil, 0) -- refused: only peeks
+    sb:control("DELETE", "/requests")
+    slept = {}
+    local page, err = c.partnerships.page(LIST)
+    assert.is_nil(page)
+    assert.equal("timeout", err.kind)
+    assert.is_false(err.connected)
+    assert.matches("rate budget", err.message, 1, true)
+    for _, x in ipairs(slept) do assert.is_true(x < 2, "slept " .. x) end
+    assert.equal(0, #starts(sb, "/v3/marketing/partnerships"))
+    local _, after = budget.reserve(s, "qps", 1, nil, 0)
+    assert.near(before, after, 1e-6) -- the refused call took no slot
+    -- without a deadline the attempt's timeout caps the wait the same way
+    local c2 = client{ qps = 1, timeout = 1, sleep = function(x) slept[#slept + 1] = x end }
+    local p2, e2 = c2.partnerships.page(LIST)
+    assert.is_nil(p2)
+    assert.equal("timeout", e2.kind)
+    for _, x in ipairs(slept) do assert.is_true(x < 2, "slept " .. x) end
   end)
 
   it("a 429 to one client halves the shared rate for the other", function()

@@ -142,7 +142,11 @@ local function send_attempt(st, r, remaining)
   for leg = 1, second and 2 or 1 do
     leg_used = leg
     base = leg == 1 and first or second
-    if st.fleet then fleet.before_send(st, r) end -- the shared rate budget: wait for a start
+    if st.fleet then -- the shared rate budget: wait for a start, no longer than the call can
+      local left = remaining and remaining - (st.monotonic() - t_start) or r.timeout
+      local ok, berr = fleet.before_send(st, r, left)
+      if not ok then resp, terr = nil, terr or berr; break end
+    end
     local headers, serr = signed_headers(st, r)
     if not headers then resp, terr = nil, serr; break end
     local timeout, connect_timeout = r.timeout, r.connect_timeout

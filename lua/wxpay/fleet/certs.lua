@@ -6,11 +6,13 @@
 -- checks it exactly as a fresh download (`wxpay.keyring.accept`: decrypted with the APIv3
 -- key, serials and validity checked, the signature verified), so a forged or damaged entry
 -- is refused and downloaded over. The download itself runs under the lock `certs:lock`
--- (an `add` with a TTL a bit over the download's time budget, so a dead holder blocks the
--- others that long at most); the others wait with the `sleep` hook and read its result.
+-- (an `add` with a TTL a bit over the longest the download can take with this client's
+-- timeouts, retries, backoff and Retry-After cap, so a dead holder blocks the others that
+-- long at most); the others wait with the `sleep` hook and read its result.
 -- A store that fails: this client downloads on its own (`wxpay.fleet.failed` warns once).
 -- @module wxpay.fleet.certs
 
+local budget = require("wxpay.store.budget")
 local fleet = require("wxpay.fleet")
 local json = require("wxpay.json")
 local keyring = require("wxpay.keyring")
@@ -24,9 +26,18 @@ local POLL = 0.05 -- seconds between reads while another client downloads
 local HEADERS = { "wechatpay-timestamp", "wechatpay-nonce", "wechatpay-signature",
                   "wechatpay-serial", "wechatpay-signature-type", "request-id" }
 
--- How long one download may take, retries included (the lock's TTL is a bit more).
+-- The longest one download can take under this client's own settings (the lock's TTL is a
+-- bit more, so a slow holder keeps it): every attempt on both hosts when there is a backup,
+-- each leg a rate-budget wait (at most the timeout) and the exchange, and between attempts
+-- the largest backoff step or Retry-After. A `deadline` bounds it all.
 local function download_budget(st)
-  return (st.timeout + st.connect_timeout) * (st.max_retries + 1) + 1
+  local legs = st.backup_url and 2 or 1
+  local qps_wait = st.fleet and st.fleet.qps and math.min(st.timeout, budget.MAX_WAIT) or 0
+  local leg = qps_wait + st.timeout + st.connect_timeout
+  local pause = math.max(st.retry_max_delay, st.retry_after_max)
+  local worst = (st.max_retries + 1) * legs * leg + st.max_retries * pause + 1
+  if st.deadline then worst = math.min(worst, st.deadline + 1) end
+  return worst
 end
 
 local function encode(st, resp)
@@ -60,13 +71,14 @@ local function try_stored(st)
   end
   -- What this client holds already (it needs newer) or refused before.
   if blob == f.applied or blob == f.refused then return false end
-  local resp, fetched_at = decode(blob)
-  -- fetched_at is the writer's word, not signed: never later than now.
-  if resp then fetched_at = math.min(fetched_at, st.now()) end
+  local resp = decode(blob)
   if resp and keyring.accept(st, resp, true) then
     f.applied = blob
-    -- Refresh when the entry runs out, not a whole interval from now.
-    local left = fetched_at + st.certificate_refresh_interval - st.now()
+    -- Refresh when the entry runs out, not a whole interval from now. Counted from the
+    -- signed Wechatpay-Timestamp (accept verified it): `fetched_at` is the writer's word,
+    -- and a replay with a fresh one would keep an old set nearly a second interval.
+    local signed_at = tonumber(resp.headers["wechatpay-timestamp"]) or 0
+    local left = signed_at + st.certificate_refresh_interval - st.now()
     st.next_refresh = st.monotonic() + math.max(1, math.min(left, st.certificate_refresh_interval))
     return true
   end

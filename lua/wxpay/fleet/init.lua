@@ -129,18 +129,28 @@ local function budget_for(q, method, target)
 end
 M.budget_for = budget_for
 
+-- The error for a start that would come later than the call can wait: nothing was sent.
+local function exhausted(wait, max_wait)
+  return nil, { kind = "timeout", connected = false, message = string.format(
+    "request not sent: the rate budget (qps) is exhausted: the next start is %.3f s away, "
+    .. "the call has %.3f s left", wait, max_wait) }
+end
+
 -- Pace on this client's own limiter (the store is down). Loops: another coroutine may take
 -- the slot while this one sleeps.
-local function local_start(st, key, rate)
+local function local_start(st, key, rate, max_wait)
   local f = st.fleet
   local lim = f.limiters[key]
   if not lim or lim.ceiling ~= rate then
     lim = require("wxpay.concurrent").new_limiter(rate)
     f.limiters[key] = lim
   end
+  local give_up = st.monotonic() + max_wait
   for _ = 1, 1000 do
     local wait = lim:wait(st.monotonic())
     if wait <= 0 then break end
+    local left = give_up - st.monotonic()
+    if wait > left then return exhausted(wait, math.max(0, left)) end
     st.sleep(wait)
   end
   local now = st.monotonic()
@@ -149,27 +159,37 @@ local function local_start(st, key, rate)
 end
 
 --- Before one transmission: reserve its start from the shared budget and sleep until then
--- (the `sleep` hook: it yields under OpenResty and inside `client.concurrent`). Records
+-- (the `sleep` hook: it yields under OpenResty and inside `client.concurrent`). A start
+-- further away than `max_wait` is not waited for: the reservation is refused (its slot
+-- stays free) and this returns a `timeout` error with `connected = false`. Records
 -- `r.budget` for `answered`.
 -- @tparam table st
 -- @tparam table r the request (`method`, `target`)
-function M.before_send(st, r)
+-- @tparam number max_wait seconds the call can wait (its deadline's time left, else the
+--   attempt's timeout; `wxpay.store.budget.MAX_WAIT` at most)
+-- @return true, or nil and the error to report (nothing was sent)
+function M.before_send(st, r, max_wait)
   local f = st.fleet
-  if not f or not f.qps then return end
-  local key, rate = budget_for(f.qps, r.method, r.target)
   r.budget = nil
-  if not key then return end
+  if not f or not f.qps then return true end
+  local key, rate = budget_for(f.qps, r.method, r.target)
+  if not key then return true end
+  max_wait = math.max(0, math.min(max_wait or budget.MAX_WAIT, budget.MAX_WAIT))
   if M.usable(st) then
-    local wait, start = budget.reserve(f.store, key, rate)
+    local wait, start = budget.reserve(f.store, key, rate, nil, max_wait)
     if wait then
       M.worked(st)
+      if wait > max_wait then return exhausted(wait, max_wait) end
       if wait > 0 then st.sleep(wait) end
       r.budget = { key = key, rate = rate, start = start }
-      return
+      return true
     end
     M.failed(st, "budget", start)
   end
-  r.budget = { key = key, rate = rate, start = local_start(st, key, rate), alone = true }
+  local start, err = local_start(st, key, rate, max_wait)
+  if not start then return nil, err end
+  r.budget = { key = key, rate = rate, start = start, alone = true }
+  return true
 end
 
 --- After one transmission's answer: a 429 halves the budget it started under, for everyone.

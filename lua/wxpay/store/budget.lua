@@ -24,8 +24,12 @@
 --
 -- When the store fails the functions return `nil, err` and reserve nothing: the caller
 -- falls back to a local limiter and warns once (the client decides). Reservations queue: with
--- more demand than `rate`, waits grow; a caller that gives up on a long wait leaves its slot
--- unused (the budget errs on the side of fewer starts, never more).
+-- more demand than `rate`, waits grow. A caller passes the longest wait it can afford
+-- (`max_wait`, at most MAX_WAIT): a later start is refused in the same atomic step and its
+-- slot stays free for the next caller. State no working fleet writes (a rate outside
+-- [min(MIN_RATE, target), target], a cut rate without `last_step`, a start further ahead
+-- than the longest possible queue) is mended in that step too, so one damaged entry cannot
+-- stall every request.
 -- @module wxpay.store.budget
 
 local errors = require("wxpay.errors")
@@ -37,11 +41,20 @@ local M = {}
 M.GUARD = 0.02
 M.MIN_RATE = 0.5
 M.STATE_TTL = 60 -- idle state goes away; a climb back takes 10 s, so nothing is lost
+M.MAX_WAIT = 60  -- seconds: the longest wait reserve accepts, whatever the caller asks
 
 -- The algorithm, as source: run here (load) and inside the Redis scripts, so both agree.
 -- `st` fields: tat (next free slot), rate (current), target (configured), cut_at, last_step.
 local ALGO = [[
-local GUARD, MIN_RATE = %s, %s
+local GUARD, MIN_RATE, MAX_WAIT = %s, %s, %s
+
+-- Damaged state (a bad store entry): fall back to what the configuration says.
+local function mend(st, target, now)
+  local floor = math.min(MIN_RATE, target)
+  if st.rate and not (st.rate >= floor and st.rate <= target) then st.rate = target end
+  if st.rate and st.rate < target and not st.last_step then st.last_step = now end
+  if st.tat and not (st.tat <= now + MAX_WAIT + (1 + GUARD) / floor) then st.tat = nil end
+end
 
 local function recover(st, now)
   if st.rate < st.target and st.last_step then
@@ -53,15 +66,18 @@ local function recover(st, now)
   end
 end
 
-local function reserve(st, target, now)
+local function reserve(st, target, now, max_wait)
   if st.target ~= target then
     local cut = st.rate and st.target and st.rate < st.target
     st.rate = cut and math.min(st.rate, target) or target
     st.target = target
   end
+  mend(st, target, now)
   recover(st, now)
   local start = now
   if st.tat and st.tat > now then start = st.tat end
+  -- Too late for this caller: it will not start, so the slot is not taken.
+  if start - now > max_wait then return start - now, start end
   st.tat = start + (1 + GUARD) / st.rate
   return start - now, start
 end
@@ -79,7 +95,7 @@ local function throttle(st, started_at, now, target)
   return true
 end
 ]]
-ALGO = ALGO:format(M.GUARD, M.MIN_RATE)
+ALGO = ALGO:format(M.GUARD, M.MIN_RATE, M.MAX_WAIT)
 
 local FIELDS = { "tat", "rate", "target", "cut_at", "last_step" }
 
@@ -131,7 +147,7 @@ end
 ]]
 
 M.RESERVE_SCRIPT = ALGO .. LOAD .. [[
-local wait, start = reserve(st, tonumber(ARGV[1]), now)
+local wait, start = reserve(st, tonumber(ARGV[1]), now, tonumber(ARGV[2]))
 save()
 return { string.format('%.17g', wait), string.format('%.17g', start), string.format('%.17g', st.rate) }
 ]]
@@ -149,27 +165,36 @@ local function check_rate(rate, field)
   return true
 end
 
---- Reserve the next start for `key` at `rate` starts per second.
+--- Reserve the next start for `key` at `rate` starts per second, if it comes within
+-- `max_wait` seconds.
 -- @tparam table store a `wxpay.store` (usually a scope: `s:scope(mchid)`)
 -- @tparam string key the budget's key (e.g. `"qps:POST /v3/refund/domestic/refunds"`)
 -- @tparam number rate the configured qps
 -- @tparam[opt] number now the caller's clock (default `store:now()`; Redis uses `TIME`)
--- @treturn number|nil seconds to wait before starting (0: now), or nil, err (store down:
---   nothing reserved, fall back to a local limiter)
+-- @tparam[opt] number max_wait the longest wait the caller can afford (default and at most
+--   `MAX_WAIT`)
+-- @treturn number|nil seconds to wait before starting (0: now); more than `max_wait` when
+--   refused (nothing reserved: do not start). Or nil, err (store down: nothing reserved,
+--   fall back to a local limiter)
 -- @treturn number the reserved start, on the store's clock (pass it to `throttle`)
 -- @treturn number the shared rate now in force
-function M.reserve(store, key, rate, now)
+function M.reserve(store, key, rate, now, max_wait)
   local ok, err = check_rate(rate, "qps")
   if not ok then return nil, err end
+  if type(max_wait) ~= "number" or max_wait ~= max_wait or max_wait > M.MAX_WAIT then
+    max_wait = M.MAX_WAIT
+  end
+  max_wait = math.max(0, max_wait)
   if store:scripted() then
-    local r, e = store:eval(M.RESERVE_SCRIPT, { key }, { string.format("%.17g", rate) })
+    local r, e = store:eval(M.RESERVE_SCRIPT, { key },
+      { string.format("%.17g", rate), string.format("%.17g", max_wait) })
     if type(r) ~= "table" then return nil, e or unavailable("reserve: bad script answer") end
     return tonumber(r[1]), tonumber(r[2]), tonumber(r[3])
   end
   now = now or store:now()
   return store:update(key, function(old)
     local st = decode(old)
-    local wait, start = step_reserve(st, rate, now)
+    local wait, start = step_reserve(st, rate, now, max_wait)
     return encode(st), ttl_for(st, now), wait, start, st.rate
   end)
 end

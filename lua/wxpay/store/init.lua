@@ -202,7 +202,8 @@ end
 --- Replace the value under `key` by `fn(old)` atomically for everyone sharing the store.
 -- `fn(old)` returns `new, ttl, ...`; `update` returns `...`. Backends with a native atomic
 -- form use it (the memory store: plain Lua; Redis does not use this, it runs scripts);
--- others (shared dict, custom) hold `key .. ":lock"` (an `add` with a 50 ms TTL) meanwhile.
+-- others (shared dict, custom) hold `key .. ":lock"` (an `add` with a 50 ms TTL) meanwhile,
+-- and release it with `unlock` (only while it still holds their token).
 -- `fn` must not yield or fail: it runs inside the lock.
 -- @return `fn`'s extra results, or nil, err
 function Store:update(key, fn)
@@ -219,13 +220,15 @@ function Store:update(key, fn)
     local slept, se = self:sleep(0.001)
     if not slept then return nil, se end
   end
+  -- Released by token: an update slower than LOCK_TTL must not delete the next holder's lock.
+  local function release() M.unlock(self, key .. ":lock", mine) end
   local old, e = guarded(d.get, d, full)
-  if old == nil and e then guarded(d.delete, d, lock); return nil, e end
+  if old == nil and e then release(); return nil, e end
   local res = pack(pcall(fn, old))
-  if not res[1] then guarded(d.delete, d, lock); return nil, M.unavailable(res[2]) end
+  if not res[1] then release(); return nil, M.unavailable(res[2]) end
   local stored, se = true, nil
   if res[2] ~= nil then stored, se = guarded(d.set, d, full, res[2], res[3]) end
-  guarded(d.delete, d, lock)
+  release()
   if not stored then return nil, se end
   return unpack(res, 4, res.n)
 end

@@ -3,7 +3,7 @@
 --
 -- * Under OpenResty (`ngx` present): `resty.redis` (Debian's `lua-nginx-redis` installs it as
 --   `nginx.redis`; both names are tried) on cosockets. Each operation takes a connection
---   from nginx's pool (one pool per host, port and db), and gives it back with
+--   from nginx's pool (one pool per host, port, db and password), and gives it back with
 --   `set_keepalive(keepalive * 1000, pool_size)`; AUTH and SELECT run on new connections.
 -- * In plain Lua: `lua-redis` (module `redis`, on LuaSocket). Debian installs it for Lua
 --   5.1-5.3 only; on 5.4 the same file is loaded from Debian's 5.3 directory. One connection,
@@ -173,8 +173,7 @@ function Resty:call(name, ...)
   if not red then return nil, where(self) .. ": " .. tostring(err) end
   red:set_timeout(self.cfg.timeout * 1000)
   local cfg = self.cfg
-  local ok, cerr = red:connect(cfg.host, cfg.port, { pool = "wxpay:" .. cfg.host .. ":" .. cfg.port .. ":" .. cfg.db,
-                                                     pool_size = cfg.pool_size })
+  local ok, cerr = red:connect(cfg.host, cfg.port, { pool = self.pool, pool_size = cfg.pool_size })
   if not ok then return nil, where(self) .. ": cannot connect (" .. tostring(cerr) .. ")" end
   if (red:get_reused_times() or 0) == 0 then
     if cfg.password then
@@ -279,6 +278,18 @@ function Redis:eval(script, keys, args)
   return nil, where(self) .. ": script not loaded"
 end
 
+-- Connections are authenticated (AUTH) and SELECTed once, so a pool holds one host, port,
+-- db and password. The password goes in as a salted hash: a leaked pool name (nginx debug
+-- logs) gives nothing to guess it from offline. The salt is per process, as pools are.
+local POOL_SALT
+local function pool_name(cfg)
+  local name = "wxpay:" .. cfg.host .. ":" .. cfg.port .. ":" .. cfg.db
+  if not cfg.password then return name end
+  local core = require("wxpay.core")
+  POOL_SALT = POOL_SALT or core.nonce(32)
+  return name .. ":" .. core.sha256_hex(POOL_SALT .. "\0" .. cfg.password):sub(1, 32)
+end
+
 --- A Redis backend for the (checked) table form.
 -- @tparam table cfg `{ host, port, db, password, timeout, pool_size, keepalive }`
 -- @tparam[opt] table opts `driver`: `"resty"` or `"socket"` (default: resty when `ngx` exists)
@@ -290,7 +301,8 @@ function M.new(cfg, opts)
   if driver ~= "resty" and driver ~= "socket" then
     return config_error("driver", "store driver must be \"resty\" or \"socket\"")
   end
-  return setmetatable({ cfg = checked, shas = {} }, driver == "resty" and Resty or Socket)
+  return setmetatable({ cfg = checked, shas = {}, pool = pool_name(checked) },
+    driver == "resty" and Resty or Socket)
 end
 
 return M
