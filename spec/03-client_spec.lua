@@ -1173,6 +1173,15 @@ describe("hostile input (issue 10)", function()
         headers = { ["idempotency-key"] = "A" } }, "headers.idempotency-key")
     end)
 
+    it("refuses two case variants of one header name, naming the header and sending nothing", function()
+      local c, t = new_client()
+      local err = refused(c, t, { method = "POST", path = "/v3/x", body = {},
+        headers = { ["Idempotency-Key"] = "a", ["idempotency-key"] = "b" } }, "headers.Idempotency-Key")
+      assert.truthy(err.message:find("idempotency-key", 1, true), err.message)
+      refused(c, t, { method = "GET", path = "/v3/x", headers = { ["X-Trace"] = "1", ["x-trace"] = "1" } },
+        "headers.X-Trace")
+    end)
+
     it("checks a key given as a header like the option", function()
       local c, t = new_client()
       refused(c, t, { method = "POST", path = "/v3/x", body = {}, headers = { ["Idempotency-Key"] = "a b" } },
