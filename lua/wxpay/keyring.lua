@@ -18,9 +18,7 @@ local CERTIFICATES_TARGET = "/v3/certificates?algorithm_type=RSA"
 -- (Java renders serials without them, Go with them).
 -- @tparam string s
 -- @treturn string
-function M.serial_key(s)
-  return (s:upper():gsub("^0+(.)", "%1"))
-end
+M.serial_key = verify.serial_key
 
 -- The newest usable platform certificate: latest not_before, ties by latest not_after.
 local function newest_certificate(st, now)
@@ -60,7 +58,7 @@ end
 function M.prune_expired(st)
   local now, keep = st.now(), {}
   for _, c in ipairs(st.certificates) do
-    if c.not_after >= now then keep[#keep + 1] = c else st.expired[c.serial] = true end
+    if c.not_after >= now then keep[#keep + 1] = c else st.expired[M.serial_key(c.serial)] = true end
   end
   if #keep ~= #st.certificates then st.certificates = keep end
 end
