@@ -543,4 +543,30 @@ describe("http session", function()
     assert.same({ requests = 0, connects = 0, pending = 0 }, m:stats())
     m:close()
   end)
+
+  -- poll(2) fails with EINVAL once more descriptors are watched than RLIMIT_NOFILE allows:
+  -- a child lowers its own limit to 0 with a transfer waiting on its proxy's answer (a
+  -- 127.0.0.1 listener that never accepts), so nothing needs a new descriptor afterwards.
+  it("perform returns nil, err when poll fails (not spinning until the timeout)", function()
+    local child = table.concat({
+      "package.cpath = " .. ("%q"):format(package.cpath),
+      "local core, socket = require('wxpay.core'), require('socket')",
+      "local srv = assert(socket.bind('127.0.0.1', 0))",
+      "local _, port = srv:getsockname()",
+      "local m = core.http_multi{ proxy = 'http://127.0.0.1:' .. port }",
+      "m:add{ method = 'GET', url = 'https://wxpay.invalid/', timeout = 30, connect_timeout = 30 }",
+      "assert(#m:perform(0.05) == 0)",
+      "local f = assert(io.open('/proc/self/stat'))",
+      "local pid = f:read('*a'):match('^(%d+)')",
+      "f:close()",
+      "assert(os.execute('prlimit --pid ' .. pid .. ' --nofile=0:'))",
+      "local done, err = m:perform(2)",
+      "if done then print('done', #done) else print(err.kind, err.connected, err.message) end",
+      "srv:close()",
+    }, "\n")
+    local lua = jit and "luajit" or "lua5.4"
+    local out, ok = h.sh("timeout 60 " .. lua .. " -e " .. h.q(child))
+    assert.is_true(ok, out)
+    assert.matches("^network\ttrue\twxpay%.core%.http_multi: poll failed", out)
+  end)
 end)
