@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -289,18 +290,31 @@ static CURLMcode drive(wx_multi *m) {
 /* A libcurl failure is a runtime failure, as in session:request: nil and an error table.
  * Whether a request in flight reached the server is unknown, so connected is true. The
  * transfers stay pending: the caller cancels them (cancel_all) or performs again. */
-static int push_multi_error(lua_State *L, CURLMcode mc) {
+static int push_error(lua_State *L, lua_Integer code, const char *reason) {
   lua_pushnil(L);
   lua_createtable(L, 0, 4);
   lua_pushliteral(L, "network");
   lua_setfield(L, -2, "kind");
-  lua_pushinteger(L, (lua_Integer)mc);
+  lua_pushinteger(L, code);
   lua_setfield(L, -2, "code");
-  lua_pushfstring(L, "wxpay.core.http_multi: %s", curl_multi_strerror(mc));
+  lua_pushfstring(L, "wxpay.core.http_multi: %s", reason);
   lua_setfield(L, -2, "message");
   lua_pushboolean(L, 1);
   lua_setfield(L, -2, "connected");
   return 2;
+}
+
+static int push_multi_error(lua_State *L, CURLMcode mc) {
+  return push_error(L, (lua_Integer)mc, curl_multi_strerror(mc));
+}
+
+/* poll(2) failing for another reason than a signal (EINVAL past RLIMIT_NOFILE, ENOMEM)
+ * fails again at once: looping on it would spin until the deadline. code is
+ * CURLM_INTERNAL_ERROR (not libcurl's fault, but outside the caller's control too). */
+static int push_poll_error(lua_State *L, int err) {
+  char reason[128];
+  snprintf(reason, sizeof reason, "poll failed (%s)", strerror(err));
+  return push_error(L, (lua_Integer)CURLM_INTERNAL_ERROR, reason);
 }
 
 /*** multi:perform(timeout_seconds?) -> { { id =, resp =, err = }, … } | nil, err */
@@ -338,6 +352,7 @@ static int l_multi_perform(lua_State *L) {
       size_t k;
       for (k = 0; k < m->nfds; k++) m->fds[k].revents = 0;
       if (errno == EINTR) break; /* a signal: back to Lua at once (core.trap_signal's hook) */
+      return push_poll_error(L, errno);
     }
   }
   lua_newtable(L);

@@ -543,4 +543,70 @@ describe("http session", function()
     assert.same({ requests = 0, connects = 0, pending = 0 }, m:stats())
     m:close()
   end)
+
+  -- poll(2) fails with EINVAL once more descriptors are watched than RLIMIT_NOFILE allows:
+  -- a child lowers its own limit to 0 with a transfer waiting on its proxy's answer (a
+  -- 127.0.0.1 listener that never accepts), so nothing needs a new descriptor afterwards.
+  it("perform returns nil, err when poll fails (not spinning until the timeout)", function()
+    local child = table.concat({
+      "package.cpath = " .. ("%q"):format(package.cpath),
+      "local core, socket = require('wxpay.core'), require('socket')",
+      "local srv = assert(socket.bind('127.0.0.1', 0))",
+      "local _, port = srv:getsockname()",
+      "local m = core.http_multi{ proxy = 'http://127.0.0.1:' .. port }",
+      "m:add{ method = 'GET', url = 'https://wxpay.invalid/', timeout = 30, connect_timeout = 30 }",
+      "assert(#m:perform(0.05) == 0)",
+      "local f = assert(io.open('/proc/self/stat'))",
+      "local pid = f:read('*a'):match('^(%d+)')",
+      "f:close()",
+      "assert(os.execute('prlimit --pid ' .. pid .. ' --nofile=0:'))",
+      "local done, err = m:perform(2)",
+      "if done then print('done', #done) else print(err.kind, err.connected, err.message) end",
+      "srv:close()",
+    }, "\n")
+    local lua = jit and "luajit" or "lua5.4"
+    -- (its exit status is not checked: under ASan the leak check at exit cannot open files)
+    local out = h.sh("timeout 60 " .. lua .. " -e " .. h.q(child))
+    assert.matches("^network\ttrue\twxpay%.core%.http_multi: poll failed", out)
+  end)
 end)
+
+-- core.trap_signal in a child process (it changes the process's SIGTERM handling).
+describe("core.trap_signal", function()
+  local lua = jit and "luajit" or "lua5.4"
+  local function run_child(lines)
+    table.insert(lines, 1, "package.cpath = " .. ("%q"):format(package.cpath))
+    table.insert(lines, 2, "local core = require('wxpay.core')")
+    table.insert(lines, 3, "local f = assert(io.open('/proc/self/stat'))")
+    table.insert(lines, 4, "local pid = f:read('*a'):match('^(%d+)')")
+    table.insert(lines, 5, "f:close()")
+    local out = h.sh("timeout 60 " .. lua .. " -e " .. h.q(table.concat(lines, "\n")) .. "; echo status=$?")
+    return out
+  end
+
+  it("keeps signal_pending() true when a pcall swallowed the \"terminated!\" error", function()
+    local out = run_child({
+      "print('before', core.signal_pending())",
+      "core.trap_signal('TERM')",
+      "local ok, e = pcall(function() os.execute('kill -TERM ' .. pid); return 1 end)",
+      "print('after', ok, e, core.signal_pending())",
+    })
+    assert.matches("^before\tfalse\nafter\tfalse\t[^\n]*terminated!\ttrue\nstatus=0\n", out)
+  end)
+
+  it("forgets the state when it closes: a SIGTERM then takes the default action", function()
+    -- `guard` is made before the trap, so its finalizer runs after the trap's sentinel's
+    -- when os.exit closes the state; the SIGTERM it sends must then kill the process.
+    local out = run_child({
+      "local function late() os.execute('kill -TERM ' .. pid); print('survived') end",
+      "local guard",
+      "if newproxy then guard = newproxy(true); getmetatable(guard).__gc = late",
+      "else guard = setmetatable({}, { __gc = late }) end",
+      "core.trap_signal('TERM')",
+      "_G.GUARD = guard",
+      "os.exit(0, true)",
+    })
+    assert.equal("status=143\n", out)
+  end)
+end)
+

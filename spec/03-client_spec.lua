@@ -620,6 +620,34 @@ describe("platform certificate download", function()
     end)
   end
 
+  it("redacts a rejected download's echo of the request signature from the error and the log", function()
+    local logged, sigs = {}, {}
+    local c = new_client(function(req, _, rec)
+      local sig = req.headers.Authorization:match('signature="([^"]+)"')
+      sigs[#sigs + 1] = sig
+      if rec.target:find("^/v3/certificates") then return certificates_response({ new }, sig) end
+      return F.response(200, "{}", { serial = k.platform_new_serial })
+    end, { wechatpay_public_key = F.NIL, wechatpay_public_key_id = F.NIL, platform_certificates = F.NIL,
+           logger = function(_, message, fields) logged[#logged + 1] = { message, fields } end })
+    local ok, err = c.certificates.refresh()
+    assert.is_nil(ok)
+    assert.equal("signature", err.kind)
+    assert.equal("serial", err.check)
+    local seen, strings = {}, {}
+    local function add(v)
+      strings[#strings + 1] = tostring(v)
+      if type(v) == "table" and not seen[v] then
+        seen[v] = true
+        for key, x in pairs(v) do add(key); add(x) end
+      end
+    end
+    add({ err.message, tostring(err), err, logged })
+    local text = table.concat(strings, "\0")
+    assert.equal(1, #sigs)
+    assert.is_nil(text:find(sigs[1]:sub(1, 40), 1, true), text)
+    assert.truthy(text:find("unknown Wechatpay-Serial [REDACTED]", 1, true), text)
+  end)
+
   it("refreshes once on an unknown serial (rotation), at most once a minute", function()
     local mono = 0
     local served = { old }
@@ -1130,6 +1158,13 @@ describe("hostile input (issue 10)", function()
       { "an HTML 400 with the base64 signature alone", function(a)
         return { status = 400, headers = {}, body = "<p>sig " .. a:match('signature="([^"]+)"') .. "</p>" }
       end },
+      { "a cut-short JSON-escaped echo (signature=\\\"Ab...)", function(a)
+        return { status = 500, headers = {}, body = '<pre>{\\"h\\": \\"x,signature=\\"'
+          .. a:match('signature="([^"]+)"'):sub(1, 60) .. "</pre>" }
+      end },
+      { "a cut-short unquoted echo (signature=Ab...)", function(a)
+        return { status = 400, headers = {}, body = "<p>signature=" .. a:match('signature="([^"]+)"'):sub(1, 60) }
+      end },
     }
     for _, case in ipairs(echoes) do
       it("keeps it out of err.message, tostring(err), detail and every logged field: " .. case[1], function()
@@ -1148,6 +1183,25 @@ describe("hostile input (issue 10)", function()
         assert_no_auth(strings_of({ err.message, tostring(err), err, logged }), auths)
       end)
     end
+
+    it("redacts a URL-encoded echo of the signature", function()
+      local function url_encoded(v)
+        return (v:gsub("[+/=]", function(ch) return string.format("%%%02X", ch:byte()) end))
+      end
+      local sigs, logged = {}, {}
+      local c = new_client(function(req)
+        local sig = req.headers.Authorization:match('signature="([^"]+)"')
+        sigs[#sigs + 1] = sig
+        return { status = 400, headers = {}, body = "<a href='/retry?sig=" .. url_encoded(sig) .. "'>retry</a>" }
+      end, { max_retries = 0, logger = function(_, message, fields) logged[#logged + 1] = { message, fields } end })
+      local _, err = c.request{ method = "GET", path = "/v3/x" }
+      assert.equal("api", err.kind)
+      local text = table.concat(strings_of({ err.message, tostring(err), err, logged }), "\0")
+      assert.equal(1, #sigs)
+      assert.is_nil(text:find(url_encoded(sigs[1]), 1, true), text)
+      assert.is_nil(text:find(url_encoded(sigs[1]):lower(), 1, true), text)
+      assert.truthy(text:find("retry?sig=[REDACTED]", 1, true), text)
+    end)
 
     it("redacts a transport error echoing it from every logged field", function()
       local logged = {}
@@ -1171,6 +1225,15 @@ describe("hostile input (issue 10)", function()
         headers = { ["Idempotency-Key"] = "A" } }, "headers.Idempotency-Key")
       refused(c, t, { method = "POST", path = "/v3/x", body = {}, idempotency_key = "B",
         headers = { ["idempotency-key"] = "A" } }, "headers.idempotency-key")
+    end)
+
+    it("refuses two case variants of one header name, naming the header and sending nothing", function()
+      local c, t = new_client()
+      local err = refused(c, t, { method = "POST", path = "/v3/x", body = {},
+        headers = { ["Idempotency-Key"] = "a", ["idempotency-key"] = "b" } }, "headers.Idempotency-Key")
+      assert.truthy(err.message:find("idempotency-key", 1, true), err.message)
+      refused(c, t, { method = "GET", path = "/v3/x", headers = { ["X-Trace"] = "1", ["x-trace"] = "1" } },
+        "headers.X-Trace")
     end)
 
     it("checks a key given as a header like the option", function()

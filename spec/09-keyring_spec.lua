@@ -239,6 +239,23 @@ describe("key ring policy (fake transport)", function()
     assert.equal(k.platform_new_serial, t.calls[#t.calls].headers["Wechatpay-Serial"])
   end)
 
+  it("matches serials whatever their leading zeros, in the list and in the headers", function()
+    local t = F.transport(function(_, _, rec)
+      if rec.target:find("^/v3/certificates") then
+        -- the list names the serial with a leading zero byte, the answer's header without
+        return certificates_response({ old, new }, k.platform_new_serial,
+          function(e) e.serial_no = "00" .. e.serial_no:lower() end)
+      end
+      return F.response(200, '{"ok":true}', { serial = "000" .. k.platform_new_serial, signer = k.platform_new_serial })
+    end)
+    local c = assert(wxpay.new(F.config(t, { wechatpay_public_key = F.NIL, wechatpay_public_key_id = F.NIL,
+      platform_certificates = F.NIL })))
+    local data, err, meta = c.request{ method = "GET", path = "/v3/x" }
+    assert.is_nil(err)
+    assert.is_true(data.ok)
+    assert.truthy(meta.verified_by)
+  end)
+
   it("shares one download between coroutines that need it at the same time", function()
     local downloads = 0
     local t = F.transport(function(_, _, rec)

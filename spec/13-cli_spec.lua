@@ -563,6 +563,42 @@ describe("wxpay campaign run (interrupts, --dry-run, duplicates)", function()
     end)
   end
 
+  -- A SIGTERM whose "terminated!" a pcall inside the library swallowed: before bin/wxpay
+  -- runs, a -e chunk traps SIGTERM and sends it to itself inside a pcall, so the run
+  -- starts with the signal already taken. It must still stop as terminated.
+  it("stops as terminated (143) on a SIGTERM whose error a pcall swallowed", function()
+    local pre = table.concat({
+      "package.cpath = 'build/?.so;' .. package.cpath",
+      "local core = require('wxpay.core')",
+      "core.trap_signal('TERM')",
+      "local f = assert(io.open('/proc/self/stat'))",
+      "local pid = f:read('*a'):match('^(%d+)')",
+      "f:close()",
+      "print(pcall(os.execute, 'kill -TERM ' .. pid))",
+    }, " ")
+    local function swallowed(args)
+      local out, err = dir .. "/sw.out", dir .. "/sw.err"
+      local p = assert(io.popen(string.format(sandbox.CLEAN_ENV .. "lua5.4 -e %s bin/wxpay %s >%s 2>%s; echo $?",
+        h.q(pre), args, h.q(out), h.q(err))))
+      local rc = tonumber(p:read("*a"):match("(%d+)%s*$"))
+      p:close()
+      return h.read(out), h.read(err), rc
+    end
+    local p, db = dir .. "/swallowed.csv", dir .. "/swallowed.db"
+    plan(p, 5, "wxswl")
+    local out, err, rc = swallowed("--config " .. config_file .. " campaign run " .. p
+      .. " --stock 9104 --business-type FAVOR_STOCK --journal " .. db .. " --no-progress")
+    assert.truthy(out:find("^false\t[^\n]*terminated!"), out) -- the trap fired and was swallowed
+    assert.equal(143, rc, out .. err)
+    assert.truthy(err:find("terminated: 0/5 done, run again to resume", 1, true), err)
+    assert.equal(0, #builds_for("9104"))
+    -- any other command too
+    out, err, rc = swallowed("--config " .. config_file .. " partnerships build --business-type FAVOR_STOCK"
+      .. " --stock 9104 --appid wxswl000000000009")
+    assert.equal(143, rc, out .. err)
+    assert.truthy(err:find("wxpay: terminated\n", 1, true), err)
+  end)
+
   it("--dry-run validates the plan, says what it would send and how long, and sends nothing", function()
     local p = dir .. "/dry.csv"
     plan(p, 30, "wxdry")

@@ -18,9 +18,7 @@ local CERTIFICATES_TARGET = "/v3/certificates?algorithm_type=RSA"
 -- (Java renders serials without them, Go with them).
 -- @tparam string s
 -- @treturn string
-function M.serial_key(s)
-  return (s:upper():gsub("^0+(.)", "%1"))
-end
+M.serial_key = verify.serial_key
 
 -- The newest usable platform certificate: latest not_before, ties by latest not_after.
 local function newest_certificate(st, now)
@@ -60,7 +58,7 @@ end
 function M.prune_expired(st)
   local now, keep = st.now(), {}
   for _, c in ipairs(st.certificates) do
-    if c.not_after >= now then keep[#keep + 1] = c else st.expired[c.serial] = true end
+    if c.not_after >= now then keep[#keep + 1] = c else st.expired[M.serial_key(c.serial)] = true end
   end
   if #keep ~= #st.certificates then st.certificates = keep end
 end
@@ -105,13 +103,19 @@ function M.verify(st, msg)
   return key_id, verr
 end
 
--- A rejected download: the error, logged.
-local function rejected(st, resp, kind, msg, extra)
+-- A rejected download: the error, redacted (an entry's serial_no or the answer's
+-- Wechatpay-Serial may echo the request's signature) and logged. `sent` lists the
+-- Authorization values of the download (nil for a stored answer).
+local function rejected_error(st, e, sent)
+  redact.error(st, e, sent)
+  redact.log(st, "warn", "wxpay certificate download rejected", { error = tostring(e) }, sent)
+  return nil, e
+end
+
+local function rejected(st, resp, sent, kind, msg, extra)
   local fields = { status = resp.status, request_id = resp.headers["request-id"] }
   for k, v in pairs(extra or {}) do fields[k] = v end
-  local e = errors.new(kind, "/v3/certificates: " .. msg, fields)
-  redact.log(st, "warn", "wxpay certificate download rejected", { error = tostring(e) })
-  return nil, e
+  return rejected_error(st, errors.new(kind, "/v3/certificates: " .. msg, fields), sent)
 end
 
 -- Decrypt and check one entry of the answer. Returns the ring entry (nil for a certificate
@@ -156,17 +160,20 @@ end
 -- for a fresh download and for one read from a shared store (`stored`): there the
 -- signature may be as old as one refresh interval (plus the clock skew), never older, so a
 -- replayed old answer is refused; the APIv3 key's GCM tag still proves each certificate
--- came from WeChat Pay for this merchant, and expired ones are dropped. Returns true or
+-- came from WeChat Pay for this merchant, and expired ones are dropped. `sent` lists the
+-- Authorization values of a fresh download, redacted from errors and logs. Returns true or
 -- nil, err; the current set is kept on failure.
-function M.accept(st, resp, stored)
+function M.accept(st, resp, stored, sent)
   local obj = json.decode(resp.body)
-  if type(obj) ~= "table" or type(obj.data) ~= "table" then return rejected(st, resp, "decode", "no data array") end
+  if type(obj) ~= "table" or type(obj.data) ~= "table" then
+    return rejected(st, resp, sent, "decode", "no data array")
+  end
   local now = st.now()
   local fresh, ring = {}, {}
   for _, c in ipairs(st.certificates) do ring[#ring + 1] = c end
   for i, entry in ipairs(obj.data) do
     local c, kind, msg, extra = decrypt_entry(st, i, entry, now)
-    if c == false then return rejected(st, resp, kind, msg, extra) end
+    if c == false then return rejected(st, resp, sent, kind, msg, extra) end
     if c then
       fresh[#fresh + 1] = c
       ring[#ring + 1] = c
@@ -178,16 +185,13 @@ function M.accept(st, resp, stored)
     local ts = tonumber(resp.headers["wechatpay-timestamp"] or "")
     local age = ts and now - ts
     if not age or age > st.certificate_refresh_interval + st.clock_skew or age < -st.clock_skew then
-      return rejected(st, resp, "signature", "the stored answer was signed more than one refresh interval ago",
+      return rejected(st, resp, sent, "signature", "the stored answer was signed more than one refresh interval ago",
         { check = "timestamp" })
     end
     view = setmetatable({ now = function() return ts end }, { __index = st })
   end
   local verified, verr = verify.response(view, resp, ring)
-  if not verified then
-    redact.log(st, "warn", "wxpay certificate download rejected", { error = tostring(verr) })
-    return nil, verr
-  end
+  if not verified then return rejected_error(st, verr, sent) end
   swap_in(st, fresh)
   st.has_downloaded = #fresh > 0
   st.next_refresh = st.monotonic() + st.certificate_refresh_interval
@@ -202,9 +206,9 @@ local function download_certificates(st)
   st.next_refresh = now_mono + 60 -- a failure is retried at most once a minute
   st.download_attempted = true
   -- Required here, not at load time: the pipeline needs this module to verify answers.
-  local resp, err = require("wxpay.pipeline").perform(st, { method = "GET",
-    target = CERTIFICATES_TARGET, raw = true,
-    headers = { Accept = "application/json", ["User-Agent"] = st.user_agent } })
+  local r = { method = "GET", target = CERTIFICATES_TARGET, raw = true,
+    headers = { Accept = "application/json", ["User-Agent"] = st.user_agent } }
+  local resp, err = require("wxpay.pipeline").perform(st, r)
   if not resp then
     if err.kind == "api" and err.status == 404 and st.public_key then
       -- public-key-only merchants have no platform certificates
@@ -215,7 +219,7 @@ local function download_certificates(st)
     redact.log(st, "warn", "wxpay certificate download failed", { error = tostring(err) })
     return nil, err
   end
-  local ok, aerr = M.accept(st, resp)
+  local ok, aerr = M.accept(st, resp, nil, r.sent)
   if not ok then return nil, aerr end
   return true, resp
 end

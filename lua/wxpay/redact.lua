@@ -23,6 +23,11 @@ local function replace_plain(s, needle, repl)
   return table.concat(out)
 end
 
+-- `v` with the characters base64 has and URLs reserve (+ / =) percent-encoded.
+local function url_encoded(v, format)
+  return (v:gsub("[+/=]", function(ch) return string.format(format, ch:byte()) end))
+end
+
 -- Defence in depth for strings from outside code (transports, servers): remove anything
 -- that looks like a secret of this client before it reaches an error or a log line.
 -- `sent` lists the Authorization values of the request at hand: a server or proxy may
@@ -41,12 +46,20 @@ local function redact(st, s, sent)
     s = replace_plain(s, auth:match("^%S+ (.*)$"), "[REDACTED]")
     s = replace_plain(s, signature, "[REDACTED]")
     s = replace_plain(s, signature and signature:gsub("/", "\\/"), "[REDACTED]") -- JSON-escaped
+    if signature then -- URL-encoded (a query string, a redirect), either case of hex digit
+      s = replace_plain(s, url_encoded(signature, "%%%02X"), "[REDACTED]")
+      s = replace_plain(s, url_encoded(signature, "%%%02x"), "[REDACTED]")
+    end
   end
   s = s:gsub("%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-.-%-%-%-%-%-END [%u ]*PRIVATE KEY%-%-%-%-%-",
     "[REDACTED KEY]")
   s = s:gsub("%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-.*$", "[REDACTED KEY]") -- truncated PEM
   s = s:gsub("WECHATPAY2%-SHA256%-RSA2048 [^\r\n]*", "WECHATPAY2-SHA256-RSA2048 [REDACTED]")
+  -- An echo cut short (or of another request) has no exact match above: whatever base64
+  -- follows `signature=`, quoted, JSON-escaped or bare, goes.
+  s = s:gsub('signature=\\"[%w+/=%%]*', 'signature=\\"[REDACTED]')
   s = s:gsub('signature="[^"]*"?', 'signature="[REDACTED]"')
+  s = s:gsub("signature=[%w+/%%][%w+/=%%]*", "signature=[REDACTED]")
   return s
 end
 
@@ -63,9 +76,12 @@ local function redact_value(st, v, sent, depth)
   return out
 end
 
---- Redact an error's texts in place: its message and any string a server put in it.
+--- Redact an error's texts in place: its message and any string a server put in it
+-- (its detail, and fields such as the `serial` an answer named).
 local function redact_error(st, e, sent)
-  e.message = redact(st, e.message, sent)
+  for k, v in pairs(e) do
+    if type(v) == "string" then e[k] = redact(st, v, sent) end
+  end
   if e.detail ~= nil then e.detail = redact_value(st, e.detail, sent) end
   return e
 end

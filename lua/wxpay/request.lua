@@ -282,9 +282,28 @@ local function encode_body(spec, method)
   return body or false
 end
 
+-- Header names are case-insensitive: two spellings of one name in a table would leave
+-- the header sent to `pairs` order. Returns nil, or an error naming one of the two.
+local function case_variant(spec_headers)
+  local seen = {}
+  for name in pairs(spec_headers) do
+    if type(name) == "string" then
+      local other = seen[name:lower()]
+      if other then
+        local first, second = other, name
+        if second < first then first, second = second, first end
+        return errors.invalid_argument("headers." .. first, "is given twice, also as " .. second)
+      end
+      seen[name:lower()] = name
+    end
+  end
+end
+
 -- Add the caller's `headers` to `headers`, replacing a default of the same name whatever
 -- its case. Returns the Idempotency-Key in force, or nil and an error.
 local function add_caller_headers(spec, headers, idempotency_key)
+  local dup = case_variant(spec.headers)
+  if dup then return nil, dup end
   for name, value in pairs(spec.headers) do
     local field = "headers." .. tostring(name)
     if type(name) ~= "string" or not name:match("^[%w!#$%%&'*+.^_`|~%-]+$") then

@@ -19,18 +19,26 @@ local function lower_headers(h)
   return out
 end
 
+--- A serial in the form used to compare two: upper case without leading zero nibbles
+-- (Java renders serials without them, Go with them).
+-- @tparam string s
+-- @treturn string
+local function serial_key(s)
+  return (s:upper():gsub("^0+(.)", "%1"))
+end
+
 -- The key for serial `want` (upper case): the public key by id, else a platform
 -- certificate by serial. Nil and a reason for an expired one; nil alone when unknown.
 local function find_key(st, want, certificates)
   if st.public_key and st.public_key.id:upper() == want then return st.public_key.key end
-  local now = st.now()
+  local now, wanted = st.now(), serial_key(want)
   for _, c in ipairs(certificates or st.certificates) do
-    if c.serial == want then
+    if serial_key(c.serial) == wanted then
       if c.not_after < now then return nil, "platform certificate " .. want .. " has expired" end
       return c.key
     end
   end
-  if st.expired[want] then return nil, "platform certificate " .. want .. " has expired" end
+  if st.expired[wanted] then return nil, "platform certificate " .. want .. " has expired" end
 end
 
 --- Verify a response (docs/protocol.md#response-verification).
@@ -85,6 +93,6 @@ local function verify_response(st, resp, certificates)
   end
   return want
 end
-M.lower_headers, M.response = lower_headers, verify_response
+M.lower_headers, M.response, M.serial_key = lower_headers, verify_response, serial_key
 
 return M

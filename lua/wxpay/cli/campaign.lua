@@ -101,11 +101,12 @@ local function partner_of(p)
          or { type = "MERCHANT", merchant_id = p.partner_id }
 end
 
--- One task per partner. Once `r.stop` is set (Ctrl-C, a journal failure) tasks not yet
--- started send nothing: they end as "skipped" and their partners stay pending.
+-- One task per partner. Once `r.stop` is set (Ctrl-C, a journal failure) or a SIGTERM
+-- arrived, tasks not yet started send nothing: they end as "skipped" and their partners
+-- stay pending.
 local function partner_task(r, p)
   return function()
-    if r.stop then r.ended_ok = r.ended_ok + 1; return "skipped" end
+    if r.stop or core.signal_pending() then r.ended_ok = r.ended_ok + 1; return "skipped" end
     if p.state == "failed" then r.errors = r.errors - 1 end
     r.journal:sending(r.campaign, p, core.time())
     local rel, err, meta = r.client.partnerships.build({ partner = partner_of(p),
@@ -119,11 +120,12 @@ local function partner_task(r, p)
 end
 
 -- "interrupted" (Ctrl-C: the interpreter's "interrupted!") or "terminated" (SIGTERM:
--- core.trap_signal's "terminated!"), else nil.
+-- core.trap_signal's "terminated!", or its flag: a pcall inside the library may have
+-- swallowed the error), else nil.
 local function interruption(e)
   local s = tostring(e)
   if s:find("interrupted!", 1, true) then return "interrupted" end
-  if s:find("terminated!", 1, true) then return "terminated" end
+  if s:find("terminated!", 1, true) or core.signal_pending() then return "terminated" end
 end
 M.interruption = interruption
 
@@ -137,7 +139,7 @@ local function run_tasks(r, o, todo)
   for i, p in ipairs(todo) do tasks[i] = partner_task(r, p) end
   local ok, results = pcall(r.client.concurrent, tasks, { concurrency = o.concurrency, qps = o.qps,
     on_progress = function(ended)
-      if ended > r.ended_ok then r.stop = true end
+      if ended > r.ended_ok or core.signal_pending() then r.stop = true end
       r.progress.update(r.done, r.errors)
     end })
   if not ok then
@@ -156,6 +158,7 @@ local function run_tasks(r, o, todo)
       end
     end
   end
+  if not interrupted and core.signal_pending() then interrupted = "terminated" end
   return interrupted
 end
 

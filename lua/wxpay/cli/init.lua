@@ -317,10 +317,12 @@ function M.main(argv, io_)
   io_ = io_ or {}
   local out, err = io_.out or io.stdout, io_.err or io.stderr
   local ok, status = pcall(dispatch, argv, out, err, io_.env or os.getenv)
-  if ok then return status end
+  -- A SIGTERM whose "terminated!" a pcall inside the library swallowed still ends the
+  -- command as terminated (core.signal_pending).
+  if ok and (status == 143 or not require("wxpay.core").signal_pending()) then return status end
   -- The interpreter turns Ctrl-C into an "interrupted!" error wherever Lua code runs, and
   -- bin/wxpay has SIGTERM raise "terminated!" the same way (core.trap_signal).
-  local stop = require("wxpay.cli.campaign").interruption(status)
+  local stop = require("wxpay.cli.campaign").interruption(ok and "terminated!" or status)
   if stop then
     err:write("wxpay: ", stop, "\n")
     return stop == "interrupted" and 130 or 143
