@@ -2,6 +2,9 @@
 -- `require("wxpay.cli").main(arg)` is what `bin/wxpay` runs; it returns the exit status.
 -- @module wxpay.cli
 
+-- Loaded with the command, not on the way out: `main` asks it whether a SIGTERM arrived.
+local core = require("wxpay.core")
+
 local M = {}
 
 -- Each command's help; `wxpay COMMAND --help` prints its own, `wxpay --help` them all.
@@ -319,7 +322,7 @@ function M.main(argv, io_)
   local ok, status = pcall(dispatch, argv, out, err, io_.env or os.getenv)
   -- A SIGTERM whose "terminated!" a pcall inside the library swallowed still ends the
   -- command as terminated (core.signal_pending).
-  if ok and (status == 143 or not require("wxpay.core").signal_pending()) then return status end
+  if ok and (status == 143 or not core.signal_pending()) then return status end
   -- The interpreter turns Ctrl-C into an "interrupted!" error wherever Lua code runs, and
   -- bin/wxpay has SIGTERM raise "terminated!" the same way (core.trap_signal).
   local stop = require("wxpay.cli.campaign").interruption(ok and "terminated!" or status)
