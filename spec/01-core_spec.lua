@@ -564,7 +564,7 @@ describe("http session", function()
       "if done then print('done', #done) else print(err.kind, err.connected, err.message) end",
       "srv:close()",
     }, "\n")
-    local lua = jit and "luajit" or "lua5.4"
+    local lua = jit and "luajit" or ("lua" .. _VERSION:match("%d+%.%d+"))
     -- (its exit status is not checked: under ASan the leak check at exit cannot open files)
     local out = h.sh("timeout 60 " .. lua .. " -e " .. h.q(child))
     assert.matches("^network\ttrue\twxpay%.core%.http_multi: poll failed", out)
@@ -573,7 +573,7 @@ end)
 
 -- core.trap_signal in a child process (it changes the process's SIGTERM handling).
 describe("core.trap_signal", function()
-  local lua = jit and "luajit" or "lua5.4"
+  local lua = jit and "luajit" or ("lua" .. _VERSION:match("%d+%.%d+")) -- the interpreter of this run
   local function run_child(lines)
     table.insert(lines, 1, "package.cpath = " .. ("%q"):format(package.cpath))
     table.insert(lines, 2, "local core = require('wxpay.core')")
@@ -595,6 +595,10 @@ describe("core.trap_signal", function()
   end)
 
   it("forgets the state when it closes: a SIGTERM then takes the default action", function()
+    if _VERSION == "Lua 5.1" and not jit then
+      pending("Lua 5.1's os.exit cannot close the state")
+      return
+    end
     -- `guard` is made before the trap, so its finalizer runs after the trap's sentinel's
     -- when os.exit closes the state; the SIGTERM it sends must then kill the process.
     local out = run_child({
