@@ -18,15 +18,9 @@ teardown(function()
   h.cleanup()
 end)
 
--- Run bin/wxpay on lua5.4 (build/ holds the Lua 5.4 module); returns stdout, stderr, exit status.
+-- Run bin/wxpay; returns stdout, stderr, exit status.
 local function wxpay(args, env)
-  local out, err = dir .. "/out", dir .. "/err"
-  local cmd = string.format(sandbox.CLEAN_ENV .. "%s lua5.4 bin/wxpay %s >%s 2>%s; echo $?", env or "", args, h.q(out),
-    h.q(err))
-  local p = assert(io.popen(cmd))
-  local rc = tonumber(p:read("*a"):match("(%d+)%s*$"))
-  p:close()
-  return h.read(out), h.read(err), rc
+  return require("spec.support.cli").run(dir, args, env)
 end
 
 local function with_config(changes)

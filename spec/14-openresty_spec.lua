@@ -7,8 +7,9 @@ local cjson = require("cjson").new()
 local sandbox = require("spec.support.sandbox")
 
 local ROOT = io.popen("pwd"):read("*l")
-local NGINX = "/usr/sbin/nginx"
-local LUA_MODULE = "/usr/share/nginx/modules/ngx_http_lua_module.so"
+-- nginx itself: started with its own prefix, on ports retried when taken (spec/support/nginx.lua).
+local nginx_support = require("spec.support.nginx")
+local NGINX, LUA_MODULE = nginx_support.NGINX, nginx_support.LUA_MODULE
 -- Children must not inherit a sanitizer runtime preloaded into the spec runner.
 local CLEAN_ENV = sandbox.CLEAN_ENV
 
@@ -30,85 +31,8 @@ local function sh(cmd)
   return out
 end
 
-local function alive(pid)
-  local stat = read("/proc/" .. pid .. "/stat")
-  return stat ~= nil and not stat:match("^%d+ %b() Z")
-end
 
--- An nginx with its own prefix. `conf` is the configuration text with {{listen}} (and
--- optionally {{listen2}}) left in. nginx cannot listen on port 0, so ports are picked
--- below Linux's ephemeral range (where outgoing connections take theirs) and, when another
--- process holds one, nginx is started again on new ones, with a fresh error log: the
--- failed bind must not stay in the log the specs check. `pick` (for the spec of this)
--- returns the next two ports to try.
-local Nginx = {}
-Nginx.__index = Nginx
-
-local function random_ports()
-  local port = math.random(20000, 32000)
-  return port, port + math.random(1, 700)
-end
-
-local function start_nginx(conf, env, pick)
-  local prefix = os.tmpname()
-  os.remove(prefix)
-  sh("mkdir -p " .. q(prefix .. "/logs") .. " " .. q(prefix .. "/tmp") .. " " .. q(prefix .. "/conf"))
-  local seed = tonumber(tostring({}):match("0x(%x+)"), 16) or os.time()
-  math.randomseed(os.time() + seed % 100000)
-  for _ = 1, 20 do
-    local port, port2 = (pick or random_ports)()
-    local text = conf:gsub("{{listen}}", "127.0.0.1:" .. port):gsub("{{listen2}}", "127.0.0.1:" .. port2)
-    write(prefix .. "/conf/nginx.conf", text)
-    os.remove(prefix .. "/logs/error.log")
-    local out = sh(CLEAN_ENV .. (env or "") .. " " .. NGINX .. " -p " .. q(prefix)
-      .. " -c conf/nginx.conf -e logs/error.log"
-      .. " 2>&1; echo rc=$?")
-    if out:match("rc=0") then
-      local pid
-      for _ = 1, 100 do
-        pid = tonumber(read(prefix .. "/logs/nginx.pid") or "")
-        if pid then break end
-        sh("sleep 0.02")
-      end
-      assert(pid, "nginx wrote no pid file")
-      return setmetatable({ prefix = prefix, pid = pid, port = port, port2 = port2,
-        url = "http://127.0.0.1:" .. port, url2 = "http://127.0.0.1:" .. port2 }, Nginx)
-    end
-    local why = out .. (read(prefix .. "/logs/error.log") or "")
-    if not why:find("in use", 1, true) then
-      sh("rm -rf " .. q(prefix))
-      error("nginx did not start: " .. why)
-    end
-  end
-  sh("rm -rf " .. q(prefix))
-  error("nginx: no free port found")
-end
-
-function Nginx:log()
-  return read(self.prefix .. "/logs/error.log") or ""
-end
-
--- Graceful stop (SIGQUIT), SIGKILL after 5 s; the prefix is removed.
-function Nginx:stop()
-  if self.stopped then return end
-  self.stopped = true
-  sh("kill -QUIT " .. self.pid .. " 2>/dev/null")
-  for _ = 1, 100 do
-    if not alive(self.pid) then break end
-    sh("sleep 0.05")
-  end
-  if alive(self.pid) then sh("kill -KILL " .. self.pid .. " 2>/dev/null") end
-  sh("rm -rf " .. q(self.prefix))
-end
-
--- One HTTP request with the curl CLI: status, body.
-local function http(method, url, body)
-  local cmd = CLEAN_ENV .. "curl -s -m 10 -o - -w '\\n%{http_code}' -X " .. method
-  if body then cmd = cmd .. " -H 'Content-Type: application/json' --data-binary " .. q(body) end
-  local out = sh(cmd .. " " .. q(url))
-  local text, status = out:match("^(.*)\n(%d+)$")
-  return tonumber(status), text
-end
+local start_nginx, http = nginx_support.start, nginx_support.http
 
 local function json(method, url, value)
   local status, text = http(method, url, value and cjson.encode(value))
@@ -116,18 +40,7 @@ local function json(method, url, value)
   return status, ok and obj or text
 end
 
--- Lines of the error log that show a Lua error or a worker blocked by libcurl.
-local function bad_log_lines(log)
-  local bad = {}
-  for line in log:gmatch("[^\n]+") do
-    if line:find("%[error%]") or line:find("%[crit%]") or line:find("%[alert%]") or line:find("%[emerg%]")
-       or line:find("runtime error", 1, true) or line:find("lua entry thread aborted", 1, true)
-       or line:lower():find("block", 1, true) then
-      bad[#bad + 1] = line
-    end
-  end
-  return bad
-end
+local bad_log_lines = nginx_support.bad_log_lines
 
 describe("start_nginx", function()
   it("starts again on new ports when one is taken, with a clean error log", function()
@@ -144,7 +57,7 @@ describe("start_nginx", function()
     local ok, second = pcall(start_nginx, conf, nil, function()
       tries = tries + 1
       if tries == 1 then return first.port, first.port2 end -- both held by `first`
-      local port, port2 = random_ports()
+      local port, port2 = nginx_support.random_ports()
       return port == first.port and port + 1 or port, port2
     end)
     first:stop()

@@ -49,46 +49,11 @@ local function copy(t)
   return out
 end
 
--- A one-connection-at-a-time HTTP listener, like spec/10's.
-local function listen()
-  local srv = assert(socket.bind("127.0.0.1", 0))
-  srv:settimeout(10)
-  local _, port = srv:getsockname()
-  return srv, "http://127.0.0.1:" .. port .. "/wxpay/coupons"
-end
-
--- Accept one POST (read whole, so closing never resets the connection) and answer it
--- with answer(headers, body) -> status, body.
-local function serve_one(srv, answer)
-  local conn = assert(srv:accept())
-  conn:settimeout(5)
-  assert(conn:receive("*l"))
-  local headers, length = {}, 0
-  while true do
-    local line = assert(conn:receive("*l"))
-    if line == "" then break end
-    local name, value = line:match("^([^:]+):%s*(.-)%s*$")
-    headers[name] = value
-    if name:lower() == "content-length" then length = tonumber(value) end
-  end
-  local body = length > 0 and assert(conn:receive(length)) or ""
-  local status, text = answer(headers, body)
-  conn:send(string.format("HTTP/1.1 %d X\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
-                          status, #text, text))
-  conn:close()
-end
-
--- Accept one callback, parse it as the app would and answer as parse recommends.
-local function receive(srv)
-  local n, err
-  serve_one(srv, function(headers, body)
-    local meta
-    n, err, meta = client.notify.parse(headers, body)
-    local answer = n and meta.answer or err.answer
-    return answer.status, answer.body
-  end)
-  return n, err
-end
+-- Callbacks arrive at a plain-HTTP listener on 127.0.0.1 (spec/support/listener.lua).
+local listener = require("spec.support.listener")
+local function listen() return listener.listen("http") end
+local serve_one = listener.serve_one
+local function receive(srv) return listener.receive(srv, client) end
 
 describe("商家券 (busifavor)", function()
   local STOCKS = "/v3/marketing/busifavor/stocks"

@@ -5,8 +5,6 @@
 local wxpay = require("wxpay")
 local sandbox = require("spec.support.sandbox")
 local h = require("spec.helpers")
-local socket = require("socket")
-local ssl = require("ssl")
 
 local APPID = "wxd678efh567hg6787"
 local OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
@@ -51,39 +49,11 @@ local function refused(field, fn)
   return err
 end
 
--- A one-connection-at-a-time HTTPS listener on 127.0.0.1 with the sandbox's own server
+-- Callbacks arrive at an HTTPS listener on 127.0.0.1 with the sandbox's own server
 -- certificate (the client only takes https:// notify URLs; the sandbox verifies its CA).
-local function listen()
-  local srv = assert(socket.bind("127.0.0.1", 0))
-  srv:settimeout(10)
-  local _, port = srv:getsockname()
-  return srv, "https://127.0.0.1:" .. port .. "/wxpay/coupons"
-end
-
--- Accept one callback, parse it with client.notify.parse and answer as parse says.
-local function receive(srv)
-  local raw = assert(srv:accept())
-  raw:settimeout(5)
-  local conn = assert(ssl.wrap(raw, { mode = "server", protocol = "any",
-    certificate = sb.dir .. "/server_cert.pem", key = sb.dir .. "/server_key.pem" }))
-  assert(conn:dohandshake())
-  assert(conn:receive("*l"))
-  local headers, length = {}, 0
-  while true do
-    local line = assert(conn:receive("*l"))
-    if line == "" then break end
-    local name, value = line:match("^([^:]+):%s*(.-)%s*$")
-    headers[name] = value
-    if name:lower() == "content-length" then length = tonumber(value) end
-  end
-  local body = length > 0 and assert(conn:receive(length)) or ""
-  local n, err, meta = client.notify.parse(headers, body)
-  local answer = n and meta.answer or err.answer
-  conn:send(string.format("HTTP/1.1 %d X\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
-                          answer.status, #answer.body, answer.body))
-  conn:close()
-  return n, err
-end
+local listener = require("spec.support.listener")
+local function listen() return listener.listen("https") end
+local function receive(srv) return listener.receive(srv, client, listener.tls(sb)) end
 
 -- Run fn(srv, url) and close the listener whatever happens.
 local function with_listener(fn)

@@ -18,15 +18,9 @@ teardown(function()
   h.cleanup()
 end)
 
--- Run bin/wxpay on lua5.4; returns stdout, stderr, exit status.
+-- Run bin/wxpay with a config; returns stdout, stderr, exit status.
 local function wxpay(args, config)
-  local out, err = dir .. "/out", dir .. "/err"
-  local cmd = string.format(sandbox.CLEAN_ENV .. "lua5.4 bin/wxpay --config %s %s >%s 2>%s; echo $?",
-    h.q(config or config_file), args, h.q(out), h.q(err))
-  local p = assert(io.popen(cmd))
-  local rc = tonumber(p:read("*a"):match("(%d+)%s*$"))
-  p:close()
-  return h.read(out), h.read(err), rc
+  return require("spec.support.cli").run(dir, "--config " .. h.q(config or config_file) .. " " .. args)
 end
 
 local function with_config(changes)
