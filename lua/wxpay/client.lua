@@ -167,6 +167,7 @@ function M.new(config, version)
   client.media = require("wxpay.api.media").new(api)
   client.busifavor = require("wxpay.api.busifavor").new(api)
   client.favor = require("wxpay.api.favor").new(api)
+  client.paygift = require("wxpay.api.paygift").new(api)
   -- Many calls at once: wraps st.transport and st.sleep so tasks yield to a scheduler.
   client.concurrent = require("wxpay.concurrent").attach(st, config)
 

@@ -72,6 +72,21 @@ local function decode(s)
   return (json.decode(s))
 end
 
+-- `attach_info` of a COUPON.SEND resource (支付有礼, 营销馆 and 会员卡 channels), typed: a
+-- table of strings (`act_code`, `transaction_id`, …; a number sent for an id becomes its
+-- decimal string, an empty string is left out), nil when absent or `""`. An object sent as
+-- a JSON string is decoded.
+local function attach_info(v)
+  if type(v) == "string" and v:match("^%s*{") then v = decode(v) end
+  if type(v) ~= "table" then return nil end
+  local out, any = {}, false
+  for k, x in pairs(v) do
+    if type(x) == "number" and x == math.floor(x) and math.abs(x) < 2 ^ 53 then x = string.format("%d", x) end
+    if x ~= "" and type(k) == "string" then out[k], any = x, true end
+  end
+  return any and out or nil
+end
+
 --- Bind the parser to a client's key ring (done by `wxpay.client`).
 -- @tparam table keyring `verify(headers, body)`, `decrypt_resource(nonce, aad, ct)`, `has_apiv3_key`
 -- @treturn table `{ parse = function(headers, body) }`
@@ -82,7 +97,9 @@ function M.new(keyring)
   -- @tparam table headers the request headers (any case; values strings or one-string lists)
   -- @tparam string body the raw request body, exactly as received
   -- @treturn table|nil the notification (`id`, `create_time`, `event_type`, `resource_type`,
-  --   `summary`, `resource`) with `resource_data`, the decoded plaintext
+  --   `summary`, `resource`) with `resource_data`, the decoded plaintext, and `attach_info`,
+  --   the resource's `attach_info` typed (a COUPON.SEND from 支付有礼 carries `act_code`, the
+  --   activity id, and `transaction_id`, both strings; nil when the resource has none)
   -- @treturn table|nil err, with `answer = { status, body }`
   -- @treturn table|nil meta `{ verified_by = serial, request_id, answer = { status = 204, body = "" } }`
   function notify.parse(headers, body)
@@ -133,6 +150,7 @@ function M.new(keyring)
         { field = "resource" })
     end
     n.resource_data = data
+    n.attach_info = attach_info(data.attach_info)
     return n, nil, { verified_by = key_id, request_id = h["request-id"],
                      answer = { status = 204, body = "" } }
   end

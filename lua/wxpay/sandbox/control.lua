@@ -209,6 +209,25 @@ local ROUTES = {
       return coupons.balance(server, spec)
     end,
   },
+  -- 支付有礼: a payment that may issue a prize, forced states, same-brand merchants.
+  ["/_sandbox/paygift/pay"] = { POST = function(server, req)
+    local spec = body_table(req)
+    if not spec then return bad("body must be a JSON object") end
+    return require("wxpay.sandbox.paygift_control").pay(server, spec)
+  end },
+  ["/_sandbox/paygift/status"] = { POST = function(server, req)
+    local spec = body_table(req)
+    if not spec then return bad("body must be a JSON object") end
+    return require("wxpay.sandbox.paygift_control").force_status(server, spec)
+  end },
+  ["/_sandbox/paygift/brands"] = {
+    GET = function(server) return require("wxpay.sandbox.paygift_control").brands(server, {}) end,
+    POST = function(server, req)
+      local spec = body_table(req)
+      if not spec then return bad("body must be a JSON object") end
+      return require("wxpay.sandbox.paygift_control").brands(server, spec)
+    end,
+  },
   ["/_sandbox/media"] = { GET = function(server)
     return reply(200, '{"media":' .. json.array(server.state.media or {}) .. "}")
   end },

@@ -76,7 +76,7 @@ end
 -- The type of every optional field of a control request, or the refusal.
 local OPTIONAL = { coupon_code = "string", out_request_no = "string", send_channel = "string",
                    send_merchant = "string", transaction_id = "string", consume_mchid = "string",
-                   goods_detail = "table", max_attempts = "number", retry_scale = "number" }
+                   goods_detail = "table", attach_info = "table", max_attempts = "number", retry_scale = "number" }
 
 local function check_spec(spec, required)
   for _, name in ipairs(required) do
@@ -90,7 +90,7 @@ local function check_spec(spec, required)
 end
 
 --- `POST /_sandbox/busifavor/claim {stock_id, openid, appid, coupon_code?, out_request_no?,
--- send_channel?, send_merchant?, max_attempts?, retry_scale?}`: a user claims a 商家券.
+-- send_channel?, send_merchant?, attach_info?, max_attempts?, retry_scale?}`: a user claims a 商家券.
 function M.claim(server, spec)
   local bad = check_spec(spec, { "stock_id", "openid", "appid" })
   if bad then return bad end
@@ -114,7 +114,7 @@ function M.claim(server, spec)
     resource = { event_type = "EVENT_TYPE_BUSICOUPON_SEND", coupon_code = coupon.code,
                  stock_id = stock.id, send_time = common.time(now), openid = shown, unionid = "",
                  send_channel = spec.send_channel or "BUSICOUPON_SEND_CHANNEL_MINIAPP",
-                 send_merchant = coupon.send_merchant },
+                 send_merchant = coupon.send_merchant, attach_info = spec.attach_info },
   }, spec)
   return reply(200, { code = "SUCCESS", coupon_code = coupon.code, stock_id = stock.id,
                       out_request_no = request_no, callback = callback })

@@ -55,6 +55,22 @@ local function check_header(name, value)
   end
 end
 
+--- Header lines for libcurl: `header_lines`, plus `"Content-Type:"` for a POST without a
+-- body (支付有礼 terminate), which stops libcurl from adding its form default
+-- (`application/x-www-form-urlencoded`): the request goes out with no Content-Type at all.
+-- @tparam table req `method`, `headers`, `body`
+-- @treturn table array of strings
+function M.curl_header_lines(req)
+  local lines = M.header_lines(req.headers)
+  if req.method == "POST" and (req.body == nil or req.body == "") then
+    for _, line in ipairs(lines) do
+      if line:lower():match("^content%-type:") then return lines end
+    end
+    lines[#lines + 1] = "Content-Type:"
+  end
+  return lines
+end
+
 --- `"Name: value"` lines, sorted by name so the wire form is deterministic. Raises on a
 -- name or value with CR, LF or NUL.
 -- @tparam table|nil headers map name -> value, or already an array of `"Name: value"` lines

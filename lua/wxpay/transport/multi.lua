@@ -11,7 +11,7 @@ local M = {}
 local function request(w, req)
   local sched = w.current()
   if not sched then return w.base.request(req) end
-  return sched:http{ method = req.method, url = req.url, headers = transport.header_lines(req.headers),
+  return sched:http{ method = req.method, url = req.url, headers = transport.curl_header_lines(req),
                      body = req.body, timeout = req.timeout, connect_timeout = req.connect_timeout,
                      fresh_connect = req.fresh_connect }
 end
