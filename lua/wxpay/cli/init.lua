@@ -48,6 +48,19 @@ M.HELP = {
                [--limit N] [--max N] [--output table|csv|json]
       List 代金券 stocks (商家券 has no list endpoint: use get).
 ]],
+  paygift = [[
+  paygift create FILE.json [--out-request-no N] [--journal FILE.db] [--output F]
+      Create a 支付有礼 activity from the fields of FILE.json (client.paygift.create); prints
+      its activity_id and out_request_no. With --journal the request number is committed
+      before the call and the activity id after it: the same command again repeats the same
+      request (one activity) or prints the activity the journal holds.
+  paygift get ACTIVITY_ID [--output table|csv|json]
+  paygift list [--status S] [--activity-name TEXT] [--limit N] [--max N] [--output F]
+  paygift terminate ACTIVITY_ID [--journal FILE.db]
+  paygift merchants list ACTIVITY_ID [--limit N] [--max N] [--output F]
+  paygift merchants add|delete ACTIVITY_ID MCHID[,MCHID...] [--request-no N] [--journal FILE.db]
+      One row per merchant: added, deleted, or refused with WeChat Pay's reason.
+]],
   sandbox = [[
   sandbox [sandbox options]      start the local sandbox (see `wxpay sandbox --help`)
 ]],
@@ -57,7 +70,7 @@ M.HELP = {
 }
 
 M.USAGE = "Usage: wxpay [--config FILE] COMMAND ...   (wxpay --version, wxpay COMMAND --help)\n\nCommands:\n"
-  .. M.HELP.campaign .. M.HELP.partnerships .. M.HELP.stocks .. M.HELP.sandbox .. M.HELP.doctor .. [[
+  .. M.HELP.campaign .. M.HELP.partnerships .. M.HELP.stocks .. M.HELP.paygift .. M.HELP.sandbox .. M.HELP.doctor .. [[
 
 Configuration: --config FILE or WXPAY_CONFIG=FILE, a JSON object with the keys of wxpay.new
 (the sandbox's startup line, with its "config" member, works as is). Secrets are never printed.
@@ -76,6 +89,7 @@ local VALUES = {
   product = true, create_stock = true, out_request_no = true, max_coupons = true, max_coupons_by_day = true,
   current_max_coupons = true, current_max_coupons_by_day = true, status = true, create_start_time = true,
   create_end_time = true,
+  activity_name = true, request_no = true,
 }
 local FLAGS = { help = true, progress = true, no_progress = true, dry_run = true, version = true }
 
@@ -258,7 +272,15 @@ local function stocks(pos, opts, c)
   })
 end
 
-local COMMANDS = { partnerships = partnerships, stocks = stocks }
+local function paygift(pos, opts, c)
+  return require("wxpay.cli.paygift").run(pos, {
+    client = c.client, format = opts.output or "table", out = c.out, err = c.err, journal = opts.journal,
+    out_request_no = opts.out_request_no, request_no = opts.request_no, status = opts.status,
+    activity_name = opts.activity_name, limit = opts.limit, max = opts.max,
+  })
+end
+
+local COMMANDS = { partnerships = partnerships, stocks = stocks, paygift = paygift }
 
 -- The commands that need a configuration, after it has loaded.
 local function with_config(pos, opts, c)
