@@ -35,7 +35,8 @@ local function params()
       end_time = rfc3339(NOW + 31 * 86400), out_request_no = "1900000001_20260520_0001",
       delivery_purpose = "OFF_LINE_PAY" },
     award_send_rule = { transaction_amount_minimum = 10000, send_content = "SINGLE_COUPON",
-      award_list = { { stock_id = "1286950000000039", original_image_url = "https://wxpaylogo.qpic.cn/wxpaylogo/yyy/0" } } },
+      award_list = { { stock_id = "1286950000000039",
+                       original_image_url = "https://wxpaylogo.qpic.cn/wxpaylogo/yyy/0" } } },
   }
 end
 
@@ -142,13 +143,15 @@ describe("client.paygift requests", function()
         p.activity_base_info.begin_time = rfc3339(NOW + 400 * 86400)
         p.activity_base_info.end_time = rfc3339(NOW + 401 * 86400)
       end, "activity_base_info.begin_time" },
-    { function(p) p.activity_base_info.delivery_purpose = "JUMP_MINI_APP" end, "activity_base_info.mini_programs_appid" },
+    { function(p) p.activity_base_info.delivery_purpose = "JUMP_MINI_APP" end,
+      "activity_base_info.mini_programs_appid" },
     { function(p) p.activity_base_info.delivery_purpose = "ONLINE" end, "activity_base_info.delivery_purpose" },
     { function(p) p.activity_base_info.out_request_no = "no spaces" end, "out_request_no" },
     { function(p) p.activity_base_info.merchant_logo_url = "http://x/y" end, "activity_base_info.merchant_logo_url" },
     { function(p) p.award_send_rule.send_content = "GIFT_PACKAGE" end, "award_send_rule.award_list" },
     { function(p) p.award_send_rule.award_type = "FAVOR" end, "award_send_rule.award_type" },
-    { function(p) p.award_send_rule.transaction_amount_minimum = 10.5 end, "award_send_rule.transaction_amount_minimum" },
+    { function(p) p.award_send_rule.transaction_amount_minimum = 10.5 end,
+      "award_send_rule.transaction_amount_minimum" },
     { function(p) p.award_send_rule.award_list[2] = p.award_send_rule.award_list[1] end,
       "award_send_rule.award_list[1].thumbnail_url" },
     { function(p) p.award_send_rule.merchant_id_list = { "1234567" } end, "award_send_rule.merchant_id_list[1]" },
@@ -196,7 +199,8 @@ describe("client.paygift requests", function()
   it("get, merchants and goods build their paths; bad ids are refused", function()
     local pg, t = new_client(function(req)
       if req.url:find("/merchants", 1, true) then
-        return F.response(200, '{"activity_id":"1","total_count":1,"offset":0,"limit":20,"data":[{"mchid":"1900000001"}]}')
+        return F.response(200, '{"activity_id":"1","total_count":1,"offset":0,"limit":20,'
+          .. '"data":[{"mchid":"1900000001"}]}')
       end
       return F.response(200, '{"activity_id":"1","activity_status":"ONGOING_ACT_STATUS"}')
     end)

@@ -223,14 +223,14 @@ describe("client.paygift against the sandbox", function()
   end)
 
   it("refuses bad input before sending anything", function()
-    local before = sb:stats().requests
     local p = activity({ stock() })
-    before = sb:stats().requests
+    local before = sb:stats().requests
     p.activity_base_info.end_time = rfc3339(NOW + 91 * 86400)
     local data, err = client.paygift.create(p)
     assert.is_nil(data)
     assert.equal("activity_base_info.end_time", err.field)
-    data, err = client.paygift.add_merchants("1", { merchant_id_list = { "12" } })
+    local _
+    _, err = client.paygift.add_merchants("1", { merchant_id_list = { "12" } })
     assert.equal("merchant_id_list[1]", err.field)
     assert.equal(before, sb:stats().requests)
   end)

@@ -33,7 +33,8 @@ local function stock()
   h.write(path, cjson.encode{
     stock_name = "满100送10元", goods_name = "全场通用", stock_type = "NORMAL", coupon_code_mode = "WECHATPAY_MODE",
     coupon_use_rule = {
-      coupon_available_time = { available_begin_time = rfc3339(NOW - 3600), available_end_time = rfc3339(NOW + 40 * 86400) },
+      coupon_available_time = { available_begin_time = rfc3339(NOW - 3600),
+                                available_end_time = rfc3339(NOW + 40 * 86400) },
       fixed_normal_coupon = { discount_amount = 1000, transaction_minimum = 5000 }, use_method = "OFF_LINE",
     },
     stock_send_rule = { max_coupons = 100, max_coupons_per_user = 2 },
@@ -106,6 +107,7 @@ describe("wxpay paygift", function()
     out, err, rc = wxpay("paygift merchants list " .. id .. " --output csv")
     assert.equal(0, rc, err)
     assert.matches(sb.config.mchid, out)
+    local _
     _, err, rc = wxpay("paygift terminate " .. id)
     assert.equal(0, rc, err)
     out, err, rc = wxpay("paygift terminate " .. id .. " --output csv")
@@ -114,7 +116,7 @@ describe("wxpay paygift", function()
     _, err, rc = wxpay("paygift terminate 99999999")
     assert.equal(1, rc)
     assert.matches("RESOURCE_NOT_EXISTS", err)
-    _, err, rc = wxpay("paygift frobnicate")
+    _, _, rc = wxpay("paygift frobnicate")
     assert.equal(2, rc)
   end)
 end)

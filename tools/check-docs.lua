@@ -46,6 +46,7 @@ local PUBLIC = {
 local BOUND = {
   ["api/busifavor.lua"] = "client.busifavor",
   ["api/favor.lua"] = "client.favor",
+  ["api/paygift.lua"] = "client.paygift",
 }
 
 -- Modules whose functions are not part of the Lua API: machinery behind `client.concurrent`,
@@ -59,6 +60,7 @@ local INTERNAL = {
   -- the coupon products' shared checks, calls and field tables (behind client.busifavor/favor)
   ["api/fields.lua"] = true, ["api/coupon_calls.lua"] = true, ["api/paging.lua"] = true,
   ["api/busifavor_schema.lua"] = true, ["api/favor_schema.lua"] = true,
+  ["api/paygift_schema.lua"] = true,
   -- calendar arithmetic shared by the field checks, doctor and the sandbox
   ["time.lua"] = true,
   -- the shared store (behind the `store` and `qps` config keys; docs/config.md)
@@ -258,6 +260,7 @@ local function new_returns(src, prefix)
 end
 
 local api_doc = (read("docs/api.md") or "") .. "\n" .. (read("docs/coupons.md") or "")
+api_doc = api_doc .. "\n" .. (read("docs/paygift.md") or "")
 local checked = 0
 for _, file in ipairs(lua_files()) do
   local vars = PUBLIC[file]

@@ -171,8 +171,8 @@ local function merchants_write(pos, o, verb)
   for _, r in ipairs(data.invalid_merchant_id_list or {}) do refused[r.mchid] = r.invalid_reason end
   local rows = {}
   for i, id in ipairs(ids) do
-    rows[i] = { activity_id = pos[4], mchid = id, outcome = refused[id] and "refused" or (verb == "add" and "added" or "deleted"),
-                reason = refused[id], request_no = used or no }
+    local outcome = refused[id] and "refused" or (verb == "add" and "added" or "deleted")
+    rows[i] = { activity_id = pos[4], mchid = id, outcome = outcome, reason = refused[id], request_no = used or no }
   end
   o.out:write(output.render(rows, MERCHANT_COLUMNS, o.format))
   return 0

@@ -74,7 +74,9 @@ local function check_periods(base)
   if not p then return end
   for _, name in ipairs{ "available_time", "available_day_time" } do
     local list = p:get(name, true)
-    if list ~= nil and (type(list) ~= "table" or list[1] == nil) then p:fail(name, name .. " must be a non-empty array") end
+    if list ~= nil and (type(list) ~= "table" or list[1] == nil) then
+      p:fail(name, name .. " must be a non-empty array")
+    end
   end
 end
 
@@ -137,7 +139,8 @@ local function check_stocks(state, auth, body, b, e)
     return err(400, "INVALID_REQUEST", "商家券只支持手动输入发券商户号")
   end
   local n = #rule.award_list
-  if (rule.send_content == "SINGLE_COUPON" and n ~= 1) or (rule.send_content == "GIFT_PACKAGE" and (n < 3 or n > 5)) then
+  local single = rule.send_content == "SINGLE_COUPON"
+  if (single and n ~= 1) or (not single and (n < 3 or n > 5)) then
     return err(400, "INVALID_REQUEST", "奖品数量与发放内容不符")
   end
   local stocks = common.state(state.store).busifavor.stocks
