@@ -226,6 +226,10 @@ local function main()
     assert(callbacks == opts.claims, "one COUPON.SEND per claim")
     assert(after.send_count_information.total_send_num == opts.claims, "one coupon per claim")
   end
+
+  -- 6. A 支付有礼 activity over the stock, and a simulated payment that issues its prize.
+  dofile((here or ".") .. "/examples/launch_paygift.lua"){ client = client, mchid = config.mchid, stock = after,
+    image_url = logo.media_url, control = control_url and control, listen = listen, receive = receive }
 end
 
 local ok, err = pcall(main)
