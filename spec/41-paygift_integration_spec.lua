@@ -276,6 +276,47 @@ describe("a sandbox payment", function()
     assert(ok, perr)
   end)
 
+  it("a gift pack issues every coupon of the pack, each with its COUPON.SEND", function()
+    local id = stock()
+    local act = assert(client.paygift.create(activity({ id, id, id })))
+    local srv, url = listener.listen("https")
+    local ok, perr = pcall(function()
+      assert(client.busifavor.callbacks.set{ notify_url = url })
+      local res = sb:control("POST", "/paygift/pay", { mchid = sb.config.mchid, openid = "oPack", amount = 20000 })
+      assert.equal(3, #res.coupons)
+      local codes = {}
+      for i = 1, 3 do
+        local n = assert(receive(srv))
+        assert.equal(act.activity_id, n.attach_info.act_code)
+        codes[i] = n.resource_data.coupon_code
+      end
+      table.sort(codes)
+      local want = { res.coupons[1].coupon_code, res.coupons[2].coupon_code, res.coupons[3].coupon_code }
+      table.sort(want)
+      assert.same(want, codes)
+    end)
+    srv:close()
+    assert(ok, perr)
+  end)
+
+  it("client.notify types attach_info: numbers become strings, \"\" is nil", function()
+    local id = stock()
+    local srv, url = listener.listen("https")
+    local ok, perr = pcall(function()
+      assert(client.busifavor.callbacks.set{ notify_url = url })
+      sb:control("POST", "/busifavor/claim", { stock_id = id, openid = "oA", appid = APPID,
+        attach_info = { act_code = 540358695, transaction_id = "", hall_belong_mch_id = 1900000001 } })
+      local n = assert(receive(srv))
+      assert.same({ act_code = "540358695", hall_belong_mch_id = "1900000001" }, n.attach_info)
+      assert.equal(540358695, n.resource_data.attach_info.act_code) -- the resource stays as sent
+      sb:control("POST", "/busifavor/claim", { stock_id = id, openid = "oB", appid = APPID })
+      n = assert(receive(srv))
+      assert.is_nil(n.attach_info)
+    end)
+    srv:close()
+    assert(ok, perr)
+  end)
+
   it("at a merchant not listed, or for a stopped activity, issues nothing", function()
     local act = assert(client.paygift.create(activity({ stock() })))
     local res = sb:control("POST", "/paygift/pay", { mchid = "1800000001", openid = "o2", amount = 50000 })
