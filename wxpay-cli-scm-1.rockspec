@@ -34,6 +34,7 @@ build = {
       ["wxpay.cli.journal"] = "lua/wxpay/cli/journal.lua",
       ["wxpay.cli.output"] = "lua/wxpay/cli/output.lua",
       ["wxpay.cli.partnerships"] = "lua/wxpay/cli/partnerships.lua",
+      ["wxpay.cli.paygift"] = "lua/wxpay/cli/paygift.lua",
       ["wxpay.cli.stocks"] = "lua/wxpay/cli/stocks.lua",
       -- END LUA MODULES
     },
