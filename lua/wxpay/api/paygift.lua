@@ -93,11 +93,12 @@ end
 function M.create(api, params, opts)
   calls.argcheck("create", 1, params, "table")
   calls.argcheck("create", 2, opts, "table?")
+  local e = M.ENDPOINTS.create
   local p, no = create_params(api, params)
   if not p then return nil, no end
   local o, err = calls.options(api, opts)
   local body
-  if o then body, err = f.check(p, schema.create, api.check_utf8) end
+  if o then body, err = f.check(p, e[4], api.check_utf8) end
   if body then
     local ok
     ok, err = schema.check_create(body)
@@ -107,8 +108,7 @@ function M.create(api, params, opts)
     err.out_request_no = no
     return nil, err
   end
-  local e = M.ENDPOINTS.create
-  local data, werr, meta = calls.write(api, e[1], e[2], body, o, { out_request_no = no })
+  local data, werr, meta = calls.write(api, e[1], e[2], body, o, { [e[3]] = no })
   if not data then return nil, werr, meta end
   local ok, derr = calls.expect(data, { "activity_id" }, meta)
   if not ok then derr.out_request_no = no; return nil, derr end
@@ -215,7 +215,7 @@ function M.terminate(api, activity_id, opts)
   local o
   o, err = calls.options(api, opts)
   if not o then return nil, err end
-  local data, werr, meta = calls.write(api, "POST", path, nil, o, {})
+  local data, werr, meta = calls.write(api, M.ENDPOINTS.terminate[1], path, nil, o, {})
   if data then return data, nil, meta end
   if werr.kind ~= "api" or werr.status ~= 400 then return nil, werr, meta end
   local act = M.get(api, activity_id, o)
