@@ -20,15 +20,38 @@ local function params_of(s)
   return p
 end
 
+-- { id, key, string to sign, its length in bytes, expected }
 local VECTORS = {
-  { "V0", "192006250b4c09247ec02edce69f6a2d", "appid=wxd930ea5d5a258f4f&body=test&device_info=1000&mch_id=10000100&nonce_str=ibuaiVcKdpRxkhJA&key=192006250b4c09247ec02edce69f6a2d", 131, "6A9AE1657590FD6257D693A078E1C3E4BB6BA4DC30B23E0EE2496E54170DACD6" },
-  { "P1", "xxxxx", "out_request_no0=abc123&send_coupon_merchant=10016226&stock_id0=1234567&key=xxxxx", 80, "18DB1CCF3272D9392ED327EBD970D1C522531A2A4195E04E33DB9599CFDDB723" },
-  { "P2", "xxxxx", "out_request_no0=abc123&out_request_no1=123abc&send_coupon_merchant=10016226&stock_id0=1234567&stock_id1=2345678&key=xxxxx", 121, "CCFD9478637ECB6817C3E3A0EC66EBCA58E38ADC42C8D8FA3E1227E253AFD3D3" },
-  { "P3", "xxxxx", "coupon_code0=asdsada&out_request_no0=abc123&send_coupon_merchant=10016226&stock_id0=1234567&key=xxxxx", 101, "E2B40FD0FBB257BAF9174CA49691604A44D80AF4DE22299757AADB83C441564D" },
-  { "P4", "exposed_your_key_here_have_risks", "out_request_no0=1234567&out_request_no1=7654321&send_coupon_merchant=10016226&stock_id0=abc123&stock_id1=321cba&key=exposed_your_key_here_have_risks", 148, "20FB971D442A119C85CA1A49DBDEA61A14944D98AFC1D2B040030C5C8792A83A" },
-  { "H1", "exposed_your_key_here_have_risks", "coupon_code=75345199&open_id=oVvBvwEurkeUJpBzX90-6MfCHbec&out_request_no=20191204550002&send_coupon_merchant=10016226&stock_id=12111100000001&key=exposed_your_key_here_have_risks", 178, "D4AE51952153389716232ABDE5124F2B1C94431BE7B647F6DB22BE7E4A5FBE33" },
-  { "P5", KEY, "coupon_code0=ABC-123_x&create_coupon_merchant0=1900000001&customize_send_time0=2024-05-20T13:29:35+08:00&out_request_no0=1900000001|20240520*0001&send_coupon_merchant=1900000001&stock_id0=1286950000000039&key=" .. KEY, 241, "43402793CC91A26CF8A4BA43184C5816EDAB696ED5B4FA8783B8C1236B09A0EB" },
-  { "H2", KEY, "customize_send_time=2024-05-20T13:29:35+08:00&open_id=oUpF8uMuAJO_M2pxb1Q9zNjWeS6o&out_request_no=190000000120240520000002&send_coupon_merchant=1900000001&stock_id=1286950000000039&key=" .. KEY, 217, "A8EF99067BAA34D908A302A235A595E569135A9D183DE715365102D18E7FCAAF" },
+  { "V0", "192006250b4c09247ec02edce69f6a2d",
+    "appid=wxd930ea5d5a258f4f&body=test&device_info=1000&mch_id=10000100&nonce_str=ibuaiVcKdpRxkhJA"
+      .. "&key=192006250b4c09247ec02edce69f6a2d", 131,
+    "6A9AE1657590FD6257D693A078E1C3E4BB6BA4DC30B23E0EE2496E54170DACD6" },
+  { "P1", "xxxxx", "out_request_no0=abc123&send_coupon_merchant=10016226&stock_id0=1234567&key=xxxxx", 80,
+    "18DB1CCF3272D9392ED327EBD970D1C522531A2A4195E04E33DB9599CFDDB723" },
+  { "P2", "xxxxx", "out_request_no0=abc123&out_request_no1=123abc&send_coupon_merchant=10016226"
+      .. "&stock_id0=1234567&stock_id1=2345678&key=xxxxx", 121,
+    "CCFD9478637ECB6817C3E3A0EC66EBCA58E38ADC42C8D8FA3E1227E253AFD3D3" },
+  { "P3", "xxxxx", "coupon_code0=asdsada&out_request_no0=abc123&send_coupon_merchant=10016226"
+      .. "&stock_id0=1234567&key=xxxxx", 101,
+    "E2B40FD0FBB257BAF9174CA49691604A44D80AF4DE22299757AADB83C441564D" },
+  { "P4", "exposed_your_key_here_have_risks",
+    "out_request_no0=1234567&out_request_no1=7654321&send_coupon_merchant=10016226&stock_id0=abc123"
+      .. "&stock_id1=321cba&key=exposed_your_key_here_have_risks", 148,
+    "20FB971D442A119C85CA1A49DBDEA61A14944D98AFC1D2B040030C5C8792A83A" },
+  { "H1", "exposed_your_key_here_have_risks",
+    "coupon_code=75345199&open_id=oVvBvwEurkeUJpBzX90-6MfCHbec&out_request_no=20191204550002"
+      .. "&send_coupon_merchant=10016226&stock_id=12111100000001&key=exposed_your_key_here_have_risks", 178,
+    "D4AE51952153389716232ABDE5124F2B1C94431BE7B647F6DB22BE7E4A5FBE33" },
+  { "P5", KEY,
+    "coupon_code0=ABC-123_x&create_coupon_merchant0=1900000001&customize_send_time0=2024-05-20T13:29:35+08:00"
+      .. "&out_request_no0=1900000001|20240520*0001&send_coupon_merchant=1900000001&stock_id0=1286950000000039"
+      .. "&key=" .. KEY, 241,
+    "43402793CC91A26CF8A4BA43184C5816EDAB696ED5B4FA8783B8C1236B09A0EB" },
+  { "H2", KEY,
+    "customize_send_time=2024-05-20T13:29:35+08:00&open_id=oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
+      .. "&out_request_no=190000000120240520000002&send_coupon_merchant=1900000001&stock_id=1286950000000039"
+      .. "&key=" .. KEY, 217,
+    "A8EF99067BAA34D908A302A235A595E569135A9D183DE715365102D18E7FCAAF" },
 }
 local P5_SIGN = VECTORS[7][5]
 local P1 = params_of(VECTORS[2][3])
@@ -78,7 +101,8 @@ describe("wxpay.sign_v2: the vectors", function()
 
   it("the client refuses the negative inputs: sign_type is not a 发券 parameter", function()
     local c = client()
-    local attrs, err = c.issue.plugin_params{ send_coupon_params = { { stock_id = "1234567", sign_type = "HMAC-SHA256" } } }
+    local attrs, err = c.issue.plugin_params{ send_coupon_params = {
+      { stock_id = "1234567", sign_type = "HMAC-SHA256" } } }
     assert.is_nil(attrs)
     assert.equal("invalid_argument", err.kind)
     assert.matches("sign_type", err.field)
@@ -165,7 +189,8 @@ describe("client.issue", function()
       out_request_no = "190000000120240520000002", customize_send_time = "2024-05-20T13:29:35+08:00" }
     assert.is_nil(err)
     assert.equal("https://action.weixin.qq.com/busifavor/getcouponinfo?stock_id=1286950000000039"
-      .. "&out_request_no=190000000120240520000002&sign=A8EF99067BAA34D908A302A235A595E569135A9D183DE715365102D18E7FCAAF"
+      .. "&out_request_no=190000000120240520000002"
+      .. "&sign=A8EF99067BAA34D908A302A235A595E569135A9D183DE715365102D18E7FCAAF"
       .. "&send_coupon_merchant=1900000001&open_id=oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
       .. "&customize_send_time=2024-05-20T13%3A29%3A35%2B08%3A00#wechat_pay&wechat_redirect", url)
     assert.equal("190000000120240520000002", meta.out_request_no)
@@ -189,7 +214,8 @@ describe("client.issue", function()
   end)
 
   it("generates out_request_no, defaults send_coupon_merchant, signs the set it returns", function()
-    local attrs, _, meta = client().issue.plugin_params{ send_coupon_params = { { stock_id = "1" }, { stock_id = "2" } } }
+    local attrs, _, meta = client().issue.plugin_params{
+      send_coupon_params = { { stock_id = "1" }, { stock_id = "2" } } }
     assert.equal("1900000001", attrs.send_coupon_merchant)
     assert.equal(2, #meta.out_request_nos)
     assert.not_equal(meta.out_request_nos[1], meta.out_request_nos[2])
@@ -208,14 +234,17 @@ describe("client.issue", function()
       { "send_coupon_params[1].out_request_no", function()
         return c.issue.plugin_params{ send_coupon_params = { { stock_id = "1", out_request_no = "a b" } } } end },
       { "send_coupon_params[1].out_request_no", function()
-        return c.issue.plugin_params{ send_coupon_params = { { stock_id = "1", out_request_no = ("x"):rep(129) } } } end },
+        return c.issue.plugin_params{ send_coupon_params = { { stock_id = "1", out_request_no = ("x"):rep(129) } } }
+      end },
       { "send_coupon_params[1].customize_send_time", function()
-        return c.issue.plugin_params{ send_coupon_params = { { stock_id = "1", customize_send_time = "2024-05-20" } } } end },
+        return c.issue.plugin_params{ send_coupon_params = { { stock_id = "1", customize_send_time = "2024-05-20" } } }
+      end },
       { "send_coupon_params[1].stock_id", function()
         return c.issue.plugin_params{ send_coupon_params = { { stock_id = 1234567 } } } end },
       { "send_coupon_merchant", function()
         return c.issue.plugin_params{ send_coupon_merchant = "abc", send_coupon_params = { { stock_id = "1" } } } end },
-      { "params.out_request_no", function() return c.issue.h5_url{ stock_id = "1", open_id = "o", out_request_no = "a|b" } end },
+      { "params.out_request_no", function()
+        return c.issue.h5_url{ stock_id = "1", open_id = "o", out_request_no = "a|b" } end },
       { "open_id", function() return c.issue.h5_url{ stock_id = "1" } end },
       { "create_coupon_merchant", function()
         return c.issue.h5_url{ stock_id = "1", open_id = "o", create_coupon_merchant = "1" } end },
@@ -279,11 +308,14 @@ describe("client.busifavor.decrypt_jump_code", function()
     assert.is_nil(v)
     assert.equal("signature", err.kind)
     assert.equal("decrypt", err.check)
-    v, err = c.busifavor.decrypt_jump_code{ ciphertext = ct, nonce = "short" }
-    assert.equal("nonce", err.field)
-    v, err = c.busifavor.decrypt_jump_code{ nonce = nonce }
-    assert.equal("ciphertext", err.field)
+    for field, p in pairs{ nonce = { ciphertext = ct, nonce = "short" }, ciphertext = { nonce = nonce },
+                           associate = { ciphertext = ct, nonce = nonce, associate = "a b" } } do
+      v, err = c.busifavor.decrypt_jump_code(p)
+      assert.is_nil(v)
+      assert.equal(field, err.field)
+    end
     v, err = c.busifavor.decrypt_jump_code{ ciphertext = "!!!", nonce = nonce }
+    assert.is_nil(v)
     assert.equal("ciphertext", err.field)
     local no_key = client{ apiv3_key = F.NIL }
     v, err = no_key.busifavor.decrypt_jump_code{ ciphertext = ct, nonce = nonce }

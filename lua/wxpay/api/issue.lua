@@ -134,121 +134,124 @@ local function prepare(signer, api, merchant)
   return MERCHANT(merchant, "send_coupon_merchant")
 end
 
---- The client's `issue` table.
--- @tparam table api the client's API handle (`mchid`, `new_idempotency_key`, `encode_json`)
+--- The attributes of the mini-program `<send-coupon>` component, signed.
+-- @tparam table params `send_coupon_params` (1-10 items of `stock_id`, `out_request_no`,
+--   `coupon_code`, `create_coupon_merchant`, `customize_send_time`) and optional
+--   `send_coupon_merchant` (default the client's mchid)
+-- @treturn table|nil `{ send_coupon_params, send_coupon_merchant, sign }`
+-- @treturn table|nil err
+-- @treturn table|nil meta `{ out_request_nos = {…} }`
+function M.plugin_params(api, signer, params)
+  argcheck("plugin_params", 1, params, "table")
+  for k in pairs(params) do
+    if k ~= "send_coupon_params" and k ~= "send_coupon_merchant" then
+      return nil, errors.invalid_argument(tostring(k), "unknown field")
+    end
+  end
+  local merchant, err = prepare(signer, api, params.send_coupon_merchant)
+  if not merchant then return nil, err end
+  local items
+  items, err = check_items(api, params.send_coupon_params, "send_coupon_params")
+  if not items then return nil, err end
+  local sign
+  sign, err = signer.sign(indexed(items, merchant))
+  if not sign then return nil, err end
+  return { send_coupon_params = items, send_coupon_merchant = merchant, sign = sign }, nil,
+    { out_request_nos = request_nos(items) }
+end
+
+--- The H5发券 URL for one user and one 商家券 stock.
+-- @tparam table params `stock_id`, `open_id` (required), `out_request_no` (letters and
+--   digits; generated when absent), `coupon_code`, `customize_send_time`,
+--   `send_coupon_merchant` (default the client's mchid), `fragment` (default
+--   `#wechat_pay&wechat_redirect`)
+-- @treturn string|nil the URL: raw values signed, percent-encoded in the query
+-- @treturn table|nil err
+-- @treturn table|nil meta `{ out_request_no = … }`
+function M.h5_url(api, signer, params)
+  argcheck("h5_url", 1, params, "table")
+  local merchant, err = prepare(signer, api, params.send_coupon_merchant)
+  if not merchant then return nil, err end
+  local fragment = params.fragment or M.H5_FRAGMENT
+  if type(fragment) ~= "string" or not fragment:match("^#?[%w_&=%-]+$") then
+    return nil, errors.invalid_argument("fragment", "must be such as #wechat_pay&wechat_redirect")
+  end
+  if fragment:sub(1, 1) ~= "#" then fragment = "#" .. fragment end
+  local item = {}
+  for k, v in pairs(params) do
+    if k == "open_id" then
+      local s
+      s, err = text(1, 128, "^[%w_%-]+$")(v, "open_id")
+      if not s then return nil, err end
+    elseif k == "create_coupon_merchant" then
+      return nil, errors.invalid_argument(k, "not a parameter of the H5 page (商家券 only)")
+    elseif k ~= "send_coupon_merchant" and k ~= "fragment" then
+      item[k] = v
+    end
+  end
+  if params.open_id == nil then return nil, errors.invalid_argument("open_id", "required") end
+  item, err = check_item(api, item, "params", H5_REQUEST_NO)
+  if not item then return nil, err end
+  item.open_id, item.send_coupon_merchant = params.open_id, merchant
+  local sign
+  sign, err = signer.sign(item)
+  if not sign then return nil, err end
+  local q = {}
+  for _, name in ipairs{ "stock_id", "out_request_no", "sign", "send_coupon_merchant", "open_id",
+                         "coupon_code", "customize_send_time" } do
+    local v = name == "sign" and sign or item[name]
+    if v then q[#q + 1] = name .. "=" .. api.percent_encode(v) end
+  end
+  return M.H5_URL .. "?" .. table.concat(q, "&") .. fragment, nil,
+    { out_request_no = item.out_request_no }
+end
+
+--- The `cardList` of JSAPI `wx.addCard` (JS-SDK pages and mini programs).
+-- @tparam table cards array of 1-10 `{ stock_id, out_request_no, coupon_code,
+--   customize_send_time, create_coupon_merchant }`; `send_coupon_merchant` may be set in
+--   the same table or in `opts`
+-- @tparam[opt] table opts `{ send_coupon_merchant = … }`
+-- @treturn table|nil array of `{ cardId = stock_id, cardExt = JSON string }`; the first
+--   cardExt carries `send_coupon_merchant` and `sign`
+-- @treturn table|nil err
+-- @treturn table|nil meta `{ out_request_nos = {…} }`
+function M.jsapi_cards(api, signer, cards, opts)
+  argcheck("jsapi_cards", 1, cards, "table")
+  argcheck("jsapi_cards", 2, opts, "table?")
+  local list = {}
+  for i, c in ipairs(cards) do list[i] = c end
+  for k in pairs(cards) do
+    if type(k) ~= "number" and k ~= "send_coupon_merchant" then
+      return nil, errors.invalid_argument(tostring(k), "unknown field")
+    end
+  end
+  local merchant, err = prepare(signer, api, (opts and opts.send_coupon_merchant) or cards.send_coupon_merchant)
+  if not merchant then return nil, err end
+  local items
+  items, err = check_items(api, list, "cards")
+  if not items then return nil, err end
+  local sign
+  sign, err = signer.sign(indexed(items, merchant))
+  if not sign then return nil, err end
+  local out = {}
+  for i, item in ipairs(items) do
+    local ext = {}
+    for name, v in pairs(item) do if name ~= "stock_id" then ext[name] = v end end
+    if i == 1 then ext.send_coupon_merchant, ext.sign = merchant, sign end
+    out[i] = { cardId = item.stock_id, cardExt = api.encode_json(ext) }
+  end
+  return out, nil, { out_request_nos = request_nos(items) }
+end
+
+--- The client's `issue` table: the three functions above bound to a client.
+-- @tparam table api the client's API handle (`mchid`, `new_idempotency_key`, `encode_json`,
+--   `percent_encode`)
 -- @tparam table signer `{ has_key = bool, sign = function(params) → sign | nil, err }`
 function M.new(api, signer)
   local issue = {}
-
-  --- The attributes of the mini-program `<send-coupon>` component, signed.
-  -- @tparam table params `send_coupon_params` (1-10 items of `stock_id`, `out_request_no`,
-  --   `coupon_code`, `create_coupon_merchant`, `customize_send_time`) and optional
-  --   `send_coupon_merchant` (default the client's mchid)
-  -- @treturn table|nil `{ send_coupon_params, send_coupon_merchant, sign }`
-  -- @treturn table|nil err
-  -- @treturn table|nil meta `{ out_request_nos = {…} }`
-  function issue.plugin_params(params)
-    argcheck("plugin_params", 1, params, "table")
-    for k in pairs(params) do
-      if k ~= "send_coupon_params" and k ~= "send_coupon_merchant" then
-        return nil, errors.invalid_argument(tostring(k), "unknown field")
-      end
-    end
-    local merchant, err = prepare(signer, api, params.send_coupon_merchant)
-    if not merchant then return nil, err end
-    local items
-    items, err = check_items(api, params.send_coupon_params, "send_coupon_params")
-    if not items then return nil, err end
-    local sign
-    sign, err = signer.sign(indexed(items, merchant))
-    if not sign then return nil, err end
-    return { send_coupon_params = items, send_coupon_merchant = merchant, sign = sign }, nil,
-      { out_request_nos = request_nos(items) }
-  end
-
-  --- The H5发券 URL for one user and one 商家券 stock.
-  -- @tparam table params `stock_id`, `open_id` (required), `out_request_no` (letters and
-  --   digits; generated when absent), `coupon_code`, `customize_send_time`,
-  --   `send_coupon_merchant` (default the client's mchid), `fragment` (default
-  --   `#wechat_pay&wechat_redirect`)
-  -- @treturn string|nil the URL: raw values signed, percent-encoded in the query
-  -- @treturn table|nil err
-  -- @treturn table|nil meta `{ out_request_no = … }`
-  function issue.h5_url(params)
-    argcheck("h5_url", 1, params, "table")
-    local merchant, err = prepare(signer, api, params.send_coupon_merchant)
-    if not merchant then return nil, err end
-    local fragment = params.fragment or M.H5_FRAGMENT
-    if type(fragment) ~= "string" or not fragment:match("^#?[%w_&=%-]+$") then
-      return nil, errors.invalid_argument("fragment", "must be such as #wechat_pay&wechat_redirect")
-    end
-    if fragment:sub(1, 1) ~= "#" then fragment = "#" .. fragment end
-    local item = {}
-    for k, v in pairs(params) do
-      if k == "open_id" then
-        local s
-        s, err = text(1, 128, "^[%w_%-]+$")(v, "open_id")
-        if not s then return nil, err end
-      elseif k == "create_coupon_merchant" then
-        return nil, errors.invalid_argument(k, "not a parameter of the H5 page (商家券 only)")
-      elseif k ~= "send_coupon_merchant" and k ~= "fragment" then
-        item[k] = v
-      end
-    end
-    if params.open_id == nil then return nil, errors.invalid_argument("open_id", "required") end
-    item, err = check_item(api, item, "params", H5_REQUEST_NO)
-    if not item then return nil, err end
-    item.open_id, item.send_coupon_merchant = params.open_id, merchant
-    local sign
-    sign, err = signer.sign(item)
-    if not sign then return nil, err end
-    local q = {}
-    for _, name in ipairs{ "stock_id", "out_request_no", "sign", "send_coupon_merchant", "open_id",
-                           "coupon_code", "customize_send_time" } do
-      local v = name == "sign" and sign or item[name]
-      if v then q[#q + 1] = name .. "=" .. api.percent_encode(v) end
-    end
-    return M.H5_URL .. "?" .. table.concat(q, "&") .. fragment, nil,
-      { out_request_no = item.out_request_no }
-  end
-
-  --- The `cardList` of JSAPI `wx.addCard` (JS-SDK pages and mini programs).
-  -- @tparam table cards array of 1-10 `{ stock_id, out_request_no, coupon_code,
-  --   customize_send_time, create_coupon_merchant }`; `send_coupon_merchant` may be set in
-  --   the same table or in `opts`
-  -- @tparam[opt] table opts `{ send_coupon_merchant = … }`
-  -- @treturn table|nil array of `{ cardId = stock_id, cardExt = JSON string }`; the first
-  --   cardExt carries `send_coupon_merchant` and `sign`
-  -- @treturn table|nil err
-  -- @treturn table|nil meta `{ out_request_nos = {…} }`
-  function issue.jsapi_cards(cards, opts)
-    argcheck("jsapi_cards", 1, cards, "table")
-    argcheck("jsapi_cards", 2, opts, "table?")
-    local list = {}
-    for i, c in ipairs(cards) do list[i] = c end
-    for k in pairs(cards) do
-      if type(k) ~= "number" and k ~= "send_coupon_merchant" then
-        return nil, errors.invalid_argument(tostring(k), "unknown field")
-      end
-    end
-    local merchant, err = prepare(signer, api, (opts and opts.send_coupon_merchant) or cards.send_coupon_merchant)
-    if not merchant then return nil, err end
-    local items
-    items, err = check_items(api, list, "cards")
-    if not items then return nil, err end
-    local sign
-    sign, err = signer.sign(indexed(items, merchant))
-    if not sign then return nil, err end
-    local out = {}
-    for i, item in ipairs(items) do
-      local ext = {}
-      for name, v in pairs(item) do if name ~= "stock_id" then ext[name] = v end end
-      if i == 1 then ext.send_coupon_merchant, ext.sign = merchant, sign end
-      out[i] = { cardId = item.stock_id, cardExt = api.encode_json(ext) }
-    end
-    return out, nil, { out_request_nos = request_nos(items) }
-  end
-
+  issue.plugin_params = function(params) return M.plugin_params(api, signer, params) end
+  issue.h5_url = function(params) return M.h5_url(api, signer, params) end
+  issue.jsapi_cards = function(cards, opts) return M.jsapi_cards(api, signer, cards, opts) end
   return issue
 end
 

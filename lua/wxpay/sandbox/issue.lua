@@ -45,8 +45,8 @@ local function item_problem(item, i, h5)
   local no = item.out_request_no
   if type(item.stock_id) ~= "string" or #item.stock_id > 20 then return "item " .. i .. ": stock_id is required" end
   if type(no) ~= "string" or #no > 128 or not no:match(h5 and "^[A-Za-z0-9]+$" or "^[A-Za-z0-9|_*-]+$") then
-    return "item " .. i .. ": out_request_no is required (" .. (h5 and "letters and digits" or "letters, digits, | _ * -")
-      .. ", at most 128)"
+    local charset = h5 and "letters and digits" or "letters, digits, | _ * -"
+    return "item " .. i .. ": out_request_no is required (" .. charset .. ", at most 128)"
   end
   if item.customize_send_time and not common.parse_time(item.customize_send_time) then
     return "item " .. i .. ": customize_send_time must be an RFC 3339 time"
@@ -143,7 +143,8 @@ local function run(server, spec, items, merchant, sign, channel, h5)
   for k, v in pairs(spec.extra or {}) do params[k] = v end
   local ok, rule, why = sign_check.verify(server.state.keys, params, sign, { openid = not h5 and spec.openid or nil })
   if not ok then return refused(rule == "missing_sign" and "PARAM_ERROR" or "SIGN_ERROR", why, rule) end
-  return reply(200, { errcode = "OK", msg = "ok", send_coupon_result = issue_all(server, items, merchant, spec, channel) })
+  local results = issue_all(server, items, merchant, spec, channel)
+  return reply(200, { errcode = "OK", msg = "ok", send_coupon_result = results })
 end
 
 --- `POST /_sandbox/issue/plugin {attributes = {send_coupon_params, send_coupon_merchant,
@@ -217,7 +218,8 @@ function M.h5(server, spec)
   end
   spec.extra = extra
   if spec.url:find("+", 1, true) then
-    return refused("SIGN_ERROR", "a + in the URL reads as a space: percent-encode the values in the URL", "url_encoding")
+    return refused("SIGN_ERROR", "a + in the URL reads as a space: percent-encode the values in the URL",
+                   "url_encoding")
   end
   return run(server, spec, { item }, merchant, sign, M.CHANNEL.h5, true)
 end
