@@ -79,7 +79,8 @@ describe("examples/openresty 发券", function()
     assert.equal("SUCCESS", mine.code)
 
     -- Asking again: the same number, so a second tap gives the same coupon.
-    local _, again = json("POST", nginx.url .. "/coupons/send-params", { session = "s-alice", stock_ids = { stock_id } })
+    local _, again = json("POST", nginx.url .. "/coupons/send-params",
+      { session = "s-alice", stock_ids = { stock_id } })
     assert.equal(no, again.send_coupon_params[1].out_request_no)
     assert.equal("DUPREQUEST", tap(again, ALICE).code)
 
