@@ -241,6 +241,35 @@ describe("发券 in the sandbox", function()
     assert.equal("NOTENOUGH", plugin(attrs, OPENID .. "2").send_coupon_result[1].code)
   end)
 
+  it("a 代金券 through the plugin: NOTRUNNING until started, then SUCCESS, DUPREQUEST, MAXQUOTA", function()
+    local now = os.time()
+    local stock = assert(client.favor.stocks.create{
+      stock_name = "满50减5", available_begin_time = rfc3339(now), available_end_time = rfc3339(now + 86400),
+      stock_use_rule = { max_coupons = 5, max_amount = 2500, max_coupons_per_user = 1,
+                         natural_person_limit = false, prevent_api_abuse = false },
+      coupon_use_rule = { fixed_normal_coupon = { coupon_amount = 500, transaction_minimum = 5000 },
+                          available_merchants = { sb.config.mchid } },
+      no_cash = false, stock_type = "NORMAL",
+    })
+    local item = { stock_id = stock.stock_id, create_coupon_merchant = sb.config.mchid }
+    local attrs = assert(client.issue.plugin_params{ send_coupon_params = { item } })
+    assert.equal("NOTRUNNING", plugin(attrs).send_coupon_result[1].code)
+    assert(client.favor.stocks.start(stock.stock_id))
+    local first = plugin(attrs).send_coupon_result[1]
+    assert.equal("SUCCESS", first.code)
+    assert.matches("^%d+$", first.coupon_id or first.coupon_code)
+    assert.equal("DUPREQUEST", plugin(attrs).send_coupon_result[1].code)
+    local other = assert(client.issue.plugin_params{ send_coupon_params = { item } })
+    assert.equal("MAXQUOTA", plugin(other).send_coupon_result[1].code)
+    -- without create_coupon_merchant WeChat cannot tell whose 代金券 it is
+    local bare = assert(client.issue.plugin_params{ send_coupon_params = { { stock_id = stock.stock_id } } })
+    assert.equal("FAILED", plugin(bare, OPENID .. "3").send_coupon_result[1].code)
+    local held = 0
+    for _ in client.favor.coupons.list(OPENID, { appid = APPID, stock_id = stock.stock_id,
+                                                  creator_mchid = sb.config.mchid }) do held = held + 1 end
+    assert.equal(1, held)
+  end)
+
   it("the apiv2_key appears in no error, log line or tostring", function()
     local key = sb.config.apiv2_key
     local stock_id = create_stock()

@@ -126,7 +126,7 @@ end
 
 -- What every function starts with: the signer and the merchant, or nil and an error.
 local function prepare(signer, api, merchant)
-  if not signer.has_key then
+  if not signer.has_key() then
     return nil, errors.config("apiv2_key", "required to sign 发券 parameters (the merchant's APIv2 key, "
       .. "32 characters, 商户平台 → API安全)")
   end
@@ -246,7 +246,8 @@ end
 --- The client's `issue` table: the three functions above bound to a client.
 -- @tparam table api the client's API handle (`mchid`, `new_idempotency_key`, `encode_json`,
 --   `percent_encode`)
--- @tparam table signer `{ has_key = bool, sign = function(params) → sign | nil, err }`
+-- @tparam table signer `{ has_key = function() → bool, sign = function(params) → sign | nil, err }`
+--   (read at each call, so a client whose settings change signs with the current key)
 function M.new(api, signer)
   local issue = {}
   issue.plugin_params = function(params) return M.plugin_params(api, signer, params) end
