@@ -213,6 +213,14 @@ describe("client.issue", function()
     assert.same({ "abc123", "123abc" }, meta.out_request_nos)
   end)
 
+  it("takes integer ids as their digits", function()
+    local attrs = assert(client().issue.plugin_params{ send_coupon_merchant = 10016226,
+      send_coupon_params = { { stock_id = 1234567, out_request_no = "abc123" } } })
+    assert.equal("1234567", attrs.send_coupon_params[1].stock_id)
+    assert.equal("10016226", attrs.send_coupon_merchant)
+    assert.equal(wxpay.sign_v2(P1, KEY), attrs.sign)
+  end)
+
   it("generates out_request_no, defaults send_coupon_merchant, signs the set it returns", function()
     local attrs, _, meta = client().issue.plugin_params{
       send_coupon_params = { { stock_id = "1" }, { stock_id = "2" } } }
@@ -240,7 +248,7 @@ describe("client.issue", function()
         return c.issue.plugin_params{ send_coupon_params = { { stock_id = "1", customize_send_time = "2024-05-20" } } }
       end },
       { "send_coupon_params[1].stock_id", function()
-        return c.issue.plugin_params{ send_coupon_params = { { stock_id = 1234567 } } } end },
+        return c.issue.plugin_params{ send_coupon_params = { { stock_id = 12.5 } } } end },
       { "send_coupon_merchant", function()
         return c.issue.plugin_params{ send_coupon_merchant = "abc", send_coupon_params = { { stock_id = "1" } } } end },
       { "params.out_request_no", function()

@@ -29,8 +29,10 @@ local REQUEST_NO = "^[A-Za-z0-9|_*%-]+$" -- plugin and JSAPI: letters, digits, |
 local H5_REQUEST_NO = "^[A-Za-z0-9]+$"   -- the H5 page: letters and digits only
 
 -- The fields an item of send_coupon_params (or a JSAPI card) may have, with their checks.
+-- (An integer is taken as its decimal digits: stock ids and merchant numbers often are.)
 local function text(min, max, pattern)
   return function(v, field)
+    if type(v) == "number" and v == math.floor(v) and v >= 0 and v < 2 ^ 53 then v = string.format("%d", v) end
     if type(v) ~= "string" then return nil, errors.invalid_argument(field, "must be a string") end
     if #v < min or #v > max then
       return nil, errors.invalid_argument(field, string.format("must be %d-%d characters", min, max))
