@@ -251,7 +251,7 @@ describe("client.issue", function()
         return c.issue.plugin_params{ send_coupon_params = { { stock_id = 12.5 } } } end },
       { "send_coupon_merchant", function()
         return c.issue.plugin_params{ send_coupon_merchant = "abc", send_coupon_params = { { stock_id = "1" } } } end },
-      { "params.out_request_no", function()
+      { "out_request_no", function()
         return c.issue.h5_url{ stock_id = "1", open_id = "o", out_request_no = "a|b" } end },
       { "open_id", function() return c.issue.h5_url{ stock_id = "1" } end },
       { "create_coupon_merchant", function()

@@ -67,24 +67,29 @@ local function argcheck(fname, n, v, want)
   end
 end
 
+-- The name of field `name` of the item called `field` ("" for the top level).
+local function sub(field, name)
+  return field == "" and name or field .. "." .. name
+end
+
 -- One checked item (a copy, `out_request_no` generated when absent), or nil and an error.
 local function check_item(api, item, field, request_no)
   if type(item) ~= "table" then return nil, errors.invalid_argument(field, "must be a table") end
   local out = {}
   for name, v in pairs(item) do
     local check = FIELDS[name]
-    if not check then return nil, errors.invalid_argument(field .. "." .. tostring(name), "unknown field") end
-    local s, err = check(v, field .. "." .. name)
+    if not check then return nil, errors.invalid_argument(sub(field, tostring(name)), "unknown field") end
+    local s, err = check(v, sub(field, name))
     if not s then return nil, err end
     out[name] = s
   end
-  if out.stock_id == nil then return nil, errors.invalid_argument(field .. ".stock_id", "required") end
+  if out.stock_id == nil then return nil, errors.invalid_argument(sub(field, "stock_id"), "required") end
   if out.out_request_no == nil then
     local key, err = api.new_idempotency_key()
     if not key then return nil, err end
     out.out_request_no = key
   elseif request_no and not out.out_request_no:match(request_no) then
-    return nil, errors.invalid_argument(field .. ".out_request_no", "the H5 page takes letters and digits only")
+    return nil, errors.invalid_argument(sub(field, "out_request_no"), "the H5 page takes letters and digits only")
   end
   return out
 end
@@ -179,22 +184,21 @@ function M.h5_url(api, signer, params)
     return nil, errors.invalid_argument("fragment", "must be such as #wechat_pay&wechat_redirect")
   end
   if fragment:sub(1, 1) ~= "#" then fragment = "#" .. fragment end
-  local item = {}
+  local item, open_id = {}, nil
   for k, v in pairs(params) do
     if k == "open_id" then
-      local s
-      s, err = text(1, 128, "^[%w_%-]+$")(v, "open_id")
-      if not s then return nil, err end
+      open_id, err = text(1, 128, "^[%w_%-]+$")(v, "open_id")
+      if not open_id then return nil, err end
     elseif k == "create_coupon_merchant" then
       return nil, errors.invalid_argument(k, "not a parameter of the H5 page (商家券 only)")
     elseif k ~= "send_coupon_merchant" and k ~= "fragment" then
       item[k] = v
     end
   end
-  if params.open_id == nil then return nil, errors.invalid_argument("open_id", "required") end
-  item, err = check_item(api, item, "params", H5_REQUEST_NO)
+  if open_id == nil then return nil, errors.invalid_argument("open_id", "required") end
+  item, err = check_item(api, item, "", H5_REQUEST_NO)
   if not item then return nil, err end
-  item.open_id, item.send_coupon_merchant = params.open_id, merchant
+  item.open_id, item.send_coupon_merchant = open_id, merchant
   local sign
   sign, err = signer.sign(item)
   if not sign then return nil, err end
