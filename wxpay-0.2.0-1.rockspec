@@ -45,6 +45,8 @@ build = {
       ["wxpay.api.favor"] = "lua/wxpay/api/favor.lua",
       ["wxpay.api.favor_schema"] = "lua/wxpay/api/favor_schema.lua",
       ["wxpay.api.fields"] = "lua/wxpay/api/fields.lua",
+      ["wxpay.api.issue"] = "lua/wxpay/api/issue.lua",
+      ["wxpay.api.jump_code"] = "lua/wxpay/api/jump_code.lua",
       ["wxpay.api.media"] = "lua/wxpay/api/media.lua",
       ["wxpay.api.paging"] = "lua/wxpay/api/paging.lua",
       ["wxpay.api.partnerships"] = "lua/wxpay/api/partnerships.lua",
@@ -77,6 +79,7 @@ build = {
       ["wxpay.transport.multi"] = "lua/wxpay/transport/multi.lua",
       ["wxpay.transport.ngx"] = "lua/wxpay/transport/ngx.lua",
       ["wxpay.transport.ngx_threads"] = "lua/wxpay/transport/ngx_threads.lua",
+      ["wxpay.v2sign"] = "lua/wxpay/v2sign.lua",
       ["wxpay.verify"] = "lua/wxpay/verify.lua",
       -- END LUA MODULES
     },

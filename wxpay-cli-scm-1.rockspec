@@ -31,6 +31,7 @@ build = {
       ["wxpay.cli.campaign"] = "lua/wxpay/cli/campaign.lua",
       ["wxpay.cli.doctor"] = "lua/wxpay/cli/doctor.lua",
       ["wxpay.cli"] = "lua/wxpay/cli/init.lua",
+      ["wxpay.cli.issue"] = "lua/wxpay/cli/issue.lua",
       ["wxpay.cli.journal"] = "lua/wxpay/cli/journal.lua",
       ["wxpay.cli.output"] = "lua/wxpay/cli/output.lua",
       ["wxpay.cli.partnerships"] = "lua/wxpay/cli/partnerships.lua",

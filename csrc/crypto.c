@@ -1,8 +1,10 @@
-/* Stateless primitives: base64, SHA-256, nonces, AES-256-GCM. */
+/* Stateless primitives: base64, SHA-256, nonces, AES-256-GCM, the V2 (发券) HMAC signature. */
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
@@ -222,11 +224,100 @@ static int l_aes_gcm_encrypt(lua_State *L) {
   return 1;
 }
 
+/* ---- the APIv2 signature of the 发券 flows (plugin, H5, JSAPI) ---- */
+
+#define V2_MAX_PARAMS 256
+#define V2_MAX_BYTES (256 * 1024)
+
+typedef struct {
+  const char *name, *value;
+  size_t nlen, vlen;
+} v2_param;
+
+static int v2_compare(const void *a, const void *b) {
+  const v2_param *x = (const v2_param *)a, *y = (const v2_param *)b;
+  size_t n = x->nlen < y->nlen ? x->nlen : y->nlen;
+  int c = memcmp(x->name, y->name, n);
+  if (c != 0) return c;
+  return (x->nlen > y->nlen) - (x->nlen < y->nlen);
+}
+
+/* The parameters that take part (string names and values; not `sign`, not empty) into
+ * p (NULL: count only). Raises on a name or value that is not a string. */
+static size_t v2_collect(lua_State *L, v2_param *p) {
+  size_t n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, 1) != 0) {
+    size_t nlen, vlen;
+    const char *name, *value;
+    if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+      luaL_argerror(L, 1, "names and values must be strings");
+    name = lua_tolstring(L, -2, &nlen);
+    value = lua_tolstring(L, -1, &vlen);
+    lua_pop(L, 1); /* both strings stay referenced by the table */
+    if (vlen == 0 || (nlen == 4 && memcmp(name, "sign", 4) == 0)) continue;
+    if (p) {
+      p[n].name = name; p[n].nlen = nlen;
+      p[n].value = value; p[n].vlen = vlen;
+    }
+    n++;
+  }
+  return n;
+}
+
+/*** core.sign_v2(params, key) -> upper-case hex HMAC-SHA256 | nil, err
+ * The V2 rule: every non-empty parameter but `sign`, sorted by name (bytes), as
+ * name=value joined by &, then &key=<key>; HMAC-SHA256 keyed with the same key. The
+ * string to sign holds the key, so its buffer is cleansed before returning. */
+static int l_sign_v2(lua_State *L) {
+  static const char fn[] = "sign_v2";
+  size_t klen, n, i, total, off = 0;
+  const char *key;
+  v2_param *params;
+  unsigned char *msg, mac[EVP_MAX_MD_SIZE];
+  unsigned int maclen = 0;
+  char hex[2 * EVP_MAX_MD_SIZE];
+  int ok;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  key = luaL_checklstring(L, 2, &klen);
+  lua_settop(L, 2);
+  if (klen == 0 || klen > 1024) return wx_fail(L, fn, "key must be 1..1024 bytes");
+  n = v2_collect(L, NULL);
+  if (n > V2_MAX_PARAMS) return wx_fail(L, fn, "too many parameters");
+  params = (v2_param *)wx_scratch(L, n * sizeof *params);
+  if (v2_collect(L, params) != n) return wx_fail(L, fn, "parameters changed while signing");
+  total = 4 + klen; /* "key=" + key */
+  for (i = 0; i < n; i++) {
+    if (params[i].nlen > V2_MAX_BYTES || params[i].vlen > V2_MAX_BYTES) return wx_fail(L, fn, "parameters too long");
+    total += params[i].nlen + params[i].vlen + 2; /* "=" and "&" */
+    if (total > V2_MAX_BYTES) return wx_fail(L, fn, "parameters too long");
+  }
+  if (n > 1) qsort(params, n, sizeof *params, v2_compare);
+  msg = wx_scratch(L, total);
+  for (i = 0; i < n; i++) {
+    memcpy(msg + off, params[i].name, params[i].nlen); off += params[i].nlen;
+    msg[off++] = '=';
+    memcpy(msg + off, params[i].value, params[i].vlen); off += params[i].vlen;
+    msg[off++] = '&';
+  }
+  memcpy(msg + off, "key=", 4); off += 4;
+  memcpy(msg + off, key, klen); off += klen;
+  ERR_clear_error();
+  ok = HMAC(EVP_sha256(), key, (int)klen, msg, off, mac, &maclen) != NULL && maclen == 32;
+  OPENSSL_cleanse(msg, total);
+  if (!ok) return wx_fail(L, fn, "HMAC-SHA256 failed");
+  wx_hex_encode(mac, maclen, hex, 1);
+  OPENSSL_cleanse(mac, sizeof mac);
+  lua_pushlstring(L, hex, 2 * (size_t)maclen);
+  return 1;
+}
+
 void wx_open_crypto(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"base64_encode", l_base64_encode}, {"base64_decode", l_base64_decode},
     {"sha256_hex", l_sha256_hex}, {"nonce", l_nonce},
     {"aes_gcm_decrypt", l_aes_gcm_decrypt}, {"aes_gcm_encrypt", l_aes_gcm_encrypt},
+    {"sign_v2", l_sign_v2},
     {NULL, NULL}};
   luaL_setfuncs(L, funcs, 0);
 #ifdef WXPAY_TEST_HOOKS

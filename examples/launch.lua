@@ -1,16 +1,20 @@
 --- Launch a 商家券 (merchant coupon) stock: upload its logo, create the stock, grant it to
--- mini-programs, set the callback URL, receive COUPON.SEND for a few claims, raise the
--- budget, and print a summary.
+-- mini-programs, set the callback URL, issue a few coupons through the mini-program 发券插件
+-- (signed attributes from client.issue, taken by simulated users; a repeat answers
+-- DUPREQUEST) and receive COUPON.SEND for each, redeem one through its decrypted jump code,
+-- raise the budget, and print a summary.
 --
 --   lua5.4 examples/launch.lua (--config sandbox.json | --sandbox) --logo examples/logo.png
 --          --appids wx1111111111111111,wx2222222222222222 [--claims N] [--raise N] [--name TEXT]
 --
 -- `--sandbox` starts a local sandbox for the run and stops it afterwards (`make demo`).
 -- `--config` is a JSON file holding a wxpay.new config, or the sandbox's startup line (its
--- "config" member is used, and its "control_url" lets the script simulate users' claims).
--- Claims can only be simulated against the sandbox: against the live API that step and the
--- callback listener are skipped. Re-running is safe: grants already present are counted as
--- such, and each grant carries an Idempotency-Key derived from the stock and the appid.
+-- "config" member is used, and its "control_url" lets the script simulate the users who
+-- take the coupons). Users can only be simulated against the sandbox: against the live API
+-- that step and the callback listener are skipped. The config needs `apiv2_key` (the
+-- sandbox's startup config has one) to sign the plugin's attributes. Re-running is safe:
+-- grants already present are counted as such, and each grant carries an Idempotency-Key
+-- derived from the stock and the appid.
 
 -- Run from a checkout without installing: use its lua/ and build/ when they exist.
 local script = arg and arg[0] or ""
@@ -146,7 +150,9 @@ local function main()
     coupon_use_rule = {
       coupon_available_time = { available_begin_time = rfc3339(now), available_end_time = rfc3339(now + 30 * 86400) },
       fixed_normal_coupon = { discount_amount = 1000, transaction_minimum = 10000 },
-      use_method = "OFF_LINE",
+      -- 立即使用 opens this mini-program page, with the coupon's jump code appended
+      use_method = "MINI_PROGRAMS", mini_programs_appid = appids[1],
+      mini_programs_path = "pages/coupon/use",
     },
     stock_send_rule = { max_coupons = 1000, max_coupons_per_user = 1 },
     display_pattern_info = { merchant_logo_url = logo.media_url },
@@ -173,30 +179,58 @@ local function main()
   print(("Granted to %d mini-programs (%d new, %d already, %d failed)"):format(#appids, grants.built,
     grants.already, grants.failed))
 
-  -- 4. Callbacks for a few simulated claims (sandbox only).
-  local callbacks = 0
+  -- 4. Issue through the mini-program 发券插件: the server signs the component's attributes
+  -- (client.issue.plugin_params), the user taps, WeChat issues and sends COUPON.SEND. The
+  -- sandbox plays the plugin and the users (sandbox only).
+  local callbacks, redeemed = 0, nil
   if not control_url then
-    print("Not pointed at the sandbox: users' claims cannot be simulated against the live API; skipped.")
+    print("Not pointed at the sandbox: users taking coupons cannot be simulated against the live API; skipped.")
   else
     local srv, url = listen()
     local ok, err = pcall(function()
       assert(client.busifavor.callbacks.set{ notify_url = url })
       assert(assert(client.busifavor.callbacks.get()).notify_url == url)
+      local first
       for n = 1, opts.claims do
         local openid = ("oLaunchUser%04d"):format(n)
-        local res, status = control("/busifavor/claim", { stock_id = stock.stock_id, openid = openid,
-                                                          appid = appids[1] })
-        assert(status == 200, "claim answered " .. tostring(status))
+        -- One request number per user, made on the server (docs/issuing.md: the replay warning).
+        local attrs, ierr = client.issue.plugin_params{ send_coupon_params = {
+          { stock_id = stock.stock_id, out_request_no = ("%s_%04d"):format(stock.stock_id, n) } } }
+        assert(attrs, ierr and tostring(ierr))
+        local res, status = control("/issue/plugin", { attributes = attrs, openid = openid, appid = appids[1] })
+        assert(status == 200 and res.errcode == "OK", "the plugin answered " .. tostring(status))
+        local result = res.send_coupon_result[1]
+        assert(result.code == "SUCCESS", "issue: " .. tostring(result.code) .. " " .. tostring(result.message))
         local note, perr = receive(srv)
         assert(note, perr and tostring(perr))
         local ev = assert(client.busifavor.send_event(note))
-        assert(ev.stock_id == stock.stock_id and ev.coupon_code == res.coupon_code and ev.openid == openid)
-        print(("  COUPON.SEND: coupon %s to %s"):format(ev.coupon_code, ev.openid))
+        assert(ev.stock_id == stock.stock_id and ev.coupon_code == result.coupon_code and ev.openid == openid)
+        assert(ev.send_channel == "BUSICOUPON_SEND_CHANNEL_MINIAPP")
+        print(("  COUPON.SEND: coupon %s to %s (%s)"):format(ev.coupon_code, ev.openid, ev.send_channel))
         callbacks = callbacks + 1
+        if n == 1 then first = { attrs = attrs, openid = openid, code = result.coupon_code } end
+      end
+      if first then
+        -- The same tap again: DUPREQUEST, the same coupon, nothing issued twice.
+        local again = control("/issue/plugin", { attributes = first.attrs, openid = first.openid, appid = appids[1] })
+        local r = again.send_coupon_result[1]
+        assert(r.code == "DUPREQUEST" and r.coupon_code == first.code, "a repeat answers DUPREQUEST")
+        print("  again for " .. first.openid .. ": " .. r.code)
+        -- The user taps 立即使用: the page gets the jump parameters; the server decrypts the
+        -- coupon_code (APIv3 key, AAD COUPON_CODE) and redeems it.
+        local jump = control("/busifavor/jump_code", { coupon_code = first.code })
+        local q = {}
+        for k, v in jump.query:gmatch("([^&=]+)=([^&]*)") do q[k] = v end
+        local code, jerr = client.busifavor.decrypt_jump_code(q)
+        assert(code == first.code, jerr and tostring(jerr))
+        assert(client.busifavor.coupons.use{ coupon_code = code, stock_id = q.stock_id, appid = appids[1],
+          use_time = rfc3339(os.time()), openid = first.openid })
+        redeemed = code
+        print("  redeemed via the jump code: " .. code)
       end
     end)
     srv:close()
-    if not ok then fail("callbacks: ", tostring(err)) end
+    if not ok then fail("issuing: ", tostring(err)) end
   end
 
   -- 5. Raise the budget: a compare-and-set on the value just read.
@@ -212,6 +246,7 @@ local function main()
   print(("  grants              %d made, %d already present, %d failed"):format(grants.built, grants.already,
     grants.failed))
   print(("  COUPON.SEND         %d received"):format(callbacks))
+  print("  redeemed (jump code) " .. tostring(redeemed or "-"))
   print(("  budget (max_coupons) %d -> %d"):format(current, after.stock_send_rule.max_coupons))
   if control_url then
     print(("  coupons sent        %d"):format(after.send_count_information.total_send_num))
@@ -225,6 +260,7 @@ local function main()
   if control_url then
     assert(callbacks == opts.claims, "one COUPON.SEND per claim")
     assert(after.send_count_information.total_send_num == opts.claims, "one coupon per claim")
+    assert(opts.claims == 0 or redeemed, "one coupon redeemed through its jump code")
   end
 
   -- 6. A 支付有礼 activity over the stock, and a simulated payment that issues its prize.

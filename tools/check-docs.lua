@@ -39,6 +39,7 @@ local PUBLIC = {
   ["transport/curl.lua"] = { M = "wxpay.transport.curl" },
   ["transport/ngx.lua"] = { M = "wxpay.transport.ngx" },
 }
+PUBLIC["api/issue.lua"] = { issue = "client.issue" }
 
 -- Service modules whose public functions are the fields of the table their `M.new(api)`
 -- returns (bound to the client): file -> public prefix. Nested tables count
@@ -72,6 +73,8 @@ local INTERNAL = {
   ["config.lua"] = true, ["json.lua"] = true, ["request.lua"] = true, ["keyring.lua"] = true,
   ["verify.lua"] = true, ["retry.lua"] = true, ["pipeline.lua"] = true, ["redact.lua"] = true,
 }
+-- 发券: the checks behind wxpay.sign_v2, and client.busifavor.decrypt_jump_code (docs/issuing.md)
+INTERNAL["v2sign.lua"], INTERNAL["api/jump_code.lua"] = true, true
 
 -- Names defined in PUBLIC files that are plumbing, not API (none today). Besides these, a
 -- name whose last part is `_` + lower case (`M._read_response`) is internal by Lua's

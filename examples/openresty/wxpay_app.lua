@@ -6,6 +6,8 @@
 --   POST /admin/partnerships/terminate  {"appid":…,"stock_id":…,"business_type":…}
 --   POST /wxpay/notify                  WeChat Pay callbacks: 204 when verified and decrypted,
 --                                       4xx/5xx {"code":"FAIL",…} otherwise
+--   POST /coupons/send-params           发券: the signed <send-coupon> attributes of the
+--                                       logged-in user (issue_handler.lua)
 --
 -- The client is created once per nginx master (`init`, from the config file named by
 -- WXPAY_CONFIG) and so once per worker after the fork. Requests run over cosockets (the
@@ -140,6 +142,11 @@ function M.terminate()
   return reply(200, res)
 end
 
+--- POST: the signed 发券 attributes for the logged-in user (issue_handler.lua).
+function M.issue_params()
+  return require("issue_handler").plugin_params(client)
+end
+
 --- The WeChat Pay callback: verify over the raw body, decrypt, answer 204 (accepted) or the
 -- 4xx/5xx `{"code":"FAIL",…}` that makes WeChat Pay send it again later.
 function M.notify()
@@ -152,6 +159,7 @@ function M.notify()
     return reply(err.answer.status, err.answer.body)
   end
   -- Here the application records n.id (callbacks repeat) and acts on n.resource_data.
+  if n.event_type == "COUPON.SEND" then require("issue_handler").on_coupon_send(client, n) end
   ngx.log(ngx.INFO, "wxpay callback ", n.id, " ", n.event_type, " accepted")
   ngx.status = meta.answer.status
   return ngx.exit(meta.answer.status)

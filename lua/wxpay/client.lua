@@ -173,6 +173,10 @@ function M.new(config, version)
 
   local ring = keyring_handle(st)
   client.notify = require("wxpay.notify").new(ring)
+  -- 发券: the APIv2 key signs, never leaving this closure; the jump code needs the APIv3 key.
+  client.issue = require("wxpay.api.issue").new(api, { has_key = function() return st.apiv2_key ~= nil end,
+    sign = function(params) return require("wxpay.v2sign").sign(params, st.apiv2_key) end })
+  client.busifavor.decrypt_jump_code = require("wxpay.api.jump_code").new(ring)
   local sensitive = require("wxpay.sensitive").new(ring)
   client.encrypt, client.decrypt = sensitive.encrypt, sensitive.decrypt
 

@@ -28,6 +28,7 @@ local CONFIG_KEYS = {
   retry_after_max = true, sleep = true, now = true, monotonic = true,
   certificate_refresh_interval = true, store = true, qps = true,
 }
+CONFIG_KEYS.apiv2_key = true -- the 发券 signatures (wxpay.api.issue)
 M.KEYS = CONFIG_KEYS
 
 local function read_file(path)
@@ -185,6 +186,20 @@ function M.check_apiv3_key(config, st)
       return nil, errors.config("apiv3_key", "must be a string of exactly 32 bytes")
     end
     st.apiv3_key = config.apiv3_key
+  end
+  return true
+end
+
+--- `apiv2_key` (optional: only the 发券 signatures need it; 32 printable ASCII
+-- characters) into `st`. The message never shows the value.
+-- @return true, or nil and a `config` error
+function M.check_apiv2_key(config, st)
+  local key = config.apiv2_key
+  if key ~= nil then
+    if type(key) ~= "string" or #key ~= 32 or not key:match("^[\33-\126]+$") then
+      return nil, errors.config("apiv2_key", "must be a string of exactly 32 printable ASCII characters")
+    end
+    st.apiv2_key = key
   end
   return true
 end
@@ -375,6 +390,7 @@ local STEPS = {
   M.load_platform_certificates, M.check_hosts, M.check_numbers, M.check_strings, M.check_hooks,
   M.check_fleet,
 }
+STEPS[#STEPS + 1] = M.check_apiv2_key
 
 local function run_steps(config, st)
   for _, step in ipairs(STEPS) do

@@ -78,6 +78,19 @@ wxpay.certificates = {
   list = forward(function(c) return c.certificates.list end),
   refresh = forward(function(c) return c.certificates.refresh end),
 }
+--- The APIv2 signature of the 发券 flows, without a client: the upper-case hex
+-- HMAC-SHA256 of the V2 string of `params` (every non-empty parameter but `sign`, sorted by
+-- name, raw values, then `&key=` + key), computed in the C core. docs/issuing.md.
+-- @tparam table params name → string or integer
+-- @tparam string key the merchant's APIv2 key
+-- @treturn string|nil 64 upper-case hex digits
+-- @treturn table|nil an `invalid_argument` error (a table, boolean, fraction or control
+--   character among the values)
+function wxpay.sign_v2(params, key)
+  local sign, err = require("wxpay.v2sign").sign(params, key)
+  return sign, err
+end
+
 function wxpay.concurrent(...)
   if not default_client then error(not_configured(), 2) end
   return default_client.concurrent(...)

@@ -40,6 +40,7 @@ end
 local function redact(st, s, sent)
   s = tostring(s)
   s = replace_plain(s, st.apiv3_key, "[REDACTED]")
+  s = replace_plain(s, st.apiv2_key, "[REDACTED]")
   for _, auth in ipairs(sent or {}) do
     local signature = auth:match('signature="([^"]+)"')
     s = replace_plain(s, auth, "[REDACTED]")

@@ -128,6 +128,29 @@ function M.check_verification(config, add)
   end
 end
 
+--- The APIv2 key (optional: only the 发券 signatures use it), through wxpay.config's
+-- `check_apiv2_key`: its shape only, never its value.
+function M.check_apiv2_key(config, add)
+  local key = config.apiv2_key
+  if key == nil then
+    add("apiv2_key", "ok", "not set (only needed to sign 发券: plugin, H5, JSAPI)")
+    return
+  end
+  if not config_mod.check_apiv2_key(config, {}) then
+    local n = type(key) == "string" and #key or 0
+    add("apiv2_key", "fail", "apiv2_key is " .. (type(key) == "string" and (n .. " bytes") or "not a string")
+      .. ", not 32 printable ASCII characters",
+      "The APIv2 key is the 32-character API密钥 (merchant platform, 账户中心 > API安全 > 设置API密钥). Copy it "
+      .. "whole, without spaces or a line break.")
+  elseif key == config.apiv3_key then
+    add("apiv2_key", "fail", "apiv2_key is the same as apiv3_key",
+      "They are two different keys: the APIv2 key (API密钥) signs 发券, the APIv3 key decrypts.")
+  else
+    add("apiv2_key", "ok", "32 characters (the shape only: only WeChat's side can prove it right; "
+      .. "a 签名错误 from the plugin or H5 page means the key or the signed fields are wrong)")
+  end
+end
+
 --- Run every check.
 -- @tparam table config the decoded configuration (keys of `wxpay.new`)
 -- @tparam table opts `wxpay` (the module), `now` (function, unix seconds)
@@ -140,6 +163,7 @@ function M.checks(config, opts)
   end
   M.check_keys(config, add, now)
   M.check_verification(config, add)
+  M.check_apiv2_key(config, add)
   if M.check_endpoint(config, add, now) then M.check_signed(config, add, opts.wxpay) end
   return out
 end

@@ -68,9 +68,11 @@ M.HELP = {
   doctor                         check the configuration and say what to fix
 ]],
 }
+M.HELP.issue = require("wxpay.cli.issue").HELP
 
 M.USAGE = "Usage: wxpay [--config FILE] COMMAND ...   (wxpay --version, wxpay COMMAND --help)\n\nCommands:\n"
-  .. M.HELP.campaign .. M.HELP.partnerships .. M.HELP.stocks .. M.HELP.paygift .. M.HELP.sandbox .. M.HELP.doctor .. [[
+  .. M.HELP.campaign .. M.HELP.partnerships .. M.HELP.stocks .. M.HELP.paygift .. M.HELP.issue
+  .. M.HELP.sandbox .. M.HELP.doctor .. [[
 
 Configuration: --config FILE or WXPAY_CONFIG=FILE, a JSON object with the keys of wxpay.new
 (the sandbox's startup line, with its "config" member, works as is). Secrets are never printed.
@@ -91,6 +93,9 @@ local VALUES = {
   create_end_time = true,
   activity_name = true, request_no = true,
 }
+for _, name in ipairs{ "openid", "coupon_code", "customize_send_time", "send_coupon_merchant", "fragment" } do
+  VALUES[name] = true -- wxpay issue
+end
 local FLAGS = { help = true, progress = true, no_progress = true, dry_run = true, version = true }
 
 --- Split arguments into positional words and `--name value` / `--name=value` options.
@@ -281,6 +286,13 @@ local function paygift(pos, opts, c)
 end
 
 local COMMANDS = { partnerships = partnerships, stocks = stocks, paygift = paygift }
+COMMANDS.issue = function(pos, opts, c)
+  return require("wxpay.cli.issue").run(pos[2], {
+    stock = opts.stock, openid = opts.openid, out_request_no = opts.out_request_no, coupon_code = opts.coupon_code,
+    customize_send_time = opts.customize_send_time, send_coupon_merchant = opts.send_coupon_merchant,
+    fragment = opts.fragment, format = opts.output or "table", client = c.client, out = c.out, err = c.err,
+  })
+end
 
 -- The commands that need a configuration, after it has loaded.
 local function with_config(pos, opts, c)

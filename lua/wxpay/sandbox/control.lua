@@ -2,6 +2,7 @@
 -- Specs and demos use it to inject faults, inspect requests and reshape behaviour.
 local callbacks = require("wxpay.sandbox.callbacks")
 local coupons = require("wxpay.sandbox.coupons_control")
+local issue = require("wxpay.sandbox.issue")
 local json = require("wxpay.sandbox.json")
 
 local M = {}
@@ -19,6 +20,13 @@ local function body_table(req)
   local v = json.decode(req.body)
   if type(v) ~= "table" then return nil end
   return v
+end
+
+-- A handler of a JSON-object body.
+local function with_body(req, server, handler)
+  local spec = body_table(req)
+  if not spec then return bad("body must be a JSON object") end
+  return handler(server, spec)
 end
 
 local function config_view(config)
@@ -228,6 +236,15 @@ local ROUTES = {
       return require("wxpay.sandbox.paygift_control").brands(server, spec)
     end,
   },
+  -- 发券 as the plugin, the H5 page and wx.addCard would (see wxpay.sandbox.issue).
+  ["/_sandbox/issue/plugin"] = { POST = function(server, req) return with_body(req, server, issue.plugin) end },
+  ["/_sandbox/issue/h5"] = { POST = function(server, req) return with_body(req, server, issue.h5) end },
+  ["/_sandbox/issue/jsapi"] = { POST = function(server, req) return with_body(req, server, issue.jsapi) end },
+  ["/_sandbox/issue/verify"] = { POST = function(server, req) return with_body(req, server, issue.verify) end },
+  ["/_sandbox/issue/keys"] = { GET = issue.keys },
+  ["/_sandbox/busifavor/jump_code"] = { POST = function(server, req)
+    return with_body(req, server, issue.jump_code)
+  end },
   ["/_sandbox/media"] = { GET = function(server)
     return reply(200, '{"media":' .. json.array(server.state.media or {}) .. "}")
   end },

@@ -278,6 +278,7 @@ function Server:startup_line()
     apiv3_key = keys.apiv3_key, base_url = base_url, backup_url = false,
     ca_file = keys.files.ca_file,
   }
+  config.apiv2_key = require("wxpay.sandbox.issue_sign").apiv2_key(keys, keys.mchid) -- 发券 signatures
   if mode ~= "public_key" then
     config.platform_certificate_files = { keys.files.platform_certificate_file }
   end
