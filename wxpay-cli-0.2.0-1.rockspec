@@ -30,11 +30,13 @@ build = {
     lua = {
       -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
       ["wxpay.cli.campaign"] = "lua/wxpay/cli/campaign.lua",
+      ["wxpay.cli.campaign_status"] = "lua/wxpay/cli/campaign_status.lua",
       ["wxpay.cli.doctor"] = "lua/wxpay/cli/doctor.lua",
       ["wxpay.cli"] = "lua/wxpay/cli/init.lua",
       ["wxpay.cli.journal"] = "lua/wxpay/cli/journal.lua",
       ["wxpay.cli.output"] = "lua/wxpay/cli/output.lua",
       ["wxpay.cli.partnerships"] = "lua/wxpay/cli/partnerships.lua",
+      ["wxpay.cli.plan"] = "lua/wxpay/cli/plan.lua",
       ["wxpay.cli.stocks"] = "lua/wxpay/cli/stocks.lua",
       -- END LUA MODULES
     },
