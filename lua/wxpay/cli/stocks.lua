@@ -33,7 +33,7 @@ function M.read_params(path)
   local text = f:read("*a")
   f:close()
   local ok, obj = pcall(require("cjson").new().decode, text)
-  if not ok or type(obj) ~= "table" then return nil, path .. " is not a JSON object" end
+  if not ok or type(obj) ~= "table" or obj[1] ~= nil then return nil, path .. " is not a JSON object" end
   local params, nerr = integral(obj)
   if not params then return nil, path .. ": " .. nerr end
   return params
