@@ -60,8 +60,8 @@ local function background(args, name)
   os.remove(rcf)
   os.remove(pidf)
   os.execute(string.format("(%slua5.4 bin/wxpay --config %s %s >/dev/null 2>%s & echo $! > %s.new; "
-    .. "mv %s.new %s; wait $!; echo $? > %s) 2>/dev/null &", sandbox.CLEAN_ENV, h.q(config_file), args, h.q(errf), h.q(pidf),
-    h.q(pidf), h.q(pidf), h.q(rcf)))
+    .. "mv %s.new %s; wait $!; echo $? > %s) 2>/dev/null &", sandbox.CLEAN_ENV, h.q(config_file), args, h.q(errf),
+    h.q(pidf), h.q(pidf), h.q(pidf), h.q(rcf)))
   local deadline = os.time() + 30
   while not io.open(pidf) and os.time() < deadline do os.execute("sleep 0.02") end
   local pid = assert(tonumber(h.read(pidf)))
