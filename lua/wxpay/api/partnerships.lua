@@ -201,6 +201,14 @@ local function write_checks(api, params, opts)
   return partner, ad
 end
 
+-- `check`: build's and terminate's checks alone; true, or nil and the error.
+local function check_call(api, params, opts)
+  check_args("check", params, opts)
+  local partner, err = write_checks(api, params, opts or {})
+  if not partner then return nil, err end
+  return true
+end
+
 -- build and terminate: POST partner + authorized_data with an Idempotency-Key.
 local function write_call(api, fname, path, params, opts)
   check_args(fname, params, opts)
@@ -379,10 +387,7 @@ function M.new(api)
   -- @treturn true|nil
   -- @treturn table|nil err (`invalid_argument`, naming the field)
   function P.check(params, opts)
-    check_args("check", params, opts)
-    local partner, err = write_checks(api, params, opts or {})
-    if not partner then return nil, err end
-    return true
+    return check_call(api, params, opts)
   end
 
   --- Fetch one page (`GET /v3/marketing/partnerships`).
