@@ -22,9 +22,9 @@ M.HELP = {
       the SQLite journal before the next step, so a run killed at any point can simply be run
       again: it finishes the rest and does nothing twice. A campaign is its business type and
       stock (or stock file) unless --campaign is given.
-      --dry-run checks every row and the config, prints what would be sent and how long it
-      would take at --qps, and sends nothing. Ctrl-C stops it (exit status 130); run again
-      to resume.
+      --dry-run checks the stock (one read), every row and the config, prints what would be
+      sent and how long it would take at --qps, and sends no write; the real run checks the
+      rows the same way first. Ctrl-C stops it (exit status 130); run again to resume.
   campaign status FILE.db [--campaign ID] [--output table|csv|json]
   campaign terminate PLAN.csv --stock STOCK_ID --business-type T --journal FILE.db
                [--campaign ID] [--concurrency 16] [--qps N] [--max-errors 20]
