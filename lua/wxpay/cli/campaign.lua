@@ -251,9 +251,11 @@ function M.dry_run(o, partners, campaign)
   local bad_stock = not stock_ok(o, client)
   if o.stock_params then
     -- Through a transport that sends nothing: the library checks the fields before that.
-    local dry = assert(require("wxpay").new(setmetatable({ transport = { request = function()
-      return nil, require("wxpay.transport").error("network", "dry run: not sent", false) end }, max_retries = 0 },
-      { __index = o.config })))
+    local c = {}
+    for k, v in pairs(o.config) do c[k] = v end
+    c.max_retries, c.transport = 0, { request = function()
+      return nil, require("wxpay.transport").error("network", "dry run: not sent", false) end }
+    local dry = assert(require("wxpay").new(c))
     local _, err = stocks.create_stock(dry, o.product, o.stock_params, o.stock_params.out_request_no or "DRYRUN")
     dry.close()
     if err and err.kind == "invalid_argument" then
