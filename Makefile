@@ -10,7 +10,7 @@ VALGRIND ?= valgrind --error-exitcode=3 --leak-check=full --errors-for-leak-kind
 
 .PHONY: all build luajit lua51 lua53 asan deps lint test test-lua54 test-luajit test-lua51 test-lua53 \
         test-asan test-valgrind \
-        fuzz demo bench rock dist docs docs-check clean
+        fuzz demo bench rock rock-luajit dist docs docs-check clean
 
 all: build
 
@@ -66,7 +66,7 @@ test-asan: asan
 test-valgrind: build
 	WXPAY_UNDER_VALGRIND=1 $(VALGRIND) $(LUA) /usr/bin/busted --exclude-tags=scale $(SPECS)
 
-test: deps build luajit lint docs-check rock dist test-lua54 test-luajit test-lua51 test-lua53 test-asan test-valgrind fuzz
+test: deps build luajit lint docs-check rock rock-luajit dist test-lua54 test-luajit test-lua51 test-lua53 test-asan test-valgrind fuzz
 
 fuzz:
 	@sh tools/fuzz.sh
@@ -86,6 +86,12 @@ rock:
 	luarocks --lua-version=5.4 test wxpay-scm-1.rockspec >build/luarocks-test.log 2>&1 || \
 	  { tail -30 build/luarocks-test.log; exit 1; }
 	@grep successes build/luarocks-test.log
+
+# The rocks installed for LuaJIT (as on an OpenResty host) into a fresh tree, then the nginx
+# spec with nginx loading wxpay from that tree, not from the checkout.
+rock-luajit: luajit
+	sh tools/rock-luajit.sh build/rocktree-luajit
+	WXPAY_NGINX_TREE=$(CURDIR)/build/rocktree-luajit $(BUSTED) --lua=luajit --run=luajit spec/14-openresty_spec.lua
 
 # The API pages from the code's LDoc comments (build/docs/); docs/*.md is the reference.
 docs:

@@ -72,6 +72,7 @@ build = {
       ["wxpay.store.memory"] = "lua/wxpay/store/memory.lua",
       ["wxpay.store.ngx"] = "lua/wxpay/store/ngx.lua",
       ["wxpay.store.redis"] = "lua/wxpay/store/redis.lua",
+      ["wxpay.suggest"] = "lua/wxpay/suggest.lua",
       ["wxpay.time"] = "lua/wxpay/time.lua",
       ["wxpay.transport.curl"] = "lua/wxpay/transport/curl.lua",
       ["wxpay.transport.http1"] = "lua/wxpay/transport/http1.lua",

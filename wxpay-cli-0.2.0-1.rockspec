@@ -30,6 +30,7 @@ build = {
     lua = {
       -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
       ["wxpay.cli.campaign"] = "lua/wxpay/cli/campaign.lua",
+      ["wxpay.cli.campaign_status"] = "lua/wxpay/cli/campaign_status.lua",
       ["wxpay.cli.doctor"] = "lua/wxpay/cli/doctor.lua",
       ["wxpay.cli"] = "lua/wxpay/cli/init.lua",
       ["wxpay.cli.issue"] = "lua/wxpay/cli/issue.lua",
@@ -37,6 +38,7 @@ build = {
       ["wxpay.cli.output"] = "lua/wxpay/cli/output.lua",
       ["wxpay.cli.partnerships"] = "lua/wxpay/cli/partnerships.lua",
       ["wxpay.cli.paygift"] = "lua/wxpay/cli/paygift.lua",
+      ["wxpay.cli.plan"] = "lua/wxpay/cli/plan.lua",
       ["wxpay.cli.stocks"] = "lua/wxpay/cli/stocks.lua",
       -- END LUA MODULES
     },

@@ -1312,3 +1312,31 @@ describe("hostile input (issue 10)", function()
     refused(c, t, { method = "GET", path = "/v3/x", headers = { connection = "close" } }, "headers.connection")
   end)
 end)
+
+describe("usability (issue 21)", function()
+  it("a mistyped configuration key gets a did-you-mean", function()
+    for typo, meant in pairs{ mch_id = "mchid", apiv3key = "apiv3_key", timout = "timeout",
+                              ["Base-URL"] = "base_url", privat_key_file = "private_key_file" } do
+      local _, err = wxpay.new(F.config(F.transport(ok_handler()), { [typo] = "x" }))
+      assert.equal("config", err.kind, typo)
+      assert.equal(typo, err.field)
+      assert.truthy(tostring(err):find("did you mean " .. meant .. "?", 1, true), tostring(err))
+    end
+    local _, err = wxpay.new(F.config(F.transport(ok_handler()), { zzzzzz = 1 }))
+    assert.falsy(tostring(err):find("did you mean", 1, true), tostring(err))
+  end)
+
+  it("decodes integral JSON numbers as integers where Lua has them", function()
+    local c = new_client(ok_handler('{"total_count":66,"max_coupons":2000,"rate":1.5,"big":1e300,"n":[3,-0]}'))
+    local data = assert(c.request{ method = "GET", path = "/v3/x" })
+    assert.equal("66", tostring(data.total_count))
+    assert.equal("2000", tostring(data.max_coupons))
+    assert.equal(1.5, data.rate)
+    assert.equal(1e300, data.big)
+    if math.type then
+      assert.equal("integer", math.type(data.total_count))
+      assert.equal("integer", math.type(data.n[1]))
+      assert.equal("float", math.type(data.rate))
+    end
+  end)
+end)

@@ -4,6 +4,7 @@
 
 local h = require("spec.helpers")
 local sandbox = require("spec.support.sandbox")
+local stocks = require("spec.support.stocks")
 local cjson = require("cjson").new()
 
 local sb, dir, config_file
@@ -181,18 +182,19 @@ describe("wxpay numeric options", function()
   it("accepts the ends of each range", function()
     local plan_file = dir .. "/numeric-ok.csv"
     plan(plan_file, 2, "wxnumok")
+    local stock = stocks.create(sb, "FAVOR_STOCK")
     local out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. plan_file
-      .. " --stock 7101 --business-type FAVOR_STOCK --journal " .. dir .. "/numeric-ok.db"
+      .. " --stock " .. stock .. " --business-type FAVOR_STOCK --journal " .. dir .. "/numeric-ok.db"
       .. " --concurrency 1024 --qps 10000 --no-progress")
     assert.equal(0, rc, err)
     assert.truthy(out:find("2 done", 1, true), out)
     out, err, rc = wxpay("--config " .. config_file .. " partnerships list --business-type FAVOR_STOCK"
-      .. " --stock 7101 --limit 50 --output json")
+      .. " --stock " .. stock .. " --limit 50 --output json")
     assert.equal(0, rc, err)
     assert.equal(2, #cjson.decode(out))
     local _
     _, err, rc = wxpay("--config " .. config_file .. " partnerships list --business-type FAVOR_STOCK"
-      .. " --stock 7101 --limit 1 --output json")
+      .. " --stock " .. stock .. " --limit 1 --output json")
     assert.equal(0, rc, err)
   end)
 end)
@@ -277,7 +279,8 @@ describe("wxpay campaign", function()
     local plan_file, journal = dir .. "/mode-plan.csv", dir .. "/mode.db"
     plan(plan_file, 2, "wxmode")
     local out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. plan_file
-      .. " --stock 7200 --business-type FAVOR_STOCK --journal " .. journal .. " --no-progress")
+      .. " --stock " .. stocks.create(sb, "FAVOR_STOCK") .. " --business-type FAVOR_STOCK --journal " .. journal
+      .. " --no-progress")
     assert.equal(0, rc, out .. err)
     assert.equal("600", mode(journal))
     -- While a journal is open in WAL mode its -wal and -shm files exist.
@@ -295,14 +298,15 @@ describe("wxpay campaign", function()
   it("runs a plan, reports it, and a rerun sends nothing", function()
     local p, db = dir .. "/plan.csv", dir .. "/small.db"
     plan(p, 40, "wxsmall")
+    local stock = stocks.create(sb, "FAVOR_STOCK")
     local run = "--config " .. config_file .. " campaign run " .. p
-      .. " --stock 8001 --business-type FAVOR_STOCK --journal " .. db .. " --concurrency 8 --qps 200"
+      .. " --stock " .. stock .. " --business-type FAVOR_STOCK --journal " .. db .. " --concurrency 8 --qps 200"
     local out, err, rc = wxpay(run)
     assert.equal(0, rc, err)
     assert.truthy(out:find("40 partners, 40 done, 0 failed, 0 not finished", 1, true), out)
     assert.truthy(err:find("40/40 done, 0 errors", 1, true), err) -- plain lines: no terminal here
     assert.falsy(err:find("\r", 1, true))
-    local builds = builds_for("8001")
+    local builds = builds_for(stock)
     assert.equal(40, #builds)
     -- keys are deterministic per campaign and partner
     local keys = {}
@@ -314,11 +318,11 @@ describe("wxpay campaign", function()
     local _
     _, err, rc = wxpay(run)
     assert.equal(0, rc, err)
-    assert.equal(40, #builds_for("8001")) -- nothing sent again
+    assert.equal(40, #builds_for(stock)) -- nothing sent again
 
     out, err, rc = wxpay("campaign status " .. db)
     assert.equal(0, rc, err)
-    assert.truthy(out:match("FAVOR_STOCK%-8001%s+FAVOR_STOCK%s+8001%s+40%s+40%s+0%s+0%s+0"), out)
+    assert.truthy(out:match("FAVOR_STOCK%-" .. stock .. "%s+FAVOR_STOCK%s+" .. stock .. "%s+40%s+40%s+0%s+0%s+0"), out)
     out = wxpay("campaign status " .. db .. " --output csv")
     local rows = parse_csv(out)
     assert.equal(41, #rows)
@@ -335,32 +339,42 @@ describe("wxpay campaign", function()
   it("records failures, retries the retryable ones on a rerun, and identifies campaigns by --campaign", function()
     local p, db = dir .. "/merchants.csv", dir .. "/m.db"
     plan(p, 5, "1", "merchant_id")
-    -- FAVOR_STOCK refuses merchant partners: a permanent failure per partner
-    local out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. p
-      .. " --stock 8002 --business-type FAVOR_STOCK --journal " .. db .. " --campaign spring")
+    -- FAVOR_STOCK refuses merchant partners: the rows are refused before anything is sent or
+    -- journaled, as --dry-run refuses them
+    local _, err, rc = wxpay("--config " .. config_file .. " campaign run " .. p
+      .. " --stock " .. stocks.create(sb, "FAVOR_STOCK") .. " --business-type FAVOR_STOCK --journal " .. db
+      .. " --campaign spring")
     assert.equal(1, rc, err)
-    assert.truthy(out:find("5 partners, 0 done, 5 failed", 1, true), out)
-    out = wxpay("campaign status " .. db .. " --campaign spring")
-    assert.truthy(out:find("failed partners", 1, true))
-    assert.truthy(out:find("INVALID_", 1, true))
+    assert.truthy(err:find("5 rows of the plan refused; nothing sent", 1, true), err)
+    assert.truthy(err:find("row 2: invalid_argument", 1, true), err)
+    assert.is_nil(io.open(db, "rb"))
     -- a 500 storm exhausts the retries of one partner; the rerun finishes it
-    sb:fault{ fault = "500", count = 3 }
+    local stock = stocks.create(sb, "BUSIFAVOR_STOCK")
+    sb:fault{ fault = "500", count = 3, path = "/v3/marketing/partnerships/build" }
+    local out
     out, err, rc = wxpay("--config " .. with_config{ retry_base_delay = 0.01 } .. " campaign run " .. p
-      .. " --stock 8003 --business-type BUSIFAVOR_STOCK --journal " .. db .. " --concurrency 1")
+      .. " --stock " .. stock .. " --business-type BUSIFAVOR_STOCK --journal " .. db .. " --concurrency 1"
+      .. " --campaign spring")
     assert.equal(1, rc, err)
     assert.truthy(out:find("4 done, 1 failed", 1, true), out)
+    out = wxpay("campaign status " .. db .. " --campaign spring")
+    assert.truthy(out:find("failed partners", 1, true))
+    assert.truthy(out:find("SYSTEM_ERROR", 1, true))
     out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. p
-      .. " --stock 8003 --business-type BUSIFAVOR_STOCK --journal " .. db)
+      .. " --stock " .. stock .. " --business-type BUSIFAVOR_STOCK --journal " .. db .. " --campaign spring")
     assert.equal(0, rc, err)
     assert.truthy(out:find("5 done, 0 failed", 1, true), out)
     -- the same key each time for that partner
     local per = {}
-    for _, b in ipairs(builds_for("8003")) do
+    for _, b in ipairs(builds_for(stock)) do
       local id = b.body.partner.merchant_id
       per[id] = per[id] or b.e.headers["idempotency-key"]
       assert.equal(per[id], b.e.headers["idempotency-key"])
     end
     -- two campaigns in one journal
+    _, err, rc = wxpay("--config " .. config_file .. " campaign run " .. p
+      .. " --stock " .. stock .. " --business-type BUSIFAVOR_STOCK --journal " .. db .. " --no-progress")
+    assert.equal(0, rc, err)
     local j = cjson.decode((wxpay("campaign status " .. db .. " --output json")))
     assert.equal(2, #j.campaigns)
   end)
@@ -371,8 +385,9 @@ describe("wxpay campaign", function()
     plan(p, n, "wxkill")
     local seed = os.time()
     math.randomseed(seed)
-    local run = string.format(sandbox.CLEAN_ENV .. "lua5.4 bin/wxpay --config %s campaign run %s --stock 9001 "
-      .. "--business-type BUSIFAVOR_STOCK --journal %s --concurrency 16 --qps 300", config_file, p, db)
+    local stock = stocks.create(sb, "BUSIFAVOR_STOCK")
+    local run = string.format(sandbox.CLEAN_ENV .. "lua5.4 bin/wxpay --config %s campaign run %s --stock %s "
+      .. "--business-type BUSIFAVOR_STOCK --journal %s --concurrency 16 --qps 300", config_file, p, stock, db)
     local kills = {}
     for k = 1, 5 do
       local pr = assert(io.popen(run .. " >/dev/null 2>&1 & echo $!"))
@@ -386,7 +401,7 @@ describe("wxpay campaign", function()
       kills[k] = string.format("%.2f s: %d done", wait, st.campaigns[1] and st.campaigns[1].done or 0)
     end
     local out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. p
-      .. " --stock 9001 --business-type BUSIFAVOR_STOCK --journal " .. db .. " --concurrency 16")
+      .. " --stock " .. stock .. " --business-type BUSIFAVOR_STOCK --journal " .. db .. " --concurrency 16")
     print(("\nkill -9 campaign (seed %d): %s"):format(seed, table.concat(kills, "; ")))
     assert.equal(0, rc, out .. err)
     assert.truthy(out:find("2000 partners, 2000 done, 0 failed, 0 not finished", 1, true), out)
@@ -396,7 +411,7 @@ describe("wxpay campaign", function()
     local rels = sb:control("GET", "/relations").relations
     local built = {}
     for _, r in ipairs(rels) do
-      if r.authorized_data.stock_id == "9001" then
+      if r.authorized_data.stock_id == stock then
         assert.is_nil(built[r.partner.appid])
         built[r.partner.appid] = r.state
       end
@@ -405,7 +420,7 @@ describe("wxpay campaign", function()
     for _, state in pairs(built) do count = count + 1; assert.equal("ESTABLISHED", state) end
     assert.equal(n, count)
     local key_of, sends = {}, 0
-    for _, b in ipairs(builds_for("9001")) do
+    for _, b in ipairs(builds_for(stock)) do
       local appid = b.body.partner.appid
       local key = b.e.headers["idempotency-key"]
       key_of[appid] = key_of[appid] or key
@@ -515,12 +530,13 @@ describe("wxpay campaign run (interrupts, --dry-run, duplicates)", function()
 
   -- Ctrl-C (the interpreter's own hook) and SIGTERM (core.trap_signal in bin/wxpay) stop a
   -- run the same way; each gives its own status.
-  for _, case in ipairs({ { "INT", "130", "interrupted", "9101" }, { "TERM", "143", "terminated", "9103" } }) do
-    local signal, status, word, stock = case[1], case[2], case[3], case[4]
+  for _, case in ipairs({ { "INT", "130", "interrupted" }, { "TERM", "143", "terminated" } }) do
+    local signal, status, word = case[1], case[2], case[3]
     it("stops on SIG" .. signal .. " with status " .. status .. " and a resume line, and a rerun finishes "
       .. "without building twice", function()
       local p, db = dir .. "/" .. word .. ".csv", dir .. "/" .. word .. ".db"
       plan(p, 40, "wx" .. word:sub(1, 3))
+      local stock = stocks.create(sb, "FAVOR_STOCK")
       sb:configure{ latency = 0.1 }
       local pidf, rcf, errf = dir .. "/" .. word .. ".pid", dir .. "/" .. word .. ".rc", dir .. "/" .. word .. ".err"
       os.remove(rcf)
@@ -580,12 +596,13 @@ describe("wxpay campaign run (interrupts, --dry-run, duplicates)", function()
     end
     local p, db = dir .. "/swallowed.csv", dir .. "/swallowed.db"
     plan(p, 5, "wxswl")
+    local stock = stocks.create(sb, "FAVOR_STOCK")
     local out, err, rc = swallowed("--config " .. config_file .. " campaign run " .. p
-      .. " --stock 9104 --business-type FAVOR_STOCK --journal " .. db .. " --no-progress")
+      .. " --stock " .. stock .. " --business-type FAVOR_STOCK --journal " .. db .. " --no-progress")
     assert.truthy(out:find("^false\t[^\n]*terminated!"), out) -- the trap fired and was swallowed
     assert.equal(143, rc, out .. err)
     assert.truthy(err:find("terminated: 0/5 done, run again to resume", 1, true), err)
-    assert.equal(0, #builds_for("9104"))
+    assert.equal(0, #builds_for(stock))
     -- any other command too
     out, err, rc = swallowed("--config " .. config_file .. " partnerships build --business-type FAVOR_STOCK"
       .. " --stock 9104 --appid wxswl000000000009")
@@ -597,42 +614,71 @@ describe("wxpay campaign run (interrupts, --dry-run, duplicates)", function()
     local p = dir .. "/dry.csv"
     plan(p, 30, "wxdry")
     local db = dir .. "/dry.db"
+    local stock = stocks.create(sb, "FAVOR_STOCK")
+    sb:control("DELETE", "/requests")
+    -- the one request a dry run sends: the stock's query
+    local function only_the_stock_read()
+      local seen = sb:requests()
+      assert.equal(1, #seen)
+      assert.equal("GET", seen[1].method)
+      assert.truthy(seen[1].target:find("/v3/marketing/favor/stocks/" .. stock, 1, true), seen[1].target)
+      sb:control("DELETE", "/requests")
+    end
     local out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. p
-      .. " --stock 9102 --business-type FAVOR_STOCK --journal " .. db .. " --qps 10 --dry-run")
+      .. " --stock " .. stock .. " --business-type FAVOR_STOCK --journal " .. db .. " --qps 10 --dry-run")
     assert.equal(0, rc, err)
     assert.truthy(out:find("wxdry000000000030", 1, true), out)
     assert.truthy(out:find("30 build requests", 1, true), out)
     assert.truthy(out:find("3s at --qps 10", 1, true), out)
-    assert.same({}, sb:requests())
+    only_the_stock_read()
     assert.is_nil(io.open(db, "rb"), "a dry run created the journal")
     -- a row the library refuses is named, and still nothing is sent
     h.write(p, "appid\nwxok1\n" .. string.rep("x", 40) .. "\n")
     out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. p
-      .. " --stock 9102 --business-type FAVOR_STOCK --journal " .. db .. " --dry-run")
+      .. " --stock " .. stock .. " --business-type FAVOR_STOCK --journal " .. db .. " --dry-run")
     assert.equal(1, rc, out .. err)
     assert.truthy(err:find("row 3", 1, true), err)
     assert.truthy(err:find("invalid_argument", 1, true), err)
+    only_the_stock_read()
+    -- the real run refuses that row the same way, before it journals or sends a grant
+    out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. p
+      .. " --stock " .. stock .. " --business-type FAVOR_STOCK --journal " .. db)
+    assert.equal(1, rc, out .. err)
+    assert.truthy(err:find("row 3", 1, true), err)
     assert.same({}, sb:requests())
-    -- without base_url the first line says this is the production API
-    local path = with_config{ base_url = false, backup_url = false }
+    assert.is_nil(io.open(db, "rb"), "a refused plan created the journal")
+    -- a NUL inside a row: refused by both (the journal would have cut it at the NUL)
+    h.write(p, "appid\nwxnul\0tail\n")
+    for _, dry in ipairs{ " --dry-run", "" } do
+      out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. p
+        .. " --stock " .. stock .. " --business-type FAVOR_STOCK --journal " .. db .. dry)
+      assert.equal(1, rc, out .. err)
+      assert.truthy(err:find("row 2: invalid_argument", 1, true), dry .. err)
+    end
+    sb:control("DELETE", "/requests")
+    -- without base_url the first line says this is the production API (the stock check
+    -- goes through a proxy that refuses: nothing leaves this machine)
+    local path = with_config{ base_url = false, backup_url = false, proxy = "http://127.0.0.1:9", max_retries = 0 }
     h.write(p, "appid\nwxok1\n")
     out, err, rc = wxpay("--config " .. path .. " campaign run " .. p
-      .. " --stock 9102 --business-type FAVOR_STOCK --journal " .. db .. " --dry-run")
+      .. " --stock " .. stock .. " --business-type FAVOR_STOCK --journal " .. db .. " --dry-run")
     os.remove(path)
-    assert.equal(0, rc, out .. err)
+    assert.equal(1, rc, out .. err)
     assert.truthy(err:match("^[^\n]*production API[^\n]*api%.mch%.weixin%.qq%.com"), err)
+    assert.truthy(err:find("cannot check stock", 1, true), err)
     assert.same({}, sb:requests())
   end)
 
   it("confirms a partner that already exists by listing it before recording it done", function()
+    local stock = stocks.create(sb, "FAVOR_STOCK")
     local _, err, rc = wxpay("--config " .. config_file .. " partnerships build --business-type FAVOR_STOCK"
-      .. " --stock 9103 --appid wxdup000000000001")
+      .. " --stock " .. stock .. " --appid wxdup000000000001")
     assert.equal(0, rc, err)
     local p, db = dir .. "/dup.csv", dir .. "/dup.db"
     plan(p, 2, "wxdup")
     local out
     out, err, rc = wxpay("--config " .. config_file .. " campaign run " .. p
-      .. " --stock 9103 --business-type FAVOR_STOCK --journal " .. db .. " --no-progress")
+      .. " --stock " .. stock .. " --business-type FAVOR_STOCK --journal " .. db .. " --no-progress")
     assert.equal(0, rc, out .. err)
     assert.truthy(out:find("2 done", 1, true), out)
     local listed = false

@@ -1,5 +1,7 @@
 -- OpenResty: the cosocket transport and examples/openresty/ in a real nginx (Debian's nginx
 -- + libnginx-mod-http-lua, LuaJIT, build-luajit/wxpay/core.so) against the real sandbox.
+-- With WXPAY_NGINX_TREE=DIR nginx loads wxpay from that luarocks tree instead of the checkout
+-- (`make rock-luajit` installs the rock for LuaJIT there and runs this file so).
 -- This file only drives: nginx, the sandbox and curl are separate processes; the first
 -- block checks the transport's parsing and phase choice with a scripted fake `ngx`.
 local core = require("wxpay.core")
@@ -7,6 +9,15 @@ local cjson = require("cjson").new()
 local sandbox = require("spec.support.sandbox")
 
 local ROOT = io.popen("pwd"):read("*l")
+-- Where nginx finds the library: an installed tree, or the checkout's lua/ and build-luajit/.
+local TREE = os.getenv("WXPAY_NGINX_TREE")
+local LIB_PATH = TREE and (TREE .. "/share/lua/5.1/?.lua;" .. TREE .. "/share/lua/5.1/?/init.lua;")
+  or (ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;")
+local LIB_CPATH = TREE and (TREE .. "/lib/lua/5.1/?.so;") or (ROOT .. "/build-luajit/?.so;")
+-- Run in init_by_lua: nginx does not start unless wxpay and its core come from there.
+local WHERE_CHECK = "for m, p in pairs{ wxpay = package.path, ['wxpay.core'] = package.cpath } do "
+  .. "local f = assert(package.searchpath(m, p)); "
+  .. "assert(f:sub(1, " .. #(TREE or ROOT) .. ") == '" .. (TREE or ROOT) .. "', m .. ' loaded from ' .. f) end"
 -- nginx itself: started with its own prefix, on ports retried when taken (spec/support/nginx.lua).
 local nginx_support = require("spec.support.nginx")
 local NGINX, LUA_MODULE = nginx_support.NGINX, nginx_support.LUA_MODULE
@@ -311,10 +322,12 @@ describe("OpenResty (real nginx)", function()
   setup(function()
     assert(read(NGINX), "nginx is not installed (make deps)")
     assert(read(LUA_MODULE), "libnginx-mod-http-lua is not installed (make deps)")
-    if not read(ROOT .. "/build-luajit/wxpay/core.so") then
+    if TREE then
+      assert(read(TREE .. "/lib/lua/5.1/wxpay/core.so"), "WXPAY_NGINX_TREE has no wxpay/core.so")
+    elseif not read(ROOT .. "/build-luajit/wxpay/core.so") then
       sh("make -s luajit >/dev/null 2>&1")
     end
-    assert(read(ROOT .. "/build-luajit/wxpay/core.so"), "build-luajit/wxpay/core.so missing (make luajit)")
+    assert(TREE or read(ROOT .. "/build-luajit/wxpay/core.so"), "build-luajit/wxpay/core.so missing (make luajit)")
     -- Certificate mode: the client downloads /v3/certificates, once per worker.
     sb = sandbox.start{ mode = "certificate", seed = 120 }
     manifest = cjson.decode(read(sb.dir .. "/manifest.json"))
@@ -336,8 +349,14 @@ describe("OpenResty (real nginx)", function()
     local config_file
 
     local function example_conf()
-      return (read(ROOT .. "/examples/openresty/nginx.conf"):gsub("{{root}}", ROOT)
-        :gsub("{{ca_file}}", sb.config.ca_file))
+      local conf = read(ROOT .. "/examples/openresty/nginx.conf")
+      -- the library from LIB_PATH / LIB_CPATH (the example's handlers stay the checkout's)
+      conf = conf:gsub('lua_package_path "{{root}}/lua/%?%.lua;{{root}}/lua/%?/init%.lua;', function()
+          return 'lua_package_path "' .. LIB_PATH end)
+        :gsub('lua_package_cpath "{{root}}/build%-luajit/%?%.so;', function()
+          return 'lua_package_cpath "' .. LIB_CPATH end)
+        :gsub("init_by_lua_block {", function() return "init_by_lua_block {\n        " .. WHERE_CHECK end)
+      return (conf:gsub("{{root}}", ROOT):gsub("{{ca_file}}", sb.config.ca_file))
     end
 
     setup(function()
@@ -556,13 +575,14 @@ describe("OpenResty (real nginx)", function()
         "http {",
         "  access_log off; client_body_temp_path tmp/body; proxy_temp_path tmp/proxy;",
         "  fastcgi_temp_path tmp/fastcgi; uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;",
-        '  lua_package_path "' .. ROOT .. "/lua/?.lua;" .. ROOT .. '/lua/?/init.lua;;";',
-        '  lua_package_cpath "' .. ROOT .. '/build-luajit/?.so;;";',
+        '  lua_package_path "' .. LIB_PATH .. ';";',
+        '  lua_package_cpath "' .. LIB_CPATH .. ';";',
         "  lua_ssl_trusted_certificate " .. sb.config.ca_file .. ";",
         "  lua_shared_dict spec 1m;",
         -- the client is made in the master (which can read the keys), used in init_worker:
         -- libcurl there, with the warning
         "  init_by_lua_block {",
+        "    " .. WHERE_CHECK,
         "    local f = io.open(os.getenv('WXPAY_CONFIG'))",
         "    local cfg = require('cjson').decode(f:read('*a')); f:close()",
         "    package.loaded.spec_client = assert(require('wxpay').new(cfg))",
@@ -761,8 +781,8 @@ describe("OpenResty (real nginx)", function()
         "http {",
         "  access_log off; client_body_temp_path tmp/body; proxy_temp_path tmp/proxy;",
         "  fastcgi_temp_path tmp/fastcgi; uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;",
-        '  lua_package_path "' .. ROOT .. "/lua/?.lua;" .. ROOT .. '/lua/?/init.lua;;";',
-        '  lua_package_cpath "' .. ROOT .. '/build-luajit/?.so;;";',
+        '  lua_package_path "' .. LIB_PATH .. ';";',
+        '  lua_package_cpath "' .. LIB_CPATH .. ';";',
         "  lua_ssl_trusted_certificate " .. sb.config.ca_file .. ";",
         "  server {",
         "    listen {{listen2}} ssl;",

@@ -153,6 +153,13 @@ describe("busifavor stocks", function()
     assert.truthy(F.check_signature(t.calls[1]))
   end)
 
+  it("tostring of a failed call shows its request number, as partnership errors show their key", function()
+    local b = new_client(function() return F.error_response(400, "PARAM_ERROR", "bad") end)
+    local _, err = b.stocks.create(BUSI)
+    assert.equal("1900000001_20240520_0001", err.out_request_no)
+    assert.truthy(tostring(err):find("out_request_no=1900000001_20240520_0001", 1, true), tostring(err))
+  end)
+
   it("create generates out_request_no and keeps it across a 500 and a dropped connection", function()
     local answers = { function() return F.error_response(500, "SYSTEM_ERROR", "busy") end, reset,
       ok_json('{"stock_id":"1286950000000039","create_time":"2024-05-20T13:29:35+08:00"}') }

@@ -184,6 +184,31 @@ describe("商家券 (busifavor)", function()
     assert(ok, err)
   end)
 
+  it("records the decoded answer of a chunked reply, and `attempts` is always an array", function()
+    local srv, url = listen()
+    local ok, err = pcall(function()
+      assert(call("POST", "/v3/marketing/busifavor/callbacks", { notify_url = url }))
+      local res, status, raw = sb:control("POST", "/busifavor/claim", { stock_id = create(), openid = OPENID,
+        appid = APPID, max_attempts = 1 })
+      assert.equal(200, status, raw)
+      assert.truthy(raw:find('"attempts":[]', 1, true), raw) -- not {}
+      local answer = '{"code":"FAIL","message":"失败"}'
+      serve_one(srv, function() return 500, answer, true end)
+      local rec, list
+      for _ = 1, 100 do
+        list = sb:control("GET", "/callbacks")
+        rec = list.callbacks[res.callback.id]
+        if rec.state ~= "pending" then break end
+        socket.sleep(0.05)
+      end
+      assert.equal("rejected", rec.state)
+      assert.equal(answer, rec.attempts[1].body)
+      assert.equal(500, rec.attempts[1].status)
+    end)
+    srv:close()
+    assert(ok, err)
+  end)
+
   it("tries COUPON.SEND 3 times by default and records every answer", function()
     local srv, url = listen()
     local ok, err = pcall(function()

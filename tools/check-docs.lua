@@ -64,6 +64,8 @@ local INTERNAL = {
   ["api/paygift_schema.lua"] = true,
   -- calendar arithmetic shared by the field checks, doctor and the sandbox
   ["time.lua"] = true,
+  -- "did you mean" for a mistyped config key (the message is in docs/config.md)
+  ["suggest.lua"] = true,
   -- the shared store (behind the `store` and `qps` config keys; docs/config.md)
   ["store/"] = true,
   -- the client's side of it: shared certificates, budget and failover (docs/fleet.md)

@@ -11,7 +11,12 @@ src=$(pwd)
 V=$(sed -n 's/^ *_VERSION = "\([^"]*\)".*/\1/p' lua/wxpay/init.lua)
 [ -n "$V" ] || { echo "dist: no _VERSION in lua/wxpay/init.lua" >&2; exit 1; }
 ref="v$V"
-if ! git rev-parse -q --verify "refs/tags/$ref" >/dev/null; then
+if git rev-parse -q --verify "refs/tags/$ref" >/dev/null; then
+  # A tag on the wrong commit would archive another version under this one's name.
+  tagged=$(git show "$ref:lua/wxpay/init.lua" | sed -n 's/^ *_VERSION = "\([^"]*\)".*/\1/p')
+  [ "$tagged" = "$V" ] || { echo "dist: tag $ref holds version '$tagged', not $V" >&2; exit 1; }
+  echo "dist: archiving tag $ref"
+else
   echo "dist: no tag $ref here; archiving HEAD as $V"
   ref=HEAD
 fi

@@ -33,6 +33,8 @@
 -- * `on_progress(done, total, summary)` (optional) is called after each task ends (an error
 --   too), with the tasks ended so far, `#tasks` and the summary so far: cheap enough to call
 --   every time; an error it raises ends the batch.
+-- * `on_send(i)` (optional) is called just before a request of task i leaves, after its `qps`
+--   slot (each attempt); under OpenResty when task i starts, after its slot.
 --
 -- The second result, `summary`, is `{ elapsed, requests, throttled, rate_cuts, min_rate,
 -- max_in_flight }` (seconds; requests started through the multi interface; 429 answers;
@@ -52,9 +54,7 @@ local MIN_RATE = 0.5    -- a cut never goes below one start every two seconds
 
 local function pack(...) return { n = select("#", ...), ... } end
 
----------------------------------------------------------------------------------------------
 -- Rate limiter: a generic cell rate algorithm (GCRA) with AIMD on 429
----------------------------------------------------------------------------------------------
 
 local Limiter = {}
 Limiter.__index = Limiter
@@ -125,9 +125,7 @@ function Limiter:throttle(now, started_at)
   return true
 end
 
----------------------------------------------------------------------------------------------
 -- Arguments
----------------------------------------------------------------------------------------------
 
 --- Check `tasks` and `opts` (raises on misuse, like a wrong argument type).
 -- @return n, concurrency, qps
@@ -152,15 +150,15 @@ function M.check_args(tasks, opts)
   if qps ~= nil and (type(qps) ~= "number" or qps ~= qps or qps <= 0 or qps == math.huge) then
     error("bad argument #2 to 'concurrent' (qps must be a positive number)", 3)
   end
-  if opts.on_progress ~= nil and type(opts.on_progress) ~= "function" then
-    error("bad argument #2 to 'concurrent' (on_progress must be a function)", 3)
+  for _, name in ipairs{ "on_progress", "on_send" } do
+    if opts[name] ~= nil and type(opts[name]) ~= "function" then
+      error("bad argument #2 to 'concurrent' (" .. name .. " must be a function)", 3)
+    end
   end
-  return n, c, qps, opts.on_progress
+  return n, c, qps, opts.on_progress, opts.on_send
 end
 
----------------------------------------------------------------------------------------------
 -- The scheduler (plain Lua: coroutines over the multi interface)
----------------------------------------------------------------------------------------------
 
 local Scheduler = {}
 Scheduler.__index = Scheduler
@@ -194,8 +192,9 @@ local function peek(q) return q[q.first] end
 local Batch = {}
 Batch.__index = Batch
 
-local function new_batch(ctx, tasks, n, concurrency, qps, on_progress)
+local function new_batch(ctx, tasks, n, concurrency, qps, on_progress, on_send)
   return setmetatable({ ctx = ctx, tasks = tasks, n = n, concurrency = concurrency, on_progress = on_progress,
+    on_send = on_send,
     t0 = core.monotonic(), ended = 0,
     limiter = M.new_limiter(qps), sched = setmetatable({}, Scheduler), results = {},
     runnable = queue(), waiting = queue(), sleepers = {}, inflight = {}, ninflight = 0,
@@ -271,6 +270,7 @@ function Batch:start_waiting(now)
   while peek(self.waiting) and self.limiter:wait(now) <= 0 do
     local w = shift(self.waiting)
     self.multi = self.multi or self.ctx.transport.multi(self.concurrency)
+    if self.on_send then self.on_send(w.task.i) end
     local ok, id, aerr = pcall(self.multi.add, self.multi, w.req)
     if ok and id then
       self.inflight[id] = { task = w.task, started = now }
@@ -332,8 +332,8 @@ end
 
 -- Run the batch. However the loop ends (an error from outside the tasks too: an interrupt,
 -- a memory error), this batch's transfers leave the multi handle the next batches share.
-local function schedule(ctx, tasks, n, concurrency, qps, on_progress)
-  local b = new_batch(ctx, tasks, n, concurrency, qps, on_progress)
+local function schedule(ctx, tasks, n, concurrency, qps, on_progress, on_send)
+  local b = new_batch(ctx, tasks, n, concurrency, qps, on_progress, on_send)
   local ok, err = pcall(b.run, b)
   if b.multi then pcall(b.multi.cancel_all, b.multi) end
   if not ok then error(err, 0) end
@@ -352,7 +352,7 @@ end
 
 -- Without a scheduler (OpenResty outside cosocket phases): one task after another, still
 -- within qps, sleeping with the client's own (non-blocking there) sleep.
-local function sequential(ctx, tasks, n, qps, on_progress)
+local function sequential(ctx, tasks, n, qps, on_progress, on_send)
   local mono = core.monotonic
   local t0 = mono()
   local limiter = M.new_limiter(qps)
@@ -363,6 +363,7 @@ local function sequential(ctx, tasks, n, qps, on_progress)
     local wait = limiter:wait(mono())
     if wait > 0 then ctx.sleep(wait) end
     limiter:start(mono())
+    if on_send then on_send(i) end
     results[i] = M.run_task(tasks[i])
     if on_progress then on_progress(i, n, summary()) end
   end
@@ -370,14 +371,15 @@ local function sequential(ctx, tasks, n, qps, on_progress)
 end
 
 -- Light threads give their summary only at the end: each task reports the count and time.
-local function counted(tasks, n, on_progress)
-  if not on_progress then return tasks end
+local function counted(tasks, n, on_progress, on_send)
+  if not (on_progress or on_send) then return tasks end
   local t0, ended, out = core.monotonic(), 0, {}
   for i = 1, n do
     out[i] = function()
+      if on_send then on_send(i) end
       local r = M.run_task(tasks[i])
       ended = ended + 1
-      on_progress(ended, n, { elapsed = core.monotonic() - t0 })
+      if on_progress then on_progress(ended, n, { elapsed = core.monotonic() - t0 }) end
       if r[1] == nil and r.n == 2 then error(r[2], 0) end
       return unpack(r, 1, r.n)
     end
@@ -386,12 +388,12 @@ local function counted(tasks, n, on_progress)
 end
 
 -- Under OpenResty: light threads where cosockets work, else one task after another.
-local function openresty(ctx, tasks, n, concurrency, qps, on_progress)
+local function openresty(ctx, tasks, n, concurrency, qps, on_progress, on_send)
   if require("wxpay.transport.ngx").cosockets_available() then
-    return require("wxpay.transport.ngx_threads").run(counted(tasks, n, on_progress),
+    return require("wxpay.transport.ngx_threads").run(counted(tasks, n, on_progress, on_send),
       { concurrency = concurrency, qps = qps })
   end
-  return sequential(ctx, tasks, n, qps, on_progress)
+  return sequential(ctx, tasks, n, qps, on_progress, on_send)
 end
 
 --- Hook `client.concurrent` into a client. Called once by `wxpay.client.new`.
@@ -426,19 +428,19 @@ function M.attach(st, config)
 
   --- Run `tasks` (functions making client calls) concurrently; see the module doc.
   -- @tparam table tasks array of functions
-  -- @tparam[opt] table opts `concurrency` (16), `qps` (none), `on_progress(done, total, summary)`
+  -- @tparam[opt] table opts `concurrency` (16), `qps` (none), `on_progress`, `on_send`
   -- @treturn table results, `results[i]` packed like `table.pack`
   -- @treturn table summary
   return function(tasks, opts)
-    local n, concurrency, qps, on_progress = M.check_args(tasks, opts)
+    local n, concurrency, qps, on_progress, on_send = M.check_args(tasks, opts)
     if current() or ctx.busy then error("client.concurrent: batches do not nest", 2) end
-    if rawget(_G, "ngx") then return openresty(ctx, tasks, n, concurrency, qps, on_progress) end
+    if rawget(_G, "ngx") then return openresty(ctx, tasks, n, concurrency, qps, on_progress, on_send) end
     if not ctx.transport then
       -- A transport without multi answers synchronously: coroutines still give ordering and sleeps.
       ctx.transport = { multi = function() error("wxpay.concurrent: the client's transport has no multi") end }
     end
     ctx.busy = true
-    local ok, results, summary = pcall(schedule, ctx, tasks, n, concurrency, qps, on_progress)
+    local ok, results, summary = pcall(schedule, ctx, tasks, n, concurrency, qps, on_progress, on_send)
     ctx.busy = false
     if not ok then error(results, 0) end
     return results, summary

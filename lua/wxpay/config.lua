@@ -126,11 +126,13 @@ end
 
 
 --- Refuse any key `wxpay.new` does not know (a typo would otherwise be ignored).
--- @return true, or nil and a `config` error
+-- @return true, or nil and a `config` error (with "did you mean" when a known key is close)
 function M.check_keys(config)
   for k in pairs(config) do
     if type(k) ~= "string" or not CONFIG_KEYS[k] then
-      return nil, errors.config(tostring(k), "unknown configuration key")
+      local near = type(k) == "string" and require("wxpay.suggest").closest(k, CONFIG_KEYS)
+      return nil, errors.config(tostring(k), "unknown configuration key" .. (near and ("; did you mean " .. near
+        .. "?") or ""))
     end
   end
   return true

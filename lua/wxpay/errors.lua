@@ -14,7 +14,8 @@ Error.__index = Error
 local SUFFIX_FIELDS = { "field", "request_id", "idempotency_key", "serial", "attempts" }
 
 --- Render an error as one log line.
--- e.g. `wxpay: api error 500 SYSTEM_ERROR: 系统错误 (request_id=…, attempts=3)`.
+-- e.g. `wxpay: api error 500 SYSTEM_ERROR: 系统错误 (request_id=…, attempts=3)`; a coupon
+-- call's request number shows as `out_request_no=…` (any `*_request_no` field).
 function Error.__tostring(e)
   local head = { "wxpay: ", tostring(e.kind), " error" }
   if e.status then head[#head + 1] = " " .. tostring(e.status) end
@@ -24,6 +25,18 @@ function Error.__tostring(e)
   for _, k in ipairs(SUFFIX_FIELDS) do
     local v = e[k]
     if v ~= nil then extra[#extra + 1] = k .. "=" .. tostring(v) end
+    -- The coupon calls' request numbers (`out_request_no`, `modify_budget_request_no`, …)
+    -- are their idempotency keys: shown in the same place, sorted.
+    if k == "idempotency_key" then
+      local numbers = {}
+      for name, no in pairs(e) do
+        if type(name) == "string" and name:find("_request_no$") then
+          numbers[#numbers + 1] = name .. "=" .. tostring(no)
+        end
+      end
+      table.sort(numbers)
+      for _, n in ipairs(numbers) do extra[#extra + 1] = n end
+    end
   end
   if e.probe then extra[#extra + 1] = "probe=true" end
   if #extra > 0 then head[#head + 1] = " (" .. table.concat(extra, ", ") .. ")" end

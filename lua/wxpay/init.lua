@@ -60,6 +60,7 @@ wxpay.partnerships = {
   build = forward(function(c) return c.partnerships.build end),
   terminate = forward(function(c) return c.partnerships.terminate end),
   page = forward(function(c) return c.partnerships.page end),
+  check = forward(function(c) return c.partnerships.check end),
   list = function(...)
     if not default_client then error(not_configured(), 2) end
     return default_client.partnerships.list(...)

@@ -85,11 +85,33 @@ function M.encode(v)
   return table.concat(out)
 end
 
---- Decode JSON with the module's private lua-cjson instance.
+-- lua-cjson reads every number as a float; where the interpreter has integers (5.3+),
+-- integral ones become integers (`total_count` is 66, not 66.0). LuaJIT and 5.1 have one
+-- number type: nothing to do.
+local tointeger = math.tointeger
+
+local function integers(v)
+  for k, x in pairs(v) do
+    if type(x) == "number" then
+      local i = tointeger(x)
+      if i then v[k] = i end
+    elseif type(x) == "table" then
+      integers(x)
+    end
+  end
+  return v
+end
+
+--- Decode JSON with the module's private lua-cjson instance. On Lua 5.3+ integral numbers
+-- are Lua integers (those beyond 2^63 stay floats).
 -- @treturn any value, or `nil` and a reason
 function M.decode(s)
   local ok, v = pcall(json.decode, s)
   if not ok then return nil, tostring(v) end
+  if tointeger then
+    if type(v) == "table" then return integers(v) end
+    if type(v) == "number" then return tointeger(v) or v end
+  end
   return v
 end
 

@@ -24,7 +24,8 @@ function M.tls(sb)
 end
 
 --- Accept one POST (read whole, so closing never resets the connection) and answer it with
--- `answer(headers, body) -> status, body`; `wrap` turns the accepted socket into TLS.
+-- `answer(headers, body) -> status, body, chunked` (chunked: the body sent in two chunks,
+-- as frameworks often answer); `wrap` turns the accepted socket into TLS.
 function M.serve_one(srv, answer, wrap)
   local conn = assert(srv:accept())
   conn:settimeout(5)
@@ -39,9 +40,15 @@ function M.serve_one(srv, answer, wrap)
     if name:lower() == "content-length" then length = tonumber(value) end
   end
   local body = length > 0 and assert(conn:receive(length)) or ""
-  local status, text = answer(headers, body)
-  conn:send(string.format("HTTP/1.1 %d X\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
-                          status, #text, text))
+  local status, text, chunked = answer(headers, body)
+  if chunked then
+    local half = math.floor(#text / 2)
+    conn:send(string.format("HTTP/1.1 %d X\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+      .. "%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n", status, half, text:sub(1, half), #text - half, text:sub(half + 1)))
+  else
+    conn:send(string.format("HTTP/1.1 %d X\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+                            status, #text, text))
+  end
   conn:close()
 end
 

@@ -183,10 +183,9 @@ local function check_args(fname, params, opts)
   end
 end
 
--- build and terminate: POST partner + authorized_data with an Idempotency-Key.
-local function write_call(api, fname, path, params, opts)
-  check_args(fname, params, opts)
-  opts = opts or {}
+-- The checks of build and terminate: partner, authorized_data and opts (the key when
+-- given); returns the two ordered objects, or nil and an error.
+local function write_checks(api, params, opts)
   local ok, err = check_fields(params, { partner = true, authorized_data = true }, "")
   if not ok then return nil, err end
   local partner, ad = objects(api, params, true)
@@ -195,13 +194,32 @@ local function write_call(api, fname, path, params, opts)
   if not ok then return nil, err end
   ok, err = api.check_call_options(opts, "opts.")
   if not ok then return nil, err end
+  if opts.idempotency_key ~= nil then
+    ok, err = api.check_idempotency_key(opts.idempotency_key, "opts.idempotency_key")
+    if not ok then return nil, err end
+  end
+  return partner, ad
+end
+
+-- `check`: build's and terminate's checks alone; true, or nil and the error.
+local function check_call(api, params, opts)
+  check_args("check", params, opts)
+  local partner, err = write_checks(api, params, opts or {})
+  if not partner then return nil, err end
+  return true
+end
+
+-- build and terminate: POST partner + authorized_data with an Idempotency-Key.
+local function write_call(api, fname, path, params, opts)
+  check_args(fname, params, opts)
+  opts = opts or {}
+  local partner, ad = write_checks(api, params, opts)
+  if not partner then return nil, ad end
   local key = opts.idempotency_key
   if key == nil then
-    key, err = api.new_idempotency_key()
-    if not key then return nil, err end
-  else
-    ok, err = api.check_idempotency_key(key, "opts.idempotency_key")
-    if not ok then return nil, err end
+    local kerr
+    key, kerr = api.new_idempotency_key()
+    if not key then return nil, kerr end
   end
   local body = api.encode_json(setmetatable({ partner = partner, authorized_data = ad }, BODY_ORDER))
   return api.send{ method = "POST", target = path, body = body, idempotency_key = key,
@@ -360,6 +378,16 @@ function M.new(api)
   -- @treturn table|nil meta
   function P.terminate(params, opts)
     return write_call(api, "terminate", TERMINATE_PATH, params, opts)
+  end
+
+  --- Check `params` and `opts` as `build` and `terminate` do, and send nothing: a script
+  -- (the campaign runner) refuses a bad record before it journals or sends anything.
+  -- @tparam table params as `build`
+  -- @tparam[opt] table opts as `build`
+  -- @treturn true|nil
+  -- @treturn table|nil err (`invalid_argument`, naming the field)
+  function P.check(params, opts)
+    return check_call(api, params, opts)
   end
 
   --- Fetch one page (`GET /v3/marketing/partnerships`).

@@ -1,17 +1,20 @@
---- `wxpay campaign run` and `wxpay campaign status`: authorise one stock to every partner of
--- a plan, concurrently, resumably.
+--- `wxpay campaign run`, `campaign terminate` and `campaign status`: authorise one stock to
+-- (or end it for) every partner of a plan, concurrently, resumably.
 --
 -- A campaign is identified by `--campaign ID`, or else by its business type and stock. Each
 -- partner's Idempotency-Key is derived from the campaign and the partner (a SHA-256), so a
 -- re-send after a crash is a replay WeChat Pay answers with the original result. Each partner
--- is marked `sending` in the journal before its request leaves and `done`/`failed` as soon
--- as the answer is in; a rerun sends again only what is `pending`, `sending` (answer never
--- recorded) or failed in a way a retry may fix.
+-- is marked `sending` in the journal when its request leaves (`client.concurrent`'s
+-- `on_send`, after its --qps slot) and `done`/`failed` as soon as the answer is in; a rerun
+-- sends again only what is `pending`, `sending` (answer never recorded) or failed in a way a
+-- retry may fix. Before the first request the stock is read (it must exist as that business
+-- type), and a streak of `max_errors` identical non-retryable errors stops the run.
 -- @module wxpay.cli.campaign
 
 local core = require("wxpay.core")
 local journal_mod = require("wxpay.cli.journal")
 local output = require("wxpay.cli.output")
+local plan = require("wxpay.cli.plan")
 local stocks = require("wxpay.cli.stocks")
 
 local M = {}
@@ -23,36 +26,14 @@ function M.idempotency_key(campaign, partner_type, partner_id)
   return "wxc" .. core.sha256_hex(campaign .. "\n" .. partner_type .. "\n" .. partner_id):sub(1, 45)
 end
 
---- Read a plan: CSV with a header row and an `appid` or a `merchant_id` column.
--- @return array of `{ type, id }` (duplicates dropped), or nil and an error
-function M.read_plan(path)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, "cannot read plan: " .. tostring(err) end
-  local text = f:read("*a")
-  f:close()
-  text = text:gsub("^\239\187\191", "") -- a UTF-8 BOM from spreadsheets
-  local records, perr = output.parse_csv(text)
-  if not records then return nil, "plan " .. path .. ": " .. perr end
-  local header = records[1]
-  if not header then return nil, "plan " .. path .. " is empty" end
-  local col, ptype
-  for i, name in ipairs(header) do
-    local n = name:lower():gsub("^%s+", ""):gsub("%s+$", "")
-    if n == "appid" and not col then col, ptype = i, "APPID" end
-    if n == "merchant_id" and not col then col, ptype = i, "MERCHANT" end
-  end
-  if not col then return nil, "plan " .. path .. " has no appid or merchant_id column in its header row" end
-  local out, seen = {}, {}
-  for line = 2, #records do
-    local id = (records[line][col] or ""):gsub("^%s+", ""):gsub("%s+$", "")
-    if id ~= "" and not seen[id] then
-      seen[id] = true
-      out[#out + 1] = { type = ptype, id = id, row = line }
-    end
-  end
-  if #out == 0 then return nil, "plan " .. path .. " lists no partners" end
-  return out
-end
+--- Read a plan (`wxpay.cli.plan.read`).
+M.read_plan = plan.read
+
+-- What each command sends per partner, and the journal's state of the relation once done.
+local ACTIONS = {
+  run = { call = "build", path = "/v3/marketing/partnerships/build", relation_state = "ESTABLISHED" },
+  terminate = { call = "terminate", path = "/v3/marketing/partnerships/terminate", relation_state = "TERMINATED" },
+}
 
 local function is_tty()
   local ok = os.execute("test -t 2")
@@ -69,28 +50,39 @@ function M.already_exists(err)
     or (err.code == "INVALID_REQUEST" and tostring(err.message or ""):find("已存在", 1, true) ~= nil)
 end
 
+--- Whether an API error says the relation has already ended (`INVALID_REQUEST` with 已终止).
+function M.already_terminated(err)
+  return type(err) == "table" and err.kind == "api" and err.code == "INVALID_REQUEST"
+    and tostring(err.message or ""):find("已终止", 1, true) ~= nil
+end
+
 --- Confirm a suspected duplicate: list the stock's partnerships for that partner and look
--- for an established one. Matching a message's text is a guess; the listing is the fact.
+-- for one in `state` (default `ESTABLISHED`). Matching a message's text is a guess; the
+-- listing is the fact.
 -- @treturn boolean
-function M.confirm_established(client, partner, authorized_data)
+function M.confirm_established(client, partner, authorized_data, state)
   local page = client.partnerships.page{ authorized_data = authorized_data, partner = partner, limit = 50 }
   local id = partner.appid or partner.merchant_id
   for _, rel in ipairs(page and type(page.data) == "table" and page.data or {}) do
     local p = type(rel.partner) == "table" and rel.partner or {}
-    if (p.appid or p.merchant_id) == id and rel.state == "ESTABLISHED" then return true end
+    if (p.appid or p.merchant_id) == id and rel.state == (state or "ESTABLISHED") then return true end
   end
   return false
 end
 
--- The journal outcome of one build call.
+-- The journal outcome of one build or terminate call.
 local function outcome_of(r, partner, rel, err, meta)
+  local want = r.action.relation_state
   if rel then
-    return { state = "done", attempts = meta.attempts, request_id = meta.request_id, relation_state = rel.state }
+    return { state = "done", attempts = meta.attempts, request_id = meta.request_id,
+             relation_state = rel.state or want }
   end
-  if M.already_exists(err) and M.confirm_established(r.client, partner, r.authorized_data) then
-    -- Established before this campaign's key was used (e.g. by hand): the goal is met.
+  local already = want == "ESTABLISHED" and M.already_exists(err) or M.already_terminated(err)
+  if already and M.confirm_established(r.client, partner, r.authorized_data, want) then
+    -- Done before this campaign's key was used (e.g. by hand): the goal is met.
     return { state = "done", attempts = err.attempts, request_id = err.request_id,
-             relation_state = "ESTABLISHED", error_code = "ALREADY_ESTABLISHED" }
+             relation_state = want,
+             error_code = want == "ESTABLISHED" and "ALREADY_ESTABLISHED" or "ALREADY_TERMINATED" }
   end
   return { state = "failed", attempts = err.attempts, retryable = err.retryable and true or false,
            error_code = err.code, error_message = err.message, request_id = err.request_id }
@@ -101,19 +93,30 @@ local function partner_of(p)
          or { type = "MERCHANT", merchant_id = p.partner_id }
 end
 
--- One task per partner. Once `r.stop` is set (Ctrl-C, a journal failure) or a SIGTERM
--- arrived, tasks not yet started send nothing: they end as "skipped" and their partners
--- stay pending.
+-- A streak of identical non-retryable failures (same code and message) says the campaign,
+-- not the partners, is wrong: at `max_errors` in a row the run stops.
+local function count_streak(r, p, outcome)
+  if outcome.state ~= "failed" or outcome.retryable then r.streak = { n = 0, partners = {} }; return end
+  local key = tostring(outcome.error_code) .. "\n" .. tostring(outcome.error_message)
+  if r.streak.key ~= key then r.streak = { key = key, n = 0, partners = {}, outcome = outcome } end
+  r.streak.n = r.streak.n + 1
+  r.streak.partners[#r.streak.partners + 1] = p
+  if r.streak.n >= r.max_errors and not r.stopped then r.stopped, r.stop = r.streak, true end
+end
+
+-- One task per partner. Once `r.stop` is set (Ctrl-C, a journal failure, an error streak)
+-- or a SIGTERM arrived, tasks not yet started send nothing: they end as "skipped" and their
+-- partners keep their state. `sending` is journaled by `on_send`, when the request leaves.
 local function partner_task(r, p)
   return function()
     if r.stop or core.signal_pending() then r.ended_ok = r.ended_ok + 1; return "skipped" end
-    if p.state == "failed" then r.errors = r.errors - 1 end
-    r.journal:sending(r.campaign, p, core.time())
-    local rel, err, meta = r.client.partnerships.build({ partner = partner_of(p),
+    local rel, err, meta = r.client.partnerships[r.action.call]({ partner = partner_of(p),
       authorized_data = r.authorized_data }, { idempotency_key = p.idempotency_key })
     local outcome = outcome_of(r, partner_of(p), rel, err, meta)
+    if p.state == "failed" then r.errors = r.errors - 1 end
     if outcome.state == "failed" then r.errors = r.errors + 1 end
     r.journal:outcome(r.campaign, p, outcome, core.time())
+    count_streak(r, p, outcome)
     r.done, r.ended_ok = r.done + 1, r.ended_ok + 1
     return outcome.state
   end
@@ -137,7 +140,11 @@ local STOP_STATUS = { interrupted = 130, terminated = 143 }
 local function run_tasks(r, o, todo)
   local tasks = {}
   for i, p in ipairs(todo) do tasks[i] = partner_task(r, p) end
+  local marked = {}
   local ok, results = pcall(r.client.concurrent, tasks, { concurrency = o.concurrency, qps = o.qps,
+    on_send = function(i)
+      if not marked[i] then marked[i] = true; r.journal:sending(r.campaign, todo[i], core.time()) end
+    end,
     on_progress = function(ended)
       if ended > r.ended_ok or core.signal_pending() then r.stop = true end
       r.progress.update(r.done, r.errors)
@@ -182,6 +189,10 @@ end
 
 local function prepare(o)
   if o.create_stock then
+    if o.action == ACTIONS.terminate then
+      o.err:write("wxpay: campaign terminate needs --stock, not --create-stock\n")
+      return nil, 2
+    end
     local serr, status = stock_file_options(o)
     if serr then o.err:write("wxpay: ", serr, "\n"); return nil, status end
   end
@@ -196,60 +207,75 @@ local function prepare(o)
   local partners, perr = M.read_plan(o.plan)
   if not partners then o.err:write("wxpay: ", perr, "\n"); return nil, 1 end
   local campaign = o.campaign or (o.business_type .. "-" .. (o.stock or ("new-" .. o.params_sha256:sub(1, 12))))
+  if o.action == ACTIONS.terminate then campaign = campaign .. "/terminate" end
   for _, p in ipairs(partners) do p.idempotency_key = M.idempotency_key(campaign, p.type, p.id) end
   return partners, campaign
 end
 
--- A transport that records each request and sends nothing: the client validates and signs
--- before a request reaches its transport, so a row that gets here is one WeChat Pay would see.
-local function recorder(seen)
-  return { request = function(req)
-    seen[#seen + 1] = (req.method or "?") .. " " .. tostring(req.url):gsub("^https?://[^/]*", "")
-    return nil, require("wxpay.transport").error("network", "dry run: not sent", false)
-  end }
-end
+local PRODUCT_OF = { FAVOR_STOCK = "favor", BUSIFAVOR_STOCK = "busifavor" }
+local NAMES = { FAVOR_STOCK = "代金券", BUSIFAVOR_STOCK = "商家券" }
 
-local function dry_client(config, seen)
-  local c = {}
-  for k, v in pairs(config or {}) do c[k] = v end
-  c.transport, c.max_retries = recorder(seen), 0
-  return require("wxpay").new(c)
-end
-
---- `campaign run --dry-run`: check every row of the plan with the library's own validation
--- and the config, print what would be sent and how long it would take at --qps; send
--- nothing and write no journal.
--- @treturn int exit status (1 when a row or the config is refused)
-function M.dry_run(o, partners, campaign)
-  local seen = {}
-  local client, cerr = dry_client(o.config, seen)
-  if not client then o.err:write("wxpay: ", output.message(cerr), "\n"); return 1 end
-  local ad, rows, bad = { business_type = o.business_type, stock_id = o.stock or "NEW" }, {}, 0
-  local bad_stock = false
-  if o.stock_params then
-    local _, err = stocks.create_stock(client, o.product, o.stock_params, o.stock_params.out_request_no or "DRYRUN")
-    bad_stock = err ~= nil and err.kind == "invalid_argument"
-    if bad_stock then o.err:write("wxpay: ", o.create_stock, ": ", output.message(err), "\n") end
+--- Check, before the first grant, that the stock exists and is of `business_type` (the
+-- product's own query: `favor.stocks.get` or `busifavor.stocks.get`).
+-- @return true, or nil and a message (which says the other type when the stock is one)
+function M.check_stock(client, stock_id, business_type)
+  local s, err = client[PRODUCT_OF[business_type]].stocks.get(stock_id)
+  if s then return true end
+  if err.kind ~= "api" or (err.status ~= 404 and err.code ~= "RESOURCE_NOT_EXISTS") then
+    return nil, string.format("cannot check stock %s: %s; nothing sent", stock_id, output.message(err))
   end
-  for _, p in ipairs(partners) do
-    local partner = p.type == "APPID" and { type = "APPID", appid = p.id } or { type = "MERCHANT", merchant_id = p.id }
-    local _, err = client.partnerships.build({ partner = partner, authorized_data = ad },
-      { idempotency_key = p.idempotency_key })
+  local other = business_type == "FAVOR_STOCK" and "BUSIFAVOR_STOCK" or "FAVOR_STOCK"
+  local hint = "check --stock"
+  if client[PRODUCT_OF[other]].stocks.get(stock_id) then
+    hint = "it is a " .. other .. ": give --business-type " .. other
+  end
+  return nil, string.format("stock %s is not a %s (%s) of this merchant (%s %s); %s; nothing sent", stock_id,
+    business_type, NAMES[business_type], tostring(err.code), tostring(err.message), hint)
+end
+
+-- The stock check with the real client, when the stock is given (not created).
+local function stock_ok(o, client)
+  if o.create_stock then return true end
+  local ok, cerr = M.check_stock(client, o.stock, o.business_type)
+  if not ok then o.err:write("wxpay: ", cerr, "\n") end
+  return ok
+end
+
+--- `--dry-run`: check the stock (one query), every row of the plan with the library's own
+-- validation (as the real run does) and the config, print what would be sent and how long
+-- it would take at --qps; send no write and write no journal.
+-- @treturn int exit status (1 when the stock, a row or the config is refused)
+function M.dry_run(o, partners, campaign)
+  local client, cerr = require("wxpay").new(o.config)
+  if not client then o.err:write("wxpay: ", output.message(cerr), "\n"); return 1 end
+  local bad_stock = not stock_ok(o, client)
+  if o.stock_params then
+    -- Through a transport that sends nothing: the library checks the fields before that.
+    local c = {}
+    for k, v in pairs(o.config) do c[k] = v end
+    c.max_retries, c.transport = 0, { request = function()
+      return nil, require("wxpay.transport").error("network", "dry run: not sent", false) end }
+    local dry = assert(require("wxpay").new(c))
+    local _, err = stocks.create_stock(dry, o.product, o.stock_params, o.stock_params.out_request_no or "DRYRUN")
+    dry.close()
     if err and err.kind == "invalid_argument" then
-      bad = bad + 1
-      o.err:write("wxpay: ", o.plan, " row ", p.row, ": ", output.message(err), "\n")
-    else
-      rows[#rows + 1] = { partner_type = p.type, partner_id = p.id, idempotency_key = p.idempotency_key }
+      bad_stock = true
+      o.err:write("wxpay: ", o.create_stock, ": ", output.message(err), "\n")
     end
   end
+  local good, bad = plan.check_rows(client, o, partners)
   client.close()
+  local rows = {}
+  for i, p in ipairs(good) do
+    rows[i] = { partner_type = p.type, partner_id = p.id, idempotency_key = p.idempotency_key }
+  end
   o.out:write(output.table(rows, { "partner_type", "partner_id", "idempotency_key" }))
   local pace = o.qps and string.format("about %s at --qps %s", output.duration(#rows / o.qps), output.number(o.qps))
                or "no --qps limit: as fast as --concurrency and the API allow"
-  o.out:write(string.format("dry run of campaign %s: would send %d build requests (POST %s) for %s %s to %s; "
-    .. "%s; nothing sent\n", campaign, #rows, "/v3/marketing/partnerships/build", o.business_type,
+  o.out:write(string.format("dry run of campaign %s: would send %d %s requests (POST %s) for %s %s to %s; "
+    .. "%s; nothing sent%s\n", campaign, #rows, o.action.call, o.action.path, o.business_type,
     o.stock or ("a new stock from " .. o.create_stock),
-    o.host or "?", pace))
+    o.host or "?", pace, o.create_stock and "" or " (only the stock was read)"))
   if bad > 0 then o.err:write(string.format("wxpay: %d row%s of the plan refused\n", bad, bad == 1 and "" or "s")) end
   return (bad == 0 and not bad_stock) and 0 or 1
 end
@@ -300,17 +326,53 @@ function M.stock_step(o, journal, campaign)
   return data.stock_id
 end
 
---- Run a campaign.
--- @tparam table o `plan`, `stock`, `business_type`, `campaign`, `concurrency`, `qps`,
---   `journal`, `client`, `out` (stdout), `err` (stderr), `tty` (nil: detect); for
---   `dry_run`, `config` and `host` instead of `client`
--- @treturn int exit status (0: every partner done; 130: Ctrl-C; 143: SIGTERM)
-function M.run(o)
+-- After an error streak stopped the run: its partners are journaled as worth retrying, so
+-- the same command, run again once the cause is fixed, sends them again.
+local function stopped_by_streak(o, r, counts)
+  local again = {}
+  for i, p in ipairs(r.stopped.partners) do
+    again[i] = { partner_type = p.partner_type, partner_id = p.partner_id,
+                 idempotency_key = "wxc" .. core.sha256_hex(p.idempotency_key .. "\nagain"):sub(1, 45) }
+  end
+  r.journal:retry_later(r.campaign, again, core.time())
+  local e = r.stopped.outcome
+  o.err:write(string.format("\nwxpay: stopped after %d identical errors in a row (--max-errors %d): %s %s; "
+    .. "%d/%d done. The cause is likely the campaign (stock, business type, budget, permissions), not the "
+    .. "partners: fix it and run the same command again to resume (the %d partners of the streak are sent "
+    .. "again, nothing done is repeated)\n", r.stopped.n, r.max_errors, tostring(e.error_code),
+    tostring(e.error_message), counts.done, counts.total, #r.stopped.partners))
+  return 1
+end
+
+-- Ends a run: the summary line, the exit status.
+local function finish(o, r, counts)
+  if r.stopped then return stopped_by_streak(o, r, counts) end
+  r.progress.finish(counts.done + counts.failed, counts.failed)
+  o.out:write(string.format("campaign %s: %d partners, %d done, %d failed, %d not finished\n", r.campaign,
+    counts.total, counts.done, counts.failed, counts.pending + counts.sending))
+  return (counts.done == counts.total) and 0 or 1
+end
+
+-- Checks the rows (exactly as --dry-run does) and the stock, then opens the journal (its
+-- lock held until the end); returns the journal, or nil and a status.
+local function open_checked(o, partners)
+  local _, bad = plan.check_rows(o.client, o, partners)
+  if bad > 0 then
+    o.err:write(string.format("wxpay: %d row%s of the plan refused; nothing sent\n", bad, bad == 1 and "" or "s"))
+    return nil, 1
+  end
+  if not stock_ok(o, o.client) then return nil, 1 end
+  local journal, jerr = journal_mod.open(o.journal, { lock = true })
+  if not journal then o.err:write("wxpay: ", jerr, "\n"); return nil, 1 end
+  return journal
+end
+
+local function execute(o)
   local partners, campaign = prepare(o)
   if not partners then return campaign end
   if o.dry_run then return M.dry_run(o, partners, campaign) end
-  local journal, jerr = journal_mod.open(o.journal)
-  if not journal then o.err:write("wxpay: ", jerr, "\n"); return 1 end
+  local journal, jstatus = open_checked(o, partners)
+  if not journal then return jstatus end
   if o.create_stock then
     local stock_id, cerr = M.stock_step(o, journal, campaign)
     if not stock_id then o.err:write("wxpay: ", cerr, "\n"); journal:close(); return 1 end
@@ -323,9 +385,11 @@ function M.run(o)
   local todo = journal:todo(campaign)
   local counts = journal:counts(campaign)
   local r = { journal = journal, campaign = campaign, client = o.client, done = counts.total - #todo,
-    errors = counts.failed, ended_ok = 0, authorized_data = { business_type = o.business_type, stock_id = o.stock } }
-  r.progress = output.progress{ total = counts.total, start = r.done, tty = o.tty == nil and is_tty() or o.tty,
-    out = o.err, clock = core.monotonic, label = "campaign " .. campaign, every = 1 }
+    errors = counts.failed, ended_ok = 0, authorized_data = { business_type = o.business_type, stock_id = o.stock },
+    action = o.action, max_errors = o.max_errors or 20, streak = { n = 0, partners = {} } }
+  r.progress = o.no_progress and { update = function() end, finish = function() end }
+    or output.progress{ total = counts.total, start = r.done, tty = o.tty == nil and is_tty() or o.tty,
+                        out = o.err, clock = core.monotonic, label = "campaign " .. campaign, every = 1 }
   local run_ok, interrupted = pcall(run_tasks, r, o, todo)
   if not run_ok then journal:close(); error(interrupted, 0) end
   counts = journal:counts(campaign)
@@ -337,79 +401,31 @@ function M.run(o)
     journal:close()
     return STOP_STATUS[interrupted]
   end
-  r.progress.finish(counts.done + counts.failed, counts.failed)
-  o.out:write(string.format("campaign %s: %d partners, %d done, %d failed, %d not finished\n", campaign,
-    counts.total, counts.done, counts.failed, counts.pending + counts.sending))
+  local status = finish(o, r, counts)
   journal:close()
-  return (counts.done == counts.total) and 0 or 1
+  return status
 end
 
-local PARTNER_COLUMNS = { "campaign", "partner_type", "partner_id", "state", "attempts", "sends",
-  "error_code", "error_message", "request_id", "idempotency_key", "updated_at" }
-local SUMMARY_COLUMNS = { "campaign", "business_type", "stock_id", "total", "done", "failed", "pending",
-  "sending" }
-
---- Report on a journal.
--- @tparam table o `journal`, `campaign` (optional), `format`, `out`, `err`
-function M.status(o)
-  local f = io.open(o.journal, "rb")
-  if not f then o.err:write("wxpay: no journal at ", o.journal, "\n"); return 1 end
-  f:close()
-  local journal, jerr = journal_mod.open(o.journal)
-  if not journal then o.err:write("wxpay: ", jerr, "\n"); return 1 end
-  local campaigns = {}
-  for _, c in ipairs(journal:campaigns()) do
-    if not o.campaign or c.id == o.campaign then campaigns[#campaigns + 1] = c end
-  end
-  if o.campaign and #campaigns == 0 then
-    o.err:write("wxpay: no campaign ", o.campaign, " in ", o.journal, "\n")
-    journal:close()
-    return 1
-  end
-  local summary, partners = {}, {}
-  for i, c in ipairs(campaigns) do
-    local n = journal:counts(c.id)
-    summary[i] = { campaign = c.id, business_type = c.business_type, stock_id = c.stock_id, total = n.total,
-                   done = n.done, failed = n.failed, pending = n.pending, sending = n.sending }
-    for _, p in ipairs(journal:partners(c.id)) do
-      p.campaign = c.id
-      p.attempts, p.sends, p.updated_at = tonumber(p.attempts), tonumber(p.sends), tonumber(p.updated_at)
-      partners[#partners + 1] = p
-    end
-  end
-  journal:close()
-  if o.format == "csv" then
-    o.out:write(output.csv(partners, PARTNER_COLUMNS))
-  elseif o.format == "json" then
-    local list = setmetatable({}, { __jsontype = "array" })
-    for i, s in ipairs(summary) do
-      local ps = setmetatable({}, { __jsontype = "array" })
-      for _, p in ipairs(partners) do
-        if p.campaign == s.campaign then
-          local row = {}
-          for _, col in ipairs(PARTNER_COLUMNS) do row[col] = p[col] end
-          row.campaign = nil
-          ps[#ps + 1] = row
-        end
-      end
-      local entry = {}
-      for k, v in pairs(s) do entry[k] = v end
-      entry.partners = ps
-      list[i] = entry
-    end
-    o.out:write(output.json({ campaigns = list }))
-  else
-    o.out:write(output.table(summary, SUMMARY_COLUMNS))
-    local failed = {}
-    for _, p in ipairs(partners) do
-      if p.state == "failed" then failed[#failed + 1] = p end
-    end
-    if #failed > 0 then
-      o.out:write("\nfailed partners:\n")
-      o.out:write(output.table(failed, { "campaign", "partner_id", "error_code", "error_message", "request_id" }))
-    end
-  end
-  return 0
+--- Run a campaign: authorise the stock to every partner of the plan.
+-- @tparam table o `plan`, `stock`, `business_type`, `campaign`, `concurrency`, `qps`,
+--   `max_errors` (default 20), `journal`, `client`, `config`, `out` (stdout), `err`
+--   (stderr), `tty` (nil: detect), `dry_run`, `host`; `create_stock` and `product`
+-- @treturn int exit status (0: every partner done; 130: Ctrl-C; 143: SIGTERM)
+function M.run(o)
+  o.action = ACTIONS.run
+  return execute(o)
 end
+
+--- End the stock's partnership with every partner of the plan (`campaign terminate`): the
+-- same journal, checks and manners as `run`, as a campaign of its own (`ID/terminate`).
+-- @tparam table o as `run`, without `create_stock`
+-- @treturn int exit status
+function M.terminate(o)
+  o.action = ACTIONS.terminate
+  return execute(o)
+end
+
+--- Report on a journal (`wxpay.cli.campaign_status`).
+M.status = function(o) return require("wxpay.cli.campaign_status").status(o) end
 
 return M

@@ -22,10 +22,18 @@ M.HELP = {
       the SQLite journal before the next step, so a run killed at any point can simply be run
       again: it finishes the rest and does nothing twice. A campaign is its business type and
       stock (or stock file) unless --campaign is given.
-      --dry-run checks every row and the config, prints what would be sent and how long it
-      would take at --qps, and sends nothing. Ctrl-C stops it (exit status 130); run again
-      to resume.
+      --dry-run checks the stock (one read), every row and the config, prints what would be
+      sent and how long it would take at --qps, and sends no write; the real run checks the
+      rows the same way first. Ctrl-C stops it (exit status 130); run again to resume.
   campaign status FILE.db [--campaign ID] [--output table|csv|json]
+  campaign terminate PLAN.csv --stock STOCK_ID --business-type T --journal FILE.db
+               [--campaign ID] [--concurrency 16] [--qps N] [--max-errors 20]
+               [--progress | --no-progress] [--dry-run]
+      End the stock's partnership with every partner of PLAN.csv, journaled and resumable
+      like `run` (its own campaign in the journal: the run's ID and `/terminate`).
+  Both check first that the stock exists as that business type (--dry-run too), and stop
+  after --max-errors (default 20) identical non-retryable errors in a row; one run at a
+  time per journal.
 ]],
   partnerships = [[
   partnerships list --business-type T [--stock ID] [--partner-type APPID|MERCHANT]
@@ -92,6 +100,7 @@ local VALUES = {
   current_max_coupons = true, current_max_coupons_by_day = true, status = true, create_start_time = true,
   create_end_time = true,
   activity_name = true, request_no = true,
+  max_errors = true,
 }
 for _, name in ipairs{ "openid", "coupon_code", "customize_send_time", "send_coupon_merchant", "fragment" } do
   VALUES[name] = true -- wxpay issue
@@ -167,8 +176,9 @@ local NUMBERS = {
 for _, name in ipairs{ "max_coupons", "max_coupons_by_day", "current_max_coupons", "current_max_coupons_by_day" } do
   NUMBERS[name] = { integer = true, min = 1, max = 1e9, text = "an integer from 1 to 1000000000" }
 end
+NUMBERS.max_errors = { integer = true, min = 1, max = 1e9, text = "an integer from 1 to 1000000000" }
 local NUMBER_OPTIONS = { "concurrency", "qps", "limit", "max", "max_coupons", "max_coupons_by_day",
-  "current_max_coupons", "current_max_coupons_by_day" }
+  "current_max_coupons", "current_max_coupons_by_day", "max_errors" }
 
 -- Checks one numeric option and converts it in place; returns nil and a message if bad.
 local function number_opt(opts, name)
@@ -242,16 +252,18 @@ local PRODUCTION = "https://api.mch.weixin.qq.com"
 
 local function campaign_run(pos, opts, c)
   if not pos[3] or not opts.journal then
-    c.err:write("wxpay: campaign run needs PLAN.csv and --journal FILE\n")
+    c.err:write("wxpay: campaign ", pos[2], " needs PLAN.csv and --journal FILE\n")
     return 2
   end
-  return require("wxpay.cli.campaign").run{
+  local o = {
     plan = pos[3], stock = opts.stock, business_type = opts.business_type, campaign = opts.campaign,
     create_stock = opts.create_stock, product = opts.product,
     concurrency = opts.concurrency or 16, qps = opts.qps, journal = opts.journal, client = c.client,
     config = c.config, dry_run = opts.dry_run, host = c.config.base_url or PRODUCTION,
-    out = c.out, err = c.err, tty = (opts.progress and true) or (opts.no_progress and false) or nil,
+    out = c.out, err = c.err, max_errors = opts.max_errors or 20,
+    tty = opts.progress and true or nil, no_progress = opts.no_progress and not opts.progress,
   }
+  return require("wxpay.cli.campaign")[pos[2]](o)
 end
 
 local function partnerships(pos, opts, c)
@@ -302,7 +314,8 @@ local function with_config(pos, opts, c)
     c.out:write("checking ", c.path, " against ", c.config.base_url or (PRODUCTION .. " (the production API)"), "\n")
     return doctor.report(doctor.checks(c.config, { wxpay = require("wxpay") }), c.out)
   end
-  local run = (cmd == "campaign" and pos[2] == "run") and campaign_run or COMMANDS[cmd]
+  local run = (cmd == "campaign" and (pos[2] == "run" or pos[2] == "terminate")) and campaign_run
+    or COMMANDS[cmd]
   if not run then
     c.err:write("wxpay: unknown command: ", table.concat(pos, " "), "\n", M.USAGE)
     return 2
@@ -364,7 +377,15 @@ function M.main(argv, io_)
     err:write("wxpay: ", stop, "\n")
     return stop == "interrupted" and 130 or 143
   end
-  error(status, 0)
+  -- Anything else that raised (a damaged journal, a bug): one line, never a traceback.
+  err:write("wxpay: ", M.failure(status), "\n")
+  return 1
+end
+
+--- A raised error as the one line the CLI prints (without its `wxpay: `).
+function M.failure(e)
+  local s = require("wxpay.cli.output").message(e):gsub("^wxpay journal: ", "journal: ")
+  return (s:match("^[^\n]*"))
 end
 
 return M

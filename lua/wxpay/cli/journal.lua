@@ -7,6 +7,11 @@
 -- `failed`. WAL mode with `synchronous = NORMAL`: a committed change survives the process
 -- dying; only a power loss could lose the last few (which the deterministic
 -- Idempotency-Key then makes harmless to re-send).
+--
+-- A run holds the journal's lock file (`FILE.db.lock`, an empty SQLite database kept in an
+-- exclusive transaction: a POSIX record lock the kernel drops when the process ends, even by
+-- `kill -9`), so a second run on the same journal is refused instead of sending every
+-- partner again. Strings holding NUL are refused: SQLite's C strings would cut them.
 -- @module wxpay.cli.journal
 
 local M = {}
@@ -48,27 +53,57 @@ local function create_private(path)
   return nil, "cannot create journal " .. path
 end
 
---- Open (or create, mode 0600) a journal.
--- @tparam string path
--- @return journal, or nil and an error message
-function M.open(path)
-  local ok, driver = pcall(require, "luasql.sqlite3")
+local function driver()
+  local ok, d = pcall(require, "luasql.sqlite3")
   if not ok then
     return nil, "the journal needs LuaSQL's SQLite driver (Debian: apt-get install lua-sql-sqlite3)"
   end
+  return d
+end
+
+-- Take the lock file of `path`: env and connection holding the exclusive transaction, or
+-- nil and a message when another process holds it.
+local function lock(d, path)
+  local lpath = path .. ".lock"
+  local created, cerr = create_private(lpath)
+  if not created then return nil, cerr end
+  local env = d.sqlite3()
+  local conn, err = env:connect(lpath)
+  local ok = conn and conn:execute("BEGIN EXCLUSIVE")
+  if ok then return env, conn end
+  if conn then conn:close() end
+  env:close()
+  if not conn then return nil, "cannot open the journal's lock file " .. lpath .. ": " .. tostring(err) end
+  return nil, "journal " .. path .. " is in use by another run (its lock " .. lpath
+    .. " is held); wait for it to end, or run this one on another journal"
+end
+
+--- Open (or create, mode 0600) a journal.
+-- @tparam string path
+-- @tparam[opt] table opts `lock = true`: hold the journal's lock file until `close` (a run)
+-- @return journal, or nil and an error message
+function M.open(path, opts)
+  local d, derr = driver()
+  if not d then return nil, derr end
   local created, cerr = create_private(path)
   if not created then return nil, cerr end
-  local env = driver.sqlite3()
+  local self = setmetatable({}, Journal)
+  if opts and opts.lock then
+    local lenv, lconn = lock(d, path)
+    if not lenv then return nil, lconn end
+    self.lock_env, self.lock_conn = lenv, lconn
+  end
+  local env = d.sqlite3()
   local conn, err = env:connect(path)
-  if not conn then env:close(); return nil, "cannot open journal " .. path .. ": " .. tostring(err) end
-  local self = setmetatable({ env = env, conn = conn }, Journal)
+  self.env, self.conn = env, conn
+  if not conn then self:close(); return nil, "cannot open journal " .. path .. ": " .. tostring(err) end
   for _, sql in ipairs({ "PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=5000" }) do
     local cur = conn:execute(sql)
     if type(cur) == "userdata" then cur:close() end
   end
   for _, sql in ipairs(SCHEMA) do
     local r, serr = conn:execute(sql)
-    if not r then self:close(); return nil, "journal " .. path .. ": " .. tostring(serr) end
+    if not r then self:close(); return nil, "journal " .. path .. ": " .. tostring(serr):gsub("^LuaSQL: ", "") end
   end
   return self
 end
@@ -77,7 +112,9 @@ function Journal:q(s)
   if s == nil then return "NULL" end
   if type(s) == "number" then return string.format("%d", s) end
   if type(s) == "boolean" then return s and "1" or "0" end
-  return "'" .. self.conn:escape(tostring(s)) .. "'"
+  s = tostring(s)
+  if s:find("\0", 1, true) then error("wxpay journal: cannot store a string holding NUL", 0) end
+  return "'" .. self.conn:escape(s) .. "'"
 end
 
 function Journal:exec(sql)
@@ -195,6 +232,23 @@ function Journal:outcome(campaign, p, o, now)
     self:q(now), self:q(campaign), self:q(p.partner_type), self:q(p.partner_id)))
 end
 
+--- Mark failed partners worth retrying (the error streak that stopped a run: its cause is
+-- the campaign's, so a rerun sends them again), each with its new `idempotency_key`: the
+-- refused request did nothing, and a server that replays an answer by key would repeat
+-- the refusal.
+function Journal:retry_later(campaign, partners, now)
+  self:exec("BEGIN IMMEDIATE")
+  local ok, err = pcall(function()
+    for _, p in ipairs(partners) do
+      self:exec(string.format("UPDATE partners SET retryable = 1, idempotency_key = %s, updated_at = %s WHERE "
+        .. "campaign = %s AND partner_type = %s AND partner_id = %s AND state = 'failed'", self:q(p.idempotency_key),
+        self:q(now), self:q(campaign), self:q(p.partner_type), self:q(p.partner_id)))
+    end
+  end)
+  if not ok then self.conn:execute("ROLLBACK"); error(err, 0) end
+  self:exec("COMMIT")
+end
+
 --- Counts per state: `{ total, pending, sending, done, failed }`.
 function Journal:counts(campaign)
   local c = { total = 0, pending = 0, sending = 0, done = 0, failed = 0 }
@@ -209,6 +263,8 @@ end
 function Journal:close()
   if self.conn then self.conn:close(); self.conn = nil end
   if self.env then self.env:close(); self.env = nil end
+  if self.lock_conn then self.lock_conn:close(); self.lock_conn = nil end -- ends the lock's transaction
+  if self.lock_env then self.lock_env:close(); self.lock_env = nil end
 end
 
 return M

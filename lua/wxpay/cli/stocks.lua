@@ -11,11 +11,17 @@ local M = {}
 M.PRODUCTS = { busifavor = "BUSIFAVOR_STOCK", favor = "FAVOR_STOCK" }
 
 -- JSON numbers decode as floats on Lua 5.3+; integral ones go back to integers so that
--- fen and counts are sent as `100`, not `100.0`, and pass the integer checks.
-local function integral(v)
+-- fen and counts are sent as `100`, not `100.0`, and pass the integer checks. A JSON null
+-- is refused, naming the field: WeChat Pay takes absent fields, never null.
+local function integral(v, field)
   if type(v) == "number" and v == math.floor(v) and math.abs(v) < 2 ^ 53 then return math.floor(v) end
+  if type(v) == "userdata" then return nil, (field or "the file") .. " is null (leave absent fields out)" end
   if type(v) ~= "table" then return v end
-  for k, x in pairs(v) do v[k] = integral(x) end
+  for k, x in pairs(v) do
+    local y, err = integral(x, (field and field .. "." or "") .. tostring(k))
+    if y == nil then return nil, err end
+    v[k] = y
+  end
   return v
 end
 
@@ -27,8 +33,10 @@ function M.read_params(path)
   local text = f:read("*a")
   f:close()
   local ok, obj = pcall(require("cjson").new().decode, text)
-  if not ok or type(obj) ~= "table" then return nil, path .. " is not a JSON object" end
-  return integral(obj)
+  if not ok or type(obj) ~= "table" or obj[1] ~= nil then return nil, path .. " is not a JSON object" end
+  local params, nerr = integral(obj)
+  if not params then return nil, path .. ": " .. nerr end
+  return params
 end
 
 --- A fresh request number: 32 letters and digits, as the library generates them.
@@ -70,8 +78,9 @@ local function create(pos, o)
     end
     return 1
   end
-  o.out:write(output.render({ { stock_id = data.stock_id, out_request_no = meta.out_request_no or no,
-    create_time = data.create_time } }, CREATED, o.format))
+  local row = { stock_id = data.stock_id, out_request_no = meta.out_request_no or no, create_time = data.create_time }
+  -- One stock: JSON prints it as one object, not a one-element array.
+  o.out:write(o.format == "json" and output.json(row) or output.render({ row }, CREATED, o.format))
   return 0
 end
 
@@ -111,7 +120,7 @@ local function get(pos, o)
   if not pos[3] then o.err:write("wxpay: stocks get needs STOCK_ID\n"); return 2 end
   local s, err = o.client[o.product].stocks.get(pos[3])
   if not s then o.err:write("wxpay: ", output.message(err), "\n"); return 1 end
-  o.out:write(render_stocks(o, { s }))
+  o.out:write(o.format == "json" and output.json(s) or render_stocks(o, { s }))
   return 0
 end
 

@@ -83,6 +83,29 @@ local function sign(cb, signer)
   }, body
 end
 
+-- What a callback record keeps of the application's answer body.
+local MAX_ANSWER = 65536
+
+-- A chunked answer body, decoded (its first MAX_ANSWER bytes): the record shows what the
+-- application answered, not the framing. Nil when the framing is broken.
+local function read_chunked(sock)
+  local parts, size = {}, 0
+  while true do
+    local line = sock:read("*l")
+    local n = line and tonumber(line:match("^%s*(%x+)"), 16)
+    if not n then return nil end
+    if n == 0 then return table.concat(parts) end
+    if size + n > MAX_ANSWER then
+      parts[#parts + 1] = sock:read(MAX_ANSWER - size)
+      return table.concat(parts)
+    end
+    local data = sock:read(n)
+    if not data or #data < n then return nil end
+    parts[#parts + 1], size = data, size + n
+    sock:read("*l") -- the CRLF after the data
+  end
+end
+
 -- One POST; returns status, body or nil, error.
 local function post(server, cb, headers, body)
   local sock = csocket.connect{ host = cb.host, port = cb.port }
@@ -110,7 +133,7 @@ local function post(server, cb, headers, body)
   local line = sock:read("*l")
   local status = line and tonumber(line:match("^HTTP/1%.[01] (%d%d%d)"))
   if not status then sock:close(); return nil, "no HTTP answer" end
-  local length
+  local length, chunked
   while true do
     local h = sock:read("*l")
     if not h then sock:close(); return nil, "truncated answer" end
@@ -118,18 +141,27 @@ local function post(server, cb, headers, body)
     if h == "" then break end
     local n, v = h:match("^([^:]+):%s*(.-)%s*$")
     if n and n:lower() == "content-length" then length = tonumber(v) end
+    if n and n:lower() == "transfer-encoding" and v:lower():find("chunked", 1, true) then chunked = true end
   end
   local answer
-  if length then answer = length > 0 and sock:read(length) or "" else answer = sock:read("*a") end
+  if chunked then
+    answer = read_chunked(sock)
+  elseif length then
+    answer = length > 0 and sock:read(math.min(length, MAX_ANSWER)) or ""
+  else
+    answer = sock:read(MAX_ANSWER)
+  end
   sock:close()
   return status, answer or ""
 end
 
+-- The record as JSON; `attempts` always an array (spliced in: cjson writes an empty table
+-- as an object).
 local function view(cb)
-  return (json.encode{ id = cb.id, url = cb.url, event_type = cb.event_type, state = cb.state,
-                      probe = cb.probe, tamper = cb.tamper, stale = cb.stale,
-                      signer = cb.signer_serial, body = cb.body }
-    :gsub("}$", ',"attempts":' .. json.array(cb.attempts) .. "}"))
+  local head = json.encode{ id = cb.id, url = cb.url, event_type = cb.event_type, state = cb.state,
+                           probe = cb.probe, tamper = cb.tamper, stale = cb.stale,
+                           signer = cb.signer_serial, body = cb.body }
+  return head:sub(1, -2) .. ',"attempts":' .. json.array(cb.attempts) .. "}"
 end
 
 -- Deliver with retries; runs as its own coroutine on the server's loop.

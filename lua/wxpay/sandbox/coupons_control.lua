@@ -19,12 +19,20 @@ local function refuse(message, code)
   return reply(400, { error = message, code = code })
 end
 
--- Sends `event` when the creator set a notify URL; returns the record or the error.
+-- Sends `event` when the creator set a notify URL; returns the record or the error, as JSON.
 local function notify(server, url, event, spec)
   if not url then return nil end
   local view, e = common.notify(server, url, event, spec)
-  if not view then return { error = e } end
-  return json.decode(view)
+  if not view then return json.encode{ error = e } end
+  return view
+end
+
+-- A 200 answer with the callback record spliced in as its own JSON (decoded and encoded
+-- again, its empty `attempts` array would become {}).
+local function reply_with(value, callback)
+  local body = json.encode(value)
+  if callback then body = body:sub(1, -2) .. ',"callback":' .. callback .. "}" end
+  return { status = 200, body = body }
 end
 
 -- Why the stock cannot give `openid` one more coupon now, as (message, code), or nil.
@@ -116,8 +124,8 @@ function M.claim(server, spec)
                  send_channel = spec.send_channel or "BUSICOUPON_SEND_CHANNEL_MINIAPP",
                  send_merchant = coupon.send_merchant, attach_info = spec.attach_info },
   }, spec)
-  return reply(200, { code = "SUCCESS", coupon_code = coupon.code, stock_id = stock.id,
-                      out_request_no = request_no, callback = callback })
+  return reply_with({ code = "SUCCESS", coupon_code = coupon.code, stock_id = stock.id,
+                      out_request_no = request_no }, callback)
 end
 
 --- `POST /_sandbox/favor/redeem {coupon_id, openid, transaction_id?, consume_mchid?,
@@ -144,7 +152,7 @@ function M.redeem(server, spec)
   local callback = notify(server, p.notify[coupon.stock.creator], {
     event_type = "COUPON.USE", summary = "用券成功", associated_data = "", resource = resource,
   }, spec)
-  return reply(200, { coupon_id = coupon.id, status = "USED", callback = callback })
+  return reply_with({ coupon_id = coupon.id, status = "USED" }, callback)
 end
 
 --- `POST /_sandbox/favor/balance {balance}`: the fen a 预充值 start can lock.

@@ -212,7 +212,7 @@ end
 -- @tparam string method
 -- @tparam string path "/stats", "stats" or "/_sandbox/stats"
 -- @tparam[opt] table body encoded as JSON
--- @return decoded JSON and the HTTP status
+-- @return decoded JSON, the HTTP status and the body as it came
 function Sandbox:control(method, path, body)
   path = path:gsub("^/?_sandbox", ""):gsub("^/?", "/")
   local part = { "request = " .. cq(method), "url = " .. cq(self.control_url .. path) }
@@ -227,7 +227,7 @@ function Sandbox:control(method, path, body)
   if bf then os.remove(bf) end
   assert(resp.status, "wxpay-sandbox control " .. method .. " " .. path .. ": no answer")
   local ok, value = pcall(cjson.decode, resp.body)
-  return ok and value or resp.body, resp.status
+  return ok and value or resp.body, resp.status, resp.body
 end
 
 --- API requests the sandbox received (`GET /_sandbox/requests`).
