@@ -41,7 +41,7 @@ local function stock()
   })
   local out, err, rc = wxpay("stocks create --product busifavor --output json " .. h.q(path))
   assert(rc == 0, err)
-  return cjson.decode(out)[1].stock_id
+  return cjson.decode(out).stock_id
 end
 
 local function activity_file(name, activity_name)
