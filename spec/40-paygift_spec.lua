@@ -261,4 +261,23 @@ describe("client.paygift requests", function()
     assert.has_error(function() pg.add_merchants("7", "10000022") end)
     assert.equal(2, #t.calls)
   end)
+
+  it("add_request_no takes any 1-128 characters (no charset is stated for it); delete's keeps its charset", function()
+    local pg, t = new_client(function() return F.response(200, '{"activity_id":"7"}') end)
+    local res, err, meta = pg.add_merchants("7", { merchant_id_list = { "10000022" },
+      add_request_no = "POS/2026.05.20:0001" })
+    assert.is_nil(err)
+    assert.truthy(res)
+    assert.equal("POS/2026.05.20:0001", meta.add_request_no)
+    assert.equal('{"merchant_id_list":["10000022"],"add_request_no":"POS/2026.05.20:0001"}', t.calls[1].body)
+    for _, bad in ipairs{ "", string.rep("a", 129), "a\nb", 5 } do
+      res, err = pg.add_merchants("7", { merchant_id_list = { "10000022" }, add_request_no = bad })
+      assert.is_nil(res)
+      assert.equal("add_request_no", err.field)
+    end
+    res, err = pg.delete_merchants("7", { merchant_id_list = { "10000022" }, delete_request_no = "POS/1" })
+    assert.is_nil(res)
+    assert.equal("delete_request_no", err.field)
+    assert.equal(1, #t.calls)
+  end)
 end)

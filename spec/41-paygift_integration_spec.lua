@@ -180,6 +180,11 @@ describe("client.paygift against the sandbox", function()
     local n = 0
     for _ in client.paygift.goods(act.activity_id) do n = n + 1 end
     assert.equal(0, n)
+    -- add_request_no has no charset rule: a POS-style number goes through
+    res, err, meta = client.paygift.add_merchants(act.activity_id,
+      { merchant_id_list = { "1900000109" }, add_request_no = "POS/2026.05.20:0001" })
+    assert.is_nil(err)
+    assert.equal("POS/2026.05.20:0001", meta.add_request_no)
     local del
     del, err, meta = client.paygift.delete_merchants(act.activity_id,
       { merchant_id_list = { "1900000109" }, delete_request_no = "pg-del-1" })

@@ -100,10 +100,11 @@ M.create = {
   { "advanced_setting", advanced_setting },
 }
 
---- G7 add merchants.
+--- G7 add merchants. No page states a charset for `add_request_no` (only "请求业务单据号",
+-- string[1,128]): any 1-128 characters without control characters.
 M.add_merchants = {
   { "merchant_id_list", M.MERCHANT_ID_LIST, true },
-  { "add_request_no", f.request_no(128), true },
+  { "add_request_no", f.id(1, 128), true },
 }
 
 --- G8 delete merchants.

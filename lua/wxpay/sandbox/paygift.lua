@@ -275,7 +275,8 @@ local function merchants_write(state, req, auth, captures, op, number)
   if not body then return nil, e end
   local c = common.checker(body)
   check_merchants(c, true)
-  c:request_no(number, 128)
+  -- delete_request_no has the request-number charset; add_request_no has no stated charset.
+  if number == "add_request_no" then c:string(number, 1, 128, true) else c:request_no(number, 128) end
   if c:error() then return nil, c:error() end
   local cs = select(2, M.product(state))
   local answer, handle = common.replay(cs, { auth.mchid, op, act.id, body[number] }, body, "请求单号已使用")
