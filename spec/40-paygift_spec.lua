@@ -7,6 +7,7 @@
 local F = require("spec.support.fake")
 local core = require("wxpay.core")
 local wxpay = require("wxpay")
+local cjson = require("cjson").new()
 
 local TS, NONCE = "1554208460", "593BEC0C930BF1AFEB40B4A08C8FB242"
 local BASE = "/v3/marketing/paygiftactivity"
@@ -279,5 +280,32 @@ describe("client.paygift requests", function()
     assert.is_nil(res)
     assert.equal("delete_request_no", err.field)
     assert.equal(1, #t.calls)
+  end)
+end)
+
+describe("client.notify.parse: attach_info of a 支付有礼 COUPON.SEND", function()
+  -- A COUPON.SEND callback as WeChat Pay sends it: resource encrypted, body signed.
+  local function callback(attach_info)
+    local nonce, aad = "abcdefghijkl", "coupon"
+    local resource = { event_type = "EVENT_TYPE_BUSICOUPON_SEND", coupon_code = "c1", stock_id = "1286950000000039",
+      send_channel = "BUSICOUPON_SEND_CHANNEL_PAYGIFT", send_merchant = "1900000001", attach_info = attach_info }
+    local body = cjson.encode({ id = "EV-1", create_time = "2024-05-20T13:29:35+08:00", event_type = "COUPON.SEND",
+      resource_type = "encrypt-resource", summary = "通知",
+      resource = { original_type = "coupon", algorithm = "AEAD_AES_256_GCM", nonce = nonce, associated_data = aad,
+        ciphertext = assert(core.aes_gcm_encrypt(F.APIV3, nonce, aad, cjson.encode(resource))) } })
+    local headers = {}
+    for k, v in pairs(F.response(200, body).headers) do headers[k:lower()] = v end
+    return headers, body
+  end
+
+  it("is a table of strings: ids sent as numbers become strings, null and non-ids are left out", function()
+    local _, _, c = new_client()
+    local n = assert(c.notify.parse(callback({ act_code = 540358695, transaction_id = "4200000001",
+      hall_code = cjson.null, card_id = true, code = 1.5, activity_id = { 1 } })))
+    assert.same({ act_code = "540358695", transaction_id = "4200000001" }, n.attach_info)
+    n = assert(c.notify.parse(callback({ act_code = cjson.null })))
+    assert.is_nil(n.attach_info)
+    n = assert(c.notify.parse(callback('{"act_code":"7","transaction_id":"42"}')))
+    assert.same({ act_code = "7", transaction_id = "42" }, n.attach_info)
   end)
 end)
