@@ -309,3 +309,31 @@ describe("client.notify.parse: attach_info of a 支付有礼 COUPON.SEND", funct
     assert.same({ act_code = "7", transaction_id = "42" }, n.attach_info)
   end)
 end)
+
+describe("an empty-body POST on the wire", function()
+  local transport = require("wxpay.transport")
+  local http1 = require("wxpay.transport.http1")
+  local HEADERS = { Accept = "application/json", Authorization = "WECHATPAY2-SHA256-RSA2048 x", ["User-Agent"] = "t" }
+
+  it("libcurl: an empty Content-Type line suppresses its form default; other requests are untouched", function()
+    local lines = transport.curl_header_lines{ method = "POST", headers = HEADERS }
+    assert.equal("Content-Type:", lines[#lines])
+    assert.equal(4, #lines)
+    assert.equal("Content-Type:", transport.curl_header_lines{ method = "POST", headers = HEADERS, body = "" }[4])
+    local json = { Accept = "application/json", ["Content-Type"] = "application/json" }
+    assert.same({ "Accept: application/json", "Content-Type: application/json" },
+      transport.curl_header_lines{ method = "POST", headers = json, body = "{}" })
+    assert.same({ "Accept: application/json", "Content-Type: application/json" },
+      transport.curl_header_lines{ method = "POST", headers = json })
+    assert.equal(3, #transport.curl_header_lines{ method = "GET", headers = HEADERS })
+    assert.equal(3, #transport.curl_header_lines{ method = "DELETE", headers = HEADERS })
+  end)
+
+  it("cosockets: Content-Length: 0 and no Content-Type", function()
+    local wire = http1.request_wire({ method = "POST", headers = HEADERS }, "api.mch.weixin.qq.com", 443,
+      BASE .. "/activities/10028001/terminate")
+    assert.equal("POST " .. BASE .. "/activities/10028001/terminate HTTP/1.1\r\nHost: api.mch.weixin.qq.com\r\n"
+      .. "Accept: application/json\r\nAuthorization: WECHATPAY2-SHA256-RSA2048 x\r\nUser-Agent: t\r\n"
+      .. "Content-Length: 0\r\n\r\n", wire)
+  end)
+end)
