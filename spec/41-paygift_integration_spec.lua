@@ -184,6 +184,7 @@ describe("client.paygift against the sandbox", function()
     res, err, meta = client.paygift.add_merchants(act.activity_id,
       { merchant_id_list = { "1900000109" }, add_request_no = "POS/2026.05.20:0001" })
     assert.is_nil(err)
+    assert.same({}, res.invalid_merchant_id_list)
     assert.equal("POS/2026.05.20:0001", meta.add_request_no)
     local del
     del, err, meta = client.paygift.delete_merchants(act.activity_id,
