@@ -197,6 +197,21 @@ describe("client.paygift requests", function()
     assert.equal(1, #t.calls)
   end)
 
+  it("available_periods may carry either list alone (wechatpay-go marks both optional)", function()
+    local pg, t = new_client()
+    local p = params()
+    p.activity_base_info.available_periods = {
+      available_day_time = { { begin_day_time = "110000", end_day_time = "135959" } } }
+    assert.truthy(pg.create(p))
+    assert.truthy(t.calls[1].body:find('"available_periods":{"available_day_time":[{"begin_day_time":"110000",'
+      .. '"end_day_time":"135959"}]}', 1, true))
+    p = params()
+    p.activity_base_info.available_periods = {
+      available_time = { { begin_time = rfc3339(NOW + 86400), end_time = rfc3339(NOW + 2 * 86400) } } }
+    assert.truthy(pg.create(p))
+    assert.equal(2, #t.calls)
+  end)
+
   it("get, merchants and goods build their paths; bad ids are refused", function()
     local pg, t = new_client(function(req)
       if req.url:find("/merchants", 1, true) then

@@ -126,6 +126,15 @@ describe("client.paygift against the sandbox", function()
     api_error(400, "RESOURCE_ALREADY_EXISTS", client.paygift.create(p))
   end)
 
+  it("G1: available_periods may carry either list alone", function()
+    local p = activity({ stock() })
+    p.activity_base_info.available_periods = {
+      available_day_time = { { begin_day_time = "110000", end_day_time = "135959" } } }
+    local act = assert(client.paygift.create(p))
+    local a = assert(client.paygift.get(act.activity_id))
+    assert.equal("110000", a.activity_base_info.available_periods.available_day_time[1].begin_day_time)
+  end)
+
   it("G1: prize stocks are checked against the 商家券 store", function()
     api_error(404, "RESOURCE_NOT_EXISTS", client.paygift.create(activity({ "1234567890123456" })))
     local short = stock{ coupon_use_rule = {

@@ -32,15 +32,17 @@ M.MERCHANT_ID_LIST = f.array(MCHID, 1, 500)
 
 local day_time = f.digits(6, 6) -- HHMMSS, "000000"-"235959"
 
+-- The old wiki makes both lists required once `available_periods` is sent; wechatpay-go
+-- marks both optional: the looser reading (either list alone) is taken.
 local available_periods = f.object{
   { "available_time", f.array(f.object{
     { "begin_time", f.time(), true },
     { "end_time", f.time(), true },
-  }, 1), true },
+  }, 1) },
   { "available_day_time", f.array(f.object{
     { "begin_day_time", day_time, true },
     { "end_day_time", day_time, true },
-  }, 1), true },
+  }, 1) },
 }
 
 local activity_base_info = f.object{

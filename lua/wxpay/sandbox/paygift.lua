@@ -73,7 +73,7 @@ local function check_periods(base)
   local p = base:object("available_periods")
   if not p then return end
   for _, name in ipairs{ "available_time", "available_day_time" } do
-    local list = p:get(name, true)
+    local list = p:get(name) -- either list may come alone (wechatpay-go: both optional)
     if list ~= nil and (type(list) ~= "table" or list[1] == nil) then
       p:fail(name, name .. " must be a non-empty array")
     end
