@@ -190,7 +190,9 @@ describe("client.paygift requests", function()
     local a = { stock_id = "1286950000000039", original_image_url = "https://a.example/big",
                 thumbnail_url = "https://a.example/small" }
     p.award_send_rule.award_list = { a, a, a, a, a }
-    p.advanced_setting = { delivery_user_category = "DELIVERY_ALL_PERSON", goods_tags = { "tag1" } }
+    p.advanced_setting = { delivery_user_category = "DELIVERY_ALL_PERSON", goods_tags = { "tag1" },
+      -- no length is documented for bank_abbreviation
+      payment_method_information = { payment_method = "SPECIFIC_BANK_CARD", bank_abbreviation = string.rep("B", 40) } }
     local act, err = pg.create(p)
     assert.is_nil(err)
     assert.truthy(act)

@@ -78,7 +78,7 @@ local award_send_rule = f.object{
 
 local payment_method_information = f.object{
   { "payment_method", f.enum{ "CFT", "SPECIFIC_BANK_CARD" }, true },
-  { "bank_abbreviation", f.id(1, 32) },
+  { "bank_abbreviation", f.id(1) }, -- no length is documented
 }
 
 local advanced_setting = f.object{
