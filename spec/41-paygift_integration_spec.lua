@@ -227,6 +227,15 @@ describe("client.paygift against the sandbox", function()
     api_error(404, "RESOURCE_NOT_EXISTS", client.paygift.terminate("99999999"))
   end)
 
+  it("G6: the sandbox also takes SKIT's {} body, and refuses any other", function()
+    local a = assert(client.paygift.create(activity({ stock() })))
+    local path = ACTS .. "/" .. a.activity_id .. "/terminate"
+    api_error(400, "PARAM_ERROR", client.request{ method = "POST", path = path, body = '{"x":1}' })
+    local res = assert(client.request{ method = "POST", path = path, body = "{}" })
+    assert.equal(a.activity_id, res.activity_id)
+    assert.equal("TERMINATE_ACT_STATUS", assert(client.paygift.get(a.activity_id)).activity_status)
+  end)
+
   it("G6: a terminate whose answer is dropped still succeeds on the retry", function()
     local act = assert(client.paygift.create(activity({ stock() })))
     local path = ACTS .. "/" .. act.activity_id .. "/terminate"
