@@ -7,6 +7,7 @@
 local F = require("spec.support.fake")
 local core = require("wxpay.core")
 local wxpay = require("wxpay")
+local cjson = require("cjson").new()
 
 local TS, NONCE = "1554208460", "593BEC0C930BF1AFEB40B4A08C8FB242"
 local BASE = "/v3/marketing/paygiftactivity"
@@ -189,11 +190,28 @@ describe("client.paygift requests", function()
     local a = { stock_id = "1286950000000039", original_image_url = "https://a.example/big",
                 thumbnail_url = "https://a.example/small" }
     p.award_send_rule.award_list = { a, a, a, a, a }
-    p.advanced_setting = { delivery_user_category = "DELIVERY_ALL_PERSON", goods_tags = { "tag1" } }
+    p.advanced_setting = { delivery_user_category = "DELIVERY_ALL_PERSON", goods_tags = { "tag1" },
+      -- no length is documented for bank_abbreviation
+      payment_method_information = { payment_method = "SPECIFIC_BANK_CARD", bank_abbreviation = string.rep("B", 40) } }
     local act, err = pg.create(p)
     assert.is_nil(err)
     assert.truthy(act)
     assert.equal(1, #t.calls)
+  end)
+
+  it("available_periods may carry either list alone (wechatpay-go marks both optional)", function()
+    local pg, t = new_client()
+    local p = params()
+    p.activity_base_info.available_periods = {
+      available_day_time = { { begin_day_time = "110000", end_day_time = "135959" } } }
+    assert.truthy(pg.create(p))
+    assert.truthy(t.calls[1].body:find('"available_periods":{"available_day_time":[{"begin_day_time":"110000",'
+      .. '"end_day_time":"135959"}]}', 1, true))
+    p = params()
+    p.activity_base_info.available_periods = {
+      available_time = { { begin_time = rfc3339(NOW + 86400), end_time = rfc3339(NOW + 2 * 86400) } } }
+    assert.truthy(pg.create(p))
+    assert.equal(2, #t.calls)
   end)
 
   it("get, merchants and goods build their paths; bad ids are refused", function()
@@ -260,5 +278,79 @@ describe("client.paygift requests", function()
     assert.truthy(err.delete_request_no)
     assert.has_error(function() pg.add_merchants("7", "10000022") end)
     assert.equal(2, #t.calls)
+  end)
+
+  it("add_request_no takes any 1-128 characters (no charset is stated for it); delete's keeps its charset", function()
+    local pg, t = new_client(function() return F.response(200, '{"activity_id":"7"}') end)
+    local res, err, meta = pg.add_merchants("7", { merchant_id_list = { "10000022" },
+      add_request_no = "POS/2026.05.20:0001" })
+    assert.is_nil(err)
+    assert.truthy(res)
+    assert.equal("POS/2026.05.20:0001", meta.add_request_no)
+    assert.equal('{"merchant_id_list":["10000022"],"add_request_no":"POS/2026.05.20:0001"}', t.calls[1].body)
+    for _, bad in ipairs{ "", string.rep("a", 129), "a\nb", 5 } do
+      res, err = pg.add_merchants("7", { merchant_id_list = { "10000022" }, add_request_no = bad })
+      assert.is_nil(res)
+      assert.equal("add_request_no", err.field)
+    end
+    res, err = pg.delete_merchants("7", { merchant_id_list = { "10000022" }, delete_request_no = "POS/1" })
+    assert.is_nil(res)
+    assert.equal("delete_request_no", err.field)
+    assert.equal(1, #t.calls)
+  end)
+end)
+
+describe("client.notify.parse: attach_info of a 支付有礼 COUPON.SEND", function()
+  -- A COUPON.SEND callback as WeChat Pay sends it: resource encrypted, body signed.
+  local function callback(attach_info)
+    local nonce, aad = "abcdefghijkl", "coupon"
+    local resource = { event_type = "EVENT_TYPE_BUSICOUPON_SEND", coupon_code = "c1", stock_id = "1286950000000039",
+      send_channel = "BUSICOUPON_SEND_CHANNEL_PAYGIFT", send_merchant = "1900000001", attach_info = attach_info }
+    local body = cjson.encode({ id = "EV-1", create_time = "2024-05-20T13:29:35+08:00", event_type = "COUPON.SEND",
+      resource_type = "encrypt-resource", summary = "通知",
+      resource = { original_type = "coupon", algorithm = "AEAD_AES_256_GCM", nonce = nonce, associated_data = aad,
+        ciphertext = assert(core.aes_gcm_encrypt(F.APIV3, nonce, aad, cjson.encode(resource))) } })
+    local headers = {}
+    for k, v in pairs(F.response(200, body).headers) do headers[k:lower()] = v end
+    return headers, body
+  end
+
+  it("is a table of strings: ids sent as numbers become strings, null and non-ids are left out", function()
+    local _, _, c = new_client()
+    local n = assert(c.notify.parse(callback({ act_code = 540358695, transaction_id = "4200000001",
+      hall_code = cjson.null, card_id = true, code = 1.5, activity_id = { 1 } })))
+    assert.same({ act_code = "540358695", transaction_id = "4200000001" }, n.attach_info)
+    n = assert(c.notify.parse(callback({ act_code = cjson.null })))
+    assert.is_nil(n.attach_info)
+    n = assert(c.notify.parse(callback('{"act_code":"7","transaction_id":"42"}')))
+    assert.same({ act_code = "7", transaction_id = "42" }, n.attach_info)
+  end)
+end)
+
+describe("an empty-body POST on the wire", function()
+  local transport = require("wxpay.transport")
+  local http1 = require("wxpay.transport.http1")
+  local HEADERS = { Accept = "application/json", Authorization = "WECHATPAY2-SHA256-RSA2048 x", ["User-Agent"] = "t" }
+
+  it("libcurl: an empty Content-Type line suppresses its form default; other requests are untouched", function()
+    local lines = transport.curl_header_lines{ method = "POST", headers = HEADERS }
+    assert.equal("Content-Type:", lines[#lines])
+    assert.equal(4, #lines)
+    assert.equal("Content-Type:", transport.curl_header_lines{ method = "POST", headers = HEADERS, body = "" }[4])
+    local json = { Accept = "application/json", ["Content-Type"] = "application/json" }
+    assert.same({ "Accept: application/json", "Content-Type: application/json" },
+      transport.curl_header_lines{ method = "POST", headers = json, body = "{}" })
+    assert.same({ "Accept: application/json", "Content-Type: application/json" },
+      transport.curl_header_lines{ method = "POST", headers = json })
+    assert.equal(3, #transport.curl_header_lines{ method = "GET", headers = HEADERS })
+    assert.equal(3, #transport.curl_header_lines{ method = "DELETE", headers = HEADERS })
+  end)
+
+  it("cosockets: Content-Length: 0 and no Content-Type", function()
+    local wire = http1.request_wire({ method = "POST", headers = HEADERS }, "api.mch.weixin.qq.com", 443,
+      BASE .. "/activities/10028001/terminate")
+    assert.equal("POST " .. BASE .. "/activities/10028001/terminate HTTP/1.1\r\nHost: api.mch.weixin.qq.com\r\n"
+      .. "Accept: application/json\r\nAuthorization: WECHATPAY2-SHA256-RSA2048 x\r\nUser-Agent: t\r\n"
+      .. "Content-Length: 0\r\n\r\n", wire)
   end)
 end)

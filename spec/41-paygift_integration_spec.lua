@@ -126,6 +126,15 @@ describe("client.paygift against the sandbox", function()
     api_error(400, "RESOURCE_ALREADY_EXISTS", client.paygift.create(p))
   end)
 
+  it("G1: available_periods may carry either list alone", function()
+    local p = activity({ stock() })
+    p.activity_base_info.available_periods = {
+      available_day_time = { { begin_day_time = "110000", end_day_time = "135959" } } }
+    local act = assert(client.paygift.create(p))
+    local a = assert(client.paygift.get(act.activity_id))
+    assert.equal("110000", a.activity_base_info.available_periods.available_day_time[1].begin_day_time)
+  end)
+
   it("G1: prize stocks are checked against the 商家券 store", function()
     api_error(404, "RESOURCE_NOT_EXISTS", client.paygift.create(activity({ "1234567890123456" })))
     local short = stock{ coupon_use_rule = {
@@ -180,6 +189,12 @@ describe("client.paygift against the sandbox", function()
     local n = 0
     for _ in client.paygift.goods(act.activity_id) do n = n + 1 end
     assert.equal(0, n)
+    -- add_request_no has no charset rule: a POS-style number goes through
+    res, err, meta = client.paygift.add_merchants(act.activity_id,
+      { merchant_id_list = { "1900000109" }, add_request_no = "POS/2026.05.20:0001" })
+    assert.is_nil(err)
+    assert.same({}, res.invalid_merchant_id_list)
+    assert.equal("POS/2026.05.20:0001", meta.add_request_no)
     local del
     del, err, meta = client.paygift.delete_merchants(act.activity_id,
       { merchant_id_list = { "1900000109" }, delete_request_no = "pg-del-1" })
@@ -210,6 +225,15 @@ describe("client.paygift against the sandbox", function()
       { merchant_id_list = { sb.config.mchid } }))
     -- an activity that never was cannot be terminated
     api_error(404, "RESOURCE_NOT_EXISTS", client.paygift.terminate("99999999"))
+  end)
+
+  it("G6: the sandbox also takes SKIT's {} body, and refuses any other", function()
+    local a = assert(client.paygift.create(activity({ stock() })))
+    local path = ACTS .. "/" .. a.activity_id .. "/terminate"
+    api_error(400, "PARAM_ERROR", client.request{ method = "POST", path = path, body = '{"x":1}' })
+    local res = assert(client.request{ method = "POST", path = path, body = "{}" })
+    assert.equal(a.activity_id, res.activity_id)
+    assert.equal("TERMINATE_ACT_STATUS", assert(client.paygift.get(a.activity_id)).activity_status)
   end)
 
   it("G6: a terminate whose answer is dropped still succeeds on the retry", function()

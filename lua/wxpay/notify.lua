@@ -74,15 +74,15 @@ end
 
 -- `attach_info` of a COUPON.SEND resource (支付有礼, 营销馆 and 会员卡 channels), typed: a
 -- table of strings (`act_code`, `transaction_id`, …; a number sent for an id becomes its
--- decimal string, an empty string is left out), nil when absent or `""`. An object sent as
--- a JSON string is decoded.
+-- decimal string; an empty string, null and anything that is not an id are left out), nil
+-- when nothing is left. An object sent as a JSON string is decoded.
 local function attach_info(v)
   if type(v) == "string" and v:match("^%s*{") then v = decode(v) end
   if type(v) ~= "table" then return nil end
   local out, any = {}, false
   for k, x in pairs(v) do
     if type(x) == "number" and x == math.floor(x) and math.abs(x) < 2 ^ 53 then x = string.format("%d", x) end
-    if x ~= "" and type(k) == "string" then out[k], any = x, true end
+    if type(x) == "string" and x ~= "" and type(k) == "string" then out[k], any = x, true end
   end
   return any and out or nil
 end

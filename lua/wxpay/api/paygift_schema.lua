@@ -32,15 +32,17 @@ M.MERCHANT_ID_LIST = f.array(MCHID, 1, 500)
 
 local day_time = f.digits(6, 6) -- HHMMSS, "000000"-"235959"
 
+-- The old wiki makes both lists required once `available_periods` is sent; wechatpay-go
+-- marks both optional: the looser reading (either list alone) is taken.
 local available_periods = f.object{
   { "available_time", f.array(f.object{
     { "begin_time", f.time(), true },
     { "end_time", f.time(), true },
-  }, 1), true },
+  }, 1) },
   { "available_day_time", f.array(f.object{
     { "begin_day_time", day_time, true },
     { "end_day_time", day_time, true },
-  }, 1), true },
+  }, 1) },
 }
 
 local activity_base_info = f.object{
@@ -76,7 +78,7 @@ local award_send_rule = f.object{
 
 local payment_method_information = f.object{
   { "payment_method", f.enum{ "CFT", "SPECIFIC_BANK_CARD" }, true },
-  { "bank_abbreviation", f.id(1, 32) },
+  { "bank_abbreviation", f.id(1) }, -- no length is documented
 }
 
 local advanced_setting = f.object{
@@ -100,10 +102,11 @@ M.create = {
   { "advanced_setting", advanced_setting },
 }
 
---- G7 add merchants.
+--- G7 add merchants. No page states a charset for `add_request_no` (only "请求业务单据号",
+-- string[1,128]): any 1-128 characters without control characters.
 M.add_merchants = {
   { "merchant_id_list", M.MERCHANT_ID_LIST, true },
-  { "add_request_no", f.request_no(128), true },
+  { "add_request_no", f.id(1, 128), true },
 }
 
 --- G8 delete merchants.

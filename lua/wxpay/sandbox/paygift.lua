@@ -73,7 +73,7 @@ local function check_periods(base)
   local p = base:object("available_periods")
   if not p then return end
   for _, name in ipairs{ "available_time", "available_day_time" } do
-    local list = p:get(name, true)
+    local list = p:get(name) -- either list may come alone (wechatpay-go: both optional)
     if list ~= nil and (type(list) ~= "table" or list[1] == nil) then
       p:fail(name, name .. " must be a non-empty array")
     end
@@ -275,7 +275,8 @@ local function merchants_write(state, req, auth, captures, op, number)
   if not body then return nil, e end
   local c = common.checker(body)
   check_merchants(c, true)
-  c:request_no(number, 128)
+  -- delete_request_no has the request-number charset; add_request_no has no stated charset.
+  if number == "add_request_no" then c:string(number, 1, 128, true) else c:request_no(number, 128) end
   if c:error() then return nil, c:error() end
   local cs = select(2, M.product(state))
   local answer, handle = common.replay(cs, { auth.mchid, op, act.id, body[number] }, body, "请求单号已使用")
