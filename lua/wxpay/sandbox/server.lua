@@ -252,7 +252,7 @@ end
 -- One control request; a handler that raises is answered 500 (and the connection closed).
 function Server:control_request(con, req)
   local ok, resp = pcall(control.handle, self, req)
-  if not ok then
+  if not ok or type(resp) ~= "table" then
     self:log("internal error: %s %s: %s", req.method, req.target, tostring(resp))
     resp, req.keep_alive = { status = 500, body = json.encode{ error = "sandbox internal error" } }, false
   end
