@@ -36,6 +36,7 @@ build = {
       ["wxpay.cli.output"] = "lua/wxpay/cli/output.lua",
       ["wxpay.cli.partnerships"] = "lua/wxpay/cli/partnerships.lua",
       ["wxpay.cli.stocks"] = "lua/wxpay/cli/stocks.lua",
+      ["wxpay.cli.store"] = "lua/wxpay/cli/store.lua",
       -- END LUA MODULES
     },
     bin = { ["wxpay"] = "bin/wxpay" },

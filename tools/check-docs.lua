@@ -69,6 +69,8 @@ local INTERNAL = {
   -- the public encoders) and the client's closures
   ["config.lua"] = true, ["json.lua"] = true, ["request.lua"] = true, ["keyring.lua"] = true,
   ["verify.lua"] = true, ["retry.lua"] = true, ["pipeline.lua"] = true, ["redact.lua"] = true,
+  -- integral floats as integers before config.lua's checks (docs/config.md)
+  ["config_normalise.lua"] = true,
 }
 
 -- Names defined in PUBLIC files that are plumbing, not API (none today). Besides these, a
