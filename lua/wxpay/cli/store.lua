@@ -40,9 +40,10 @@ function M.check(config, out)
   local spec = config.store
   if spec == nil or spec == "memory" then return true end
   local s, err = require("wxpay.store").open(spec)
+  if s then s, err = s:scope(config.mchid) end
   if s then
     local _
-    _, err = s:get("wxpay:cli:probe")
+    _, err = s:get("cli:probe") -- under the merchant's keys, where a Redis ACL lets it read
   end
   if not err then return true end
   out:write("wxpay: warning: the store ", M.describe(spec), " cannot be reached (", reason(spec, err),
