@@ -55,6 +55,7 @@ build = {
       ["wxpay.client"] = "lua/wxpay/client.lua",
       ["wxpay.concurrent"] = "lua/wxpay/concurrent.lua",
       ["wxpay.config"] = "lua/wxpay/config.lua",
+      ["wxpay.config_normalise"] = "lua/wxpay/config_normalise.lua",
       ["wxpay.errors"] = "lua/wxpay/errors.lua",
       ["wxpay.fleet.certs"] = "lua/wxpay/fleet/certs.lua",
       ["wxpay.fleet"] = "lua/wxpay/fleet/init.lua",

@@ -40,6 +40,7 @@ build = {
       ["wxpay.cli.paygift"] = "lua/wxpay/cli/paygift.lua",
       ["wxpay.cli.plan"] = "lua/wxpay/cli/plan.lua",
       ["wxpay.cli.stocks"] = "lua/wxpay/cli/stocks.lua",
+      ["wxpay.cli.store"] = "lua/wxpay/cli/store.lua",
       -- END LUA MODULES
     },
     bin = { ["wxpay"] = "bin/wxpay" },

@@ -54,6 +54,7 @@ build = {
       ["wxpay.client"] = "lua/wxpay/client.lua",
       ["wxpay.concurrent"] = "lua/wxpay/concurrent.lua",
       ["wxpay.config"] = "lua/wxpay/config.lua",
+      ["wxpay.config_normalise"] = "lua/wxpay/config_normalise.lua",
       ["wxpay.errors"] = "lua/wxpay/errors.lua",
       ["wxpay.fleet.certs"] = "lua/wxpay/fleet/certs.lua",
       ["wxpay.fleet"] = "lua/wxpay/fleet/init.lua",

@@ -157,6 +157,11 @@ describe("partnerships input validation", function()
     { "page appid filter with ESC", "page", with{ ["partner.appid"] = "wx\27" }, nil, "partner.appid" },
     { "page stock_id filter with CR", "page", with{ ["authorized_data.stock_id"] = "1\r" }, nil,
       "authorized_data.stock_id" },
+    -- Unicode's C1 controls (U+0080-U+009F) in UTF-8: NEL and CSI
+    { "appid with U+0085 (NEL)", "build", with{ ["partner.appid"] = "wx1\194\133" }, nil, "partner.appid" },
+    { "stock_id with U+009B (CSI)", "terminate", with{ ["authorized_data.stock_id"] = "24\194\15533" }, nil,
+      "authorized_data.stock_id" },
+    { "page appid filter with U+0080", "page", with{ ["partner.appid"] = "\194\128wx" }, nil, "partner.appid" },
   }
 
   for _, case in ipairs(cases) do

@@ -257,6 +257,9 @@ describe("busifavor stocks", function()
     { "entrance_words of 6", { ["custom_entrance.mini_programs_info"] = { mini_programs_appid = "wx1",
       mini_programs_path = "/p", entrance_words = "立即使用优惠" } }, "custom_entrance.mini_programs_info.entrance_words" },
     { "comment with a control character", { comment = "a\27b" }, "comment" },
+    { "comment with U+009B (CSI)", { comment = "a\194\155b" }, "comment" },
+    { "stock_name with U+0085 (NEL)", { stock_name = "券\194\133" }, "stock_name" },
+    { "goods_name with U+009F", { goods_name = "x\194\159" }, "goods_name" },
   }
   for _, case in ipairs(refusals) do
     it("create refuses " .. case[1] .. " without sending", function()
@@ -275,12 +278,13 @@ describe("busifavor stocks", function()
       with(BUSI, { ["coupon_use_rule.coupon_available_time.available_begin_time"] = "2024-05-20T00:00:00.120Z" }),
       with(BUSI, { stock_type = "EXCHANGE", ["coupon_use_rule.fixed_normal_coupon"] = F.NIL,
         ["coupon_use_rule.exchange_coupon"] = { exchange_price = 0, transaction_minimum = 1 } }),
+      with(BUSI, { comment = "café\194\160¡" }),                -- U+00A0 and U+00A1: past C1
     }) do
       local res, err = b.stocks.create(p)
       assert.is_nil(err, "case " .. i .. ": " .. tostring(err))
       assert.truthy(res)
     end
-    assert.equal(5, #t.calls)
+    assert.equal(6, #t.calls)
   end)
 
   it("get, update (204) and update_budget send the documented requests", function()
@@ -523,6 +527,45 @@ describe("favor stocks", function()
       assert.equal(32, #err.out_request_no)
     end)
   end
+
+  -- max_amount = coupon_amount × max_coupons, with factors whose product is past 2^53 (and
+  -- past 2^64, where 5.3+ integers wrap), as integers and as floats; nil, err on every one.
+  local function amounts(coupon_amount, max_coupons, max_amount)
+    return with(FAVOR, { ["stock_use_rule.max_coupons"] = max_coupons, ["stock_use_rule.max_amount"] = max_amount,
+      ["coupon_use_rule.fixed_normal_coupon"] = { coupon_amount = coupon_amount,
+        transaction_minimum = coupon_amount + 1 } })
+  end
+  local overflows = {
+    { "a product that wraps to max_amount in 64-bit integers", 4294967296, 4294967297, 4294967296 },
+    { "float factors whose product has no integer value", 2 ^ 52, 2 ^ 52, 2 ^ 53 - 1 },
+    { "the largest factors", 2 ^ 53 - 2, 2 ^ 53 - 1, 2 ^ 53 - 1 },
+    { "a product of exactly 2^53", 2 ^ 26, 2 ^ 27, 2 ^ 53 - 1 },
+    { "a product one past the largest amount", 3, 3002399751580330, 9007199254740991 },
+  }
+  for _, case in ipairs(overflows) do
+    it("create refuses " .. case[1] .. " without raising or sending", function()
+      local _, fv, t = new_client()
+      local ok, res, err = pcall(fv.stocks.create, amounts(case[2], case[3], case[4]))
+      assert.is_true(ok, tostring(res))
+      expect_refusal(t, res, err, "stock_use_rule.max_amount")
+      -- The message shows the exact product, or says it is past 2^53: never garbage.
+      local shown = tostring(err):match("max_coupons %((.-)%)")
+      local product = (case[2] * 1.0) * case[3] -- in doubles: 5.3+ integers would wrap
+      if product < 2 ^ 53 then
+        assert.equal(string.format("%.0f", product), shown)
+      else
+        assert.equal("which is 2^53 or more, past any amount", shown)
+      end
+    end)
+  end
+
+  it("create accepts max_amount = coupon_amount × max_coupons up to 2^53 - 1", function()
+    local _, fv, t = new_client(ok_json('{"stock_id":"9856000","create_time":"x"}'))
+    assert.truthy(fv.stocks.create(amounts(3, 3002399751580330, 9007199254740990)))
+    assert.truthy(fv.stocks.create(amounts(2 ^ 26 * 1.0, 2 ^ 26 - 1, 2 ^ 52 - 2 ^ 26)))
+    assert.equal(2, #t.calls)
+    assert.truthy(t.calls[1].body:find('"max_amount":9007199254740990', 1, true))
+  end)
 
   it("start, pause, restart and get use the creator mchid and retry a dropped connection", function()
     local _, fv, t = new_client(function(_, n)

@@ -74,6 +74,8 @@ local INTERNAL = {
   -- the public encoders) and the client's closures
   ["config.lua"] = true, ["json.lua"] = true, ["request.lua"] = true, ["keyring.lua"] = true,
   ["verify.lua"] = true, ["retry.lua"] = true, ["pipeline.lua"] = true, ["redact.lua"] = true,
+  -- integral floats as integers before config.lua's checks (docs/config.md)
+  ["config_normalise.lua"] = true,
 }
 -- 发券: the checks behind wxpay.sign_v2, and client.busifavor.decrypt_jump_code (docs/issuing.md)
 INTERNAL["v2sign.lua"], INTERNAL["api/jump_code.lua"] = true, true

@@ -7,6 +7,7 @@
 local core = require("wxpay.core")
 local errors = require("wxpay.errors")
 local serial_key = require("wxpay.keyring").serial_key
+local normalise = require("wxpay.config_normalise")
 
 local M = {}
 
@@ -407,7 +408,7 @@ end
 -- @tparam table config
 -- @return true, or nil and a `config` error naming the key
 function M.check(config)
-  return run_steps(config, {})
+  return run_steps(normalise(config), {})
 end
 
 --- Validate `config` and load every key once.
@@ -415,6 +416,7 @@ end
 -- @tparam string version the library version (for the User-Agent)
 -- @return the client's private state, or nil and a `config` error naming the key
 function M.build(config, version)
+  config = normalise(config) -- 6379.0 from a JSON decoder is the port 6379
   local st = { version = version }
   local ok, err = run_steps(config, st)
   if not ok then return nil, err end
@@ -426,5 +428,6 @@ end
 
 M.read_file, M.load_pem, M.check_base_url = read_file, load_pem, check_base_url
 M.user_agent = build_user_agent
+M.normalise = normalise
 
 return M

@@ -99,6 +99,25 @@ M.callbacks = {
 -- The window rule of F1: "可用时间范围最长90天".
 local MAX_WINDOW_DAYS = 90
 
+--- `max_amount = coupon_amount × max_coupons`, exactly on every interpreter. The three are
+-- checked integers in 1..2^53-1 (integers or floats, by interpreter and source). The product
+-- is taken in doubles: below 2^53 it is exact; at or above, it is above any `max_amount`
+-- (rounding cannot bring it below 2^53). So nothing wraps (5.3+ integers), raises (formatting
+-- a float of no integer value) or prints garbage (LuaJIT's %d).
+-- @return true, or nil and an `invalid_argument` error for `stock_use_rule.max_amount`
+function M.check_max_amount(max_amount, coupon_amount, max_coupons)
+  local product = (coupon_amount * 1.0) * max_coupons
+  if product >= 2 ^ 53 then
+    return nil, invalid("stock_use_rule.max_amount", "must equal coupon_amount * max_coupons "
+      .. "(which is 2^53 or more, past any amount)")
+  end
+  if max_amount ~= product then
+    return nil, invalid("stock_use_rule.max_amount", "must equal coupon_amount * max_coupons ("
+      .. string.format("%.0f", product) .. ")")
+  end
+  return true
+end
+
 --- Cross-field rules of F1 on the checked copy.
 function M.check_create(p)
   if p.stock_name:find("[_,;|]") then
@@ -118,10 +137,8 @@ function M.check_create(p)
     if fixed.transaction_minimum <= fixed.coupon_amount then
       return nil, invalid("coupon_use_rule.fixed_normal_coupon.transaction_minimum", "must exceed coupon_amount")
     end
-    if rule.max_amount ~= fixed.coupon_amount * rule.max_coupons then
-      return nil, invalid("stock_use_rule.max_amount", "must equal coupon_amount * max_coupons ("
-        .. string.format("%d", fixed.coupon_amount * rule.max_coupons) .. ")")
-    end
+    local ok, err = M.check_max_amount(rule.max_amount, fixed.coupon_amount, rule.max_coupons)
+    if not ok then return nil, err end
   end
   if rule.max_amount_by_day and rule.max_amount_by_day > rule.max_amount then
     return nil, invalid("stock_use_rule.max_amount_by_day", "must not exceed max_amount")

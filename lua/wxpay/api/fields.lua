@@ -64,9 +64,16 @@ function M.object(schema) return { kind = "object", schema = schema } end
 --- An array of `item` nodes, `min`..`max` items.
 function M.array(item, min, max) return { kind = "array", item = item, min = min, max = max } end
 
+--- Unicode's C1 control characters (U+0080-U+009F: NEL, CSI, …) as UTF-8 bytes, a Lua
+-- pattern. Wherever ASCII control characters are refused these are too: a terminal obeys
+-- U+009B as it obeys ESC [.
+M.C1_CONTROL = "\194[\128-\159]"
+
 local function check_string(v, field, node, check_utf8, control)
   if type(v) ~= "string" then return nil, invalid(field, "must be a string, got " .. type(v)) end
-  if v:find(control) then return nil, invalid(field, "must not contain control characters") end
+  if v:find(control) or v:find(M.C1_CONTROL) then
+    return nil, invalid(field, "must not contain control characters")
+  end
   local ok, why = check_utf8(v)
   if not ok then return nil, invalid(field, why) end
   local n = M.utf8_len(v)

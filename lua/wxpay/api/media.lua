@@ -31,6 +31,7 @@
 
 local core = require("wxpay.core")
 local errors = require("wxpay.errors")
+local C1_CONTROL = require("wxpay.api.fields").C1_CONTROL
 local read_file = require("wxpay.config").read_file
 
 local M = {}
@@ -73,7 +74,8 @@ local function load_image(api, path_or_bytes, opts, max)
   if filename == nil then
     return nil, errors.invalid_argument("opts.filename", "required when uploading bytes")
   end
-  if type(filename) ~= "string" or filename == "" or filename:find('[%c"\\]') then
+  if type(filename) ~= "string" or filename == "" or filename:find('[%c"\\]')
+      or filename:find(C1_CONTROL) then
     return nil, errors.invalid_argument("opts.filename",
       "must be a non-empty name without quotes or control characters")
   end

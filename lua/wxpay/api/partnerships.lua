@@ -66,7 +66,9 @@ local utf8_len = fields.utf8_len
 local function check_string(api, v, field, min, max)
   if type(v) ~= "string" then return nil, invalid(field, "must be a string, got " .. type(v)) end
   -- No real identifier holds one; they would only be escaped on the wire.
-  if v:find("[%z\1-\31\127]") then return nil, invalid(field, "must not contain control characters") end
+  if v:find("[%z\1-\31\127]") or v:find(fields.C1_CONTROL) then
+    return nil, invalid(field, "must not contain control characters")
+  end
   local ok, why = api.check_utf8(v)
   if not ok then return nil, invalid(field, why) end
   local n = utf8_len(v)

@@ -161,7 +161,7 @@ function M.load_config(path)
   for k, v in pairs(obj) do
     if v == cjson.null then obj[k] = nil end
   end
-  return obj
+  return require("wxpay.config_normalise")(obj) -- a port of 6379.0 is 6379
 end
 
 -- Ranges for the numeric options. 1024 concurrent requests is far beyond what WeChat Pay's
@@ -330,6 +330,7 @@ local function with_config(pos, opts, c)
     return 1
   end
   c.client = client
+  require("wxpay.cli.store").check(c.config, c.err)
   local ok, status = pcall(run, pos, opts, c)
   client.close()
   if not ok then error(status, 0) end

@@ -86,8 +86,18 @@ function M.table(rows, columns)
   return table.concat(out, "\n") .. "\n"
 end
 
+-- A text cell a spreadsheet would take for a formula (OWASP "CSV injection": = + - @ first,
+-- or a tab or CR before one) gets a leading single quote, shown as text and not evaluated.
+-- Numbers stay as they are: a number (-10) or a text that is a plain decimal number ("-10.5")
+-- is data to a spreadsheet, never a formula.
+local function neutralised(v, s)
+  if type(v) == "number" or not s:find("^[=+%-@\t\r]") then return s end
+  if s:match("^%-%d+$") or s:match("^%-%d+%.%d+$") then return s end
+  return "'" .. s
+end
+
 local function csv_field(v)
-  local s = cell(v)
+  local s = neutralised(v, cell(v))
   if s:find('[",\r\n]') or s:match("^%s") or s:match("%s$") then
     s = '"' .. s:gsub('"', '""') .. '"'
   end

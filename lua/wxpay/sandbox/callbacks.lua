@@ -195,7 +195,12 @@ function M.send(server, spec)
   local host, port = hostport:match("^(.*):(%d+)$")
   if not host then host, port = hostport, scheme == "https" and 443 or 80 end
   if not LOOPBACK[host] then return nil, "url must point at a loopback address" end
-  if spec.resource ~= nil and type(spec.resource) ~= "table" then return nil, "resource must be an object" end
+  if spec.resource ~= nil and (type(spec.resource) ~= "table" or not pcall(json.encode, spec.resource)) then
+    return nil, "resource must be an object (without NaN or Infinity)"
+  end
+  for _, name in ipairs{ "event_type", "summary", "original_type", "associated_data" } do
+    if spec[name] ~= nil and type(spec[name]) ~= "string" then return nil, name .. " must be a string" end
+  end
   local signer = signer_for(state, spec.signer)
   if not signer then return nil, "signer must be public_key, primary or secondary" end
   local once = spec.probe or spec.tamper or spec.stale
@@ -212,7 +217,10 @@ function M.send(server, spec)
   if not cb.max_attempts or cb.max_attempts < 1 or cb.max_attempts > #M.SCHEDULE + 1 then
     return nil, "max_attempts must be 1.." .. (#M.SCHEDULE + 1)
   end
-  if cb.retry_scale < 0 or cb.timeout <= 0 then return nil, "retry_scale must be >= 0, timeout > 0" end
+  -- Written so that NaN fails too.
+  if not (cb.retry_scale >= 0 and cb.retry_scale <= 1000 and cb.timeout > 0 and cb.timeout <= 600) then
+    return nil, "retry_scale must be 0..1000, timeout 0..600 seconds"
+  end
   cb.body = build_body(state, spec)
   state.callbacks.items[cb.id] = cb
   server.cq:wrap(function() deliver(server, cb, signer) end)

@@ -86,12 +86,26 @@ function M.apply_config(config, changes)
   return true
 end
 
+-- Optional string fields of a seed: absent, or a string of 1..64 printable bytes.
+local function seed_string(spec, name)
+  local v = spec[name]
+  if v ~= nil and (type(v) ~= "string" or v == "" or #v > 64 or v:find("[%c]")) then
+    return name .. " must be a string of 1-64 characters"
+  end
+end
+
 local function seed(server, spec)
   local count = math.tointeger(spec.count or 0)
   if not count or count < 0 or count > 1000000 then return bad("count must be 0..1000000") end
+  for _, name in ipairs{ "business_type", "stock_id", "partner_type", "prefix" } do
+    local err = seed_string(spec, name)
+    if err then return bad(err) end
+  end
+  local start = spec.start == nil and 1 or math.tointeger(spec.start)
+  if not start or start < 0 or start > 1e12 then return bad("start must be an integer 0..1000000000000") end
   local ok, added = server:seed{
     count = count, business_type = spec.business_type, stock_id = spec.stock_id,
-    partner_type = spec.partner_type, prefix = spec.prefix, start = spec.start,
+    partner_type = spec.partner_type, prefix = spec.prefix, start = start,
   }
   if not ok then return bad(added) end
   return reply(200, { added = added, total = server.state.store:count() })

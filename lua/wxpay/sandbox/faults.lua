@@ -89,7 +89,10 @@ function Faults:add(spec)
                   method = spec.method and spec.method:upper() }
   if kind == "delay" then
     entry.seconds = tonumber(spec.seconds)
-    if not entry.seconds or entry.seconds < 0 then return nil, "delay needs seconds >= 0" end
+    -- Written so that NaN fails too; an answer held a day is as good as lost.
+    if not (entry.seconds and entry.seconds >= 0 and entry.seconds <= 86400) then
+      return nil, "delay needs seconds 0..86400"
+    end
   elseif kind == "429" and spec.retry_after ~= nil then
     entry.retry_after = math.tointeger(spec.retry_after)
     if not entry.retry_after or entry.retry_after < 0 then

@@ -149,8 +149,9 @@ local function watchers(server, opts)
     list[#list + 1] = function()
       while true do
         cqueues.sleep(1)
-        local alive = io.open(proc .. "/stat")
-        if alive then alive:close() else break end
+        -- Only "no such file" means gone: out of descriptors (EMFILE) it is still there.
+        local alive, _, code = io.open(proc .. "/stat")
+        if alive then alive:close() elseif code == 2 then break end
       end
       server:stop()
     end

@@ -66,7 +66,8 @@ end
 -- @tparam[opt] table opts `mode`, `offset_mode`, `empty_list`, `state_in_list` (false adds
 --   --no-state-in-list), `seed`, `fault_seed`, `dir` (default build/sandbox-keys: keys are reused),
 --   `args` (extra arguments), `timeout` (seconds to wait for the startup line, default 10),
---   `verbose` (keep the request log; `sb:stderr()` returns it)
+--   `verbose` (keep the request log; `sb:stderr()` returns it), `nofile` (the process's
+--   open-file limit, `ulimit -n`, for specs that run it out of descriptors)
 -- @treturn table sandbox object with `.config`, `.control_url`, `.base_url`, `.pid`, `.dir`
 function M.start(opts)
   opts = opts or {}
@@ -97,8 +98,11 @@ function M.start(opts)
   local quoted = {}
   for i, a in ipairs(args) do quoted[i] = q(a) end
   -- Background job writing to files: no pipe to block on, and its pid from $!.
-  local cmd = string.format(M.CLEAN_ENV .. "%s %s </dev/null >%s 2>%s & echo $!",
-                            run, table.concat(quoted, " "),
+  -- With `nofile`, a subshell lowers its limit and execs the sandbox (so $! is its pid).
+  local open, close = "", ""
+  if opts.nofile then open, close = string.format("(ulimit -n %d && exec ", opts.nofile), ")" end
+  local cmd = string.format("%s" .. M.CLEAN_ENV .. "%s %s%s </dev/null >%s 2>%s & echo $!",
+                            open, run, table.concat(quoted, " "), close,
                             q(out), q(err))
   local p = assert(io.popen(cmd))
   local pid = int(p:read("*l"))
@@ -228,6 +232,43 @@ function Sandbox:control(method, path, body)
   assert(resp.status, "wxpay-sandbox control " .. method .. " " .. path .. ": no answer")
   local ok, value = pcall(cjson.decode, resp.body)
   return ok and value or resp.body, resp.status, resp.body
+end
+
+--- Send several control requests with one curl run (over one connection while the sandbox
+-- keeps it open), each with a raw body and at most `max_time` seconds (default 30).
+-- @tparam table list of `{ method, path, body = "raw text" }`
+-- @tparam[opt] number max_time
+-- @treturn table list of `{ status, headers, body }` (no status: no answer)
+function Sandbox:controls(list, max_time)
+  local parts, bodies = {}, {}
+  for i, c in ipairs(list) do
+    local path = c[2]:gsub("^/?_sandbox", ""):gsub("^/?", "/")
+    local part = { "request = " .. cq(c[1]), "url = " .. cq(self.control_url .. path),
+                   "max-time = " .. (max_time or 30) }
+    if c.body then
+      bodies[#bodies + 1] = os.tmpname()
+      write_file(bodies[#bodies], c.body)
+      part[#part + 1] = "header = " .. cq("Content-Type: application/json")
+      part[#part + 1] = "data-binary = " .. cq("@" .. bodies[#bodies])
+    end
+    parts[i] = part
+  end
+  local out = curl(self.config.ca_file, parts)
+  for _, f in ipairs(bodies) do os.remove(f) end
+  return out
+end
+
+--- The number of descriptors the sandbox process has open (from /proc), or nil.
+function Sandbox:open_files()
+  local p = io.popen("ls /proc/" .. self.pid .. "/fd 2>/dev/null | wc -l")
+  local n = p and int(p:read("*a"))
+  if p then p:close() end
+  return n
+end
+
+--- Whether the sandbox process is still running.
+function Sandbox:alive()
+  return alive(self.pid)
 end
 
 --- API requests the sandbox received (`GET /_sandbox/requests`).

@@ -2,6 +2,7 @@
 -- A delayed answer only sleeps its own coroutine, so other connections carry on.
 local cqueues = require("cqueues")
 local csocket = require("cqueues.socket")
+local errno = require("cqueues.errno")
 local ssl_context = require("openssl.ssl.context")
 local openssl_pkey = require("openssl.pkey")
 local openssl_x509 = require("openssl.x509")
@@ -19,6 +20,10 @@ local M = {}
 local IDLE_TIMEOUT = 300
 local HANDSHAKE_TIMEOUT = 10
 local LOG_CAP = 20000
+-- Bodies of up to 8 MB are accepted (http.lua), unauthenticated ones too: the log is bounded
+-- in bytes as well, or a few hundred large requests would hold gigabytes.
+local LOG_MAX_BYTES = 16 * 1024 * 1024
+local ACCEPT_PAUSE, ACCEPT_PAUSE_MAX = 0.05, 1
 
 local Server = {}
 Server.__index = Server
@@ -72,7 +77,7 @@ end
 
 --- Forget the request log.
 function Server:clear_log()
-  self.state.log = { items = {}, first = 1, last = 0 }
+  self.state.log = { items = {}, first = 1, last = 0, bytes = 0 }
 end
 
 --- Clear relations, idempotency records, faults, the request log and the counters, and
@@ -86,13 +91,16 @@ function Server:reset()
 end
 
 --- Counters for the control API.
--- @treturn table `{ connections, api_connections, requests, open_connections }`
+-- @treturn table `{ connections, api_connections, requests, open_connections, log_entries,
+--   log_bytes, log_max_bytes }`
 function Server:stats()
   local open = 0
   for _ in pairs(self.connections) do open = open + 1 end
+  local log = self.state.log
   return { connections = self.counters.connections,
            api_connections = self.counters.api_connections,
-           requests = self.counters.requests, open_connections = open }
+           requests = self.counters.requests, open_connections = open,
+           log_entries = log.last - log.first + 1, log_bytes = log.bytes, log_max_bytes = LOG_MAX_BYTES }
 end
 
 --- Add relations quickly (no HTTP, no signatures).
@@ -147,14 +155,25 @@ function Server:wall_time()
   return self.wall0 + (cqueues.monotime() - self.mono0)
 end
 
+-- The bytes an entry holds: body, target and headers (what a client controls).
+local function entry_bytes(req)
+  local n = #req.body + #req.target
+  for _, h in ipairs(req.header_list or {}) do n = n + #h[1] + #h[2] end
+  return n
+end
+
+-- Appends to the log, then drops the oldest entries while it holds more than LOG_CAP
+-- entries or LOG_MAX_BYTES bytes (the newest entry always stays).
 local function log_request(self, conn_id, req)
   local log = self.state.log
   log.last = log.last + 1
   local entry = { seq = log.last, connection = conn_id, method = req.method,
                   target = req.target, headers = req.headers, body = req.body, status = 0,
-                  received_at = self:wall_time() }
+                  received_at = self:wall_time(), bytes = entry_bytes(req) }
   log.items[log.last] = entry
-  while log.last - log.first + 1 > LOG_CAP do
+  log.bytes = log.bytes + entry.bytes
+  while log.first < log.last and (log.last - log.first + 1 > LOG_CAP or log.bytes > LOG_MAX_BYTES) do
+    log.bytes = log.bytes - log.items[log.first].bytes
     log.items[log.first] = nil
     log.first = log.first + 1
   end
@@ -230,11 +249,19 @@ function Server:api_request(con, conn, req)
   return http.write_response(con, resp.status, headers, body, req.keep_alive)
 end
 
-function Server:serve(con)
-  self.connection_ids = self.connection_ids + 1
-  self.counters.connections = self.counters.connections + 1
-  local conn = { id = self.connection_ids }
-  self.connections[con] = conn
+-- One control request; a handler that raises is answered 500 (and the connection closed).
+function Server:control_request(con, req)
+  local ok, resp = pcall(control.handle, self, req)
+  if not ok or type(resp) ~= "table" then
+    self:log("internal error: %s %s: %s", req.method, req.target, tostring(resp))
+    resp, req.keep_alive = { status = 500, body = json.encode{ error = "sandbox internal error" } }, false
+  end
+  return http.write_response(con, resp.status, { { "Content-Type", "application/json" } },
+                             resp.body, req.keep_alive)
+end
+
+-- The requests of one connection, until it closes or a request does not keep it alive.
+function Server:exchange(con, conn)
   -- Full output buffering, a buffer larger than any API answer, and one flush per
   -- response: otherwise the answer leaves in several TLS records and Nagle plus delayed
   -- ACKs stall each one after the first by ~40 ms.
@@ -253,14 +280,22 @@ function Server:serve(con)
     end
     local path = req.target:match("^[^?]*")
     if path == "/_sandbox" or path:sub(1, 10) == "/_sandbox/" then
-      local resp = control.handle(self, req)
-      ok = http.write_response(con, resp.status, { { "Content-Type", "application/json" } },
-                               resp.body, req.keep_alive)
+      ok = self:control_request(con, req)
     else
       ok = self:api_request(con, conn, req)
     end
     ok = ok and req.keep_alive
   end
+end
+
+-- Serve one connection; whatever happens in it (a raise included), its socket is closed.
+function Server:serve(con)
+  self.connection_ids = self.connection_ids + 1
+  self.counters.connections = self.counters.connections + 1
+  local conn = { id = self.connection_ids }
+  self.connections[con] = conn
+  local ok, err = pcall(self.exchange, self, con, conn)
+  if not ok then self:log("connection %d: %s", conn.id, tostring(err)) end
   self.connections[con] = nil
   con:close()
 end
@@ -307,17 +342,33 @@ function Server:listen()
   return port
 end
 
+-- Accepting ends only with the server. A failed accept (EMFILE when a burst of connections
+-- outruns `ulimit -n`) is logged and tried again after a pause that doubles up to
+-- ACCEPT_PAUSE_MAX; meanwhile new connections wait in the listen backlog, and the
+-- descriptors come back as the open connections end.
+function Server:accept_loop(cq)
+  local pause = ACCEPT_PAUSE
+  self.listener:onerror(function(_, _, why) return why end) -- errors as values, not raises
+  while not self.stopped do
+    local con, why = self.listener:accept()
+    if con then
+      pause = ACCEPT_PAUSE
+      cq:wrap(function() self:serve(con) end)
+    else
+      self:log("accept: %s (trying again in %.2f s)", errno.strerror(why) or tostring(why), pause)
+      cqueues.sleep(pause)
+      pause = math.min(pause * 2, ACCEPT_PAUSE_MAX)
+    end
+  end
+end
+
 --- Run until `stop()` is called. Extra coroutines (signal and stdin watchers) can be
 -- given as functions; they run on the same loop.
 -- @tparam[opt] table extra array of functions
 function Server:run(extra)
   local cq = cqueues.new()
   self.cq = cq
-  cq:wrap(function()
-    for con in self.listener:clients() do
-      cq:wrap(function() self:serve(con) end)
-    end
-  end)
+  cq:wrap(function() self:accept_loop(cq) end)
   for _, fn in ipairs(extra or {}) do cq:wrap(fn) end
   while not self.stopped do
     local ok, err = cq:step(1)
