@@ -83,9 +83,16 @@ function M.write(api, method, target, body, opts, numbers)
   return data, nil, tag(meta or {}, numbers)
 end
 
+-- The node `schema` declares for `name` (its request number).
+local function node_of(schema, name)
+  for _, f in ipairs(schema) do
+    if f[1] == name then return f[2] end
+  end
+end
+
 -- Copy `params` and fill the request number `name`; returns the copy and the number.
-local function with_number(api, params, name)
-  local no, err = M.request_no(api, params, name, 128)
+local function with_number(api, params, name, schema)
+  local no, err = M.request_no(api, params, name, 128, node_of(schema, name))
   if not no then return nil, err end
   local p = {}
   for k, v in pairs(params) do p[k] = v end
@@ -97,7 +104,7 @@ end
 -- apply `cross` (cross-field rules on the checked copy), and send it as a keyed write.
 -- Errors carry the request number as `err[name]`. The caller has checked the argument types.
 function M.keyed_write(api, method, target, params, opts, schema, name, cross)
-  local p, no = with_number(api, params, name)
+  local p, no = with_number(api, params, name, schema)
   if not p then return nil, no end
   local numbers = { [name] = no }
   local o, err = M.options(api, opts)
@@ -187,12 +194,14 @@ function M.paging(api, filters, default_limit, max_limit, fixed_mode)
   return limit, offset, mode
 end
 
---- The request number `name` from `params`: checked when given, generated when not.
+--- The request number `name` from `params`: checked when given (against `node`, default
+-- the stated charset `fields.request_no(max)`), generated when not (generated numbers
+-- always keep the safe charset).
 -- @return the number, or nil and an error
-function M.request_no(api, params, name, max)
+function M.request_no(api, params, name, max, node)
   local v = params[name]
   if v == nil then return api.new_idempotency_key() end
-  return fields.value(v, name, fields.request_no(max), api.check_utf8)
+  return fields.value(v, name, node or fields.request_no(max), api.check_utf8)
 end
 
 --- The merchant id `name` from `t`, defaulting to the client's `mchid`.

@@ -41,8 +41,8 @@ local function claim_refusal(stock, spec, now)
     return "the user has the most coupons allowed", "MAXQUOTA"
   end
   if mode == "MERCHANT_API" and (type(spec.coupon_code) ~= "string"
-      or not spec.coupon_code:match("^[%w _%-\\/=|]+$") or #spec.coupon_code > 32) then
-    return "coupon_code (1-32 characters) is required for a MERCHANT_API stock", "PARAM_ERROR"
+      or not spec.coupon_code:match("^[%w _%-\\/=|]+$") or #spec.coupon_code > 128) then
+    return "coupon_code (1-128 characters) is required for a MERCHANT_API stock", "PARAM_ERROR"
   end
 end
 
