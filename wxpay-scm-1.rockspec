@@ -39,7 +39,9 @@ build = {
     lua = {
       -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
       ["wxpay.api.busifavor"] = "lua/wxpay/api/busifavor.lua",
+      ["wxpay.api.busifavor_codes"] = "lua/wxpay/api/busifavor_codes.lua",
       ["wxpay.api.busifavor_schema"] = "lua/wxpay/api/busifavor_schema.lua",
+      ["wxpay.api.busifavor_subsidy"] = "lua/wxpay/api/busifavor_subsidy.lua",
       ["wxpay.api.coupon_calls"] = "lua/wxpay/api/coupon_calls.lua",
       ["wxpay.api.favor"] = "lua/wxpay/api/favor.lua",
       ["wxpay.api.favor_schema"] = "lua/wxpay/api/favor_schema.lua",

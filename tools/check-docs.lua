@@ -59,6 +59,8 @@ local INTERNAL = {
   -- the coupon products' shared checks, calls and field tables (behind client.busifavor/favor)
   ["api/fields.lua"] = true, ["api/coupon_calls.lua"] = true, ["api/paging.lua"] = true,
   ["api/busifavor_schema.lua"] = true, ["api/favor_schema.lua"] = true,
+  -- 商家券 codes, associate and 营销补差, bound into client.busifavor by api/busifavor.lua
+  ["api/busifavor_codes.lua"] = true, ["api/busifavor_subsidy.lua"] = true,
   -- calendar arithmetic shared by the field checks, doctor and the sandbox
   ["time.lua"] = true,
   -- the shared store (behind the `store` and `qps` config keys; docs/config.md)

@@ -258,7 +258,9 @@ end
 --- Bind the 商家券 functions to a client's API handle.
 -- @tparam table api the handle `wxpay.client` passes (`send`, encoders, `mchid`)
 -- @treturn table `{ stocks = { create, get, update, update_budget }, coupons = { use,
---   return_coupon, deactivate, page, list, get }, callbacks = { set, get }, send_event }`
+--   return_coupon, deactivate, page, list, get, associate, disassociate }, coupon_codes =
+--   { upload, page, list, get, delete }, subsidy = { pay, pay_receipts, pay_receipt,
+--   return_pay, return_receipt }, callbacks = { set, get }, send_event }`
 function M.new(api)
   local t = calls.bind(api, {
     stocks = { create = M.create_stock, get = M.get_stock, update = M.update_stock,
@@ -268,6 +270,15 @@ function M.new(api)
     callbacks = { set = M.set_callback, get = M.get_callback },
   })
   t.send_event = M.send_event
+  local codes = require("wxpay.api.busifavor_codes")
+  t.coupon_codes = calls.bind(api, { upload = codes.upload, page = codes.page, list = codes.list,
+    get = codes.get, delete = codes.delete })
+  t.coupons.associate = function(...) return codes.associate(api, ...) end
+  t.coupons.disassociate = function(...) return codes.disassociate(api, ...) end
+  local subsidy = require("wxpay.api.busifavor_subsidy")
+  t.subsidy = calls.bind(api, { pay = subsidy.pay, pay_receipts = subsidy.pay_receipts,
+    pay_receipt = subsidy.pay_receipt, return_pay = subsidy.return_pay,
+    return_receipt = subsidy.return_receipt })
   return t
 end
 

@@ -192,6 +192,50 @@ M.deactivate = {
   { "deactivate_reason", f.text(1, 64) },
 }
 
+--- B8 upload pre-stored codes: 1..200 codes of 1..32 characters per call. The page's
+-- charset for codes (letters, digits, space, `- _ \ / = |`) is left to the server, which
+-- answers each refused code in `fail_codes`; `upload_request_no` states no charset.
+M.upload_codes = {
+  { "coupon_code_list", f.array(f.id(1, 32), 1, 200), true },
+  { "upload_request_no", NUMBER, true },
+}
+
+--- B14/B15 associate / disassociate an order (the charset of `out_request_no` is stated:
+-- Go `AssociateTradeInfoRequest`).
+M.associate = {
+  { "stock_id", f.id(1, 20), true },
+  { "coupon_code", M.CODE, true },
+  { "out_trade_no", f.id(1, 128), true },
+  { "out_request_no", f.request_no(128), true },
+}
+
+--- B22 营销补差 pay: all required (Go `SubsidyPayRequest`); no lengths are stated beyond
+-- the ids, so none are invented. `out_subsidy_no` states no charset.
+M.subsidy_pay = {
+  { "stock_id", f.id(1, 20), true },
+  { "coupon_code", M.CODE, true },
+  { "transaction_id", f.id(1), true },
+  { "payer_merchant", f.digits(1, 32), true },
+  { "payee_merchant", f.digits(1, 32), true },
+  { "amount", f.fen(1), true },
+  { "description", f.text(1), true },
+  { "out_subsidy_no", NUMBER, true },
+}
+
+--- B25 营销补差 return: the pay fields plus `refund_id`; `out_subsidy_return_no` is of the
+-- stated charset (doc/v3/partner/4017170533).
+M.subsidy_return = {
+  { "stock_id", f.id(1, 20), true },
+  { "coupon_code", M.CODE, true },
+  { "transaction_id", f.id(1), true },
+  { "refund_id", f.id(1), true },
+  { "payer_merchant", f.digits(1, 32), true },
+  { "payee_merchant", f.digits(1, 32), true },
+  { "amount", f.fen(1), true },
+  { "description", f.text(1), true },
+  { "out_subsidy_return_no", f.request_no(128), true },
+}
+
 --- B12 set the callback URL.
 M.callbacks = {
   { "mchid", f.digits(8, 15), true },

@@ -267,9 +267,10 @@ local function coupon_view(coupon)
     use_request_no = coupon.use_request_no, use_time = coupon.use_time,
     return_request_no = coupon.return_request_no, return_time = coupon.return_time,
     deactivate_request_no = coupon.deactivate_request_no, deactivate_time = coupon.deactivate_time,
-    deactivate_reason = coupon.deactivate_reason,
+    deactivate_reason = coupon.deactivate_reason, associate_out_trade_no = coupon.associate_out_trade_no,
   }
 end
+M.coupon_view = coupon_view
 
 -- One coupon operation: common field checks, replay, lookup, then `apply`.
 local function coupon_op(state, req, auth, op)
