@@ -38,6 +38,7 @@ build = {
       ["wxpay.sandbox.coupons_common"] = "lua/wxpay/sandbox/coupons_common.lua",
       ["wxpay.sandbox.coupons_control"] = "lua/wxpay/sandbox/coupons_control.lua",
       ["wxpay.sandbox.coupons_favor"] = "lua/wxpay/sandbox/coupons_favor.lua",
+      ["wxpay.sandbox.coupons_flows"] = "lua/wxpay/sandbox/coupons_flows.lua",
       ["wxpay.sandbox.coupons_subsidy"] = "lua/wxpay/sandbox/coupons_subsidy.lua",
       ["wxpay.sandbox.faults"] = "lua/wxpay/sandbox/faults.lua",
       ["wxpay.sandbox.http"] = "lua/wxpay/sandbox/http.lua",

@@ -38,6 +38,7 @@ local PUBLIC = {
   ["sensitive.lua"] = { s = "client" },
   ["transport/curl.lua"] = { M = "wxpay.transport.curl" },
   ["transport/ngx.lua"] = { M = "wxpay.transport.ngx" },
+  ["flow.lua"] = { M = "wxpay.flow" },
 }
 
 -- Service modules whose public functions are the fields of the table their `M.new(api)`
@@ -61,6 +62,7 @@ local INTERNAL = {
   ["api/busifavor_schema.lua"] = true, ["api/favor_schema.lua"] = true,
   -- 商家券 codes, associate and 营销补差, bound into client.busifavor by api/busifavor.lua
   ["api/busifavor_codes.lua"] = true, ["api/busifavor_subsidy.lua"] = true,
+  ["api/favor_flows.lua"] = true, ["download.lua"] = true, -- behind client.favor, client.download
   -- calendar arithmetic shared by the field checks, doctor and the sandbox
   ["time.lua"] = true,
   -- the shared store (behind the `store` and `qps` config keys; docs/config.md)

@@ -8,7 +8,8 @@ local M = {}
 local ROUTES = { require("wxpay.sandbox.coupons_busifavor").routes,
                  require("wxpay.sandbox.coupons_favor").routes,
                  require("wxpay.sandbox.coupons_codes").routes,
-                 require("wxpay.sandbox.coupons_subsidy").routes }
+                 require("wxpay.sandbox.coupons_subsidy").routes,
+                 require("wxpay.sandbox.coupons_flows").routes }
 
 --- The route for a request path, and the path parameters it captured.
 -- @tparam string path

@@ -145,6 +145,7 @@ function M.redeem(server, spec)
     transaction_id = spec.transaction_id or ("42" .. util.random_digits(26)),
     goods_detail = spec.goods_detail,
   }
+  coupon.consume = resource.consume_information -- for the use-flow file
   local callback = notify(server, p.notify[coupon.stock.creator], {
     event_type = "COUPON.USE", summary = "用券成功", associated_data = "", resource = resource,
   }, spec)
