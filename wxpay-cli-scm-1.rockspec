@@ -29,6 +29,7 @@ build = {
     lua = {
       -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
       ["wxpay.cli.campaign"] = "lua/wxpay/cli/campaign.lua",
+      ["wxpay.cli.coupon_files"] = "lua/wxpay/cli/coupon_files.lua",
       ["wxpay.cli.doctor"] = "lua/wxpay/cli/doctor.lua",
       ["wxpay.cli"] = "lua/wxpay/cli/init.lua",
       ["wxpay.cli.journal"] = "lua/wxpay/cli/journal.lua",
