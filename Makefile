@@ -41,7 +41,8 @@ test-luajit: luajit
 
 # The unit specs (00-04) on Debian's Lua 5.1 and 5.3 (build-lua51/, build-lua53/).
 UNIT_SPECS := spec/00-rockspec_spec.lua spec/01-core_spec.lua spec/02-vectors_spec.lua \
-              spec/03-client_spec.lua spec/04-partnerships_spec.lua spec/18-coupons_spec.lua
+              spec/03-client_spec.lua spec/04-partnerships_spec.lua spec/18-coupons_spec.lua \
+              spec/28-coupon_calls_unit_spec.lua
 
 lua51 lua53:
 	@cmake -S . -B build-$@ -DWXPAY_LUA_VERSION=$(subst lua5,5.,$@) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

@@ -10,8 +10,7 @@ local M = {}
 
 -- Undo the backtick prefix and surrounding spaces of one value.
 local function clean(v)
-  v = v:gsub("^%s+", ""):gsub("%s+$", "")
-  return (v:gsub("^`", ""))
+  return (v:match("^%s*`?%s*(.-)%s*$"))
 end
 
 --- Split one line into its values (RFC 4180 quoting: `"a,b"`, `""` for a quote).
