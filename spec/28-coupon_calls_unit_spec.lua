@@ -44,7 +44,9 @@ describe("商家券 code calls: request bytes", function()
     }
     local c, t = new_client(function(_, n) return answers[n]() end)
     local seen = {}
-    for code in c.busifavor.coupon_codes.list("9", { limit = 2, status = "AVAILABLE" }) do seen[#seen + 1] = code.code end
+    for code in c.busifavor.coupon_codes.list("9", { limit = 2, status = "AVAILABLE" }) do
+      seen[#seen + 1] = code.code
+    end
     assert.same({ "a", "b", "c" }, seen)
     assert.equal("/v3/marketing/busifavor/stocks/9/couponcodes?limit=2&offset=0&status=AVAILABLE", t.calls[1].target)
     assert.equal("/v3/marketing/busifavor/stocks/9/couponcodes?limit=2&offset=2&status=AVAILABLE", t.calls[2].target)
@@ -131,7 +133,8 @@ describe("代金券 flows and lists: request bytes", function()
     local answers = {
       ok_json('{"url":"https://x/f?t=1","hash_value":"' .. string.rep("a", 40) .. '","hash_type":"SHA1"}'),
       ok_json('{"url":"https://x/f?t=2","hash_value":"' .. string.rep("b", 40) .. '","hash_type":"SHA1"}'),
-      ok_json('{"url":"https://x/f?t=3","stock_useflow_hash":"' .. string.rep("c", 40) .. '","stock_useflow_count":"3"}'),
+      ok_json('{"url":"https://x/f?t=3","stock_useflow_hash":"' .. string.rep("c", 40)
+        .. '","stock_useflow_count":"3"}'),
       ok_json('{"url":"https://x/f?t=4","stock_refundflow_hash":"' .. string.rep("d", 40) .. '"}'),
       ok_json('{"hash_value":"x"}'),
     }
