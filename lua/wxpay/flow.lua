@@ -10,6 +10,9 @@ local M = {}
 
 -- Undo the backtick prefix and surrounding spaces of one value.
 local function clean(v)
+  local first = v:byte(1)
+  if first == 96 and not v:find("%s", 2) then return v:sub(2) end -- the usual "`value"
+  if first ~= 96 and not v:find("^%s") and not v:find("%s$") then return v end
   return (v:match("^%s*`?%s*(.-)%s*$"))
 end
 
