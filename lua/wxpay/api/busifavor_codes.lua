@@ -24,8 +24,9 @@ local M = {}
 local BASE = "/v3/marketing/busifavor"
 local STOCK_ID = f.id(1, 20)
 local APPID = f.id(1, 32)
--- An uploaded code is 1..32 characters; a path segment, so checked like one.
-local UPLOADED = f.id(1, 32)
+-- A code in a path (query, delete): up to 128 like every coupon_code the calls take,
+-- though an upload takes codes of at most 32.
+local UPLOADED = schema.CODE
 
 local function codes_target(api, stock_id, code)
   local id, err = f.segment(stock_id, "stock_id", STOCK_ID, api)
