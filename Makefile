@@ -44,6 +44,7 @@ UNIT_SPECS := spec/00-rockspec_spec.lua spec/01-core_spec.lua spec/02-vectors_sp
               spec/03-client_spec.lua spec/04-partnerships_spec.lua spec/18-coupons_spec.lua \
               spec/24-issue_spec.lua
 UNIT_SPECS += spec/40-paygift_spec.lua
+UNIT_SPECS += spec/54-coupon_calls_unit_spec.lua
 
 lua51 lua53:
 	@cmake -S . -B build-$@ -DWXPAY_LUA_VERSION=$(subst lua5,5.,$@) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

@@ -30,6 +30,7 @@ build = {
       -- BEGIN LUA MODULES (tools/sync-rockspec.sh rewrites this block; spec/00 checks it)
       ["wxpay.cli.campaign"] = "lua/wxpay/cli/campaign.lua",
       ["wxpay.cli.campaign_status"] = "lua/wxpay/cli/campaign_status.lua",
+      ["wxpay.cli.coupon_files"] = "lua/wxpay/cli/coupon_files.lua",
       ["wxpay.cli.doctor"] = "lua/wxpay/cli/doctor.lua",
       ["wxpay.cli"] = "lua/wxpay/cli/init.lua",
       ["wxpay.cli.issue"] = "lua/wxpay/cli/issue.lua",

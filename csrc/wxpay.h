@@ -87,6 +87,10 @@ WX_HIDDEN int wx_xfer_push(lua_State *L, wx_xfer *x, CURLcode rc, lua_Integer *c
 /* Releases the request's header list and body copy (the handle stays usable). */
 WX_HIDDEN void wx_xfer_finish(wx_xfer *x);
 WX_HIDDEN void wx_xfer_free(wx_xfer *x); /* idempotent */
+/* Appends to a bounded buffer (sets overflow and returns 0 past its limit). */
+WX_HIDDEN size_t wx_buf_append(wx_buf *b, const char *p, size_t n);
+/* Restores the body callback and size limit a download replaced. */
+WX_HIDDEN void wx_xfer_sink_reset(wx_xfer *x);
 
 /* Fills out[0..n) with random [0-9A-Za-z] from the OS CSPRNG (crypto.c); no terminator. */
 WX_HIDDEN int wx_nonce(char *out, size_t n); /* 1 on success */

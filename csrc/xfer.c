@@ -35,6 +35,17 @@ static size_t on_data(char *p, size_t size, size_t n, void *ud) {
   return buf_append(b, p, size * n) == size * n ? size * n : 0;
 }
 
+size_t wx_buf_append(wx_buf *b, const char *p, size_t n) {
+  return buf_append(b, p, n);
+}
+
+/* Back to collecting the body in x->body (after a download streamed it elsewhere). */
+void wx_xfer_sink_reset(wx_xfer *x) {
+  curl_easy_setopt(x->easy, CURLOPT_WRITEFUNCTION, on_data);
+  curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, &x->body);
+  curl_easy_setopt(x->easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->body.limit);
+}
+
 /* ---- header block parsing (pure C, fuzzed on its own) ---- */
 
 static int is_tchar(unsigned char c) {

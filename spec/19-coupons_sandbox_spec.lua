@@ -118,9 +118,9 @@ describe("商家券 (busifavor)", function()
     e = api_error(400, "PARAM_ERROR", call("POST", STOCKS, stock_body{ stock_type = "FREE" }))
     assert.equal("/stock_type", e.detail.field)
     e = api_error(400, "PARAM_ERROR", call("POST", STOCKS,
-      stock_body{ stock_send_rule = { max_coupons = 1, max_coupons_per_user = 2 } }))
+      stock_body{ stock_send_rule = { max_coupons = 1, max_coupons_per_user = 101 } }))
     assert.equal("/stock_send_rule/max_coupons_per_user", e.detail.field)
-    e = api_error(400, "PARAM_ERROR", call("POST", STOCKS, stock_body{ out_request_no = "bad no" }))
+    e = api_error(400, "PARAM_ERROR", call("POST", STOCKS, stock_body{ out_request_no = "bad\1no" }))
     assert.equal("/out_request_no", e.detail.field)
   end)
 
@@ -151,7 +151,7 @@ describe("商家券 (busifavor)", function()
     api_error(400, "INVALID_REQUEST", call("PATCH", path, stale))
     assert.equal(200, assert(call("GET", STOCKS .. "/" .. id)).stock_send_rule.max_coupons)
     local e = api_error(400, "PARAM_ERROR", call("PATCH", path,
-      { target_max_coupons = 5, target_max_coupons_by_day = 5, modify_budget_request_no = "b3" }))
+      { current_max_coupons = 5, modify_budget_request_no = "b3" }))
     assert.equal("/target_max_coupons", e.detail.field)
   end)
 

@@ -132,7 +132,7 @@ describe("client.busifavor against the sandbox", function()
   it("refuses bad input naming the field and sends nothing", function()
     refused("stock_type", function() return client.busifavor.stocks.create(params{ stock_type = "FREE" }) end)
     refused("out_request_no", function()
-      return client.busifavor.stocks.create(params{ out_request_no = "bad no" })
+      return client.busifavor.stocks.create(params{ out_request_no = "bad\nno" }) -- a control character
     end)
     refused("stock_id", function() return client.busifavor.stocks.get(string.rep("1", 21)) end)
     refused("params", function() return client.busifavor.stocks.update("1234567890123456", {}) end)

@@ -38,6 +38,7 @@ local PUBLIC = {
   ["sensitive.lua"] = { s = "client" },
   ["transport/curl.lua"] = { M = "wxpay.transport.curl" },
   ["transport/ngx.lua"] = { M = "wxpay.transport.ngx" },
+  ["flow.lua"] = { M = "wxpay.flow" },
 }
 PUBLIC["api/issue.lua"] = { issue = "client.issue" }
 
@@ -62,6 +63,9 @@ local INTERNAL = {
   ["api/fields.lua"] = true, ["api/coupon_calls.lua"] = true, ["api/paging.lua"] = true,
   ["api/busifavor_schema.lua"] = true, ["api/favor_schema.lua"] = true,
   ["api/paygift_schema.lua"] = true,
+  -- 商家券 codes, associate and 营销补差, bound into client.busifavor by api/busifavor.lua
+  ["api/busifavor_codes.lua"] = true, ["api/busifavor_subsidy.lua"] = true,
+  ["api/favor_flows.lua"] = true, ["download.lua"] = true, -- behind client.favor, client.download
   -- calendar arithmetic shared by the field checks, doctor and the sandbox
   ["time.lua"] = true,
   -- "did you mean" for a mistyped config key (the message is in docs/config.md)

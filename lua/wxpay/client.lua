@@ -171,6 +171,9 @@ function M.new(config, version)
   -- Many calls at once: wraps st.transport and st.sleep so tasks yield to a scheduler.
   client.concurrent = require("wxpay.concurrent").attach(st, config)
 
+  -- A file whose answer is not signed, trusted by its hash (wxpay.download).
+  client.download = require("wxpay.download").bind(st, config)
+
   local ring = keyring_handle(st)
   client.notify = require("wxpay.notify").new(ring)
   -- 发券: the APIv2 key signs, never leaving this closure; the jump code needs the APIv3 key.

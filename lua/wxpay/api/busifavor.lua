@@ -10,8 +10,9 @@
 -- is sent (`nil, err` with `kind = "invalid_argument"` and `field`); a non-table `params`
 -- or `opts` raises. Every write carries its request number (`out_request_no`,
 -- `modify_budget_request_no`, `use_request_no`, `return_request_no`,
--- `deactivate_request_no`): taken from `params` when given (checked: 1-128 of
--- `A-Z a-z 0-9 | _ * -`), generated otherwise, sent in the body, reused on every automatic
+-- `deactivate_request_no`): taken from `params` when given (checked: 1-128 characters
+-- without control characters; the pages state no charset), generated otherwise (then of
+-- `A-Z a-z 0-9 | _ * -`), sent in the body, reused on every automatic
 -- retry, and returned as `meta.<name>` on success and `err.<name>` on failure, so a later
 -- call can repeat the same request. `belong_merchant`, `mchid` and `creator_merchant`
 -- default to the client's `mchid`. Call options (`opts`): `timeout`, `connect_timeout`,
@@ -29,7 +30,7 @@ local BASE = "/v3/marketing/busifavor"
 local STOCK_ID = f.id(1, 20)
 local OPENID = f.id(1, 128)
 local APPID = f.id(1, 32)
-local CODE = f.id(1, 32)
+local CODE = schema.CODE
 
 local function stock_target(api, stock_id, suffix)
   local id, err = f.segment(stock_id, "stock_id", STOCK_ID, api)
@@ -90,19 +91,16 @@ function M.update_stock(api, stock_id, params, opts)
   local changes = 0
   for k in pairs(params) do if k ~= "out_request_no" then changes = changes + 1 end end
   if changes == 0 then return nil, errors.invalid_argument("params", "names no field to change") end
-  local cross = function(body)
-    if body.coupon_use_rule then return schema.check_use_method(body.coupon_use_rule, "coupon_use_rule.") end
-    return true
-  end
   local data, werr, meta = calls.keyed_write(api, "PATCH", target, params, opts, schema.update,
-    "out_request_no", cross)
+    "out_request_no")
   if not data then return nil, werr, meta end
   return true, nil, meta
 end
 
 --- B4: change `max_coupons` or `max_coupons_by_day` (`PATCH …/stocks/{stock_id}/budget`).
 -- A compare-and-set: give the target and the current value it replaces
--- (`target_max_coupons` + `current_max_coupons`, or the `_by_day` pair; one pair per call).
+-- (`target_max_coupons` + `current_max_coupons`, and/or the `_by_day` pair; a `current_*`
+-- is needed when its target is above 0 and may be 0 for a stock without a daily cap).
 -- @treturn table|nil `{ max_coupons, max_coupons_by_day? }`
 -- @treturn table|nil err (with `modify_budget_request_no`)
 -- @treturn table|nil meta (with `modify_budget_request_no`)
@@ -260,7 +258,9 @@ end
 --- Bind the 商家券 functions to a client's API handle.
 -- @tparam table api the handle `wxpay.client` passes (`send`, encoders, `mchid`)
 -- @treturn table `{ stocks = { create, get, update, update_budget }, coupons = { use,
---   return_coupon, deactivate, page, list, get }, callbacks = { set, get }, send_event }`
+--   return_coupon, deactivate, page, list, get, associate, disassociate }, coupon_codes =
+--   { upload, page, list, get, delete }, subsidy = { pay, pay_receipts, pay_receipt,
+--   return_pay, return_receipt }, callbacks = { set, get }, send_event }`
 function M.new(api)
   local t = calls.bind(api, {
     stocks = { create = M.create_stock, get = M.get_stock, update = M.update_stock,
@@ -270,6 +270,15 @@ function M.new(api)
     callbacks = { set = M.set_callback, get = M.get_callback },
   })
   t.send_event = M.send_event
+  local codes = require("wxpay.api.busifavor_codes")
+  t.coupon_codes = calls.bind(api, { upload = codes.upload, page = codes.page, list = codes.list,
+    get = codes.get, delete = codes.delete })
+  t.coupons.associate = function(...) return codes.associate(api, ...) end
+  t.coupons.disassociate = function(...) return codes.disassociate(api, ...) end
+  local subsidy = require("wxpay.api.busifavor_subsidy")
+  t.subsidy = calls.bind(api, { pay = subsidy.pay, pay_receipts = subsidy.pay_receipts,
+    pay_receipt = subsidy.pay_receipt, return_pay = subsidy.return_pay,
+    return_receipt = subsidy.return_receipt })
   return t
 end
 

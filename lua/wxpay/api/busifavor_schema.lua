@@ -11,6 +11,10 @@ local M = {}
 local invalid = errors.invalid_argument
 local MAX_COUNT = 1000000000
 local MAX_FEN = 10000000
+-- 商家券 request numbers: the official pages state no charset (see docs/coupons.md).
+local NUMBER = f.request_number(128)
+-- A coupon code: 1..128 (the 2026 营销补差 pages; the old wiki said 32).
+M.CODE = f.id(1, 128)
 
 M.STOCK_TYPES = { "NORMAL", "DISCOUNT", "EXCHANGE" }
 M.CODE_MODES = { "WECHATPAY_MODE", "MERCHANT_API", "MERCHANT_UPLOAD" }
@@ -39,6 +43,8 @@ local coupon_available_time = {
   { "available_second_after_receive", f.int(1) },
 }
 
+-- The mini-program pair is "选填 … 核销方式为线上小程序核销才有效": optional even with
+-- MINI_PROGRAMS (the server has the last word).
 local function mini_program_rule(required)
   return {
     { "use_method", f.enum{ "OFF_LINE", "MINI_PROGRAMS", "PAYMENT_CODE", "SELF_CONSUME" }, required },
@@ -104,10 +110,11 @@ local display_pattern_info = f.object{
   -- An open set spelt two ways (Color010 / COLOR010): passed through.
   { "background_color", f.id(1, 16) },
   { "coupon_image_url", f.url(128) },
+  -- Each field optional (Go SDK `FinderInfo`), no length stated for the ids.
   { "finder_info", f.object{
-    { "finder_id", f.id(1, 128), true },
-    { "finder_video_id", f.id(1, 128), true },
-    { "finder_video_cover_image_url", f.url(128), true },
+    { "finder_id", f.id(1) },
+    { "finder_video_id", f.id(1) },
+    { "finder_video_cover_image_url", f.url(128) },
   } },
 }
 
@@ -123,7 +130,7 @@ M.create = {
   { "stock_type", f.enum(M.STOCK_TYPES), true },
   { "coupon_use_rule", f.object(coupon_use_rule()), true },
   { "stock_send_rule", f.object(stock_send_rule()), true },
-  { "out_request_no", f.request_no(128), true },
+  { "out_request_no", NUMBER, true },
   { "custom_entrance", custom_entrance(true) },
   { "display_pattern_info", display_pattern_info },
   { "coupon_code_mode", f.enum(M.CODE_MODES), true },
@@ -134,7 +141,7 @@ M.create = {
 --- B3 modify information (answers 204). Fields the docs mark "暂不支持修改" are still
 -- passed on: the server has the last word.
 M.update = {
-  { "out_request_no", f.request_no(128), true },
+  { "out_request_no", NUMBER, true },
   { "custom_entrance", custom_entrance(false) },
   { "stock_name", f.text(1, 24) },
   { "comment", f.text(1, 20) },
@@ -146,22 +153,24 @@ M.update = {
   { "subsidy", f.bool() },
 }
 
---- B4 modify budget (compare-and-set on the current values).
+--- B4 modify budget (compare-and-set on the current values). 0 is accepted everywhere: the
+-- page says "当传入target…大于0时", and a stock created without a daily cap has 0 as its
+-- current daily value.
 M.budget = {
-  { "target_max_coupons", f.int(1, MAX_COUNT) },
-  { "current_max_coupons", f.int(1, MAX_COUNT) },
-  { "target_max_coupons_by_day", f.int(1, MAX_COUNT) },
-  { "current_max_coupons_by_day", f.int(1, MAX_COUNT) },
-  { "modify_budget_request_no", f.request_no(128), true },
+  { "target_max_coupons", f.int(0, MAX_COUNT) },
+  { "current_max_coupons", f.int(0, MAX_COUNT) },
+  { "target_max_coupons_by_day", f.int(0, MAX_COUNT) },
+  { "current_max_coupons_by_day", f.int(0, MAX_COUNT) },
+  { "modify_budget_request_no", NUMBER, true },
 }
 
 --- B5 use. `use_request_no` is [1,32] in an old page and 128 in the new one: 128 here.
 M.use = {
-  { "coupon_code", f.id(1, 32), true },
+  { "coupon_code", M.CODE, true },
   { "stock_id", f.id(1, 20) },
   { "appid", f.id(1, 32), true },
   { "use_time", f.time(), true },
-  { "use_request_no", f.request_no(128), true },
+  { "use_request_no", NUMBER, true },
   { "openid", f.id(1, 128) },
   { "out_trade_no", f.id(1, 128) },
   { "mch_id", f.digits(1, 32) },
@@ -170,17 +179,61 @@ M.use = {
 
 --- B16 return (申请退券).
 M.return_coupon = {
-  { "coupon_code", f.id(1, 32), true },
+  { "coupon_code", M.CODE, true },
   { "stock_id", f.id(1, 20), true },
-  { "return_request_no", f.request_no(128), true },
+  { "return_request_no", NUMBER, true },
 }
 
 --- B17 deactivate (使券失效).
 M.deactivate = {
-  { "coupon_code", f.id(1, 32), true },
+  { "coupon_code", M.CODE, true },
   { "stock_id", f.id(1, 20), true },
-  { "deactivate_request_no", f.request_no(128), true },
+  { "deactivate_request_no", NUMBER, true },
   { "deactivate_reason", f.text(1, 64) },
+}
+
+--- B8 upload pre-stored codes: 1..200 codes of 1..32 characters per call. The page's
+-- charset for codes (letters, digits, space, `- _ \ / = |`) is left to the server, which
+-- answers each refused code in `fail_codes`; `upload_request_no` states no charset.
+M.upload_codes = {
+  { "coupon_code_list", f.array(f.id(1, 32), 1, 200), true },
+  { "upload_request_no", NUMBER, true },
+}
+
+--- B14/B15 associate / disassociate an order (the charset of `out_request_no` is stated:
+-- Go `AssociateTradeInfoRequest`).
+M.associate = {
+  { "stock_id", f.id(1, 20), true },
+  { "coupon_code", M.CODE, true },
+  { "out_trade_no", f.id(1, 128), true },
+  { "out_request_no", f.request_no(128), true },
+}
+
+--- B22 营销补差 pay: all required (Go `SubsidyPayRequest`); no lengths are stated beyond
+-- the ids, so none are invented. `out_subsidy_no` states no charset.
+M.subsidy_pay = {
+  { "stock_id", f.id(1, 20), true },
+  { "coupon_code", M.CODE, true },
+  { "transaction_id", f.id(1), true },
+  { "payer_merchant", f.digits(1, 32), true },
+  { "payee_merchant", f.digits(1, 32), true },
+  { "amount", f.fen(1), true },
+  { "description", f.text(1), true },
+  { "out_subsidy_no", NUMBER, true },
+}
+
+--- B25 营销补差 return: the pay fields plus `refund_id`; `out_subsidy_return_no` is of the
+-- stated charset (doc/v3/partner/4017170533).
+M.subsidy_return = {
+  { "stock_id", f.id(1, 20), true },
+  { "coupon_code", M.CODE, true },
+  { "transaction_id", f.id(1), true },
+  { "refund_id", f.id(1), true },
+  { "payer_merchant", f.digits(1, 32), true },
+  { "payee_merchant", f.digits(1, 32), true },
+  { "amount", f.fen(1), true },
+  { "description", f.text(1), true },
+  { "out_subsidy_return_no", f.request_no(128), true },
 }
 
 --- B12 set the callback URL.
@@ -228,16 +281,6 @@ local function check_available_time(t)
   return true
 end
 
---- The mini-program pair `use_method = "MINI_PROGRAMS"` needs.
-function M.check_use_method(rule, prefix)
-  if rule.use_method == "MINI_PROGRAMS" then
-    for _, name in ipairs({ "mini_programs_appid", "mini_programs_path" }) do
-      if rule[name] == nil then return nil, invalid(prefix .. name, "required when use_method is MINI_PROGRAMS") end
-    end
-  end
-  return true
-end
-
 --- Cross-field rules of B1 on the checked copy.
 function M.check_create(p)
   if #p.stock_name > 24 and f.utf8_len(p.stock_name) > 21 then
@@ -253,32 +296,23 @@ function M.check_create(p)
       return nil, invalid("coupon_use_rule." .. name, "not allowed when stock_type is " .. p.stock_type)
     end
   end
-  local ok, err = M.check_use_method(rule, "coupon_use_rule.")
-  if not ok then return nil, err end
-  ok, err = check_available_time(rule.coupon_available_time)
-  if not ok then return nil, err end
-  local send = p.stock_send_rule
-  if send.max_coupons and send.max_coupons_per_user > send.max_coupons then
-    return nil, invalid("stock_send_rule.max_coupons_per_user", "must not exceed max_coupons")
-  end
-  return true
+  return check_available_time(rule.coupon_available_time)
 end
 
---- B4: exactly one target, each with the current value it replaces.
+--- B4: at least one target, and the current value it replaces when the target is above 0
+-- ("当传入target_max_coupons大于0时,current_max_coupons必传"). Both pairs at once (the
+-- official example) and a `current_*` of the other pair are passed on: the page's text says
+-- one target per call, its example sends both, and the server has the last word.
 function M.check_budget(p)
   local a, b = p.target_max_coupons, p.target_max_coupons_by_day
-  if (a == nil) == (b == nil) then
-    return nil, invalid("target_max_coupons", "give exactly one of target_max_coupons and target_max_coupons_by_day")
+  if a == nil and b == nil then
+    return nil, invalid("target_max_coupons", "give target_max_coupons or target_max_coupons_by_day")
   end
-  if a and p.current_max_coupons == nil then
+  if a and a > 0 and p.current_max_coupons == nil then
     return nil, invalid("current_max_coupons", "required with target_max_coupons (compare-and-set)")
   end
-  if b and p.current_max_coupons_by_day == nil then
+  if b and b > 0 and p.current_max_coupons_by_day == nil then
     return nil, invalid("current_max_coupons_by_day", "required with target_max_coupons_by_day (compare-and-set)")
-  end
-  if (a and p.current_max_coupons_by_day) or (b and p.current_max_coupons) then
-    return nil, invalid(a and "current_max_coupons_by_day" or "current_max_coupons",
-      "belongs to the other target")
   end
   return true
 end

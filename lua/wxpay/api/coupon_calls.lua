@@ -83,7 +83,7 @@ function M.write(api, method, target, body, opts, numbers)
   return data, nil, tag(meta or {}, numbers)
 end
 
--- The schema's node for the field `name` (the request number's own rule), or nil.
+-- The node `schema` declares for `name` (its request number).
 local function node_of(schema, name)
   for _, f in ipairs(schema) do
     if f[1] == name then return f[2] end
@@ -91,8 +91,8 @@ local function node_of(schema, name)
 end
 
 -- Copy `params` and fill the request number `name`; returns the copy and the number.
-local function with_number(api, params, name, node)
-  local no, err = M.request_no(api, params, name, 128, node)
+local function with_number(api, params, name, schema)
+  local no, err = M.request_no(api, params, name, 128, node_of(schema, name))
   if not no then return nil, err end
   local p = {}
   for k, v in pairs(params) do p[k] = v end
@@ -100,12 +100,11 @@ local function with_number(api, params, name, node)
   return p, no
 end
 
---- Check `params` against `schema` (a fresh request number `name` filled in when absent; a
--- given one is checked against the schema's rule for `name`),
+--- Check `params` against `schema` (a fresh request number `name` filled in when absent),
 -- apply `cross` (cross-field rules on the checked copy), and send it as a keyed write.
 -- Errors carry the request number as `err[name]`. The caller has checked the argument types.
 function M.keyed_write(api, method, target, params, opts, schema, name, cross)
-  local p, no = with_number(api, params, name, node_of(schema, name))
+  local p, no = with_number(api, params, name, schema)
   if not p then return nil, no end
   local numbers = { [name] = no }
   local o, err = M.options(api, opts)
@@ -195,8 +194,9 @@ function M.paging(api, filters, default_limit, max_limit, fixed_mode)
   return limit, offset, mode
 end
 
---- The request number `name` from `params`: checked when given (against `node`, by default
--- `fields.request_no(max)`), generated when not.
+--- The request number `name` from `params`: checked when given (against `node`, default
+-- the stated charset `fields.request_no(max)`), generated when not (generated numbers
+-- always keep the safe charset).
 -- @return the number, or nil and an error
 function M.request_no(api, params, name, max, node)
   local v = params[name]

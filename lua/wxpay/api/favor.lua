@@ -287,7 +287,9 @@ end
 
 --- Bind the 代金券 functions to a client's API handle.
 -- @tparam table api the handle `wxpay.client` passes (`send`, encoders, `mchid`)
--- @treturn table `{ stocks = { create, start, pause, restart, get, page, list },
+-- @treturn table `{ stocks = { create, start, pause, restart, get, page, list, use_flow,
+--   refund_flow, use_flow_by_day, refund_flow_by_day, merchants, merchants_page, items,
+--   items_page },
 --   coupons = { send, get, page, list }, callbacks = { set, get }, use_event }`
 function M.new(api)
   local t = calls.bind(api, {
@@ -297,6 +299,12 @@ function M.new(api)
     callbacks = { set = M.set_callback, get = M.get_callback },
   })
   t.use_event = M.use_event
+  local flows = require("wxpay.api.favor_flows")
+  for _, name in ipairs({ "use_flow", "refund_flow", "use_flow_by_day", "refund_flow_by_day",
+      "merchants", "merchants_page", "items", "items_page" }) do
+    local fn = flows[name]
+    t.stocks[name] = function(...) return fn(api, ...) end
+  end
   return t
 end
 

@@ -60,8 +60,9 @@ local coupon_use_rule = f.object{
   { "combine_use", f.bool() },
   { "available_items", f.array(f.id(1, 128), 1, 50) },
   { "unavailable_items", f.array(f.id(1, 128), 1, 50) },
-  -- Required in the old pages, optional in the SDKs: optional here.
-  { "available_merchants", f.array(f.digits(1, 20), 1, 50) },
+  -- Required in the old pages, optional in the SDKs: optional here. No count cap: only a
+  -- third-party copy states 50; the official table and the SDKs give none.
+  { "available_merchants", f.array(f.digits(1, 20), 1) },
 }
 
 --- F1 create (`out_request_no` and `belong_merchant` are filled in before the check).

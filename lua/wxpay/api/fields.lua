@@ -57,8 +57,11 @@ end
 function M.time() return { kind = "time" } end
 --- An `https://` URL of at most `max` characters, without spaces or control characters.
 function M.url(max) return { kind = "url", max = max } end
---- A request number: `A-Z a-z 0-9 | _ * -`, 1..`max` characters.
+--- A request number whose page states the charset `A-Z a-z 0-9 | _ * -`, 1..`max` characters.
 function M.request_no(max) return { kind = "request_no", max = max } end
+--- A request number whose page states no charset: 1..`max` characters, no control
+-- characters (`POS.20240520.0001`, `ORD:123`, `2024/05/20-0001` are accepted).
+function M.request_number(max) return { kind = "id", min = 1, max = max } end
 --- A nested object described by `schema`.
 function M.object(schema) return { kind = "object", schema = schema } end
 --- An array of `item` nodes, `min`..`max` items.

@@ -69,6 +69,20 @@ M.HELP = {
   paygift merchants add|delete ACTIVITY_ID MCHID[,MCHID...] [--request-no N] [--journal FILE.db]
       One row per merchant: added, deleted, or refused with WeChat Pay's reason.
 ]],
+  busifavor = [[
+  busifavor upload-codes STOCK_ID --file CODES.txt --journal FILE.db [--output table|csv|json]
+      Load a MERCHANT_UPLOAD 商家券 stock's codes (one per line, any number) in batches of 200.
+      Each batch's upload_request_no is journaled before it is sent; a run killed at any point
+      is run again: done batches are skipped, an unfinished one is repeated with the same
+      number. Codes WeChat Pay refuses are listed on stderr.
+]],
+  favor = [[
+  favor use-flow|refund-flow STOCK_ID [--bill-date YYYY-MM-DD] [--file OUT.csv]
+               [--output table|csv|json]
+      Download a 代金券 stock's redemption (use-flow) or refund file, checked against its
+      hash. --output csv writes the file as is (to --file or stdout); table and json print
+      its rows. --bill-date asks for one day's file.
+]],
   sandbox = [[
   sandbox [sandbox options]      start the local sandbox (see `wxpay sandbox --help`)
 ]],
@@ -79,7 +93,8 @@ M.HELP = {
 M.HELP.issue = require("wxpay.cli.issue").HELP
 
 M.USAGE = "Usage: wxpay [--config FILE] COMMAND ...   (wxpay --version, wxpay COMMAND --help)\n\nCommands:\n"
-  .. M.HELP.campaign .. M.HELP.partnerships .. M.HELP.stocks .. M.HELP.paygift .. M.HELP.issue
+  .. M.HELP.campaign .. M.HELP.partnerships .. M.HELP.stocks .. M.HELP.busifavor .. M.HELP.favor
+  .. M.HELP.paygift .. M.HELP.issue
   .. M.HELP.sandbox .. M.HELP.doctor .. [[
 
 Configuration: --config FILE or WXPAY_CONFIG=FILE, a JSON object with the keys of wxpay.new
@@ -88,8 +103,8 @@ Without base_url the commands talk to the production API, and say so first.
 
 Numbers: --concurrency is an integer from 1 to 1024 (default 16), --qps a number above 0 and
 at most 10000 (default: no limit), --limit an integer from 1 to 50 (WeChat Pay's page size),
---max a positive integer; --max-coupons, --max-coupons-by-day and their --current-… an integer
-from 1 to 1000000000. Anything else is a usage error (exit status 2).
+--max a positive integer; --max-coupons and --max-coupons-by-day an integer from 1 to
+1000000000, their --current-… from 0. Anything else is a usage error (exit status 2).
 ]]
 
 local VALUES = {
@@ -105,6 +120,7 @@ local VALUES = {
 for _, name in ipairs{ "openid", "coupon_code", "customize_send_time", "send_coupon_merchant", "fragment" } do
   VALUES[name] = true -- wxpay issue
 end
+VALUES.file, VALUES.bill_date = true, true -- the coupon file commands (wxpay.cli.coupon_files)
 local FLAGS = { help = true, progress = true, no_progress = true, dry_run = true, version = true }
 
 --- Split arguments into positional words and `--name value` / `--name=value` options.
@@ -177,6 +193,10 @@ for _, name in ipairs{ "max_coupons", "max_coupons_by_day", "current_max_coupons
   NUMBERS[name] = { integer = true, min = 1, max = 1e9, text = "an integer from 1 to 1000000000" }
 end
 NUMBERS.max_errors = { integer = true, min = 1, max = 1e9, text = "an integer from 1 to 1000000000" }
+-- A current value may be 0: a stock created without a daily cap (docs/coupons.md).
+for _, name in ipairs{ "current_max_coupons", "current_max_coupons_by_day" } do
+  NUMBERS[name] = { integer = true, min = 0, max = 1e9, text = "an integer from 0 to 1000000000" }
+end
 local NUMBER_OPTIONS = { "concurrency", "qps", "limit", "max", "max_coupons", "max_coupons_by_day",
   "current_max_coupons", "current_max_coupons_by_day", "max_errors" }
 
@@ -304,6 +324,25 @@ COMMANDS.issue = function(pos, opts, c)
     customize_send_time = opts.customize_send_time, send_coupon_merchant = opts.send_coupon_merchant,
     fragment = opts.fragment, format = opts.output or "table", client = c.client, out = c.out, err = c.err,
   })
+end
+
+-- `busifavor upload-codes` and `favor use-flow|refund-flow` (wxpay.cli.coupon_files).
+function COMMANDS.busifavor(pos, opts, c)
+  if pos[2] ~= "upload-codes" or not pos[3] or not opts.file or not opts.journal then
+    c.err:write("wxpay: usage: busifavor upload-codes STOCK_ID --file CODES.txt --journal FILE.db\n")
+    return 2
+  end
+  return require("wxpay.cli.coupon_files").upload_codes{ stock = pos[3], file = opts.file,
+    journal = opts.journal, client = c.client, format = opts.output or "table", out = c.out, err = c.err }
+end
+
+function COMMANDS.favor(pos, opts, c)
+  if (pos[2] ~= "use-flow" and pos[2] ~= "refund-flow") or not pos[3] then
+    c.err:write("wxpay: usage: favor use-flow|refund-flow STOCK_ID [--bill-date D] [--file F]\n")
+    return 2
+  end
+  return require("wxpay.cli.coupon_files").flow{ verb = pos[2], stock = pos[3], bill_date = opts.bill_date,
+    file = opts.file, client = c.client, format = opts.output or "table", out = c.out, err = c.err }
 end
 
 -- The commands that need a configuration, after it has loaded.

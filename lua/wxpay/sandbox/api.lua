@@ -416,7 +416,7 @@ local function tamper(body)
 end
 
 --- Headers (and possibly a tampered body) for a processed response.
--- Every 2xx is signed unless `post_fault` says otherwise; errors are not signed.
+-- Every 2xx is signed unless `post_fault` or `resp.unsigned` (a file) says not; errors aren't.
 -- @tparam table state
 -- @tparam table req
 -- @tparam table resp `{ status =, body = }`
@@ -426,8 +426,8 @@ end
 function M.finish(state, req, resp, post_fault)
   local headers = { { "Request-ID", state.next_request_id() } }
   local body = resp.body or ""
-  if body ~= "" then headers[#headers + 1] = { "Content-Type", "application/json" } end
-  if resp.status >= 200 and resp.status < 300 and post_fault ~= "unsigned" then
+  if body ~= "" then headers[#headers + 1] = { "Content-Type", resp.content_type or "application/json" } end
+  if resp.status >= 200 and resp.status < 300 and post_fault ~= "unsigned" and not resp.unsigned then
     local signer = signer_for(state, req)
     local ts = tostring(os.time() - (post_fault == "stale" and 600 or 0))
     local nonce = core.nonce(32)

@@ -259,6 +259,21 @@ local ROUTES = {
   ["/_sandbox/busifavor/jump_code"] = { POST = function(server, req)
     return with_body(req, server, issue.jump_code)
   end },
+  -- 代金券 flow files: fault switches and padding, and refunds (wxpay.sandbox.coupons_flows).
+  ["/_sandbox/favor/flow"] = { POST = function(server, req)
+    local spec = body_table(req)
+    if not spec then return bad("body must be a JSON object") end
+    local view, err = require("wxpay.sandbox.coupons_flows").configure(server, spec)
+    if not view then return bad(err) end
+    return reply(200, view)
+  end },
+  ["/_sandbox/favor/refund"] = { POST = function(server, req)
+    local spec = body_table(req)
+    if not spec then return bad("body must be a JSON object") end
+    local view, err = require("wxpay.sandbox.coupons_flows").refund(server, spec)
+    if not view then return bad(err) end
+    return reply(200, view)
+  end },
   ["/_sandbox/media"] = { GET = function(server)
     return reply(200, '{"media":' .. json.array(server.state.media or {}) .. "}")
   end },

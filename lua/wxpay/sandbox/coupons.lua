@@ -7,7 +7,10 @@ local M = {}
 -- { pattern, METHOD = handler(state, req, auth, captures) } lists, one per product.
 local ROUTES = { require("wxpay.sandbox.coupons_busifavor").routes,
                  require("wxpay.sandbox.coupons_favor").routes,
-                 require("wxpay.sandbox.paygift").routes }
+                 require("wxpay.sandbox.paygift").routes,
+                 require("wxpay.sandbox.coupons_codes").routes,
+                 require("wxpay.sandbox.coupons_subsidy").routes,
+                 require("wxpay.sandbox.coupons_flows").routes }
 
 --- The route for a request path, and the path parameters it captured.
 -- @tparam string path

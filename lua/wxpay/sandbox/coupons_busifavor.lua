@@ -62,23 +62,22 @@ local function check_use_rule(body, c)
     if o and name == "exchange_coupon" then o:int("exchange_price", 0, 10000000, true) end
     if o then o:int("transaction_minimum", 1, 10000000, true) end
   end
-  local method = rule:enum("use_method", USE_METHODS, true)
-  rule:string("mini_programs_appid", 1, 32, method == "MINI_PROGRAMS")
-  rule:string("mini_programs_path", 1, 128, method == "MINI_PROGRAMS")
+  rule:enum("use_method", USE_METHODS, true)
+  -- "选填 … 核销方式为线上小程序核销才有效": optional even with MINI_PROGRAMS.
+  rule:string("mini_programs_appid", 1, 32, false)
+  rule:string("mini_programs_path", 1, 128, false)
   return begin, finish
 end
 
 local function check_send_rule(c)
   local rule = c:object("stock_send_rule", true)
   if not rule then return end
-  local max = rule:int("max_coupons", 1, 1000000000, true)
-  local per_user = rule:int("max_coupons_per_user", 1, 100, true)
+  -- No per-user <= total rule: it is stated for 代金券 only.
+  rule:int("max_coupons", 1, 1000000000, true)
+  rule:int("max_coupons_per_user", 1, 100, true)
   rule:int("max_coupons_by_day", 1, 1000000000)
   for _, name in ipairs{ "natural_person_limit", "prevent_api_abuse", "transferable", "shareable" } do
     rule:bool(name)
-  end
-  if max and per_user and per_user > max then
-    rule:fail("max_coupons_per_user", "must not exceed max_coupons")
   end
 end
 
@@ -90,7 +89,7 @@ local function check_create(body, c)
   c:string("goods_name", 1, 15, true)
   c:enum("stock_type", STOCK_TYPES, true)
   c:enum("coupon_code_mode", CODE_MODES, true)
-  c:request_no("out_request_no", 128)
+  c:request_number("out_request_no", 128)
   local begin, finish = check_use_rule(body, c)
   check_send_rule(c)
   local notify = c:object("notify_config")
@@ -152,7 +151,7 @@ local MODIFIABLE = {
 }
 
 local function check_modify(stock, body, c)
-  c:request_no("out_request_no", 128)
+  c:request_number("out_request_no", 128)
   c:string("comment", 1, 20)
   c:string("goods_name", 1, 15)
   c:bool("subsidy")
@@ -206,14 +205,15 @@ function M.modify(state, req, auth, captures)
   return common.remember(cs, handle, { status = 204, body = "" })
 end
 
--- B4 checks: exactly one target, and its current value when the target is positive.
+-- B4 checks: a target (one or both, as the official example sends), and its current value
+-- when the target is positive.
 local function check_budget(c)
-  c:request_no("modify_budget_request_no", 128)
+  c:request_number("modify_budget_request_no", 128)
   local total = c:int("target_max_coupons", 0, 1000000000)
   local daily = c:int("target_max_coupons_by_day", 0, 1000000000)
   if c:error() then return end
-  if (total == nil) == (daily == nil) then
-    return c:fail("target_max_coupons", "give exactly one of target_max_coupons, target_max_coupons_by_day")
+  if total == nil and daily == nil then
+    return c:fail("target_max_coupons", "give target_max_coupons or target_max_coupons_by_day")
   end
   c:int("current_max_coupons", 0, 1000000000, total ~= nil and total > 0)
   c:int("current_max_coupons_by_day", 0, 1000000000, daily ~= nil and daily > 0)
@@ -225,15 +225,18 @@ function M.budget(state, req, auth, captures)
     "modify_budget_request_no")
   if not stock then return body end
   local rule = stock.fields.stock_send_rule
-  local field = body.target_max_coupons ~= nil and "max_coupons" or "max_coupons_by_day"
-  if body["current_" .. field] ~= nil and body["current_" .. field] ~= rule[field] then
-    return err(400, "INVALID_REQUEST", "批次库存的当前值错误,请获取批次详情查看最新值")
+  for _, field in ipairs{ "max_coupons", "max_coupons_by_day" } do
+    local current = body["current_" .. field]
+    if current ~= nil and current ~= (rule[field] or 0) then -- an unset daily cap is 0
+      return err(400, "INVALID_REQUEST", "批次库存的当前值错误,请获取批次详情查看最新值")
+    end
   end
-  local target = body["target_" .. field]
-  if field == "max_coupons" and target < math.max(stock.sent, rule.max_coupons_per_user) then
+  local total = body.target_max_coupons
+  if total and total < math.max(stock.sent, rule.max_coupons_per_user) then
     return err(400, "INVALID_REQUEST", "批次库存不能低于已发放数量或单用户上限")
   end
-  rule[field] = target
+  rule.max_coupons = total or rule.max_coupons
+  rule.max_coupons_by_day = body.target_max_coupons_by_day or rule.max_coupons_by_day
   return common.remember(cs, handle, common.ok{ max_coupons = rule.max_coupons,
                                                 max_coupons_by_day = rule.max_coupons_by_day })
 end
@@ -264,18 +267,19 @@ local function coupon_view(coupon)
     use_request_no = coupon.use_request_no, use_time = coupon.use_time,
     return_request_no = coupon.return_request_no, return_time = coupon.return_time,
     deactivate_request_no = coupon.deactivate_request_no, deactivate_time = coupon.deactivate_time,
-    deactivate_reason = coupon.deactivate_reason,
+    deactivate_reason = coupon.deactivate_reason, associate_out_trade_no = coupon.associate_out_trade_no,
   }
 end
+M.coupon_view = coupon_view
 
 -- One coupon operation: common field checks, replay, lookup, then `apply`.
 local function coupon_op(state, req, auth, op)
   local body, e = common.body(req)
   if not body then return e end
   local c = common.checker(body)
-  c:string("coupon_code", 1, 32, true)
+  c:string("coupon_code", 1, 128, true)
   c:string("stock_id", 1, 20, op.stock_required)
-  c:request_no(op.request_no, 128)
+  c:request_number(op.request_no, 128)
   if op.check then op.check(c) end
   if c:error() then return c:error() end
   local cs = common.state(state.store)

@@ -152,6 +152,11 @@ function Checker:request_no(name, max)
   return self:string(name, 1, max, true, "^[A-Za-z0-9|_*-]+$")
 end
 
+--- A request number whose page states no charset: 1..max characters, none a control character.
+function Checker:request_number(name, max)
+  return self:string(name, 1, max, true, "^[^%c]+$")
+end
+
 --- An RFC 3339 time, as unix seconds.
 function Checker:time(name, required)
   local v, present = self:get(name, required)

@@ -2,6 +2,7 @@
 -- claim a 商家券 (the stock creator's notify URL gets COUPON.SEND) and use a 代金券 (it
 -- gets COUPON.USE); plus the merchant balance a 预充值 代金券 start draws on.
 local common = require("wxpay.sandbox.coupons_common")
+local codes = require("wxpay.sandbox.coupons_codes")
 local favor = require("wxpay.sandbox.coupons_favor")
 local json = require("wxpay.sandbox.json")
 local util = require("wxpay.sandbox.util")
@@ -41,7 +42,9 @@ local function claim_refusal(stock, spec, now)
   local day = os.date("!%Y-%m-%d", math.floor(now) + 8 * 3600)
   if stock.day ~= day then stock.day, stock.sent_today = day, 0 end
   if stock.state ~= "RUNNING" or now >= stock.finish then return "the stock is not running", "NOTRUNNING" end
-  if stock.sent >= rule.max_coupons or mode == "MERCHANT_UPLOAD" then return "no coupons left", "NOTENOUGH" end
+  if stock.sent >= rule.max_coupons or (mode == "MERCHANT_UPLOAD" and not codes.has_available(stock)) then
+    return "no coupons left", "NOTENOUGH"
+  end
   if rule.max_coupons_by_day and stock.sent_today >= rule.max_coupons_by_day then
     return "the daily limit is reached", "DAYLIMIT"
   end
@@ -49,8 +52,8 @@ local function claim_refusal(stock, spec, now)
     return "the user has the most coupons allowed", "MAXQUOTA"
   end
   if mode == "MERCHANT_API" and (type(spec.coupon_code) ~= "string"
-      or not spec.coupon_code:match("^[%w _%-\\/=|]+$") or #spec.coupon_code > 32) then
-    return "coupon_code (1-32 characters) is required for a MERCHANT_API stock", "PARAM_ERROR"
+      or not spec.coupon_code:match("^[%w _%-\\/=|]+$") or #spec.coupon_code > 128) then
+    return "coupon_code (1-128 characters) is required for a MERCHANT_API stock", "PARAM_ERROR"
   end
 end
 
@@ -68,6 +71,7 @@ end
 local function issue(p, stock, spec, request_no, now)
   local code = spec.coupon_code
   if stock.fields.coupon_code_mode == "WECHATPAY_MODE" then code = common.new_id(22, p.coupons) end
+  if stock.fields.coupon_code_mode == "MERCHANT_UPLOAD" then code = codes.take(stock, spec.openid, now) end
   local begin, finish = window(stock, now)
   local coupon = { code = code, stock_id = stock.id, stock = stock, openid = spec.openid,
                    appid = spec.appid, state = "SENDED", receive_time = now, begin = begin,
@@ -149,6 +153,7 @@ function M.redeem(server, spec)
     transaction_id = spec.transaction_id or ("42" .. util.random_digits(26)),
     goods_detail = spec.goods_detail,
   }
+  coupon.consume = resource.consume_information -- for the use-flow file
   local callback = notify(server, p.notify[coupon.stock.creator], {
     event_type = "COUPON.USE", summary = "用券成功", associated_data = "", resource = resource,
   }, spec)

@@ -67,7 +67,7 @@ local function check_coupon_rule(c)
   end
   rule:strings("goods_tag", 50, 128)
   rule:strings("available_items", 50, 128)
-  rule:strings("available_merchants", 50, 20)
+  rule:strings("available_merchants", math.huge, 20) -- no count cap in the official table
   rule:strings("trade_type", 6, 16)
   rule:bool("combine_use")
   return amount

@@ -87,8 +87,9 @@ end
 -- @tparam table headers list of `{name, value}` (Content-Length and Connection are added)
 -- @tparam string body
 -- @tparam boolean keep_alive
+-- @tparam[opt] int cut_at send only this many body bytes (a download cut short)
 -- @return true, or nil and an error
-function M.write_response(sock, status, headers, body, keep_alive)
+function M.write_response(sock, status, headers, body, keep_alive, cut_at)
   body = body or ""
   local out = { string.format("HTTP/1.1 %d %s\r\n", status, M.REASONS[status] or "Status") }
   for _, h in ipairs(headers) do
@@ -97,7 +98,7 @@ function M.write_response(sock, status, headers, body, keep_alive)
   out[#out + 1] = "Content-Length: " .. #body .. "\r\n"
   out[#out + 1] = keep_alive and "Connection: keep-alive\r\n" or "Connection: close\r\n"
   out[#out + 1] = "\r\n"
-  out[#out + 1] = body
+  out[#out + 1] = cut_at and body:sub(1, cut_at) or body
   local ok, err = sock:write(table.concat(out))
   if not ok then return nil, err end
   return sock:flush()

@@ -246,6 +246,11 @@ function Server:api_request(con, conn, req)
   entry.answered_at = self:wall_time()
   self:log("#%d conn=%d %s %s -> %d%s", entry.seq, conn.id, req.method, req.target,
            resp.status, entry.fault and (" [" .. entry.fault .. "]") or "")
+  -- A download cut short (coupons_flows): the full Content-Length, half the bytes, closed.
+  if resp.cut_at then
+    http.write_response(con, resp.status, headers, body, false, resp.cut_at)
+    return false
+  end
   return http.write_response(con, resp.status, headers, body, req.keep_alive)
 end
 
