@@ -28,6 +28,70 @@ local function url_encoded(v, format)
   return (v:gsub("[+/=]", function(ch) return string.format(format, ch:byte()) end))
 end
 
+-- The literal texts an Authorization value `auth` may be echoed as, appended to `out` in the
+-- order they are removed: whole, without its scheme, the signature, JSON-escaped, and
+-- URL-encoded (a query string, a redirect) with either case of hex digit.
+local function add_needles(out, auth)
+  local signature = auth:match('signature="([^"]+)"')
+  out[#out + 1] = auth
+  out[#out + 1] = auth:match("^%S+ (.*)$")
+  out[#out + 1] = signature
+  out[#out + 1] = signature and (signature:gsub("/", "\\/")) -- JSON-escaped
+  if signature then
+    out[#out + 1] = url_encoded(signature, "%%%02X")
+    out[#out + 1] = url_encoded(signature, "%%%02x")
+  end
+end
+
+-- The needles of a request are derived once: kept by its `sent` list (weakly), extended
+-- when a transmission adds an Authorization value. A nil stands for a text an echo cannot
+-- have (no scheme, no signature) and is skipped.
+local NEEDLES = setmetatable({}, { __mode = "k" })
+local NO_NEEDLES = { count = 0, n = 0 }
+
+local function needles_of(sent)
+  if not sent then return NO_NEEDLES end
+  local c = NEEDLES[sent]
+  if not c then
+    c = { count = 0, n = 0 }
+    NEEDLES[sent] = c
+  end
+  while c.count < #sent do
+    c.count = c.count + 1
+    local list = {}
+    add_needles(list, sent[c.count])
+    for i = 1, 6 do c[c.n + i] = list[i] or false end
+    c.n = c.n + 6
+  end
+  return c
+end
+
+local function replace_if_found(s, needle)
+  if needle and needle ~= "" and s:find(needle, 1, true) then return replace_plain(s, needle, "[REDACTED]") end
+  return s
+end
+
+-- The pattern substitutions, each run only where the literal text its pattern starts with
+-- (or must contain) is present: what cannot match is not scanned again.
+local function redact_patterns(s)
+  if s:find("PRIVATE KEY-----", 1, true) then
+    s = s:gsub("%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-.-%-%-%-%-%-END [%u ]*PRIVATE KEY%-%-%-%-%-",
+      "[REDACTED KEY]")
+    s = s:gsub("%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-.*$", "[REDACTED KEY]") -- truncated PEM
+  end
+  if s:find("WECHATPAY2-SHA256-RSA2048 ", 1, true) then
+    s = s:gsub("WECHATPAY2%-SHA256%-RSA2048 [^\r\n]*", "WECHATPAY2-SHA256-RSA2048 [REDACTED]")
+  end
+  -- An echo cut short (or of another request) has no exact match above: whatever base64
+  -- follows `signature=`, quoted, JSON-escaped or bare, goes.
+  if s:find("signature=", 1, true) then
+    s = s:gsub('signature=\\"[%w+/=%%]*', 'signature=\\"[REDACTED]')
+    s = s:gsub('signature="[^"]*"?', 'signature="[REDACTED]"')
+    s = s:gsub("signature=[%w+/%%][%w+/=%%]*", "signature=[REDACTED]")
+  end
+  return s
+end
+
 -- Defence in depth for strings from outside code (transports, servers): remove anything
 -- that looks like a secret of this client before it reaches an error or a log line.
 -- `sent` lists the Authorization values of the request at hand: a server or proxy may
@@ -39,28 +103,13 @@ end
 -- @treturn string
 local function redact(st, s, sent)
   s = tostring(s)
-  s = replace_plain(s, st.apiv3_key, "[REDACTED]")
-  for _, auth in ipairs(sent or {}) do
-    local signature = auth:match('signature="([^"]+)"')
-    s = replace_plain(s, auth, "[REDACTED]")
-    s = replace_plain(s, auth:match("^%S+ (.*)$"), "[REDACTED]")
-    s = replace_plain(s, signature, "[REDACTED]")
-    s = replace_plain(s, signature and signature:gsub("/", "\\/"), "[REDACTED]") -- JSON-escaped
-    if signature then -- URL-encoded (a query string, a redirect), either case of hex digit
-      s = replace_plain(s, url_encoded(signature, "%%%02X"), "[REDACTED]")
-      s = replace_plain(s, url_encoded(signature, "%%%02x"), "[REDACTED]")
-    end
+  s = replace_if_found(s, st.apiv3_key)
+  local c = needles_of(sent)
+  for i = 1, c.n do
+    local needle = c[i]
+    if needle then s = replace_if_found(s, needle) end
   end
-  s = s:gsub("%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-.-%-%-%-%-%-END [%u ]*PRIVATE KEY%-%-%-%-%-",
-    "[REDACTED KEY]")
-  s = s:gsub("%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-.*$", "[REDACTED KEY]") -- truncated PEM
-  s = s:gsub("WECHATPAY2%-SHA256%-RSA2048 [^\r\n]*", "WECHATPAY2-SHA256-RSA2048 [REDACTED]")
-  -- An echo cut short (or of another request) has no exact match above: whatever base64
-  -- follows `signature=`, quoted, JSON-escaped or bare, goes.
-  s = s:gsub('signature=\\"[%w+/=%%]*', 'signature=\\"[REDACTED]')
-  s = s:gsub('signature="[^"]*"?', 'signature="[REDACTED]"')
-  s = s:gsub("signature=[%w+/%%][%w+/=%%]*", "signature=[REDACTED]")
-  return s
+  return redact_patterns(s)
 end
 
 --- A redacted copy of `v`: strings redacted, tables copied (keys too), other values as is.
