@@ -924,3 +924,56 @@ describe("OpenResty (real nginx)", function()
     end)
   end)
 end)
+
+describe("nonces in forked nginx workers", function()
+  it("never repeat the master's random bytes: each worker draws its own", function()
+    -- The master draws a nonce (core.nonce buffers random bytes per process); the two
+    -- workers it forks then draw 20 each. Bytes buffered before the fork must not be used by
+    -- both children.
+    local conf = table.concat({
+      "load_module /usr/share/nginx/modules/ndk_http_module.so;",
+      "load_module " .. LUA_MODULE .. ";",
+      "worker_processes 2;", "pid logs/nginx.pid;", "error_log logs/error.log info;",
+      "events { worker_connections 64; }",
+      "http {",
+      "  access_log off; client_body_temp_path tmp/body; proxy_temp_path tmp/proxy;",
+      "  fastcgi_temp_path tmp/fastcgi; uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;",
+      '  lua_package_cpath "' .. ROOT .. '/build-luajit/?.so;;";',
+      "  lua_shared_dict nonces 1m;",
+      "  init_by_lua_block { ngx.shared.nonces:set('master', require('wxpay.core').nonce()) }",
+      "  init_worker_by_lua_block {",
+      "    local core, list = require('wxpay.core'), {}",
+      "    for i = 1, 20 do list[i] = core.nonce() end",
+      "    ngx.shared.nonces:set('w' .. ngx.worker.id(), table.concat(list, ','))",
+      "  }",
+      "  server {",
+      "    listen {{listen}};",
+      "    location = /n { content_by_lua_block {",
+      "      local d = ngx.shared.nonces",
+      "      ngx.say(d:get('master') or '', ' ', d:get('w0') or '', ' ', d:get('w1') or '') } }",
+      "  }",
+      "}",
+    }, "\n")
+    local n = start_nginx(conf)
+    local body
+    for _ = 1, 100 do
+      local status, text = http("GET", n.url .. "/n")
+      if status == 200 and text:match("^%S+ %S+ %S+") then body = text; break end
+      sh("sleep 0.05")
+    end
+    n:stop()
+    assert(body, "the workers did not record their nonces")
+    local master, w0, w1 = body:match("^(%S+) (%S+) (%S+)")
+    local seen = { [master] = "master" }
+    for i, list in ipairs({ w0, w1 }) do
+      local count = 0
+      for nonce in list:gmatch("[^,]+") do
+        assert.matches("^[0-9A-Za-z]+$", nonce)
+        assert.is_nil(seen[nonce], "nonce " .. nonce .. " drawn twice")
+        seen[nonce] = i
+        count = count + 1
+      end
+      assert.equal(20, count)
+    end
+  end)
+end)

@@ -23,7 +23,7 @@ local function request(tr, req)
   local resp, err = tr.session:request{
     method = req.method,
     url = req.url,
-    headers = transport.header_lines(req.headers),
+    headers = transport.header_lines(req.headers, true),
     body = req.body,
     timeout = req.timeout,
     connect_timeout = req.connect_timeout,
