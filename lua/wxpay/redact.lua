@@ -23,9 +23,12 @@ local function replace_plain(s, needle, repl)
   return table.concat(out)
 end
 
--- `v` with the characters base64 has and URLs reserve (+ / =) percent-encoded.
-local function url_encoded(v, format)
-  return (v:gsub("[+/=]", function(ch) return string.format(format, ch:byte()) end))
+-- `v` with the characters base64 has and URLs reserve (+ / =) percent-encoded, with
+-- upper- or lower-case hex digits.
+local URL_UPPER = { ["+"] = "%2B", ["/"] = "%2F", ["="] = "%3D" }
+local URL_LOWER = { ["+"] = "%2b", ["/"] = "%2f", ["="] = "%3d" }
+local function url_encoded(v, hex)
+  return (v:gsub("[+/=]", hex))
 end
 
 -- The literal texts an Authorization value `auth` may be echoed as, appended to `out` in the
@@ -38,29 +41,56 @@ local function add_needles(out, auth)
   out[#out + 1] = signature
   out[#out + 1] = signature and (signature:gsub("/", "\\/")) -- JSON-escaped
   if signature then
-    out[#out + 1] = url_encoded(signature, "%%%02X")
-    out[#out + 1] = url_encoded(signature, "%%%02x")
+    out[#out + 1] = url_encoded(signature, URL_UPPER)
+    out[#out + 1] = url_encoded(signature, URL_LOWER)
   end
 end
 
--- The needles of a request are derived once: kept by its `sent` list (weakly), extended
--- when a transmission adds an Authorization value. A nil stands for a text an echo cannot
--- have (no scheme, no signature) and is skipped.
+-- The needles of a request are derived once, and only when a text long enough to hold one
+-- comes: kept by its `sent` list (weakly), extended when a transmission adds an
+-- Authorization value. `min` is a length under which a text cannot hold any needle: each
+-- derived one is at least as long as the Authorization value, its part without the scheme,
+-- or its signature.
 local NEEDLES = setmetatable({}, { __mode = "k" })
-local NO_NEEDLES = { count = 0, n = 0 }
+local NO_NEEDLES = { seen = 0, count = 0, n = 0, min = math.huge }
+-- The shortest text the patterns below can match ("signature=").
+local PATTERN_MIN = 10
 
-local function needles_of(sent)
+local function shortest(auth)
+  local m = #auth
+  local tail, signature = auth:match("^%S+ (.*)$"), auth:match('signature="([^"]+)"')
+  if tail and tail ~= "" and #tail < m then m = #tail end
+  if signature and #signature < m then m = #signature end
+  return m
+end
+
+-- The cache of `sent`, its `min` covering every value in it.
+local function cache_of(sent)
   if not sent then return NO_NEEDLES end
   local c = NEEDLES[sent]
   if not c then
-    c = { count = 0, n = 0 }
+    c = { seen = 0, count = 0, n = 0, min = math.huge }
     NEEDLES[sent] = c
   end
-  while c.count < #sent do
+  while c.seen < #sent do
+    c.seen = c.seen + 1
+    local m = shortest(sent[c.seen])
+    if m > 0 and m < c.min then c.min = m end
+  end
+  return c
+end
+
+-- The needles of every value in `sent`, in order (false for one an echo cannot have).
+local function needles_of(c, sent)
+  while c.count < c.seen do
     c.count = c.count + 1
     local list = {}
     add_needles(list, sent[c.count])
-    for i = 1, 6 do c[c.n + i] = list[i] or false end
+    for i = 1, 6 do
+      local needle = list[i]
+      if needle == "" then needle = nil end
+      c[c.n + i] = needle or false
+    end
     c.n = c.n + 6
   end
   return c
@@ -103,12 +133,16 @@ end
 -- @treturn string
 local function redact(st, s, sent)
   s = tostring(s)
-  s = replace_if_found(s, st.apiv3_key)
-  local c = needles_of(sent)
-  for i = 1, c.n do
-    local needle = c[i]
-    if needle then s = replace_if_found(s, needle) end
+  local c, key = cache_of(sent), st.apiv3_key
+  if key and #s >= #key then s = replace_if_found(s, key) end
+  if #s >= c.min then -- a text that cannot hold one derives no needle
+    needles_of(c, sent)
+    for i = 1, c.n do
+      local needle = c[i]
+      if needle then s = replace_if_found(s, needle) end
+    end
   end
+  if #s < PATTERN_MIN then return s end
   return redact_patterns(s)
 end
 
