@@ -3,8 +3,8 @@ package.path = "lua/?.lua;lua/?/init.lua;./?.lua;" .. package.path
 package.cpath = "build/?.so;" .. package.cpath
 
 local sections = { "bench.core" }
-for _, extra in ipairs({ "bench.client", "bench.reliability", "bench.campaign", "bench.scale",
-                         "bench.store", "bench.fleet", "bench.download" }) do
+for _, extra in ipairs({ "bench.client", "bench.floor", "bench.openresty", "bench.reliability",
+                         "bench.campaign", "bench.scale", "bench.store", "bench.fleet", "bench.download" }) do
   local f = io.open(extra:gsub("%.", "/") .. ".lua")
   if f then f:close(); sections[#sections + 1] = extra end
 end

@@ -1,7 +1,10 @@
-/* Stateless primitives: base64, SHA-256, nonces, AES-256-GCM, the V2 (发券) HMAC signature. */
+/* Primitives: base64, SHA-256, nonces (from a per-thread buffer of random bytes), AES-256-GCM,
+ * the V2 (发券) HMAC signature. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -123,18 +126,45 @@ static int l_test_fail_random(lua_State *L) {
 #  define RANDOM_FAILS() 0
 #endif
 
+/* Random bytes for nonces, drawn from RAND_bytes NONCE_POOL at a time per thread, so a
+ * nonce costs neither a DRBG call nor the fork check (a getpid) inside it. A forked child
+ * must never reuse its parent's buffered bytes (two processes would send the same nonce): a
+ * fork handler empties the buffer of the forking thread, the only thread the child has.
+ * Bytes are wiped as they are used. */
+#define NONCE_POOL 512
+static __thread unsigned char pool_bytes[NONCE_POOL];
+static __thread size_t pool_next = NONCE_POOL; /* index of the next unused byte */
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+
+static void pool_forget(void) {
+  OPENSSL_cleanse(pool_bytes, sizeof pool_bytes);
+  pool_next = NONCE_POOL;
+}
+
+static void pool_register(void) {
+  pthread_atfork(NULL, NULL, pool_forget);
+}
+
+static int random_byte(unsigned char *out) {
+  if (pool_next == NONCE_POOL) {
+    pthread_once(&pool_once, pool_register);
+    if (RAND_bytes(pool_bytes, (int)sizeof pool_bytes) != 1) { ERR_clear_error(); return 0; }
+    pool_next = 0;
+  }
+  *out = pool_bytes[pool_next];
+  pool_bytes[pool_next++] = 0;
+  return 1;
+}
+
 int wx_nonce(char *out, size_t n) {
   static const char ALNUM[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-  unsigned char r[64];
-  size_t i = 0, j = sizeof r;
+  size_t i = 0;
+  unsigned char r;
+  if (RANDOM_FAILS()) return 0;
   while (i < n) {
-    if (j == sizeof r) {
-      if (RANDOM_FAILS() || RAND_bytes(r, (int)sizeof r) != 1) { ERR_clear_error(); return 0; }
-      j = 0;
-    }
+    if (!random_byte(&r)) return 0;
     /* Rejection sampling: 248 = 4 * 62, so every character is equally likely. */
-    if (r[j] < 248) out[i++] = ALNUM[r[j] % 62];
-    j++;
+    if (r < 248) out[i++] = ALNUM[r % 62];
   }
   return 1;
 }

@@ -107,8 +107,13 @@ describe("wxpay.transport.ngx (scripted ngx)", function()
     end
     function s:getreusedtimes() return self.reused end
     function s.sslhandshake(_, sess, name, verify)
-      log[#log + 1] = "tls " .. tostring(sess) .. " " .. name .. " " .. tostring(verify)
+      log[#log + 1] = "tls " .. (type(sess) == "table" and sess.name or tostring(sess)) .. " " .. name .. " "
+        .. tostring(verify)
       if script.tls_error then return nil, script.tls_error end
+      if script.sessions then -- a real cosocket returns the session (userdata)
+        script.sessions = script.sessions + 1
+        return { name = "session" .. script.sessions }
+      end
       return true
     end
     function s:send(data) self.sent[#self.sent + 1] = data; script.sent[#script.sent + 1] = data; return #data end
@@ -190,7 +195,7 @@ describe("wxpay.transport.ngx (scripted ngx)", function()
       .. "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", script.sent[1])
     -- the handshake gets what is left of connect_timeout
     assert.same({ "timeout 1000", "connect api.example.com:443 pool=wxpay:api.example.com:443",
-      "timeout 1000", "tls false api.example.com true" }, { log[1], log[2], log[3], log[4] })
+      "timeout 1000", "tls nil api.example.com true" }, { log[1], log[2], log[3], log[4] })
     assert.equal("keepalive wxpay:api.example.com:443", log[#log])
   end)
 
@@ -200,7 +205,7 @@ describe("wxpay.transport.ngx (scripted ngx)", function()
     assert.equal(204, resp.status)
     assert.equal("", resp.body)
     assert.equal("connect 127.0.0.1:8443 pool=wxpay:localhost:8443", log[2])
-    assert.equal("tls false localhost true", log[4])
+    assert.equal("tls nil localhost true", log[4])
     assert.matches("Host: localhost:8443\r\n", script.sent[1], 1, true)
   end)
 
@@ -237,6 +242,27 @@ describe("wxpay.transport.ngx (scripted ngx)", function()
     table.insert(script.responses, 1, pooled.buf)
     assert.equal("c", t.request{ method = "GET", url = "https://h/x" }.body)
     assert.equal(4, #script.sent)
+  end)
+
+  it("offers the last TLS session of the host for resumption, and drops it after a failed handshake", function()
+    script.sessions = 0
+    local ok200 = "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"
+    script.responses = { ok200, ok200, ok200, ok200, ok200 } -- the failed handshake takes one too
+    local t = transport()
+    for _ = 1, 2 do -- connections of their own: a handshake each
+      assert(t.request{ method = "GET", url = "https://h/x", fresh_connect = true })
+    end
+    assert(t.request{ method = "GET", url = "https://other:8443/x", fresh_connect = true })
+    script.tls_error = "handshake failed"
+    assert.is_nil(t.request{ method = "GET", url = "https://h/x", fresh_connect = true })
+    script.tls_error = nil
+    assert(t.request{ method = "GET", url = "https://h/x", fresh_connect = true })
+    local offered = {}
+    for _, l in ipairs(log) do
+      local session, host = l:match("^tls (%S+) (%S+)")
+      if session then offered[#offered + 1] = session .. "@" .. host end
+    end
+    assert.same({ "nil@h", "session1@h", "nil@other", "session2@h", "nil@h" }, offered)
   end)
 
   it("reports connect, TLS and read failures with kind and connected like the curl transport", function()
@@ -309,6 +335,36 @@ describe("wxpay.transport.ngx (scripted ngx)", function()
     _, err = c.request{ method = "GET", path = "/v3/x", connect_timeout = 1 }
     assert.equal("network", err.kind)
     assert.equal(before, #log) -- libcurl: no cosocket touched
+  end)
+
+  it("keeps as many connections as the config key pool_size says (512 by default)", function()
+    local sizes = {}
+    local tcp = fake.socket.tcp
+    fake.socket.tcp = function()
+      local s = tcp()
+      local connect = s.connect
+      function s.connect(self, host, port, o) sizes[#sizes + 1] = o.pool_size; return connect(self, host, port, o) end
+      return s
+    end
+    local cfg = { mchid = "1900000001", serial_no = "1234",
+      private_key = read("spec/vectors/go_test_private_key.pem"),
+      wechatpay_public_key = read("spec/vectors/go_test_public_key.pem"),
+      wechatpay_public_key_id = "PUB_KEY_ID_1", base_url = "https://localhost:9", max_retries = 0 }
+    script.connect_error = "connection refused"
+    local wxpay = require("wxpay")
+    for _, t in ipairs({ "ngx", "default" }) do -- transport = "ngx", and none (auto)
+      cfg.transport, cfg.pool_size = t ~= "default" and t or nil, nil
+      assert(wxpay.new(cfg)).request{ method = "GET", path = "/v3/x" }
+      cfg.pool_size = 2000
+      assert(wxpay.new(cfg)).request{ method = "GET", path = "/v3/x" }
+    end
+    assert.same({ 512, 2000, 512, 2000 }, sizes)
+    for _, bad in ipairs({ 0, 1.5, "10", 100001 }) do
+      cfg.pool_size = bad
+      local c, err = wxpay.new(cfg)
+      assert.is_nil(c)
+      assert.equal("pool_size", err.field)
+    end
   end)
 end)
 
@@ -601,6 +657,8 @@ describe("OpenResty (real nginx)", function()
         "      ngx.header['X-Rep'] = { 'a', 'b' }",
         "      for i = 1, 3 do ngx.print(string.rep(tostring(i), 1000 * i)); ngx.flush(true) end } }",
         "    location = /length { return 200 'fixed'; }",
+        "    ssl_protocols TLSv1.2 TLSv1.3;",
+        "    location = /reused { return 200 '$ssl_session_reused $ssl_protocol'; }",
         "    location = /slow { content_by_lua_block { ngx.sleep(2); ngx.say('late') } }",
         "  }",
         "  server {",
@@ -618,6 +676,22 @@ describe("OpenResty (real nginx)", function()
         "        if results[i][1] and results[i][1].partner.appid == 'wxconc' .. i then ok = ok + 1 end",
         "      end",
         "      ngx.say(require('cjson').encode{ ok = ok, raised = results[11][2], summary = summary }) } }",
+        "    location = /resume12 { lua_ssl_protocols TLSv1.2; content_by_lua_block {",
+        "        local t, out = require('wxpay.transport.ngx').new(), {}",
+        "        for i = 1, 3 do", -- connections of their own: a handshake each
+        "          local resp, err = t.request{ method = 'GET', url = 'https://localhost:' .. ngx.var.arg_port",
+        "            .. '/reused', headers = {}, timeout = 5, connect_timeout = 2, fresh_connect = true }",
+        "          out[i] = resp and resp.body or tostring(err.message)",
+        "        end",
+        "        ngx.say(require('cjson').encode(out)) } }",
+        "    location = /resume13 { lua_ssl_protocols TLSv1.3; content_by_lua_block {",
+        "        local t, out = require('wxpay.transport.ngx').new(), {}",
+        "        for i = 1, 3 do", -- connections of their own: a handshake each
+        "          local resp, err = t.request{ method = 'GET', url = 'https://localhost:' .. ngx.var.arg_port",
+        "            .. '/reused', headers = {}, timeout = 5, connect_timeout = 2, fresh_connect = true }",
+        "          out[i] = resp and resp.body or tostring(err.message)",
+        "        end",
+        "        ngx.say(require('cjson').encode(out)) } }",
         "    location = /fetch { content_by_lua_block {",
         "      local t = require('wxpay.transport.ngx').new()",
         "      local a = ngx.unescape_uri(ngx.var.arg_url):gsub('PORT2', ngx.var.arg_port)",
@@ -658,6 +732,18 @@ describe("OpenResty (real nginx)", function()
       assert.same({ 200, 6000, "111", "a, b", "chunked" }, { res.status, res.len, res.head, res.rep, res.te })
       res = fetch("/length")
       assert.same({ 200, 5, "fix", "5" }, { res.status, res.len, res.head, res.cl })
+    end)
+
+    it("resumes the TLS session of the last handshake on a new connection to the same host", function()
+      -- The upstream answers nginx's $ssl_session_reused ("r" or ".") and $ssl_protocol; each
+      -- request has a connection of its own, so each makes a handshake.
+      local _, res = json("GET", wire.url .. "/resume12?port=" .. wire.port2)
+      assert.same({ ". TLSv1.2", "r TLSv1.2", "r TLSv1.2" }, res)
+      -- TLS 1.3 sends its session tickets after the handshake, when the cosocket has already
+      -- taken its session: lua-nginx-module 0.10.23 cannot resume those (the requests still work).
+      local _, res3 = json("GET", wire.url .. "/resume13?port=" .. wire.port2)
+      assert.equal(3, #res3)
+      for _, line in ipairs(res3) do assert.matches("^[.r] TLSv1%.3$", line) end
     end)
 
     it("verifies the host name: an IP address never matches the certificate", function()
@@ -856,5 +942,58 @@ describe("OpenResty (real nginx)", function()
       assert.are_not.equal(res.conns[1], res.conns[2])
       assert.same({ requests = 3, connects = 2, reused = 1 }, res.stats)
     end)
+  end)
+end)
+
+describe("nonces in forked nginx workers", function()
+  it("never repeat the master's random bytes: each worker draws its own", function()
+    -- The master draws a nonce (core.nonce buffers random bytes per process); the two
+    -- workers it forks then draw 20 each. Bytes buffered before the fork must not be used by
+    -- both children.
+    local conf = table.concat({
+      "load_module /usr/share/nginx/modules/ndk_http_module.so;",
+      "load_module " .. LUA_MODULE .. ";",
+      "worker_processes 2;", "pid logs/nginx.pid;", "error_log logs/error.log info;",
+      "events { worker_connections 64; }",
+      "http {",
+      "  access_log off; client_body_temp_path tmp/body; proxy_temp_path tmp/proxy;",
+      "  fastcgi_temp_path tmp/fastcgi; uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;",
+      '  lua_package_cpath "' .. ROOT .. '/build-luajit/?.so;;";',
+      "  lua_shared_dict nonces 1m;",
+      "  init_by_lua_block { ngx.shared.nonces:set('master', require('wxpay.core').nonce()) }",
+      "  init_worker_by_lua_block {",
+      "    local core, list = require('wxpay.core'), {}",
+      "    for i = 1, 20 do list[i] = core.nonce() end",
+      "    ngx.shared.nonces:set('w' .. ngx.worker.id(), table.concat(list, ','))",
+      "  }",
+      "  server {",
+      "    listen {{listen}};",
+      "    location = /n { content_by_lua_block {",
+      "      local d = ngx.shared.nonces",
+      "      ngx.say(d:get('master') or '', ' ', d:get('w0') or '', ' ', d:get('w1') or '') } }",
+      "  }",
+      "}",
+    }, "\n")
+    local n = start_nginx(conf)
+    local body
+    for _ = 1, 100 do
+      local status, text = http("GET", n.url .. "/n")
+      if status == 200 and text:match("^%S+ %S+ %S+") then body = text; break end
+      sh("sleep 0.05")
+    end
+    n:stop()
+    assert(body, "the workers did not record their nonces")
+    local master, w0, w1 = body:match("^(%S+) (%S+) (%S+)")
+    local seen = { [master] = "master" }
+    for i, list in ipairs({ w0, w1 }) do
+      local count = 0
+      for nonce in list:gmatch("[^,]+") do
+        assert.matches("^[0-9A-Za-z]+$", nonce)
+        assert.is_nil(seen[nonce], "nonce " .. nonce .. " drawn twice")
+        seen[nonce] = i
+        count = count + 1
+      end
+      assert.equal(20, count)
+    end
   end)
 end)

@@ -28,6 +28,7 @@ local CONFIG_KEYS = {
   failover_cooldown = true, retry_base_delay = true, retry_max_delay = true,
   retry_after_max = true, sleep = true, now = true, monotonic = true,
   certificate_refresh_interval = true, store = true, qps = true,
+  pool_size = true,
 }
 CONFIG_KEYS.apiv2_key = true -- the 发券 signatures (wxpay.api.issue)
 M.KEYS = CONFIG_KEYS
@@ -307,6 +308,8 @@ local NUMBERS = {
   { "retry_after_max", 60, { max = MAX_SECONDS } },
   -- The docs ask for a refresh "in less than 12 hours".
   { "certificate_refresh_interval", 3600, { positive = true, max = 43199 } },
+  -- Kept-alive cosocket connections per host (OpenResty); nil: the transport's default (512).
+  { "pool_size", nil, { positive = true, integer = true, max = 100000 } },
 }
 
 --- Every numeric key, with its default, into `st`.
@@ -366,12 +369,13 @@ function M.choose_transport(config, st)
     st.transport = require("wxpay.transport.curl").new{ ca_file = config.ca_file, proxy = config.proxy }
     if transport == nil and rawget(_G, "ngx") then
       -- OpenResty: cosockets or libcurl, decided per request by the phase it runs in.
-      st.transport = require("wxpay.transport.ngx").auto(st.transport, { logger = st.logger })
+      st.transport = require("wxpay.transport.ngx").auto(st.transport, { logger = st.logger,
+        pool_size = st.pool_size })
     end
   elseif transport == "ngx" then
     local ok, mod = pcall(require, "wxpay.transport.ngx")
     if not ok then return nil, errors.config("transport", '"ngx" transport is not available') end
-    st.transport = mod.new{ ca_file = config.ca_file, proxy = config.proxy }
+    st.transport = mod.new{ ca_file = config.ca_file, proxy = config.proxy, pool_size = st.pool_size }
   elseif type(transport) == "table" and type(transport.request) == "function" then
     st.transport = transport
   else

@@ -159,8 +159,10 @@ local function send_attempt(st, r, remaining)
       timeout = math.min(timeout, left)
       connect_timeout = math.min(connect_timeout, left)
     end
-    log(st, "debug", "wxpay request", { method = r.method, path = r.target, base_url = base,
-      attempt = r.attempt, idempotency_key = r.idempotency_key }, r.sent)
+    if st.logger then -- no fields are built when nothing listens
+      log(st, "debug", "wxpay request", { method = r.method, path = r.target, base_url = base,
+        attempt = r.attempt, idempotency_key = r.idempotency_key }, r.sent)
+    end
     resp, terr = st.transport.request{ method = r.method, url = base .. r.target,
       target = r.target, headers = headers, body = r.body, timeout = timeout,
       connect_timeout = connect_timeout,
@@ -169,8 +171,10 @@ local function send_attempt(st, r, remaining)
     if resp and st.fleet then fleet.answered(st, r, resp) end -- a 429 slows everyone
     if resp then break end
     if not retry.fail_over(terr, leg, second) then break end
-    log(st, "warn", "wxpay failover: cannot connect, trying the other host",
-      { from = base, to = second, path = r.target, error = terr.message }, r.sent)
+    if st.logger then
+      log(st, "warn", "wxpay failover: cannot connect, trying the other host",
+        { from = base, to = second, path = r.target, error = terr.message }, r.sent)
+    end
   end
   if resp then retry.answered(st, leg_used, base) end
   return resp, terr, base
@@ -184,7 +188,7 @@ local function success(st, r, resp, meta)
     if not key_id then
       verr.attempts, verr.idempotency_key = meta.attempts, r.idempotency_key
       redact.error(st, verr, r.sent)
-      log(st, "warn", "wxpay response rejected", { error = tostring(verr) }, r.sent)
+      if st.logger then log(st, "warn", "wxpay response rejected", { error = tostring(verr) }, r.sent) end
       return nil, verr -- never retried: the operation may have happened
     end
     meta.verified_by = key_id
@@ -209,8 +213,10 @@ local function outcome(st, r, resp, base, attempt)
   local meta = { status = status, request_id = resp.headers["request-id"],
     idempotency_key = r.idempotency_key, attempts = attempt, headers = resp.headers,
     base_url = base }
-  log(st, "debug", "wxpay response", { status = status, request_id = meta.request_id,
-    attempt = attempt, path = r.target }, r.sent)
+  if st.logger then
+    log(st, "debug", "wxpay response", { status = status, request_id = meta.request_id,
+      attempt = attempt, path = r.target }, r.sent)
+  end
   if status == 202 then return false, accepted_error(resp) end
   if status >= 200 and status < 300 then
     if r.raw then return true, resp, nil, meta end -- the caller verifies (certificate download)
@@ -254,8 +260,10 @@ function M.perform(st, r)
       err.deadline_exceeded = true
       return nil, err
     end
-    log(st, "warn", "wxpay retry", { attempt = attempt, delay = delay, path = r.target,
-      error = tostring(err) }, r.sent)
+    if st.logger then
+      log(st, "warn", "wxpay retry", { attempt = attempt, delay = delay, path = r.target,
+        error = tostring(err) }, r.sent)
+    end
     st.sleep(delay)
   end
 end

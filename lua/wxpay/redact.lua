@@ -23,9 +23,103 @@ local function replace_plain(s, needle, repl)
   return table.concat(out)
 end
 
--- `v` with the characters base64 has and URLs reserve (+ / =) percent-encoded.
-local function url_encoded(v, format)
-  return (v:gsub("[+/=]", function(ch) return string.format(format, ch:byte()) end))
+-- `v` with the characters base64 has and URLs reserve (+ / =) percent-encoded, with
+-- upper- or lower-case hex digits.
+local URL_UPPER = { ["+"] = "%2B", ["/"] = "%2F", ["="] = "%3D" }
+local URL_LOWER = { ["+"] = "%2b", ["/"] = "%2f", ["="] = "%3d" }
+local function url_encoded(v, hex)
+  return (v:gsub("[+/=]", hex))
+end
+
+-- The literal texts an Authorization value `auth` may be echoed as, appended to `out` in the
+-- order they are removed: whole, without its scheme, the signature, JSON-escaped, and
+-- URL-encoded (a query string, a redirect) with either case of hex digit.
+local function add_needles(out, auth)
+  local signature = auth:match('signature="([^"]+)"')
+  out[#out + 1] = auth
+  out[#out + 1] = auth:match("^%S+ (.*)$")
+  out[#out + 1] = signature
+  out[#out + 1] = signature and (signature:gsub("/", "\\/")) -- JSON-escaped
+  if signature then
+    out[#out + 1] = url_encoded(signature, URL_UPPER)
+    out[#out + 1] = url_encoded(signature, URL_LOWER)
+  end
+end
+
+-- The needles of a request are derived once, and only when a text long enough to hold one
+-- comes: kept by its `sent` list (weakly), extended when a transmission adds an
+-- Authorization value. `min` is a length under which a text cannot hold any needle: each
+-- derived one is at least as long as the Authorization value, its part without the scheme,
+-- or its signature.
+local NEEDLES = setmetatable({}, { __mode = "k" })
+local NO_NEEDLES = { seen = 0, count = 0, n = 0, min = math.huge }
+-- The shortest text the patterns below can match ("signature=").
+local PATTERN_MIN = 10
+
+local function shortest(auth)
+  local m = #auth
+  local tail, signature = auth:match("^%S+ (.*)$"), auth:match('signature="([^"]+)"')
+  if tail and tail ~= "" and #tail < m then m = #tail end
+  if signature and #signature < m then m = #signature end
+  return m
+end
+
+-- The cache of `sent`, its `min` covering every value in it.
+local function cache_of(sent)
+  if not sent then return NO_NEEDLES end
+  local c = NEEDLES[sent]
+  if not c then
+    c = { seen = 0, count = 0, n = 0, min = math.huge }
+    NEEDLES[sent] = c
+  end
+  while c.seen < #sent do
+    c.seen = c.seen + 1
+    local m = shortest(sent[c.seen])
+    if m > 0 and m < c.min then c.min = m end
+  end
+  return c
+end
+
+-- The needles of every value in `sent`, in order (false for one an echo cannot have).
+local function needles_of(c, sent)
+  while c.count < c.seen do
+    c.count = c.count + 1
+    local list = {}
+    add_needles(list, sent[c.count])
+    for i = 1, 6 do
+      local needle = list[i]
+      if needle == "" then needle = nil end
+      c[c.n + i] = needle or false
+    end
+    c.n = c.n + 6
+  end
+  return c
+end
+
+local function replace_if_found(s, needle)
+  if needle and needle ~= "" and s:find(needle, 1, true) then return replace_plain(s, needle, "[REDACTED]") end
+  return s
+end
+
+-- The pattern substitutions, each run only where the literal text its pattern starts with
+-- (or must contain) is present: what cannot match is not scanned again.
+local function redact_patterns(s)
+  if s:find("PRIVATE KEY-----", 1, true) then
+    s = s:gsub("%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-.-%-%-%-%-%-END [%u ]*PRIVATE KEY%-%-%-%-%-",
+      "[REDACTED KEY]")
+    s = s:gsub("%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-.*$", "[REDACTED KEY]") -- truncated PEM
+  end
+  if s:find("WECHATPAY2-SHA256-RSA2048 ", 1, true) then
+    s = s:gsub("WECHATPAY2%-SHA256%-RSA2048 [^\r\n]*", "WECHATPAY2-SHA256-RSA2048 [REDACTED]")
+  end
+  -- An echo cut short (or of another request) has no exact match above: whatever base64
+  -- follows `signature=`, quoted, JSON-escaped or bare, goes.
+  if s:find("signature=", 1, true) then
+    s = s:gsub('signature=\\"[%w+/=%%]*', 'signature=\\"[REDACTED]')
+    s = s:gsub('signature="[^"]*"?', 'signature="[REDACTED]"')
+    s = s:gsub("signature=[%w+/%%][%w+/=%%]*", "signature=[REDACTED]")
+  end
+  return s
 end
 
 -- Defence in depth for strings from outside code (transports, servers): remove anything
@@ -33,35 +127,24 @@ end
 -- `sent` lists the Authorization values of the request at hand: a server or proxy may
 -- echo one whole, without its scheme, or just the signature.
 --- Remove the client's secrets from a string (anything else is turned into one first).
--- @tparam table st the client state (for its APIv3 key)
+-- @tparam table st the client state (for its APIv3 and APIv2 keys)
 -- @param s the text
 -- @tparam[opt] table sent the Authorization values of the request at hand
 -- @treturn string
 local function redact(st, s, sent)
   s = tostring(s)
-  s = replace_plain(s, st.apiv3_key, "[REDACTED]")
-  s = replace_plain(s, st.apiv2_key, "[REDACTED]")
-  for _, auth in ipairs(sent or {}) do
-    local signature = auth:match('signature="([^"]+)"')
-    s = replace_plain(s, auth, "[REDACTED]")
-    s = replace_plain(s, auth:match("^%S+ (.*)$"), "[REDACTED]")
-    s = replace_plain(s, signature, "[REDACTED]")
-    s = replace_plain(s, signature and signature:gsub("/", "\\/"), "[REDACTED]") -- JSON-escaped
-    if signature then -- URL-encoded (a query string, a redirect), either case of hex digit
-      s = replace_plain(s, url_encoded(signature, "%%%02X"), "[REDACTED]")
-      s = replace_plain(s, url_encoded(signature, "%%%02x"), "[REDACTED]")
+  local c, key, key2 = cache_of(sent), st.apiv3_key, st.apiv2_key
+  if key and #s >= #key then s = replace_if_found(s, key) end
+  if key2 and #s >= #key2 then s = replace_if_found(s, key2) end
+  if #s >= c.min then -- a text that cannot hold one derives no needle
+    needles_of(c, sent)
+    for i = 1, c.n do
+      local needle = c[i]
+      if needle then s = replace_if_found(s, needle) end
     end
   end
-  s = s:gsub("%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-.-%-%-%-%-%-END [%u ]*PRIVATE KEY%-%-%-%-%-",
-    "[REDACTED KEY]")
-  s = s:gsub("%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-.*$", "[REDACTED KEY]") -- truncated PEM
-  s = s:gsub("WECHATPAY2%-SHA256%-RSA2048 [^\r\n]*", "WECHATPAY2-SHA256-RSA2048 [REDACTED]")
-  -- An echo cut short (or of another request) has no exact match above: whatever base64
-  -- follows `signature=`, quoted, JSON-escaped or bare, goes.
-  s = s:gsub('signature=\\"[%w+/=%%]*', 'signature=\\"[REDACTED]')
-  s = s:gsub('signature="[^"]*"?', 'signature="[REDACTED]"')
-  s = s:gsub("signature=[%w+/%%][%w+/=%%]*", "signature=[REDACTED]")
-  return s
+  if #s < PATTERN_MIN then return s end
+  return redact_patterns(s)
 end
 
 --- A redacted copy of `v`: strings redacted, tables copied (keys too), other values as is.

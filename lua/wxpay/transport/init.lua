@@ -61,7 +61,7 @@ end
 -- @tparam table req `method`, `headers`, `body`
 -- @treturn table array of strings
 function M.curl_header_lines(req)
-  local lines = M.header_lines(req.headers)
+  local lines = M.header_lines(req.headers, true)
   if req.method == "POST" and (req.body == nil or req.body == "") then
     for _, line in ipairs(lines) do
       if line:lower():match("^content%-type:") then return lines end
@@ -74,8 +74,11 @@ end
 --- `"Name: value"` lines, sorted by name so the wire form is deterministic. Raises on a
 -- name or value with CR, LF or NUL.
 -- @tparam table|nil headers map name -> value, or already an array of `"Name: value"` lines
+-- @tparam[opt] boolean core_checks true when the lines go to the C core, which refuses CR,
+--   LF and NUL in them itself (raising, sending nothing): names and values are then only
+--   checked for their types here
 -- @treturn table array of strings
-function M.header_lines(headers)
+function M.header_lines(headers, core_checks)
   local h = headers or {}
   local lines = {}
   if h[1] ~= nil then -- already lines (the C session's form)
@@ -87,12 +90,18 @@ function M.header_lines(headers)
     end
     return lines
   end
-  local names = {}
-  for name in pairs(h) do names[#names + 1] = name end
-  table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
-  for i, name in ipairs(names) do
-    check_header(name, h[name])
-    lines[i] = name .. ": " .. h[name]
+  local names, n = {}, 0
+  for name, value in pairs(h) do
+    if type(name) ~= "string" then check_header(name, value) end -- raises: names sort as strings
+    n = n + 1
+    names[n] = name
+  end
+  table.sort(names)
+  for i = 1, n do
+    local name = names[i]
+    local value = h[name]
+    if not core_checks or (type(value) ~= "string" and type(value) ~= "number") then check_header(name, value) end
+    lines[i] = name .. ": " .. value
   end
   return lines
 end

@@ -41,7 +41,9 @@ local ngx_WARN = ngx and ngx.WARN
 local M = {}
 
 local KEEPALIVE_IDLE_MS = 60000
-local DEFAULT_POOL_SIZE = 30
+-- Kept-alive connections per host:port and worker: a burst of a few hundred concurrent calls
+-- finds its connections again in the next burst instead of opening (and handshaking) anew.
+local DEFAULT_POOL_SIZE = 512
 
 -- Phases where cosockets (and ngx.sleep) work, per the lua-nginx-module documentation.
 local COSOCKET_PHASES = { rewrite = true, access = true, content = true, timer = true,
@@ -124,14 +126,21 @@ local function connect_error(host, port, what, err)
 end
 
 -- The TLS handshake on a new connection: server name = URL host (SNI and the name
--- checked), verify = true: never chain only. Returns true or nil, err.
-local function handshake(sock, host, port, name, connect_deadline)
+-- checked), verify = true: never chain only. The session of the last handshake with the
+-- same host:port (and name) is offered for resumption, and the new one kept in its place:
+-- a resumed handshake skips the certificate exchange and its signature (a session the server
+-- does not take back just costs a full handshake). Returns true or nil, err.
+local function handshake(tr, sock, host, port, name, pool, connect_deadline)
   if not arm(sock, connect_deadline, now) then
     sock:close()
     return nil, connect_error(host, port, "TLS handshake with", "timeout")
   end
-  local ok, err = sock:sslhandshake(false, name, true)
-  if ok then return true end
+  local session, err = sock:sslhandshake(tr.sessions[pool], name, true)
+  if session then
+    if session ~= true then tr.sessions[pool] = session end
+    return true
+  end
+  tr.sessions[pool] = nil -- whatever failed, the next handshake starts from scratch
   sock:close()
   local e = connect_error(host, port, "TLS handshake with", err)
   -- A host mismatch is the URL's host name, not the CA bundle (the pipeline's hint says so).
@@ -163,7 +172,7 @@ local function open(tr, host, port, connect_deadline, fresh)
     return sock, true
   end
   tr.counters.connects = tr.counters.connects + 1
-  local shaken, herr = handshake(sock, host, port, name, connect_deadline)
+  local shaken, herr = handshake(tr, sock, host, port, name, "wxpay:" .. host .. ":" .. port, connect_deadline)
   if not shaken then return nil, herr end
   return sock, false
 end
@@ -245,7 +254,7 @@ local function stats(tr)
 end
 
 --- Create a transport.
--- @tparam[opt] table opts `pool_size` (keep-alive connections per host:port, default 30),
+-- @tparam[opt] table opts `pool_size` (keep-alive connections per host:port, default 512),
 --   `keepalive_timeout` (idle seconds, default 60), `proxy` (not supported: every request
 --   fails with a network error saying so). `ca_file` is ignored: trust comes from nginx's
 --   `lua_ssl_trusted_certificate`.
@@ -261,6 +270,7 @@ function M.new(opts)
     pool_size = opts.pool_size or DEFAULT_POOL_SIZE,
     idle_ms = math.floor((opts.keepalive_timeout or KEEPALIVE_IDLE_MS / 1000) * 1000),
     counters = { requests = 0, connects = 0, reused = 0 },
+    sessions = {}, -- host:port -> the TLS session of the last handshake there
   }
   return setmetatable({
     request = function(req) return request(tr, req) end,

@@ -1,0 +1,161 @@
+--- Benchmark: the client next to its C floor, in the configurations users run.
+-- bench/floor.c (built here with cc, OpenSSL and libcurl) does one call's work with no Lua:
+-- nonce, signature, the request over a kept-alive connection, the answer, its verification.
+-- The client then makes the same call (certificate mode, keep-alive) without a logger, with a
+-- no-op logger, with a logger writing lines, and with a `qps` budget on the memory store.
+-- Three alternating rounds in one run; CPU (user + system) per request and the ratios, each
+-- round and the median. Prints figures; asserts nothing. `lua5.4 bench/floor.lua` runs it
+-- alone.
+local alone = arg and arg[0] and arg[0]:match("bench/floor%.lua$")
+if alone then
+  package.path = "lua/?.lua;lua/?/init.lua;./?.lua;" .. package.path
+  package.cpath = (jit and "build-luajit/?.so;" or "build/?.so;") .. package.cpath
+end
+
+local wxpay = require("wxpay")
+local sandbox = require("wxpay.sandbox.process")
+local request = require("wxpay.request")
+
+local M = {}
+
+local PATH = "/v3/marketing/partnerships"
+
+-- Build the floor program into build/ (once per source change). Returns its path or nil, why.
+local function build_floor()
+  local exe = "build/bench-floor"
+  local cmd = ("cc -O2 -Wall -Wextra -Werror -o %s bench/floor.c $(pkg-config --cflags --libs libcurl openssl)"
+    .. " 2>&1"):format(exe)
+  local p = io.popen(cmd)
+  local out = p:read("*a")
+  local ok = p:close()
+  if not ok then return nil, "cc failed: " .. out end
+  return exe
+end
+
+local function floor_cpu(exe, cfg, target, n)
+  local cert = cfg.platform_certificate_files[1]
+  local q = function(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+  local p = io.popen(table.concat({ exe, q(cfg.base_url), q(target), q(cfg.mchid), q(cfg.serial_no),
+    q(cfg.private_key_file), q(cert), q(cfg.ca_file), tostring(n) }, " ") .. " 2>&1")
+  local out = p:read("*a")
+  p:close()
+  local v = tonumber(out:match("cpu_per_request ([%d.]+)"))
+  if not v then error("floor program failed: " .. out) end
+  return v
+end
+
+local function copy(t, extra)
+  local out = {}
+  for k, v in pairs(t) do out[k] = v end
+  for k, v in pairs(extra or {}) do out[k] = v end
+  return out
+end
+
+-- A logger as an application writes one: a line per event with its fields.
+local function line_logger(f)
+  return function(level, message, fields)
+    local parts = { os.date("!%Y-%m-%dT%H:%M:%SZ"), level, message }
+    for k, v in pairs(fields or {}) do parts[#parts + 1] = tostring(k) .. "=" .. tostring(v) end
+    f:write(table.concat(parts, " "), "\n")
+  end
+end
+
+local function client_cpu(config, q, n)
+  local client = assert(wxpay.new(config))
+  for _ = 1, 20 do assert(client.partnerships.page(q)) end -- warm-up: connection, JIT, caches
+  collectgarbage("collect")
+  local t0 = os.clock()
+  for _ = 1, n do
+    local page, err = client.partnerships.page(q)
+    if not page then error(tostring(err)) end
+  end
+  local cpu = (os.clock() - t0) / n
+  client.close()
+  return cpu
+end
+
+local function median(t)
+  local s = {}
+  for i, v in ipairs(t) do s[i] = v end
+  table.sort(s)
+  return s[math.floor((#s + 1) / 2)]
+end
+
+local CASES = {
+  { "no logger", "plain" },
+  { "no-op logger", "noop", "logger" },
+  { "logger writing lines", "lines", "logger" },
+  { "qps on the memory store", "qps", "fleet" },
+}
+
+local function round(exe, sb, target, q, n, devnull)
+  local cfg = sb.config
+  local r = { floor = floor_cpu(exe, cfg, target, n) }
+  r.plain = client_cpu(cfg, q, n)
+  r.noop = client_cpu(copy(cfg, { logger = function() end }), q, n)
+  r.lines = client_cpu(copy(cfg, { logger = line_logger(devnull) }), q, n)
+  r.qps = client_cpu(copy(cfg, { qps = 1e6 }), q, n)
+  return r
+end
+
+local function report(rounds)
+  print(("%-26s %s   %s"):format("", "CPU per request (ms), each round", "median"))
+  local function row(label, key, base, goal)
+    local cells, ratios = {}, {}
+    for i, r in ipairs(rounds) do
+      cells[i] = ("%7.3f"):format(r[key] * 1000)
+      if base then ratios[i] = r[key] / r[base] end
+    end
+    local vals = {}
+    for i, r in ipairs(rounds) do vals[i] = r[key] end
+    print(("%-26s %s   %7.3f"):format(label, table.concat(cells, " "), median(vals) * 1000))
+    if base then
+      local rc = {}
+      for i, v in ipairs(ratios) do rc[i] = ("%6.2fx"):format(v) end
+      print(("  %-24s %s   %6.2fx (goal <= %.2f)"):format("ratio to " .. base, table.concat(rc, " "),
+        median(ratios), goal))
+    end
+  end
+  row("C floor (OpenSSL+libcurl)", "floor")
+  row("client, no logger", "plain", "floor", 1.15)
+  for _, c in ipairs(CASES) do
+    if c[3] == "logger" then row("client, " .. c[1], c[2], "plain", 1.10) end
+    if c[3] == "fleet" then row("client, " .. c[1], c[2], "plain", 1.05) end
+  end
+end
+
+--- Runs the benchmark; returns the median figures (seconds of CPU per request).
+function M.run(opts)
+  opts = opts or {}
+  local n = tonumber(os.getenv("BENCH_REQUESTS")) or 500
+  local exe, why = build_floor()
+  if not exe then print("C floor skipped: " .. why); return {} end
+  local sb = sandbox.start{ mode = "certificate" }
+  local devnull = assert(io.open("/dev/null", "w"))
+  local rounds = {}
+  local ok, err = pcall(function()
+    local q = { authorized_data = { business_type = "BUSIFAVOR_STOCK", stock_id = "BENCHFLOOR" },
+                limit = 1, offset = 0 }
+    sb:control("POST", "/seed", { count = 3, business_type = "BUSIFAVOR_STOCK", stock_id = "BENCHFLOOR",
+                                  prefix = "wxfloor" })
+    local target = PATH .. "?" .. assert(request.build_query(q))
+    print(("== client next to its C floor (Lua %s, certificate mode, keep-alive, %d requests each) =="):format(
+      jit and jit.version or _VERSION, n))
+    for i = 1, opts.rounds or 3 do rounds[i] = round(exe, sb, target, q, n, devnull) end
+    report(rounds)
+  end)
+  devnull:close()
+  sb:stop()
+  if not ok then print("floor benchmark failed: " .. tostring(err)); return {} end
+  local r = {}
+  for _, k in ipairs({ "floor", "plain", "noop", "lines", "qps" }) do
+    local vals = {}
+    for i, x in ipairs(rounds) do vals[i] = x[k] end
+    r[k] = median(vals)
+  end
+  return r
+end
+
+if alone then M.run() end
+
+return M
