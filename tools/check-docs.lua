@@ -69,6 +69,8 @@ local INTERNAL = {
   -- the public encoders) and the client's closures
   ["config.lua"] = true, ["json.lua"] = true, ["request.lua"] = true, ["keyring.lua"] = true,
   ["verify.lua"] = true, ["retry.lua"] = true, ["pipeline.lua"] = true, ["redact.lua"] = true,
+  -- the `on_request` events and their route templates (docs/observability.md)
+  ["observe.lua"] = true, ["api/routes.lua"] = true,
 }
 
 -- Names defined in PUBLIC files that are plumbing, not API (none today). Besides these, a

@@ -46,6 +46,7 @@ local function api_handle(st)
         .. tostring(why), { code = "RANDOM_FAILED", connected = false, retryable = false })
     end,
     send = function(r)
+      r.product = true -- labelled with its declared route template (wxpay.api.routes)
       r.headers = { Accept = "application/json", ["User-Agent"] = st.user_agent }
       -- A multipart upload signs its meta JSON (`sign_body`) and sends the whole body.
       if r.body then r.headers["Content-Type"] = r.content_type or "application/json" end

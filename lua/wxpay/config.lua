@@ -27,6 +27,7 @@ local CONFIG_KEYS = {
   failover_cooldown = true, retry_base_delay = true, retry_max_delay = true,
   retry_after_max = true, sleep = true, now = true, monotonic = true,
   certificate_refresh_interval = true, store = true, qps = true,
+  on_request = true,
 }
 M.KEYS = CONFIG_KEYS
 
@@ -330,7 +331,7 @@ function M.check_hooks(config, st)
   -- Under OpenResty the default sleep is ngx.sleep wherever that works (it yields).
   local default_sleep = rawget(_G, "ngx") and require("wxpay.transport.ngx").sleep or core.sleep
   for _, f in ipairs({ { "logger", false }, { "sleep", default_sleep }, { "now", core.time },
-                       { "monotonic", core.monotonic } }) do
+                       { "monotonic", core.monotonic }, { "on_request", false } }) do
     local v, err = check_function(config, f[1], f[2])
     if v == nil then return nil, err end
     st[f[1]] = v or nil
