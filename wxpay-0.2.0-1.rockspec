@@ -58,6 +58,7 @@ build = {
       ["wxpay"] = "lua/wxpay/init.lua",
       ["wxpay.json"] = "lua/wxpay/json.lua",
       ["wxpay.keyring"] = "lua/wxpay/keyring.lua",
+      ["wxpay.metrics"] = "lua/wxpay/metrics.lua",
       ["wxpay.notify"] = "lua/wxpay/notify.lua",
       ["wxpay.observe"] = "lua/wxpay/observe.lua",
       ["wxpay.pipeline"] = "lua/wxpay/pipeline.lua",

@@ -38,6 +38,7 @@ local PUBLIC = {
   ["sensitive.lua"] = { s = "client" },
   ["transport/curl.lua"] = { M = "wxpay.transport.curl" },
   ["transport/ngx.lua"] = { M = "wxpay.transport.ngx" },
+  ["metrics.lua"] = { M = "wxpay.metrics" },
 }
 
 -- Service modules whose public functions are the fields of the table their `M.new(api)`

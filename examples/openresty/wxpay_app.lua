@@ -4,6 +4,7 @@
 --   POST /admin/partnerships            {"appid":…,"stock_id":…,"business_type":…,"idempotency_key"?:…}
 --   GET  /admin/partnerships?stock_id=…&business_type=…[&limit=50]   every relation, all pages
 --   POST /admin/partnerships/terminate  {"appid":…,"stock_id":…,"business_type":…}
+--   GET  /metrics                       Prometheus text: calls, attempts, retries, latency
 --   POST /wxpay/notify                  WeChat Pay callbacks: 204 when verified and decrypted,
 --                                       4xx/5xx {"code":"FAIL",…} otherwise
 --
@@ -19,6 +20,7 @@ local wxpay = require("wxpay")
 local M = {}
 
 local client -- one per worker (inherited from the master), shared by all its requests
+local metrics -- wxpay.metrics over the lua_shared_dict wxpay_metrics (all workers)
 
 local function reply(status, value)
   ngx.status = status
@@ -76,6 +78,8 @@ function M.init(config_file)
       ngx.log(level == "warn" and ngx.WARN or ngx.ERR, message, " ", cjson.encode(fields or {}))
     end
   end
+  metrics = assert(require("wxpay.metrics").new{ dict = "wxpay_metrics" })
+  config.on_request = metrics.on_request
   local err
   client, err = wxpay.new(config)
   -- A string, so nginx prints it (an error table would show as "unknown error").
@@ -138,6 +142,12 @@ function M.terminate()
   local res, err = client.partnerships.terminate(partner_params(obj))
   if not res then return error_reply(err) end
   return reply(200, res)
+end
+
+--- GET: the Prometheus text format (version 0.0.4).
+function M.metrics()
+  ngx.header["Content-Type"] = "text/plain; version=0.0.4"
+  ngx.print(metrics.render())
 end
 
 --- The WeChat Pay callback: verify over the raw body, decrypt, answer 204 (accepted) or the

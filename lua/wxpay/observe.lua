@@ -26,14 +26,23 @@ local function request_no(r)
   return value, name
 end
 
+-- The transports' names (their tostring) as the events give them: libcurl (its easy
+-- handle or, in a batch, its multi interface), nginx cosockets, or the caller's own.
+local TRANSPORTS = { ["wxpay.transport.curl"] = "curl", ["wxpay.transport.multi"] = "curl",
+  ["wxpay.transport.ngx"] = "ngx", ["wxpay.transport.ngx (auto)"] = "ngx" }
+
+local function transport_name(st)
+  return TRANSPORTS[tostring(st.transport)] or "custom"
+end
+
 --- Start a trace for a call when a hook listens (`r.on_request`, else the client's).
 -- @return the trace, or nil (no hook: nothing is measured)
 function M.start(st, r, t0)
   local hook = r.on_request or st.on_request
   if not hook then return nil end
-  local tr = { hook = hook, t0 = t0, route = route_of(r), attempt_t0 = t0, total = {}, cur = {} }
-  for _, p in ipairs(PHASES) do tr.total[p], tr.cur[p] = 0, 0 end
-  return tr
+  return { hook = hook, t0 = t0, route = route_of(r), attempt_t0 = t0, transport = transport_name(st),
+    total = { budget_wait = 0, signing = 0, transfer = 0, verification = 0 },
+    cur = { budget_wait = 0, signing = 0, transfer = 0, verification = 0 } }
 end
 
 --- Add the time since `t` to the current attempt's `phase`.
@@ -44,16 +53,8 @@ end
 --- An attempt begins.
 function M.attempt_begin(st, tr)
   tr.attempt_t0 = st.monotonic()
-  for _, p in ipairs(PHASES) do tr.cur[p] = 0 end
-end
-
--- The transports' names (their tostring) as the events give them: libcurl (its easy
--- handle or, in a batch, its multi interface), nginx cosockets, or the caller's own.
-local TRANSPORTS = { ["wxpay.transport.curl"] = "curl", ["wxpay.transport.multi"] = "curl",
-  ["wxpay.transport.ngx"] = "ngx", ["wxpay.transport.ngx (auto)"] = "ngx" }
-
-local function transport_name(st)
-  return TRANSPORTS[tostring(st.transport)] or "custom"
+  local cur = tr.cur
+  cur.budget_wait, cur.signing, cur.transfer, cur.verification = 0, 0, 0, 0
 end
 
 local function host_of(st, base)
@@ -72,7 +73,7 @@ end
 -- The fields both kinds of event share.
 local function event_of(st, r, tr, phase, meta, err)
   local ev = { phase = phase, method = r.method, route = tr.route, mchid = st.mchid,
-    transport = transport_name(st), idempotency_key = r.idempotency_key }
+    transport = tr.transport, idempotency_key = r.idempotency_key }
   ev.request_no, ev.request_no_field = request_no(r)
   local src = err or meta
   if src then

@@ -110,7 +110,8 @@ local function partner_task(r, p)
     if p.state == "failed" then r.errors = r.errors - 1 end
     r.journal:sending(r.campaign, p, core.time())
     local rel, err, meta = r.client.partnerships.build({ partner = partner_of(p),
-      authorized_data = r.authorized_data }, { idempotency_key = p.idempotency_key })
+      authorized_data = r.authorized_data }, { idempotency_key = p.idempotency_key,
+      on_request = r.figures.on_request })
     local outcome = outcome_of(r, partner_of(p), rel, err, meta)
     if outcome.state == "failed" then r.errors = r.errors + 1 end
     r.journal:outcome(r.campaign, p, outcome, core.time())
@@ -323,7 +324,8 @@ function M.run(o)
   local todo = journal:todo(campaign)
   local counts = journal:counts(campaign)
   local r = { journal = journal, campaign = campaign, client = o.client, done = counts.total - #todo,
-    errors = counts.failed, ended_ok = 0, authorized_data = { business_type = o.business_type, stock_id = o.stock } }
+    errors = counts.failed, ended_ok = 0, figures = require("wxpay.metrics").recorder(),
+    authorized_data = { business_type = o.business_type, stock_id = o.stock } }
   r.progress = output.progress{ total = counts.total, start = r.done, tty = o.tty == nil and is_tty() or o.tty,
     out = o.err, clock = core.monotonic, label = "campaign " .. campaign, every = 1 }
   local run_ok, interrupted = pcall(run_tasks, r, o, todo)
@@ -340,6 +342,7 @@ function M.run(o)
   r.progress.finish(counts.done + counts.failed, counts.failed)
   o.out:write(string.format("campaign %s: %d partners, %d done, %d failed, %d not finished\n", campaign,
     counts.total, counts.done, counts.failed, counts.pending + counts.sending))
+  o.out:write(output.figures(r.figures.summary()))
   journal:close()
   return (counts.done == counts.total) and 0 or 1
 end
