@@ -59,6 +59,7 @@ build = {
       ["wxpay.keyring"] = "lua/wxpay/keyring.lua",
       ["wxpay.metrics"] = "lua/wxpay/metrics.lua",
       ["wxpay.notify"] = "lua/wxpay/notify.lua",
+      ["wxpay.notify_once"] = "lua/wxpay/notify_once.lua",
       ["wxpay.observe"] = "lua/wxpay/observe.lua",
       ["wxpay.pipeline"] = "lua/wxpay/pipeline.lua",
       ["wxpay.redact"] = "lua/wxpay/redact.lua",

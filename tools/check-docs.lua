@@ -35,6 +35,7 @@ local PUBLIC = {
   ["api/partnerships.lua"] = { P = "client.partnerships" },
   ["api/media.lua"] = { media = "client.media" },
   ["notify.lua"] = { notify = "client.notify" },
+  ["notify_once.lua"] = { notify = "client.notify" },
   ["sensitive.lua"] = { s = "client" },
   ["transport/curl.lua"] = { M = "wxpay.transport.curl" },
   ["transport/ngx.lua"] = { M = "wxpay.transport.ngx" },

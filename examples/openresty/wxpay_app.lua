@@ -5,8 +5,9 @@
 --   GET  /admin/partnerships?stock_id=…&business_type=…[&limit=50]   every relation, all pages
 --   POST /admin/partnerships/terminate  {"appid":…,"stock_id":…,"business_type":…}
 --   GET  /metrics                       Prometheus text: calls, attempts, retries, latency
---   POST /wxpay/notify                  WeChat Pay callbacks: 204 when verified and decrypted,
---                                       4xx/5xx {"code":"FAIL",…} otherwise
+--   POST /wxpay/notify                  WeChat Pay callbacks, each handled once across the
+--                                       workers: 204 once handled (now or before), 4xx/5xx
+--                                       {"code":"FAIL",…} otherwise (WeChat Pay repeats it)
 --
 -- The client is created once per nginx master (`init`, from the config file named by
 -- WXPAY_CONFIG) and so once per worker after the fork. Requests run over cosockets (the
@@ -150,21 +151,31 @@ function M.metrics()
   ngx.print(metrics.render())
 end
 
---- The WeChat Pay callback: verify over the raw body, decrypt, answer 204 (accepted) or the
--- 4xx/5xx `{"code":"FAIL",…}` that makes WeChat Pay send it again later.
+-- The application's work for one notification (here: a log line). It runs once per
+-- notification id across the workers (and the hosts, with a Redis store); return true once
+-- it is durably done, false or nil (or raise) to have WeChat Pay deliver it again later.
+local function on_notification(n)
+  ngx.log(ngx.INFO, "wxpay callback ", n.id, " ", n.event_type, " handled")
+  return true
+end
+
+--- The WeChat Pay callback: verified over the raw body, decrypted, then handled once
+-- (`client.notify.handle`); the answer follows the durable record: 204 only once the
+-- handler succeeded and the store holds the id as handled.
 function M.notify()
   if ngx.req.get_method() ~= "POST" then return reply(405, { code = "FAIL", message = "POST" }) end
   ngx.req.read_body()
   local body = ngx.req.get_body_data() -- the raw bytes; nginx.conf keeps them in memory
-  local n, err, meta = client.notify.parse(ngx.req.get_headers(), body or "")
-  if not n then
+  local answer, outcome, _, err = client.notify.handle(ngx.req.get_headers(), body or "", on_notification,
+    { store = "ngx:wxpay_callbacks" })
+  if outcome == "refused" then
     ngx.log(ngx.WARN, "wxpay callback refused: ", tostring(err))
-    return reply(err.answer.status, err.answer.body)
+  elseif outcome ~= "handled" and outcome ~= "duplicate" then
+    ngx.log(ngx.WARN, "wxpay callback not handled (", outcome, "): ", tostring(err))
   end
-  -- Here the application records n.id (callbacks repeat) and acts on n.resource_data.
-  ngx.log(ngx.INFO, "wxpay callback ", n.id, " ", n.event_type, " accepted")
-  ngx.status = meta.answer.status
-  return ngx.exit(meta.answer.status)
+  ngx.status = answer.status
+  if answer.body ~= "" then ngx.header["Content-Type"] = "application/json"; ngx.print(answer.body) end
+  return ngx.exit(answer.status)
 end
 
 return M

@@ -173,6 +173,7 @@ function M.new(config, version)
 
   local ring = keyring_handle(st)
   client.notify = require("wxpay.notify").new(ring)
+  require("wxpay.notify_once").bind(client.notify, st) -- client.notify.handle: once per id
   local sensitive = require("wxpay.sensitive").new(ring)
   client.encrypt, client.decrypt = sensitive.encrypt, sensitive.decrypt
 
