@@ -66,6 +66,7 @@ build = {
       ["wxpay.redact"] = "lua/wxpay/redact.lua",
       ["wxpay.request"] = "lua/wxpay/request.lua",
       ["wxpay.retry"] = "lua/wxpay/retry.lua",
+      ["wxpay.router"] = "lua/wxpay/router.lua",
       ["wxpay.sensitive"] = "lua/wxpay/sensitive.lua",
       ["wxpay.store.budget"] = "lua/wxpay/store/budget.lua",
       ["wxpay.store"] = "lua/wxpay/store/init.lua",

@@ -40,6 +40,7 @@ local PUBLIC = {
   ["transport/curl.lua"] = { M = "wxpay.transport.curl" },
   ["transport/ngx.lua"] = { M = "wxpay.transport.ngx" },
   ["metrics.lua"] = { M = "wxpay.metrics" },
+  ["router.lua"] = { M = "wxpay.router" },
 }
 
 -- Service modules whose public functions are the fields of the table their `M.new(api)`

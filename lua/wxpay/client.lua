@@ -69,6 +69,7 @@ end
 local function keyring_handle(st)
   return {
     has_apiv3_key = st.apiv3_key ~= nil,
+    mchid = st.mchid, -- whose callbacks these are (meta.mchid)
     -- Verify a signed message (lower-cased headers, raw body) like a response, with the
     -- same refresh on an unknown serial. Returns the key id, or nil and a signature error.
     verify = function(headers, body)

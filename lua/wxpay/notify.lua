@@ -84,7 +84,8 @@ function M.new(keyring)
   -- @treturn table|nil the notification (`id`, `create_time`, `event_type`, `resource_type`,
   --   `summary`, `resource`) with `resource_data`, the decoded plaintext
   -- @treturn table|nil err, with `answer = { status, body }`
-  -- @treturn table|nil meta `{ verified_by = serial, request_id, answer = { status = 204, body = "" } }`
+  -- @treturn table|nil meta `{ verified_by = serial, request_id, mchid (the client's),
+  --   answer = { status = 204, body = "" } }`
   function notify.parse(headers, body)
     if type(headers) ~= "table" then
       error("bad argument #1 to 'parse' (table expected, got " .. type(headers) .. ")", 2)
@@ -133,7 +134,7 @@ function M.new(keyring)
         { field = "resource" })
     end
     n.resource_data = data
-    return n, nil, { verified_by = key_id, request_id = h["request-id"],
+    return n, nil, { verified_by = key_id, request_id = h["request-id"], mchid = keyring.mchid,
                      answer = { status = 204, body = "" } }
   end
 

@@ -155,6 +155,17 @@ function M.bind(notify, st)
     local a, outcome, herr = M.run(st, n, meta, handler, opts)
     return a, outcome, n, herr
   end
+
+  --- The second half of `handle`, for a notification already returned by `parse` (a caller
+  -- that parsed it itself, such as `wxpay.router`): run `handler(n, meta)` once per id.
+  -- @return answer, outcome and, when not handled, what went wrong (as `handle`)
+  function notify.once(n, meta, handler, opts)
+    if type(n) ~= "table" then error("bad argument #1 to 'once' (table expected, got " .. type(n) .. ")", 2) end
+    if type(handler) ~= "function" then
+      error("bad argument #3 to 'once' (function expected, got " .. type(handler) .. ")", 2)
+    end
+    return M.run(st, n, meta, handler, opts)
+  end
   return notify
 end
 
