@@ -74,6 +74,8 @@ local INTERNAL = {
   ["verify.lua"] = true, ["retry.lua"] = true, ["pipeline.lua"] = true, ["redact.lua"] = true,
   -- the `on_request` events and their route templates (docs/observability.md)
   ["observe.lua"] = true, ["api/routes.lua"] = true,
+  -- behind the config keys of a rotation and client.reload (docs/rotation.md)
+  ["rotation.lua"] = true, ["reload.lua"] = true,
 }
 
 -- Names defined in PUBLIC files that are plumbing, not API (none today). Besides these, a

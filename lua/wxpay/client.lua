@@ -29,9 +29,9 @@ M.check_call_options = request.check_call_options
 
 -- What the API modules may use: the pipeline and the shared encoders, nothing secret.
 local function api_handle(st)
-  return {
-    offset_mode = st.offset_mode,
-    mchid = st.mchid, -- the default for stock_creator_mchid, belong_merchant and the like
+  -- `offset_mode` and `mchid` (the default for stock_creator_mchid, belong_merchant and the
+  -- like) are read from `st` each time: client.reload may change them.
+  return setmetatable({
     encode_json = json.encode,
     percent_encode = request.percent_encode,
     check_utf8 = request.check_utf8,
@@ -61,23 +61,28 @@ local function api_handle(st)
       end
       return pipeline.run(st, r)
     end,
-  }
+  }, { __index = function(_, k)
+    if k == "mchid" or k == "offset_mode" then return st[k] end
+  end })
 end
 
 -- What the callback and sensitive-field modules may use: the key ring as closures, never
 -- the key material itself.
 local function keyring_handle(st)
-  return {
-    has_apiv3_key = st.apiv3_key ~= nil,
-    mchid = st.mchid, -- whose callbacks these are (meta.mchid)
+  -- `has_apiv3_key` and `mchid` (whose callbacks these are) are read from `st` each time:
+  -- client.reload may change them.
+  local live = { has_apiv3_key = function() return st.apiv3_key ~= nil end,
+    mchid = function() return st.mchid end }
+  return setmetatable({
     -- Verify a signed message (lower-cased headers, raw body) like a response, with the
     -- same refresh on an unknown serial. Returns the key id, or nil and a signature error.
     verify = function(headers, body)
       keyring.prune_expired(st)
       return keyring.verify(st, { headers = headers, body = body, what = "callback" })
     end,
+    -- The APIv3 key, then the previous one while it is accepted (wxpay.rotation).
     decrypt_resource = function(nonce, aad, ciphertext)
-      return core.aes_gcm_decrypt(st.apiv3_key, nonce, aad, ciphertext)
+      return (require("wxpay.rotation").decrypt(st, nonce, aad, ciphertext))
     end,
     -- The key (and its serial) a request's default Wechatpay-Serial names.
     encryption_key = function()
@@ -90,7 +95,7 @@ local function keyring_handle(st)
       return key, serial
     end,
     decrypt_oaep = function(ciphertext) return st.private_key:decrypt_oaep(ciphertext) end,
-  }
+  }, { __index = function(_, k) return live[k] and live[k]() end })
 end
 
 -- `client.certificates`: the ring as the caller sees it.
@@ -127,7 +132,6 @@ function M.new(config, version)
   local st, err = config_mod.build(config, version or "0.0.0")
   if not st then return nil, err end
 
-  local label = string.format("wxpay.client (mchid %s, base_url %s)", st.mchid, st.base_url)
   local client = {}
 
   --- Call any APIv3 endpoint, signed and verified like the product functions.
@@ -159,6 +163,21 @@ function M.new(config, version)
 
   client.certificates = certificates(st)
 
+  --- Replace the client's settings (keys, serial, limits, hooks) with `config`, checked
+  -- and loaded first exactly as `wxpay.new` does; on failure nothing changes. Not from inside
+  -- a `client.concurrent` batch. See wxpay.reload and docs/rotation.md.
+  -- @tparam table config a complete config
+  -- @return true, or nil and a `config` error naming the key (the old settings stay)
+  function client.reload(new_config)
+    if type(new_config) ~= "table" then
+      error("bad argument #1 to 'reload' (table expected, got " .. type(new_config) .. ")", 2)
+    end
+    local ok, rerr = require("wxpay.reload").apply(st, new_config)
+    if not ok then return nil, rerr end
+    client.concurrent = require("wxpay.concurrent").attach(st, new_config)
+    return true
+  end
+
   --- Release the client's HTTP session (keys are freed by the garbage collector).
   function client.close()
     if st.transport.close then st.transport.close() end
@@ -180,7 +199,9 @@ function M.new(config, version)
 
   return setmetatable(client, {
     __metatable = "wxpay.client",
-    __tostring = function() return label end,
+    __tostring = function()
+      return string.format("wxpay.client (mchid %s, base_url %s)", st.mchid, st.base_url)
+    end,
   })
 end
 

@@ -28,6 +28,8 @@ local CONFIG_KEYS = {
   retry_after_max = true, sleep = true, now = true, monotonic = true,
   certificate_refresh_interval = true, store = true, qps = true,
   on_request = true,
+  wechatpay_public_keys = true, wechatpay_public_key_files = true, apiv3_key_previous = true,
+  apiv3_key_previous_until = true,
 }
 M.KEYS = CONFIG_KEYS
 
@@ -373,6 +375,7 @@ end
 -- transport comes last, so a config that fails a check opens no HTTP session.
 local STEPS = {
   M.check_keys, M.check_identity, M.load_merchant_key, M.check_apiv3_key, M.load_public_key,
+  function(c, s) return require("wxpay.rotation").check(c, s) end, -- more public keys, previous APIv3 key
   M.load_platform_certificates, M.check_hosts, M.check_numbers, M.check_strings, M.check_hooks,
   M.check_fleet,
 }
