@@ -45,6 +45,7 @@ build = {
       ["wxpay.sandbox.keys"] = "lua/wxpay/sandbox/keys.lua",
       ["wxpay.sandbox.media"] = "lua/wxpay/sandbox/media.lua",
       ["wxpay.sandbox.process"] = "lua/wxpay/sandbox/process.lua",
+      ["wxpay.sandbox.rotation"] = "lua/wxpay/sandbox/rotation.lua",
       ["wxpay.sandbox.server"] = "lua/wxpay/sandbox/server.lua",
       ["wxpay.sandbox.store"] = "lua/wxpay/sandbox/store.lua",
       ["wxpay.sandbox.util"] = "lua/wxpay/sandbox/util.lua",
