@@ -9,7 +9,7 @@
 --   handler runs; a delivery that finds a lease answers a retryable failure (WeChat Pay
 --   repeats it later) and does not run the handler;
 -- * when the handler returns true the id is stored as handled for `opts.keep` seconds
---   (default 7 days, at least a day) and only then is success (204) answered; a later
+--   (default 7 days, at least 25 hours) and only then is success (204) answered; a later
 --   delivery of a handled id answers success without running the handler;
 -- * when the handler fails (returns false or nil, or raises) the lease is released: the id
 --   stays unhandled and the next delivery runs the handler again;
@@ -26,7 +26,7 @@ local M = {}
 
 M.LEASE = 60          -- seconds a delivery holds an id while its handler runs
 M.KEEP = 7 * 86400    -- seconds a handled id is remembered
-local MIN_KEEP = 86400 -- WeChat Pay's retry window is about 24 hours
+local MIN_KEEP = 90000 -- 25 h: longer than WeChat Pay's retry window (15 repeats over about 24 h 4 min)
 local MAX_ID = 256
 local DONE = "done"
 
@@ -48,8 +48,8 @@ local function check_opts(opts)
     return nil, errors.invalid_argument("opts.lease", "must be a positive number of seconds, at most 86400")
   end
   if type(keep) ~= "number" or keep ~= keep or keep < MIN_KEEP or keep > 366 * 86400 then
-    return nil, errors.invalid_argument("opts.keep", "must be a number of seconds from 86400 (a day: WeChat Pay "
-      .. "repeats a callback for about 24 hours) to 31622400")
+    return nil, errors.invalid_argument("opts.keep", "must be a number of seconds from " .. MIN_KEEP
+      .. " (25 hours: WeChat Pay repeats a callback for about 24 hours) to 31622400")
   end
   if opts.store ~= nil and type(opts.store) ~= "string" and type(opts.store) ~= "table" then
     return nil, errors.invalid_argument("opts.store", "must be a store as the config key `store` takes")
