@@ -51,6 +51,7 @@ build = {
       ["wxpay.sandbox.paygift"] = "lua/wxpay/sandbox/paygift.lua",
       ["wxpay.sandbox.paygift_control"] = "lua/wxpay/sandbox/paygift_control.lua",
       ["wxpay.sandbox.process"] = "lua/wxpay/sandbox/process.lua",
+      ["wxpay.sandbox.rotation"] = "lua/wxpay/sandbox/rotation.lua",
       ["wxpay.sandbox.server"] = "lua/wxpay/sandbox/server.lua",
       ["wxpay.sandbox.store"] = "lua/wxpay/sandbox/store.lua",
       ["wxpay.sandbox.util"] = "lua/wxpay/sandbox/util.lua",

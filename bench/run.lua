@@ -4,7 +4,8 @@ package.cpath = "build/?.so;" .. package.cpath
 
 local sections = { "bench.core" }
 for _, extra in ipairs({ "bench.client", "bench.floor", "bench.openresty", "bench.reliability",
-                         "bench.campaign", "bench.scale", "bench.store", "bench.fleet", "bench.download" }) do
+                         "bench.campaign", "bench.scale", "bench.store", "bench.fleet", "bench.download",
+                         "bench.metrics" }) do
   local f = io.open(extra:gsub("%.", "/") .. ".lua")
   if f then f:close(); sections[#sections + 1] = extra end
 end

@@ -35,10 +35,13 @@ local PUBLIC = {
   ["api/partnerships.lua"] = { P = "client.partnerships" },
   ["api/media.lua"] = { media = "client.media" },
   ["notify.lua"] = { notify = "client.notify" },
+  ["notify_once.lua"] = { notify = "client.notify" },
   ["sensitive.lua"] = { s = "client" },
   ["transport/curl.lua"] = { M = "wxpay.transport.curl" },
   ["transport/ngx.lua"] = { M = "wxpay.transport.ngx" },
   ["flow.lua"] = { M = "wxpay.flow" },
+  ["metrics.lua"] = { M = "wxpay.metrics" },
+  ["router.lua"] = { M = "wxpay.router" },
 }
 PUBLIC["api/issue.lua"] = { issue = "client.issue" }
 
@@ -80,6 +83,10 @@ local INTERNAL = {
   ["verify.lua"] = true, ["retry.lua"] = true, ["pipeline.lua"] = true, ["redact.lua"] = true,
   -- integral floats as integers before config.lua's checks (docs/config.md)
   ["config_normalise.lua"] = true,
+  -- the `on_request` events and their route templates (docs/observability.md)
+  ["observe.lua"] = true, ["api/routes.lua"] = true,
+  -- behind the config keys of a rotation and client.reload (docs/rotation.md)
+  ["rotation.lua"] = true, ["reload.lua"] = true,
 }
 -- 发券: the checks behind wxpay.sign_v2, and client.busifavor.decrypt_jump_code (docs/issuing.md)
 INTERNAL["v2sign.lua"], INTERNAL["api/jump_code.lua"] = true, true

@@ -4,8 +4,10 @@
 --   POST /admin/partnerships            {"appid":…,"stock_id":…,"business_type":…,"idempotency_key"?:…}
 --   GET  /admin/partnerships?stock_id=…&business_type=…[&limit=50]   every relation, all pages
 --   POST /admin/partnerships/terminate  {"appid":…,"stock_id":…,"business_type":…}
---   POST /wxpay/notify                  WeChat Pay callbacks: 204 when verified and decrypted,
---                                       4xx/5xx {"code":"FAIL",…} otherwise
+--   GET  /metrics                       Prometheus text: calls, attempts, retries, latency
+--   POST /wxpay/notify                  WeChat Pay callbacks, each handled once across the
+--                                       workers: 204 once handled (now or before), 4xx/5xx
+--                                       {"code":"FAIL",…} otherwise (WeChat Pay repeats it)
 --   POST /coupons/send-params           发券: the signed <send-coupon> attributes of the
 --                                       logged-in user (issue_handler.lua)
 --
@@ -21,6 +23,7 @@ local wxpay = require("wxpay")
 local M = {}
 
 local client -- one per worker (inherited from the master), shared by all its requests
+local metrics -- wxpay.metrics over the lua_shared_dict wxpay_metrics (all workers)
 
 local function reply(status, value)
   ngx.status = status
@@ -78,6 +81,8 @@ function M.init(config_file)
       ngx.log(level == "warn" and ngx.WARN or ngx.ERR, message, " ", cjson.encode(fields or {}))
     end
   end
+  metrics = assert(require("wxpay.metrics").new{ dict = "wxpay_metrics" })
+  config.on_request = metrics.on_request
   local err
   client, err = wxpay.new(config)
   -- A string, so nginx prints it (an error table would show as "unknown error").
@@ -147,22 +152,38 @@ function M.issue_params()
   return require("issue_handler").plugin_params(client)
 end
 
---- The WeChat Pay callback: verify over the raw body, decrypt, answer 204 (accepted) or the
--- 4xx/5xx `{"code":"FAIL",…}` that makes WeChat Pay send it again later.
+--- GET: the Prometheus text format (version 0.0.4).
+function M.metrics()
+  ngx.header["Content-Type"] = "text/plain; version=0.0.4"
+  ngx.print(metrics.render())
+end
+
+-- The application's work for one notification (here: a log line). It runs once per
+-- notification id across the workers (and the hosts, with a Redis store); return true once
+-- it is durably done, false or nil (or raise) to have WeChat Pay deliver it again later.
+local function on_notification(n)
+  if n.event_type == "COUPON.SEND" then require("issue_handler").on_coupon_send(client, n) end
+  ngx.log(ngx.INFO, "wxpay callback ", n.id, " ", n.event_type, " handled")
+  return true
+end
+
+--- The WeChat Pay callback: verified over the raw body, decrypted, then handled once
+-- (`client.notify.handle`); the answer follows the durable record: 204 only once the
+-- handler succeeded and the store holds the id as handled.
 function M.notify()
   if ngx.req.get_method() ~= "POST" then return reply(405, { code = "FAIL", message = "POST" }) end
   ngx.req.read_body()
   local body = ngx.req.get_body_data() -- the raw bytes; nginx.conf keeps them in memory
-  local n, err, meta = client.notify.parse(ngx.req.get_headers(), body or "")
-  if not n then
+  local answer, outcome, _, err = client.notify.handle(ngx.req.get_headers(), body or "", on_notification,
+    { store = "ngx:wxpay_callbacks" })
+  if outcome == "refused" then
     ngx.log(ngx.WARN, "wxpay callback refused: ", tostring(err))
-    return reply(err.answer.status, err.answer.body)
+  elseif outcome ~= "handled" and outcome ~= "duplicate" then
+    ngx.log(ngx.WARN, "wxpay callback not handled (", outcome, "): ", tostring(err))
   end
-  -- Here the application records n.id (callbacks repeat) and acts on n.resource_data.
-  if n.event_type == "COUPON.SEND" then require("issue_handler").on_coupon_send(client, n) end
-  ngx.log(ngx.INFO, "wxpay callback ", n.id, " ", n.event_type, " accepted")
-  ngx.status = meta.answer.status
-  return ngx.exit(meta.answer.status)
+  ngx.status = answer.status
+  if answer.body ~= "" then ngx.header["Content-Type"] = "application/json"; ngx.print(answer.body) end
+  return ngx.exit(answer.status)
 end
 
 return M

@@ -29,9 +29,9 @@ M.check_call_options = request.check_call_options
 
 -- What the API modules may use: the pipeline and the shared encoders, nothing secret.
 local function api_handle(st)
-  return {
-    offset_mode = st.offset_mode,
-    mchid = st.mchid, -- the default for stock_creator_mchid, belong_merchant and the like
+  -- `offset_mode` and `mchid` (the default for stock_creator_mchid, belong_merchant and the
+  -- like) are read from `st` each time: client.reload may change them.
+  return setmetatable({
     encode_json = json.encode,
     percent_encode = request.percent_encode,
     check_utf8 = request.check_utf8,
@@ -46,6 +46,7 @@ local function api_handle(st)
         .. tostring(why), { code = "RANDOM_FAILED", connected = false, retryable = false })
     end,
     send = function(r)
+      r.product = true -- labelled with its declared route template (wxpay.api.routes)
       r.headers = { Accept = "application/json", ["User-Agent"] = st.user_agent }
       -- A multipart upload signs its meta JSON (`sign_body`) and sends the whole body.
       if r.body then r.headers["Content-Type"] = r.content_type or "application/json" end
@@ -60,22 +61,28 @@ local function api_handle(st)
       end
       return pipeline.run(st, r)
     end,
-  }
+  }, { __index = function(_, k)
+    if k == "mchid" or k == "offset_mode" then return st[k] end
+  end })
 end
 
 -- What the callback and sensitive-field modules may use: the key ring as closures, never
 -- the key material itself.
 local function keyring_handle(st)
-  return {
-    has_apiv3_key = st.apiv3_key ~= nil,
+  -- `has_apiv3_key` and `mchid` (whose callbacks these are) are read from `st` each time:
+  -- client.reload may change them.
+  local live = { has_apiv3_key = function() return st.apiv3_key ~= nil end,
+    mchid = function() return st.mchid end }
+  return setmetatable({
     -- Verify a signed message (lower-cased headers, raw body) like a response, with the
     -- same refresh on an unknown serial. Returns the key id, or nil and a signature error.
     verify = function(headers, body)
       keyring.prune_expired(st)
       return keyring.verify(st, { headers = headers, body = body, what = "callback" })
     end,
+    -- The APIv3 key, then the previous one while it is accepted (wxpay.rotation).
     decrypt_resource = function(nonce, aad, ciphertext)
-      return core.aes_gcm_decrypt(st.apiv3_key, nonce, aad, ciphertext)
+      return (require("wxpay.rotation").decrypt(st, nonce, aad, ciphertext))
     end,
     -- The key (and its serial) a request's default Wechatpay-Serial names.
     encryption_key = function()
@@ -88,7 +95,7 @@ local function keyring_handle(st)
       return key, serial
     end,
     decrypt_oaep = function(ciphertext) return st.private_key:decrypt_oaep(ciphertext) end,
-  }
+  }, { __index = function(_, k) return live[k] and live[k]() end })
 end
 
 -- `client.certificates`: the ring as the caller sees it.
@@ -114,6 +121,31 @@ local function certificates(st)
   return c
 end
 
+-- The product tables, the transfer helpers and the callback/cipher helpers, bound to `st`.
+local function bind_services(client, st, config)
+  local api = api_handle(st)
+  client.partnerships = require("wxpay.api.partnerships").new(api)
+  client.media = require("wxpay.api.media").new(api)
+  client.busifavor = require("wxpay.api.busifavor").new(api)
+  client.favor = require("wxpay.api.favor").new(api)
+  client.paygift = require("wxpay.api.paygift").new(api)
+  -- Many calls at once: wraps st.transport and st.sleep so tasks yield to a scheduler.
+  client.concurrent = require("wxpay.concurrent").attach(st, config)
+
+  -- A file whose answer is not signed, trusted by its hash (wxpay.download).
+  client.download = require("wxpay.download").bind(st, config)
+
+  local ring = keyring_handle(st)
+  client.notify = require("wxpay.notify").new(ring)
+  -- 发券: the APIv2 key signs, never leaving this closure; the jump code needs the APIv3 key.
+  client.issue = require("wxpay.api.issue").new(api, { has_key = function() return st.apiv2_key ~= nil end,
+    sign = function(params) return require("wxpay.v2sign").sign(params, st.apiv2_key) end })
+  client.busifavor.decrypt_jump_code = require("wxpay.api.jump_code").new(ring)
+  require("wxpay.notify_once").bind(client.notify, st) -- client.notify.handle: once per id
+  local sensitive = require("wxpay.sensitive").new(ring)
+  client.encrypt, client.decrypt = sensitive.encrypt, sensitive.decrypt
+end
+
 --- Create a client. Use `wxpay.new` instead of calling this directly.
 -- @tparam table config see docs/config.md; unknown keys are refused
 -- @tparam string version the library version (for the User-Agent)
@@ -125,7 +157,6 @@ function M.new(config, version)
   local st, err = config_mod.build(config, version or "0.0.0")
   if not st then return nil, err end
 
-  local label = string.format("wxpay.client (mchid %s, base_url %s)", st.mchid, st.base_url)
   local client = {}
 
   --- Call any APIv3 endpoint, signed and verified like the product functions.
@@ -157,35 +188,34 @@ function M.new(config, version)
 
   client.certificates = certificates(st)
 
+  --- Replace the client's settings (keys, serial, limits, hooks) with `config`, checked
+  -- and loaded first exactly as `wxpay.new` does; on failure nothing changes. Not from inside
+  -- a `client.concurrent` batch. See wxpay.reload and docs/rotation.md.
+  -- @tparam table config a complete config
+  -- @return true, or nil and a `config` error naming the key (the old settings stay)
+  function client.reload(new_config)
+    if type(new_config) ~= "table" then
+      error("bad argument #1 to 'reload' (table expected, got " .. type(new_config) .. ")", 2)
+    end
+    local ok, rerr = require("wxpay.reload").apply(st, new_config)
+    if not ok then return nil, rerr end
+    client.concurrent = require("wxpay.concurrent").attach(st, new_config)
+    client.download = require("wxpay.download").bind(st, new_config) -- its ca_file and proxy
+    return true
+  end
+
   --- Release the client's HTTP session (keys are freed by the garbage collector).
   function client.close()
     if st.transport.close then st.transport.close() end
   end
 
-  local api = api_handle(st)
-  client.partnerships = require("wxpay.api.partnerships").new(api)
-  client.media = require("wxpay.api.media").new(api)
-  client.busifavor = require("wxpay.api.busifavor").new(api)
-  client.favor = require("wxpay.api.favor").new(api)
-  client.paygift = require("wxpay.api.paygift").new(api)
-  -- Many calls at once: wraps st.transport and st.sleep so tasks yield to a scheduler.
-  client.concurrent = require("wxpay.concurrent").attach(st, config)
-
-  -- A file whose answer is not signed, trusted by its hash (wxpay.download).
-  client.download = require("wxpay.download").bind(st, config)
-
-  local ring = keyring_handle(st)
-  client.notify = require("wxpay.notify").new(ring)
-  -- 发券: the APIv2 key signs, never leaving this closure; the jump code needs the APIv3 key.
-  client.issue = require("wxpay.api.issue").new(api, { has_key = function() return st.apiv2_key ~= nil end,
-    sign = function(params) return require("wxpay.v2sign").sign(params, st.apiv2_key) end })
-  client.busifavor.decrypt_jump_code = require("wxpay.api.jump_code").new(ring)
-  local sensitive = require("wxpay.sensitive").new(ring)
-  client.encrypt, client.decrypt = sensitive.encrypt, sensitive.decrypt
+  bind_services(client, st, config)
 
   return setmetatable(client, {
     __metatable = "wxpay.client",
-    __tostring = function() return label end,
+    __tostring = function()
+      return string.format("wxpay.client (mchid %s, base_url %s)", st.mchid, st.base_url)
+    end,
   })
 end
 

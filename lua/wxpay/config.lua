@@ -29,6 +29,9 @@ local CONFIG_KEYS = {
   retry_after_max = true, sleep = true, now = true, monotonic = true,
   certificate_refresh_interval = true, store = true, qps = true,
   pool_size = true,
+  on_request = true,
+  wechatpay_public_keys = true, wechatpay_public_key_files = true, apiv3_key_previous = true,
+  apiv3_key_previous_until = true,
 }
 CONFIG_KEYS.apiv2_key = true -- the 发券 signatures (wxpay.api.issue)
 M.KEYS = CONFIG_KEYS
@@ -351,7 +354,7 @@ function M.check_hooks(config, st)
   -- Under OpenResty the default sleep is ngx.sleep wherever that works (it yields).
   local default_sleep = rawget(_G, "ngx") and require("wxpay.transport.ngx").sleep or core.sleep
   for _, f in ipairs({ { "logger", false }, { "sleep", default_sleep }, { "now", core.time },
-                       { "monotonic", core.monotonic } }) do
+                       { "monotonic", core.monotonic }, { "on_request", false } }) do
     local v, err = check_function(config, f[1], f[2])
     if v == nil then return nil, err end
     st[f[1]] = v or nil
@@ -394,6 +397,7 @@ end
 -- transport comes last, so a config that fails a check opens no HTTP session.
 local STEPS = {
   M.check_keys, M.check_identity, M.load_merchant_key, M.check_apiv3_key, M.load_public_key,
+  function(c, s) return require("wxpay.rotation").check(c, s) end, -- more public keys, previous APIv3 key
   M.load_platform_certificates, M.check_hosts, M.check_numbers, M.check_strings, M.check_hooks,
   M.check_fleet,
 }

@@ -69,9 +69,10 @@ function M.list(st)
   M.prune_expired(st)
   local out = {}
   if st.public_key then out[1] = { serial_no = st.public_key.id, source = "public_key" } end
+  for id in pairs(st.public_keys or {}) do out[#out + 1] = { serial_no = id, source = "public_key" } end
   for _, c in ipairs(st.certificates) do
     out[#out + 1] = { serial_no = c.serial, not_before = c.not_before, not_after = c.not_after,
-      source = c.source }
+      source = c.source, decrypted_with = c.decrypted_with }
   end
   return out
 end
@@ -127,7 +128,7 @@ local function decrypt_entry(st, i, entry, now)
     return false, "decode", "entry " .. i .. " is malformed"
   end
   local aad = type(ec.associated_data) == "string" and ec.associated_data or ""
-  local pem = core.aes_gcm_decrypt(st.apiv3_key, ec.nonce, aad, ec.ciphertext)
+  local pem, which = require("wxpay.rotation").decrypt(st, ec.nonce, aad, ec.ciphertext)
   if not pem then
     return false, "signature", "entry " .. i .. " does not decrypt with the apiv3_key", { check = "decrypt" }
   end
@@ -139,7 +140,7 @@ local function decrypt_entry(st, i, entry, now)
   end
   if cert:not_before() <= now and now <= cert:not_after() then
     return { serial = entry.serial_no:upper(), key = cert:public_key(), not_before = cert:not_before(),
-      not_after = cert:not_after(), source = "downloaded" }
+      not_after = cert:not_after(), source = "downloaded", decrypted_with = which }
   end
 end
 

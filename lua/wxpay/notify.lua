@@ -101,7 +101,8 @@ function M.new(keyring)
   --   the resource's `attach_info` typed (a COUPON.SEND from 支付有礼 carries `act_code`, the
   --   activity id, and `transaction_id`, both strings; nil when the resource has none)
   -- @treturn table|nil err, with `answer = { status, body }`
-  -- @treturn table|nil meta `{ verified_by = serial, request_id, answer = { status = 204, body = "" } }`
+  -- @treturn table|nil meta `{ verified_by = serial, request_id, mchid (the client's),
+  --   answer = { status = 204, body = "" } }`
   function notify.parse(headers, body)
     if type(headers) ~= "table" then
       error("bad argument #1 to 'parse' (table expected, got " .. type(headers) .. ")", 2)
@@ -151,7 +152,7 @@ function M.new(keyring)
     end
     n.resource_data = data
     n.attach_info = attach_info(data.attach_info)
-    return n, nil, { verified_by = key_id, request_id = h["request-id"],
+    return n, nil, { verified_by = key_id, request_id = h["request-id"], mchid = keyring.mchid,
                      answer = { status = 204, body = "" } }
   end
 

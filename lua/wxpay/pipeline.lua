@@ -10,6 +10,7 @@ local errors = require("wxpay.errors")
 local fleet = require("wxpay.fleet")
 local json = require("wxpay.json")
 local keyring = require("wxpay.keyring")
+local observe = require("wxpay.observe")
 local redact = require("wxpay.redact")
 local retry = require("wxpay.retry")
 local verify = require("wxpay.verify")
@@ -139,15 +140,20 @@ local function send_attempt(st, r, remaining)
   local first, second = retry.hosts(st)
   local t_start = st.monotonic()
   local resp, terr, base, leg_used
+  local tr, t = r.trace, nil -- on_request timings (wxpay.observe), only when a hook listens
   for leg = 1, second and 2 or 1 do
     leg_used = leg
     base = leg == 1 and first or second
     if st.fleet then -- the shared rate budget: wait for a start, no longer than the call can
       local left = remaining and remaining - (st.monotonic() - t_start) or r.timeout
+      if tr then t = st.monotonic() end
       local ok, berr = fleet.before_send(st, r, left)
+      if tr then observe.lap(st, tr, "budget_wait", t) end
       if not ok then resp, terr = nil, terr or berr; break end
     end
+    if tr then t = st.monotonic() end
     local headers, serr = signed_headers(st, r)
+    if tr then observe.lap(st, tr, "signing", t) end
     if not headers then resp, terr = nil, serr; break end
     local timeout, connect_timeout = r.timeout, r.connect_timeout
     if remaining then
@@ -163,11 +169,13 @@ local function send_attempt(st, r, remaining)
       log(st, "debug", "wxpay request", { method = r.method, path = r.target, base_url = base,
         attempt = r.attempt, idempotency_key = r.idempotency_key }, r.sent)
     end
+    if tr then t = st.monotonic() end
     resp, terr = st.transport.request{ method = r.method, url = base .. r.target,
       target = r.target, headers = headers, body = r.body, timeout = timeout,
       connect_timeout = connect_timeout,
       -- Sent at most once: transports must not silently re-send it on a new connection.
       fresh_connect = not retry.repeatable(r) or nil }
+    if tr then observe.lap(st, tr, "transfer", t) end
     if resp and st.fleet then fleet.answered(st, r, resp) end -- a 429 slows everyone
     if resp then break end
     if not retry.fail_over(terr, leg, second) then break end
@@ -184,7 +192,9 @@ end
 -- or nil, err.
 local function success(st, r, resp, meta)
   if r.verify ~= false then
+    local t = r.trace and st.monotonic()
     local key_id, verr = keyring.verify(st, resp)
+    if t then observe.lap(st, r.trace, "verification", t) end
     if not key_id then
       verr.attempts, verr.idempotency_key = meta.attempts, r.idempotency_key
       redact.error(st, verr, r.sent)
@@ -240,11 +250,15 @@ function M.perform(st, r)
     attempt = attempt + 1
     r.attempt = attempt
     local remaining = deadline and deadline - (st.monotonic() - t0) or nil
+    if r.trace then observe.attempt_begin(st, r.trace) end
     local resp, terr, base = send_attempt(st, r, remaining)
     local err
     if resp then
       local done, data, derr, meta = outcome(st, r, resp, base, attempt)
-      if done then return data, derr, meta end
+      if done then
+        if r.trace then observe.attempt_end(st, r, r.trace, base, meta, derr) end
+        return data, derr, meta
+      end
       err = data
     else
       err = transport_error(st, terr, r.sent, base)
@@ -254,6 +268,7 @@ function M.perform(st, r)
       end
     end
     err.attempts, err.idempotency_key = attempt, r.idempotency_key
+    if r.trace then observe.attempt_end(st, r, r.trace, base, nil, err) end
     if not err.retryable or err.retry_skipped or attempt > max_retries then return nil, err end
     local delay = retry.delay(st, attempt, resp)
     if deadline and (st.monotonic() - t0) + delay >= deadline then
@@ -268,15 +283,26 @@ function M.perform(st, r)
   end
 end
 
---- Everything a call goes through: certificates ready, request serial chosen, then
--- `perform`.
--- @return data, nil, meta or nil, err
-function M.run(st, r)
+local function run(st, r)
   local ok, err = keyring.ensure(st)
   if not ok then return nil, err end
   local serial = r.wechatpay_serial or keyring.request_serial(st)
   if serial then r.headers["Wechatpay-Serial"] = serial end
   return M.perform(st, r)
+end
+
+--- Everything a call goes through: certificates ready, request serial chosen, then
+-- `perform`; `meta.elapsed` or `err.elapsed` (seconds) is the whole call, and the
+-- `on_request` hook (wxpay.observe) hears of every attempt and of the call.
+-- @return data, nil, meta or nil, err
+function M.run(st, r)
+  local t0 = st.monotonic()
+  r.trace = observe.start(st, r, t0)
+  local data, err, meta = run(st, r)
+  local elapsed = st.monotonic() - t0
+  if data then meta.elapsed = elapsed else err.elapsed = elapsed end
+  if r.trace then observe.call_end(st, r, r.trace, data and meta, err, elapsed) end
+  return data, err, meta
 end
 
 return M

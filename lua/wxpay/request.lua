@@ -54,7 +54,7 @@ end
 local METHODS = { GET = true, POST = true, PUT = true, PATCH = true, DELETE = true }
 local REQUEST_KEYS = { method = true, path = true, query = true, body = true, headers = true,
   idempotency_key = true, wechatpay_serial = true, verify = true, timeout = true,
-  connect_timeout = true, deadline = true, max_retries = true }
+  connect_timeout = true, deadline = true, max_retries = true, on_request = true, route = true }
 -- Set by the client, or (Transfer-Encoding, Connection) deciding how the body is framed
 -- and the connection kept: a caller's value could desynchronise the transport's framing.
 local RESERVED_HEADERS = { authorization = true, host = true, ["content-length"] = true,
@@ -175,6 +175,9 @@ function M.check_call_options(t, prefix)
   if t.wechatpay_serial ~= nil then
     local ok, e = check_header_value(prefix .. "wechatpay_serial", t.wechatpay_serial)
     if not ok then return nil, e end
+  end
+  if t.on_request ~= nil and type(t.on_request) ~= "function" then
+    return nil, errors.invalid_argument(prefix .. "on_request", "must be a function")
   end
   return true
 end
@@ -367,11 +370,15 @@ function M.prepare(spec, user_agent)
   end
   local ok, oerr = M.check_call_options(spec, "")
   if not ok then return nil, oerr end
+  if spec.route ~= nil and (type(spec.route) ~= "string" or not spec.route:match("^/[^?#%c]*$")) then
+    return nil, errors.invalid_argument("route", "must be a path template starting with / (no query)")
+  end
   return {
     method = method, target = target, body = body, headers = headers,
     idempotency_key = idempotency_key or nil, verify = spec.verify, wechatpay_serial = wechatpay_serial,
     timeout = spec.timeout, connect_timeout = spec.connect_timeout,
     deadline = spec.deadline, max_retries = spec.max_retries,
+    on_request = spec.on_request, route = spec.route,
   }
 end
 

@@ -39,6 +39,7 @@ end
 -- certificate by serial. Nil and a reason for an expired one; nil alone when unknown.
 local function find_key(st, want, certificates)
   if st.public_key and st.public_key.id:upper() == want then return st.public_key.key end
+  if st.public_keys and st.public_keys[want] then return st.public_keys[want] end -- during a rotation
   local now, wanted = st.now(), serial_key(want)
   for _, c in ipairs(certificates or st.certificates) do
     if serial_key(c.serial) == wanted then

@@ -15,7 +15,7 @@ local paging = require("wxpay.api.paging")
 local M = {}
 
 local OPTS_KEYS = { timeout = true, connect_timeout = true, deadline = true,
-  max_retries = true, wechatpay_serial = true }
+  max_retries = true, wechatpay_serial = true, on_request = true }
 -- The largest offset a page may state: 2^31 - 1.
 local MAX_OFFSET = 2147483647
 
@@ -58,7 +58,8 @@ end
 local function request(method, target, body, opts)
   return { method = method, target = target, body = body, timeout = opts.timeout,
     connect_timeout = opts.connect_timeout, deadline = opts.deadline,
-    max_retries = opts.max_retries, wechatpay_serial = opts.wechatpay_serial }
+    max_retries = opts.max_retries, wechatpay_serial = opts.wechatpay_serial,
+    on_request = opts.on_request }
 end
 
 -- Put the request numbers (`{ out_request_no = "…" }`) on the meta or the error.
@@ -78,6 +79,7 @@ end
 function M.write(api, method, target, body, opts, numbers)
   local r = request(method, target, body and api.encode_json(body) or nil, opts)
   r.idempotent = true
+  r.request_numbers = numbers
   local data, err, meta = api.send(r)
   if not data then return nil, tag(err, numbers), meta end
   return data, nil, tag(meta or {}, numbers)

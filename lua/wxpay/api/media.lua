@@ -48,7 +48,8 @@ local TYPES = {
 }
 
 local OPTS_KEYS = { filename = true, endpoint = true, timeout = true, connect_timeout = true,
-  deadline = true, max_retries = true, wechatpay_serial = true, max_bytes = true }
+  deadline = true, max_retries = true, wechatpay_serial = true, max_bytes = true,
+  on_request = true }
 -- The largest `opts.max_bytes`: twice the largest size any page gives.
 local MAX_BYTES = 10 * MB
 
@@ -172,7 +173,7 @@ function M.new(api)
       content_type = content_type,
       wechatpay_serial = opts.wechatpay_serial, timeout = opts.timeout,
       connect_timeout = opts.connect_timeout, deadline = opts.deadline,
-      max_retries = opts.max_retries }
+      max_retries = opts.max_retries, on_request = opts.on_request }
   end
 
   return media

@@ -44,10 +44,10 @@ local invalid = errors.invalid_argument
 local PARTNER_TYPES = { APPID = true, MERCHANT = true }
 local BUSINESS_TYPES = { FAVOR_STOCK = true, BUSIFAVOR_STOCK = true }
 local OPTS_KEYS = { idempotency_key = true, wechatpay_serial = true, timeout = true,
-  connect_timeout = true, deadline = true, max_retries = true }
+  connect_timeout = true, deadline = true, max_retries = true, on_request = true }
 -- page and list: the call options and extra headers (Accept-Language, …); no key.
 local READ_OPTS_KEYS = { timeout = true, connect_timeout = true, deadline = true,
-  max_retries = true, headers = true }
+  max_retries = true, headers = true, on_request = true }
 local BUILD_PATH = "/v3/marketing/partnerships/build"
 local TERMINATE_PATH = "/v3/marketing/partnerships/terminate"
 local LIST_PATH = "/v3/marketing/partnerships"
@@ -227,7 +227,7 @@ local function write_call(api, fname, path, params, opts)
   return api.send{ method = "POST", target = path, body = body, idempotency_key = key,
     wechatpay_serial = opts.wechatpay_serial, timeout = opts.timeout,
     connect_timeout = opts.connect_timeout, deadline = opts.deadline,
-    max_retries = opts.max_retries }
+    max_retries = opts.max_retries, on_request = opts.on_request }
 end
 
 -- Validate list/page params; returns the canonical query builder inputs.
@@ -290,7 +290,7 @@ local function read_options(api, opts)
   headers, err = api.check_extra_headers(opts.headers, "opts.headers")
   if err then return nil, err end
   return { timeout = opts.timeout, connect_timeout = opts.connect_timeout, deadline = opts.deadline,
-    max_retries = opts.max_retries, headers = headers }
+    max_retries = opts.max_retries, headers = headers, on_request = opts.on_request }
 end
 
 -- The docs say an empty result is an error without naming its code: any 404 from the list
@@ -303,7 +303,7 @@ end
 local function fetch_page(api, q, limit, offset, o)
   local data, err, meta = api.send{ method = "GET", target = list_target(api, q, limit, offset),
     timeout = o.timeout, connect_timeout = o.connect_timeout, deadline = o.deadline,
-    max_retries = o.max_retries, extra_headers = o.headers }
+    max_retries = o.max_retries, extra_headers = o.headers, on_request = o.on_request }
   if not data then
     if err.kind == "api" and err.status == 404 then return empty_page(err, limit, offset) end
     return nil, err, meta

@@ -111,7 +111,8 @@ local function partner_task(r, p)
   return function()
     if r.stop or core.signal_pending() then r.ended_ok = r.ended_ok + 1; return "skipped" end
     local rel, err, meta = r.client.partnerships[r.action.call]({ partner = partner_of(p),
-      authorized_data = r.authorized_data }, { idempotency_key = p.idempotency_key })
+      authorized_data = r.authorized_data }, { idempotency_key = p.idempotency_key,
+      on_request = r.figures.on_request })
     local outcome = outcome_of(r, partner_of(p), rel, err, meta)
     if p.state == "failed" then r.errors = r.errors - 1 end
     if outcome.state == "failed" then r.errors = r.errors + 1 end
@@ -350,6 +351,7 @@ local function finish(o, r, counts)
   r.progress.finish(counts.done + counts.failed, counts.failed)
   o.out:write(string.format("campaign %s: %d partners, %d done, %d failed, %d not finished\n", r.campaign,
     counts.total, counts.done, counts.failed, counts.pending + counts.sending))
+  o.out:write(output.figures(r.figures.summary()))
   return (counts.done == counts.total) and 0 or 1
 end
 
@@ -386,6 +388,7 @@ local function execute(o)
   local counts = journal:counts(campaign)
   local r = { journal = journal, campaign = campaign, client = o.client, done = counts.total - #todo,
     errors = counts.failed, ended_ok = 0, authorized_data = { business_type = o.business_type, stock_id = o.stock },
+    figures = require("wxpay.metrics").recorder(),
     action = o.action, max_errors = o.max_errors or 20, streak = { n = 0, partners = {} } }
   r.progress = o.no_progress and { update = function() end, finish = function() end }
     or output.progress{ total = counts.total, start = r.done, tty = o.tty == nil and is_tty() or o.tty,

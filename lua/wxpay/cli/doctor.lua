@@ -224,9 +224,16 @@ local function check_apiv3_decrypts(config, data, add)
       .. "(client.notify.parse decrypts its resource) and see that it decrypts.")
     return
   end
-  if core.aes_gcm_decrypt(config.apiv3_key, tostring(ec.nonce), tostring(ec.associated_data or ""),
-                          tostring(ec.ciphertext)) then
-    add("apiv3_key decrypts", "ok", "decrypts the platform certificates")
+  local function decrypts(key)
+    return type(key) == "string" and core.aes_gcm_decrypt(key, tostring(ec.nonce),
+      tostring(ec.associated_data or ""), tostring(ec.ciphertext)) ~= nil
+  end
+  if decrypts(config.apiv3_key) then
+    add("apiv3_key decrypts", "ok", "apiv3_key decrypts the platform certificates")
+  elseif decrypts(config.apiv3_key_previous) then
+    add("apiv3_key decrypts", "warn", "apiv3_key_previous (the previous key) decrypted the platform certificates, "
+      .. "not apiv3_key", "WeChat Pay still uses the previous APIv3 key: the new one is not set in the merchant "
+      .. "platform yet, or apiv3_key is wrong (docs/rotation.md#apiv3-key).")
   else
     add("apiv3_key decrypts", "fail", "the platform certificates do not decrypt with apiv3_key",
       "This is not the merchant's APIv3 key: copy it again from the merchant platform "

@@ -200,6 +200,14 @@ function M.duration(s)
   return s .. "s"
 end
 
+--- The figures line after a campaign run (`wxpay.metrics.recorder`'s summary):
+-- `calls N, latency p50 12.3 ms, p99 45.6 ms, R retries, K answers 429`.
+function M.figures(s)
+  local function ms(v) return v and string.format("%.1f ms", v * 1000) or "-" end
+  return string.format("calls %d, latency p50 %s, p99 %s, %d retries, %d answers 429\n", s.calls,
+    ms(s.p50), ms(s.p99), s.retries, s.status_429)
+end
+
 --- A progress display: a redrawn bar on a terminal, a plain line every `every` seconds
 -- (and at the end) otherwise.
 -- @tparam table opts `total`, `start` (done before), `tty` (boolean), `out` (file, default

@@ -97,13 +97,13 @@ local function authenticate(state, req, body)
     return nil, sign_error("Http头Authorization中的timestamp与发起请求的时间不得超过5分钟",
                            { field = "timestamp", location = "authorization" })
   end
-  if auth.mchid ~= state.keys.mchid or auth.serial_no ~= state.keys.serial_no then
-    return nil, sign_error("商户证书序列号有误。",
-                           { field = "serial_no", location = "authorization" })
+  -- The merchant key of this serial (several during a rotation: wxpay.sandbox.rotation).
+  local mkey = (state.merchant_keys or { [state.keys.serial_no] = state.crypto.merchant_public_key })[auth.serial_no]
+  if auth.mchid ~= state.keys.mchid or not mkey then
+    return nil, sign_error("商户证书序列号有误。", { field = "serial_no", location = "authorization" })
   end
-  local message = table.concat({ req.method, req.target, auth.timestamp, auth.nonce_str,
-                                 body }, "\n") .. "\n"
-  if not state.crypto.merchant_public_key:verify(message, auth.signature) then
+  local message = table.concat({ req.method, req.target, auth.timestamp, auth.nonce_str, body }, "\n") .. "\n"
+  if not mkey:verify(message, auth.signature) then
     local path = req.target:match("^[^?]*")
     -- Like the real service: the first lines of the string it built, body cut short.
     local truncated = table.concat({ req.method, req.target, auth.timestamp, auth.nonce_str,

@@ -183,6 +183,7 @@ local ROUTES = {
   ["/_sandbox/reset"] = { POST = function(server)
     server:reset()
     server.state.media, server.state.callbacks = nil, nil -- uploads and callbacks too
+    require("wxpay.sandbox.rotation").restore(server.state) -- and the keys of a rotation
     return reply(200, { ok = true })
   end },
   ["/_sandbox/seed"] = { POST = function(server, req)
@@ -286,6 +287,11 @@ local ROUTES = {
     if not ok then return bad(err) end
     return reply(200, config_view(server.state.config))
   end },
+  ["/_sandbox/rotate/public_key"] = { POST = function(server, req) return M.rotate(server, req, "public_key") end },
+  ["/_sandbox/rotate/apiv3_key"] = { POST = function(server, req) return M.rotate(server, req, "apiv3_key") end },
+  ["/_sandbox/rotate/merchant_certificate"] = { POST = function(server, req)
+    return M.rotate(server, req, "merchant_certificate")
+  end },
   -- What WeChat Pay would decrypt: an OAEP ciphertext under the key `serial` names.
   ["/_sandbox/decrypt"] = { POST = function(server, req)
     local spec = body_table(req)
@@ -301,6 +307,15 @@ local ROUTES = {
     return reply(200, { plaintext = plaintext })
   end },
 }
+
+--- One of the key rotation switches (wxpay.sandbox.rotation).
+function M.rotate(server, req, what)
+  local spec = body_table(req)
+  if not spec then return bad("body must be a JSON object") end
+  local out, err = require("wxpay.sandbox.rotation")[what](server.state, spec)
+  if not out then return bad(err) end
+  return reply(200, out)
+end
 
 --- Answer one control request.
 -- @tparam table server the running sandbox server

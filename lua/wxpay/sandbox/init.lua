@@ -18,6 +18,7 @@ then logs one line per API request to stderr.
 Options:
   --host HOST               address to listen on (default 127.0.0.1)
   --port N                  port, 0 = ephemeral (default 0)
+  --mchid MCHID             the merchant it plays (default 1900000001; one --dir per merchant)
   --dir DIR                 state directory for keys (default: a fresh temporary
                             directory under $TMPDIR, removed on exit); keys already in
                             DIR are reused. DIR is made 0700 and its files 0600; an
@@ -46,6 +47,7 @@ local VALUES = {
   ["--seed"] = "seed", ["--offset-mode"] = "offset_mode", ["--empty-list"] = "empty_list",
   ["--exit-with-pid"] = "exit_with_pid", ["--fault-seed"] = "fault_seed",
   ["--unknown-stocks"] = "unknown_stocks",
+  ["--mchid"] = "mchid",
 }
 local FLAGS = {
   ["--no-state-in-list"] = "no_state_in_list", ["--quiet"] = "quiet", ["--help"] = "help",
@@ -96,6 +98,7 @@ function M.parse_args(argv)
     end
   end
   if opts.no_state_in_list then opts.state_in_list = false end
+  if opts.mchid ~= nil and not opts.mchid:match("^%d+$") then return nil, "--mchid needs digits" end
   return opts
 end
 
@@ -105,7 +108,7 @@ end
 function M.start(opts)
   local keys_mod = require("wxpay.sandbox.keys")
   local server_mod = require("wxpay.sandbox.server")
-  local keys = keys_mod.load(opts.dir or keys_mod.tempdir())
+  local keys = keys_mod.load(opts.dir or keys_mod.tempdir(), opts.mchid)
   local server = server_mod.new{
     keys = keys, host = opts.host, port = opts.port, mode = opts.mode,
     offset_mode = opts.offset_mode, empty_list = opts.empty_list,

@@ -155,7 +155,7 @@ local FILES = {
   wechatpay_public_key_file = "pub_key.pem",
 }
 
-local function generate(dir)
+local function generate(dir, mchid)
   local files = {}
   local ca_key = rsa_key()
   local ca = make_cert{ serial = serial_hex(), key = ca_key, ca = true, days = 3650,
@@ -173,7 +173,7 @@ local function generate(dir)
   }:toPEM()
   files.server_key_file = server_key:toPEM("private")
 
-  local manifest = { version = MANIFEST_VERSION, mchid = M.MCHID }
+  local manifest = { version = MANIFEST_VERSION, mchid = mchid or M.MCHID }
   local function keypair(prefix, cn, o, days)
     local key = rsa_key()
     local serial = serial_hex()
@@ -183,7 +183,7 @@ local function generate(dir)
   end
 
   local merchant_cert
-  manifest.serial_no, merchant_cert = keypair("merchant", M.MCHID, "wxpay sandbox merchant", 1825)
+  manifest.serial_no, merchant_cert = keypair("merchant", manifest.mchid, "wxpay sandbox merchant", 1825)
   files.merchant_certificate_file = merchant_cert
   files.private_key_file = files.merchant_key_file
   files.merchant_key_file = nil
@@ -239,10 +239,12 @@ end
 
 --- Load the sandbox keys from `dir`, generating and saving them first when missing.
 -- @tparam string dir state directory (created if needed)
+-- @tparam[opt] string mchid the merchant the keys are made for (default 1900000001); keys of
+--   another merchant already in `dir` raise
 -- @treturn table keys: `dir`, `mchid`, `serial_no`, `platform_serial_no`,
 --   `platform2_serial_no`, `wechatpay_public_key_id`, `apiv3_key`, `files` (field -> path)
 --   and `pem` (field -> PEM text)
-function M.load(dir)
+function M.load(dir, mchid)
   local ok, err = M.mkdir(dir)
   if not ok then error(err, 0) end
   -- The printed config must work from any working directory.
@@ -254,8 +256,11 @@ function M.load(dir)
   local manifest = load_manifest(dir)
   if not manifest then
     manifest = with_lock(dir, function()
-      return load_manifest(dir) or generate(dir)
+      return load_manifest(dir) or generate(dir, mchid)
     end)
+  end
+  if mchid and manifest.mchid ~= mchid then
+    error("--dir " .. dir .. " holds the keys of mchid " .. tostring(manifest.mchid) .. "; give another --dir", 0)
   end
   local keys = { dir = dir, files = {}, pem = {} }
   for k, v in pairs(manifest) do keys[k] = v end

@@ -63,7 +63,7 @@ local function alive(pid)
 end
 
 --- Start a sandbox.
--- @tparam[opt] table opts `mode`, `offset_mode`, `empty_list`, `state_in_list` (false adds
+-- @tparam[opt] table opts `mode`, `offset_mode`, `empty_list`, `mchid`, `state_in_list` (false adds
 --   --no-state-in-list), `seed`, `fault_seed`, `dir` (default build/sandbox-keys: keys are reused),
 --   `args` (extra arguments), `timeout` (seconds to wait for the startup line, default 10),
 --   `verbose` (keep the request log; `sb:stderr()` returns it), `nofile` (the process's
@@ -85,7 +85,7 @@ function M.start(opts)
     args[#args + 1] = "--exit-with-pid"
     args[#args + 1] = tostring(me)
   end
-  for _, name in ipairs{ "mode", "offset_mode", "empty_list", "seed", "fault_seed" } do
+  for _, name in ipairs{ "mode", "offset_mode", "empty_list", "seed", "fault_seed", "mchid" } do
     if opts[name] ~= nil then
       args[#args + 1] = "--" .. name:gsub("_", "-")
       args[#args + 1] = tostring(opts[name])
