@@ -151,6 +151,31 @@ describe("wxpay.sign_v2 against the openssl binary", function()
   end)
 end)
 
+describe("wxpay.sign_v2 signs any UTF-8 text", function()
+  -- The V2 rule signs raw UTF-8 bytes; WeChat's APIv3 JSON refusal of 4-byte characters
+  -- does not make them unsignable (a coupon_code or a generic V2 value may hold one).
+  it("4-byte characters (emoji) agree with an HMAC computed by the openssl binary", function()
+    local dir = h.tmpdir()
+    local key = "exposed_your_key_here_have_risks"
+    local msg = "coupon_code0=\240\159\142\159券&out_request_no0=abc123&send_coupon_merchant=10016226"
+      .. "&stock_id0=1234567&key=" .. key
+    h.write(dir .. "/msg", msg)
+    local out, ok = h.sh("openssl dgst -sha256 -hmac " .. h.q(key) .. " " .. h.q(dir .. "/msg"))
+    assert.is_true(ok)
+    local sign, err = wxpay.sign_v2(params_of(msg), key)
+    assert.is_nil(err)
+    assert.equal(out:match("= (%x+)%s*$"):upper(), sign)
+  end)
+  it("but not invalid UTF-8, also after a 4-byte character", function()
+    for _, bad in ipairs{ "\255", "\240\159\142", "\240\159\142\159\255", "\244\144\128\128",
+                          "\237\160\128" } do
+      local sign, err = wxpay.sign_v2({ a = bad }, KEY)
+      assert.is_nil(sign)
+      assert.equal("a", err.field)
+    end
+  end)
+end)
+
 describe("wxpay.sign_v2 refuses", function()
   it("tables, booleans, fractions and control characters among the values", function()
     for _, bad in ipairs{ { a = {} }, { a = true }, { a = 1.5 }, { a = "x\n" }, { a = "x\0y" }, { a = "\127" } } do

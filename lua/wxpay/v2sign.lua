@@ -13,12 +13,23 @@ local M = {}
 
 local MAX_PARAMS = 64
 
+-- The well-formed 4-byte UTF-8 sequences (U+10000..U+10FFFF). request.check_utf8 refuses
+-- them because WeChat's APIv3 JSON does; the V2 signature signs any UTF-8 bytes, so they
+-- are masked (as ASCII) before the rest of the string is checked.
+local FOUR_BYTE = { "\240[\144-\191][\128-\191][\128-\191]", "[\241-\243][\128-\191][\128-\191][\128-\191]",
+                    "\244[\128-\143][\128-\191][\128-\191]" }
+
+local function check_text(v)
+  for _, p in ipairs(FOUR_BYTE) do v = v:gsub(p, "xxxx") end -- byte positions kept
+  return check_utf8(v)
+end
+
 -- A value as the string that is signed, or nil and the reason.
 local function value_string(v)
   local t = type(v)
   if t == "string" then
     if v:find("%c") then return nil, "must not contain control characters" end
-    local ok, why = check_utf8(v)
+    local ok, why = check_text(v)
     if not ok then return nil, why end
     return v
   elseif t == "number" then
