@@ -238,6 +238,18 @@ describe("client.issue", function()
     assert.same({ "abc123", "123abc" }, meta.out_request_nos)
   end)
 
+  it("jsapi_cards refuses a list with a hole or a fractional index instead of dropping cards", function()
+    local c = client()
+    for _, cards in ipairs{ { [1] = { stock_id = "1" }, [3] = { stock_id = "3" } },
+                            { { stock_id = "1" }, [1.5] = { stock_id = "2" } },
+                            { [0] = { stock_id = "0" }, { stock_id = "1" } } } do
+      local out, err = c.issue.jsapi_cards(cards)
+      assert.is_nil(out)
+      assert.equal("invalid_argument", err.kind)
+      assert.equal("cards", err.field)
+    end
+  end)
+
   it("takes integer ids as their digits", function()
     local attrs = assert(client().issue.plugin_params{ send_coupon_merchant = 10016226,
       send_coupon_params = { { stock_id = 1234567, out_request_no = "abc123" } } })

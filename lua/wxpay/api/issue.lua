@@ -224,12 +224,16 @@ end
 function M.jsapi_cards(api, signer, cards, opts)
   argcheck("jsapi_cards", 1, cards, "table")
   argcheck("jsapi_cards", 2, opts, "table?")
-  local list = {}
-  for i, c in ipairs(cards) do list[i] = c end
-  for k in pairs(cards) do
-    if type(k) ~= "number" and k ~= "send_coupon_merchant" then
+  local list, n = {}, 0
+  for k, c in pairs(cards) do
+    if type(k) == "number" then
+      n, list[k] = n + 1, c
+    elseif k ~= "send_coupon_merchant" then
       return nil, errors.invalid_argument(tostring(k), "unknown field")
     end
+  end
+  for i = 1, n do -- every card, none dropped: the indexes are 1..n
+    if list[i] == nil then return nil, errors.invalid_argument("cards", "must be an array (no holes)") end
   end
   local merchant, err = prepare(signer, api, (opts and opts.send_coupon_merchant) or cards.send_coupon_merchant)
   if not merchant then return nil, err end
