@@ -186,6 +186,15 @@ describe("wxpay.sign_v2 refuses", function()
     end
     assert.equal(wxpay.sign_v2({ a = "12" }, KEY), wxpay.sign_v2({ a = 12 }, KEY))
   end)
+  it("a set with nothing to sign (no parameter, or only sign and empty values)", function()
+    -- The V2 string would be "&key=..." or "key=...": no rule says which, no request has it.
+    for _, empty in ipairs{ {}, { a = "" }, { sign = "ABC", b = "" } } do
+      local sign, err = wxpay.sign_v2(empty, KEY)
+      assert.is_nil(sign)
+      assert.equal("invalid_argument", err.kind)
+      assert.equal("params", err.field)
+    end
+  end)
   it("odd names and an empty key; a non-table raises", function()
     assert.is_nil(wxpay.sign_v2({ ["a=b"] = "1" }, KEY))
     assert.is_nil(wxpay.sign_v2({ [1] = "1" }, KEY))

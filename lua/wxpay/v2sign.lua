@@ -63,7 +63,8 @@ end
 
 --- The V2 HMAC-SHA256 signature of `params` with `key`.
 -- @tparam table params name → string or integer (a table, a boolean, a fraction or a
---   control character gives `invalid_argument`); `sign` and empty values are left out
+--   control character gives `invalid_argument`); `sign` and empty values are left out, and
+--   a set of nothing else is `invalid_argument` (field `params`)
 -- @tparam string key the APIv2 key
 -- @treturn string|nil 64 upper-case hex digits
 -- @treturn table|nil an `invalid_argument` error
@@ -79,6 +80,13 @@ function M.sign(params, key)
   end
   local map, err = M.normalize(params)
   if not map then return nil, err end
+  local signed = false
+  for name, v in pairs(map) do
+    if name ~= "sign" and v ~= "" then signed = true break end
+  end
+  if not signed then
+    return nil, errors.invalid_argument("params", "nothing to sign: no parameter but sign and empty values")
+  end
   local sign, why = core.sign_v2(map, key)
   if not sign then return nil, errors.invalid_argument("params", tostring(why)) end
   return sign
