@@ -259,6 +259,21 @@ describe("client.issue", function()
     end
   end)
 
+  it("takes an empty optional field as absent (V2: empty values are not signed), not out_request_no", function()
+    local c = client()
+    local attrs, err = c.issue.plugin_params{ send_coupon_merchant = "10016226", send_coupon_params = {
+      { stock_id = "1234567", out_request_no = "abc123", coupon_code = "", create_coupon_merchant = "",
+        customize_send_time = "" } } }
+    assert.is_nil(err)
+    assert.same({ stock_id = "1234567", out_request_no = "abc123" }, attrs.send_coupon_params[1])
+    assert.equal(wxpay.sign_v2(P1, KEY), attrs.sign)
+    local url = assert(c.issue.h5_url{ stock_id = "1", open_id = "o", out_request_no = "a1", coupon_code = "" })
+    assert.is_nil(url:find("coupon_code", 1, true))
+    local _
+    _, err = c.issue.plugin_params{ send_coupon_params = { { stock_id = "1", out_request_no = "" } } }
+    assert.equal("send_coupon_params[1].out_request_no", err.field)
+  end)
+
   it("takes integer ids as their digits", function()
     local attrs = assert(client().issue.plugin_params{ send_coupon_merchant = 10016226,
       send_coupon_params = { { stock_id = 1234567, out_request_no = "abc123" } } })

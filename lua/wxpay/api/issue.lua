@@ -59,6 +59,9 @@ local FIELDS = {
   customize_send_time = rfc3339,
 }
 local MERCHANT = text(1, 32, "^%d+$")
+-- Fields that may be left out, so given as "" are left out (the V2 rule skips empty values).
+-- Not out_request_no: an empty one generated afresh at each call would issue again.
+local OPTIONAL = { coupon_code = true, create_coupon_merchant = true, customize_send_time = true }
 
 local function argcheck(fname, n, v, want)
   if type(v) ~= want and not (want == "table?" and v == nil) then
@@ -79,9 +82,11 @@ local function check_item(api, item, field, request_no)
   for name, v in pairs(item) do
     local check = FIELDS[name]
     if not check then return nil, errors.invalid_argument(sub(field, tostring(name)), "unknown field") end
-    local s, err = check(v, sub(field, name))
-    if not s then return nil, err end
-    out[name] = s
+    if not (v == "" and OPTIONAL[name]) then -- an empty optional value is not signed: left out
+      local s, err = check(v, sub(field, name))
+      if not s then return nil, err end
+      out[name] = s
+    end
   end
   if out.stock_id == nil then return nil, errors.invalid_argument(sub(field, "stock_id"), "required") end
   if out.out_request_no == nil then
