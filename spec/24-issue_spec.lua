@@ -176,6 +176,47 @@ describe("wxpay.sign_v2 signs any UTF-8 text", function()
   end)
 end)
 
+describe("core.sign_v2 at its edges (the C string building, under ASan and valgrind too)", function()
+  local function openssl_hex(key, msg)
+    local dir = h.tmpdir()
+    h.write(dir .. "/msg", msg)
+    local hexkey = key:gsub(".", function(c) return string.format("%02x", c:byte()) end)
+    local out, ok = h.sh("openssl dgst -sha256 -mac HMAC -macopt hexkey:" .. hexkey .. " " .. h.q(dir .. "/msg"))
+    assert.is_true(ok)
+    return out:match("= (%x+)%s*$"):upper()
+  end
+
+  it("signs NUL bytes in names, values and the key as bytes, and sorts prefixes bytewise", function()
+    local key = "k\0ey"
+    assert.equal(openssl_hex(key, "a=1&a\0=x\0y&ab=2&key=" .. key),
+      core.sign_v2({ ab = "2", ["a\0"] = "x\0y", a = "1", sign = "S", e = "" }, key))
+  end)
+
+  it("takes 256 parameters, 256 KiB and a 1024-byte key, and refuses one more", function()
+    local many = {}
+    for i = 1, 256 do many["n" .. i] = "v" end
+    assert.matches("^%x+$", core.sign_v2(many, "k"))
+    many.n257 = "v"
+    local sign, err = core.sign_v2(many, "k")
+    assert.is_nil(sign)
+    assert.matches("too many", err)
+    -- "a=" .. value .. "&key=k": 262144 bytes in all is the most
+    local big = ("x"):rep(262144 - 8)
+    assert.equal(openssl_hex("k", "a=" .. big .. "&key=k"), core.sign_v2({ a = big }, "k"))
+    sign, err = core.sign_v2({ a = big .. "x" }, "k")
+    assert.is_nil(sign)
+    assert.matches("too long", err)
+    local long_key = ("K"):rep(1024)
+    assert.equal(openssl_hex(long_key, "a=1&key=" .. long_key), core.sign_v2({ a = "1" }, long_key))
+    sign, err = core.sign_v2({ a = "1" }, long_key .. "K")
+    assert.is_nil(sign)
+    assert.is_nil(err:find("KKKK", 1, true))
+    assert.is_nil(core.sign_v2({ a = "1" }, ""))
+    assert.has_error(function() core.sign_v2({ a = 1 }, "k") end)
+    assert.has_error(function() core.sign_v2({ "a" }, "k") end)
+  end)
+end)
+
 describe("wxpay.sign_v2 refuses", function()
   it("tables, booleans, fractions and control characters among the values", function()
     for _, bad in ipairs{ { a = {} }, { a = true }, { a = 1.5 }, { a = "x\n" }, { a = "x\0y" }, { a = "\127" } } do
