@@ -151,6 +151,72 @@ describe("wxpay.sign_v2 against the openssl binary", function()
   end)
 end)
 
+describe("wxpay.sign_v2 signs any UTF-8 text", function()
+  -- The V2 rule signs raw UTF-8 bytes; WeChat's APIv3 JSON refusal of 4-byte characters
+  -- does not make them unsignable (a coupon_code or a generic V2 value may hold one).
+  it("4-byte characters (emoji) agree with an HMAC computed by the openssl binary", function()
+    local dir = h.tmpdir()
+    local key = "exposed_your_key_here_have_risks"
+    local msg = "coupon_code0=\240\159\142\159券&out_request_no0=abc123&send_coupon_merchant=10016226"
+      .. "&stock_id0=1234567&key=" .. key
+    h.write(dir .. "/msg", msg)
+    local out, ok = h.sh("openssl dgst -sha256 -hmac " .. h.q(key) .. " " .. h.q(dir .. "/msg"))
+    assert.is_true(ok)
+    local sign, err = wxpay.sign_v2(params_of(msg), key)
+    assert.is_nil(err)
+    assert.equal(out:match("= (%x+)%s*$"):upper(), sign)
+  end)
+  it("but not invalid UTF-8, also after a 4-byte character", function()
+    for _, bad in ipairs{ "\255", "\240\159\142", "\240\159\142\159\255", "\244\144\128\128",
+                          "\237\160\128" } do
+      local sign, err = wxpay.sign_v2({ a = bad }, KEY)
+      assert.is_nil(sign)
+      assert.equal("a", err.field)
+    end
+  end)
+end)
+
+describe("core.sign_v2 at its edges (the C string building, under ASan and valgrind too)", function()
+  local function openssl_hex(key, msg)
+    local dir = h.tmpdir()
+    h.write(dir .. "/msg", msg)
+    local hexkey = key:gsub(".", function(c) return string.format("%02x", c:byte()) end)
+    local out, ok = h.sh("openssl dgst -sha256 -mac HMAC -macopt hexkey:" .. hexkey .. " " .. h.q(dir .. "/msg"))
+    assert.is_true(ok)
+    return out:match("= (%x+)%s*$"):upper()
+  end
+
+  it("signs NUL bytes in names, values and the key as bytes, and sorts prefixes bytewise", function()
+    local key = "k\0ey"
+    assert.equal(openssl_hex(key, "a=1&a\0=x\0y&ab=2&key=" .. key),
+      core.sign_v2({ ab = "2", ["a\0"] = "x\0y", a = "1", sign = "S", e = "" }, key))
+  end)
+
+  it("takes 256 parameters, 256 KiB and a 1024-byte key, and refuses one more", function()
+    local many = {}
+    for i = 1, 256 do many["n" .. i] = "v" end
+    assert.matches("^%x+$", core.sign_v2(many, "k"))
+    many.n257 = "v"
+    local sign, err = core.sign_v2(many, "k")
+    assert.is_nil(sign)
+    assert.matches("too many", err)
+    -- "a=" .. value .. "&key=k": 262144 bytes in all is the most
+    local big = ("x"):rep(262144 - 8)
+    assert.equal(openssl_hex("k", "a=" .. big .. "&key=k"), core.sign_v2({ a = big }, "k"))
+    sign, err = core.sign_v2({ a = big .. "x" }, "k")
+    assert.is_nil(sign)
+    assert.matches("too long", err)
+    local long_key = ("K"):rep(1024)
+    assert.equal(openssl_hex(long_key, "a=1&key=" .. long_key), core.sign_v2({ a = "1" }, long_key))
+    sign, err = core.sign_v2({ a = "1" }, long_key .. "K")
+    assert.is_nil(sign)
+    assert.is_nil(err:find("KKKK", 1, true))
+    assert.is_nil(core.sign_v2({ a = "1" }, ""))
+    assert.has_error(function() core.sign_v2({ a = 1 }, "k") end)
+    assert.has_error(function() core.sign_v2({ "a" }, "k") end)
+  end)
+end)
+
 describe("wxpay.sign_v2 refuses", function()
   it("tables, booleans, fractions and control characters among the values", function()
     for _, bad in ipairs{ { a = {} }, { a = true }, { a = 1.5 }, { a = "x\n" }, { a = "x\0y" }, { a = "\127" } } do
@@ -160,6 +226,15 @@ describe("wxpay.sign_v2 refuses", function()
       assert.equal("a", err.field)
     end
     assert.equal(wxpay.sign_v2({ a = "12" }, KEY), wxpay.sign_v2({ a = 12 }, KEY))
+  end)
+  it("a set with nothing to sign (no parameter, or only sign and empty values)", function()
+    -- The V2 string would be "&key=..." or "key=...": no rule says which, no request has it.
+    for _, empty in ipairs{ {}, { a = "" }, { sign = "ABC", b = "" } } do
+      local sign, err = wxpay.sign_v2(empty, KEY)
+      assert.is_nil(sign)
+      assert.equal("invalid_argument", err.kind)
+      assert.equal("params", err.field)
+    end
   end)
   it("odd names and an empty key; a non-table raises", function()
     assert.is_nil(wxpay.sign_v2({ ["a=b"] = "1" }, KEY))
@@ -211,6 +286,33 @@ describe("client.issue", function()
     assert.is_nil(second.sign)
     assert.equal("123abc", second.out_request_no)
     assert.same({ "abc123", "123abc" }, meta.out_request_nos)
+  end)
+
+  it("jsapi_cards refuses a list with a hole or a fractional index instead of dropping cards", function()
+    local c = client()
+    for _, cards in ipairs{ { [1] = { stock_id = "1" }, [3] = { stock_id = "3" } },
+                            { { stock_id = "1" }, [1.5] = { stock_id = "2" } },
+                            { [0] = { stock_id = "0" }, { stock_id = "1" } } } do
+      local out, err = c.issue.jsapi_cards(cards)
+      assert.is_nil(out)
+      assert.equal("invalid_argument", err.kind)
+      assert.equal("cards", err.field)
+    end
+  end)
+
+  it("takes an empty optional field as absent (V2: empty values are not signed), not out_request_no", function()
+    local c = client()
+    local attrs, err = c.issue.plugin_params{ send_coupon_merchant = "10016226", send_coupon_params = {
+      { stock_id = "1234567", out_request_no = "abc123", coupon_code = "", create_coupon_merchant = "",
+        customize_send_time = "" } } }
+    assert.is_nil(err)
+    assert.same({ stock_id = "1234567", out_request_no = "abc123" }, attrs.send_coupon_params[1])
+    assert.equal(wxpay.sign_v2(P1, KEY), attrs.sign)
+    local url = assert(c.issue.h5_url{ stock_id = "1", open_id = "o", out_request_no = "a1", coupon_code = "" })
+    assert.is_nil(url:find("coupon_code", 1, true))
+    local _
+    _, err = c.issue.plugin_params{ send_coupon_params = { { stock_id = "1", out_request_no = "" } } }
+    assert.equal("send_coupon_params[1].out_request_no", err.field)
   end)
 
   it("takes integer ids as their digits", function()

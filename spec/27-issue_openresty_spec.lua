@@ -102,4 +102,27 @@ describe("examples/openresty 发券", function()
     assert.same({}, nginx_support.bad_log_lines(nginx:log()))
     assert.truthy(nginx:log():find("claimed by another user", 1, true))
   end)
+
+  it("binds numbers for at most 50 stocks per user, and none for a malformed stock id", function()
+    -- Each binding lives in the shared dict for days: unbounded, one user could fill it and
+    -- push out other users' bindings (a new number for a stock is a second coupon).
+    assert.equal(200, (json("POST", nginx.url .. "/admin/sessions", { session = "s-bob", openid = "oBob01" })))
+    local function ask(ids)
+      return json("POST", nginx.url .. "/coupons/send-params", { session = "s-bob", stock_ids = ids })
+    end
+    local status, body = ask{ "12345 67" }
+    assert.equal(400, status)
+    assert.matches("stock_id", cjson.encode(body))
+    for batch = 0, 4 do
+      local ids = {}
+      for i = 1, 10 do ids[i] = string.format("99%06d", batch * 10 + i) end
+      status = ask(ids)
+      assert.equal(200, status)
+    end
+    status, body = ask{ "99000051" }
+    assert.equal(429, status)
+    assert.matches("50 stocks", body.error)
+    status = ask{ "99000007" } -- a stock already bound still answers
+    assert.equal(200, status)
+  end)
 end)

@@ -18,6 +18,9 @@ local cjson = require("cjson.safe").new()
 local M = {}
 
 local TTL = 7 * 86400 -- how long a binding is kept (longer than the campaign's taps)
+-- Bindings per user: without a bound, one logged-in user asking for made-up stocks could fill
+-- the shared dict and push out other users' bindings (a new number is a second coupon).
+local MAX_STOCKS_PER_USER = 50
 local settings = { miniapp_appid = nil }
 
 local function reply(status, value)
@@ -55,17 +58,28 @@ function M.login()
   return reply(200, { ok = true })
 end
 
--- The request number of (user, stock): the one made before, or a new one bound to the user.
+-- The request number of (user, stock): the one made before, or a new one bound to the user;
+-- or nil, an HTTP status and the reason.
 local function request_no(openid, stock_id)
   local bindings = ngx.shared.wxpay_issue
   local mine = "u:" .. openid .. ":" .. stock_id
   local no = bindings:get(mine)
   if no then return no end
+  local count = "c:" .. openid
+  bindings:add(count, 0, TTL)
+  if (bindings:get(count) or 0) >= MAX_STOCKS_PER_USER then
+    return nil, 429, "at most " .. MAX_STOCKS_PER_USER .. " stocks per user"
+  end
   no = require("wxpay.core").nonce(32)
-  if not no then return nil end
+  if not no then return nil, 500, "no random source" end
   -- add, not set: two taps at once bind one number; the loser takes the winner's.
   local ok = bindings:add(mine, no, TTL)
-  if not ok then return bindings:get(mine) end
+  if not ok then
+    no = bindings:get(mine)
+    if not no then return nil, 503, "no room to bind a request number" end
+    return no
+  end
+  bindings:incr(count, 1, 0)
   bindings:set("n:" .. no, openid, TTL)
   return no
 end
@@ -81,9 +95,12 @@ function M.plugin_params(client)
   end
   local items = {}
   for i, stock_id in ipairs(obj.stock_ids) do
-    if type(stock_id) ~= "string" then return reply(400, { error = "stock_ids: strings" }) end
-    local no = request_no(openid, stock_id)
-    if not no then return reply(500, { error = "no random source" }) end
+    -- checked before anything is bound for it (client.issue checks again)
+    if type(stock_id) ~= "string" or #stock_id > 20 or not stock_id:match("^%w+$") then
+      return reply(400, { error = "stock_ids: strings of 1-20 letters or digits", field = "stock_id" })
+    end
+    local no, status, why = request_no(openid, stock_id)
+    if not no then return reply(status, { error = why }) end
     items[i] = { stock_id = stock_id, out_request_no = no }
   end
   local attrs, err = client.issue.plugin_params{ send_coupon_params = items }

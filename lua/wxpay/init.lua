@@ -85,8 +85,8 @@ wxpay.certificates = {
 -- @tparam table params name → string or integer
 -- @tparam string key the merchant's APIv2 key
 -- @treturn string|nil 64 upper-case hex digits
--- @treturn table|nil an `invalid_argument` error (a table, boolean, fraction or control
---   character among the values)
+-- @treturn table|nil an `invalid_argument` error (a table, boolean, fraction, control
+--   character or invalid UTF-8 among the values; nothing to sign)
 function wxpay.sign_v2(params, key)
   local sign, err = require("wxpay.v2sign").sign(params, key)
   return sign, err

@@ -13,12 +13,23 @@ local M = {}
 
 local MAX_PARAMS = 64
 
+-- The well-formed 4-byte UTF-8 sequences (U+10000..U+10FFFF). request.check_utf8 refuses
+-- them because WeChat's APIv3 JSON does; the V2 signature signs any UTF-8 bytes, so they
+-- are masked (as ASCII) before the rest of the string is checked.
+local FOUR_BYTE = { "\240[\144-\191][\128-\191][\128-\191]", "[\241-\243][\128-\191][\128-\191][\128-\191]",
+                    "\244[\128-\143][\128-\191][\128-\191]" }
+
+local function check_text(v)
+  for _, p in ipairs(FOUR_BYTE) do v = v:gsub(p, "xxxx") end -- byte positions kept
+  return check_utf8(v)
+end
+
 -- A value as the string that is signed, or nil and the reason.
 local function value_string(v)
   local t = type(v)
   if t == "string" then
     if v:find("%c") then return nil, "must not contain control characters" end
-    local ok, why = check_utf8(v)
+    local ok, why = check_text(v)
     if not ok then return nil, why end
     return v
   elseif t == "number" then
@@ -52,7 +63,8 @@ end
 
 --- The V2 HMAC-SHA256 signature of `params` with `key`.
 -- @tparam table params name → string or integer (a table, a boolean, a fraction or a
---   control character gives `invalid_argument`); `sign` and empty values are left out
+--   control character gives `invalid_argument`); `sign` and empty values are left out, and
+--   a set of nothing else is `invalid_argument` (field `params`)
 -- @tparam string key the APIv2 key
 -- @treturn string|nil 64 upper-case hex digits
 -- @treturn table|nil an `invalid_argument` error
@@ -68,6 +80,13 @@ function M.sign(params, key)
   end
   local map, err = M.normalize(params)
   if not map then return nil, err end
+  local signed = false
+  for name, v in pairs(map) do
+    if name ~= "sign" and v ~= "" then signed = true break end
+  end
+  if not signed then
+    return nil, errors.invalid_argument("params", "nothing to sign: no parameter but sign and empty values")
+  end
   local sign, why = core.sign_v2(map, key)
   if not sign then return nil, errors.invalid_argument("params", tostring(why)) end
   return sign

@@ -59,6 +59,9 @@ local FIELDS = {
   customize_send_time = rfc3339,
 }
 local MERCHANT = text(1, 32, "^%d+$")
+-- Fields that may be left out, so given as "" are left out (the V2 rule skips empty values).
+-- Not out_request_no: an empty one generated afresh at each call would issue again.
+local OPTIONAL = { coupon_code = true, create_coupon_merchant = true, customize_send_time = true }
 
 local function argcheck(fname, n, v, want)
   if type(v) ~= want and not (want == "table?" and v == nil) then
@@ -79,9 +82,11 @@ local function check_item(api, item, field, request_no)
   for name, v in pairs(item) do
     local check = FIELDS[name]
     if not check then return nil, errors.invalid_argument(sub(field, tostring(name)), "unknown field") end
-    local s, err = check(v, sub(field, name))
-    if not s then return nil, err end
-    out[name] = s
+    if not (v == "" and OPTIONAL[name]) then -- an empty optional value is not signed: left out
+      local s, err = check(v, sub(field, name))
+      if not s then return nil, err end
+      out[name] = s
+    end
   end
   if out.stock_id == nil then return nil, errors.invalid_argument(sub(field, "stock_id"), "required") end
   if out.out_request_no == nil then
@@ -224,12 +229,16 @@ end
 function M.jsapi_cards(api, signer, cards, opts)
   argcheck("jsapi_cards", 1, cards, "table")
   argcheck("jsapi_cards", 2, opts, "table?")
-  local list = {}
-  for i, c in ipairs(cards) do list[i] = c end
-  for k in pairs(cards) do
-    if type(k) ~= "number" and k ~= "send_coupon_merchant" then
+  local list, n = {}, 0
+  for k, c in pairs(cards) do
+    if type(k) == "number" then
+      n, list[k] = n + 1, c
+    elseif k ~= "send_coupon_merchant" then
       return nil, errors.invalid_argument(tostring(k), "unknown field")
     end
+  end
+  for i = 1, n do -- every card, none dropped: the indexes are 1..n
+    if list[i] == nil then return nil, errors.invalid_argument("cards", "must be an array (no holes)") end
   end
   local merchant, err = prepare(signer, api, (opts and opts.send_coupon_merchant) or cards.send_coupon_merchant)
   if not merchant then return nil, err end
