@@ -140,9 +140,10 @@ describe("wxpay.metrics with a client and the sandbox", function()
     local lines = { "appid,note" }
     for i = 1, 5 do lines[#lines + 1] = string.format("wxfig%012d,row", i) end
     h.write(dir .. "/plan.csv", table.concat(lines, "\n") .. "\n")
-    sb:fault{ fault = "429", count = 2, retry_after = 0 }
+    local stock = require("spec.support.stocks").create(sb, "FAVOR_STOCK") -- the run reads it first
+    sb:fault{ fault = "429", count = 2, retry_after = 0, path = "/v3/marketing/partnerships/build" }
     local out, err, rc = require("spec.support.cli").run(dir, "--config " .. config_file
-      .. " campaign run " .. dir .. "/plan.csv --stock 8101 --business-type FAVOR_STOCK --journal "
+      .. " campaign run " .. dir .. "/plan.csv --stock " .. stock .. " --business-type FAVOR_STOCK --journal "
       .. dir .. "/j.db --concurrency 1")
     assert.equal(0, rc, err)
     local p50, p99, retries, n429 =
