@@ -294,6 +294,34 @@ function M.unlock(store, key, mine)
   return true
 end
 
+-- Sets KEYS[1]'s TTL to ARGV[2] ms only if it still holds ARGV[1].
+local RENEW_SCRIPT = [[
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+]]
+
+--- Keep the lock `key` for `ttl` more seconds, if `token` still holds it (a holder's
+-- heartbeat: a short TTL renewed while it works, so a dead holder's lock goes soon).
+-- In Redis a compare-and-expire script; elsewhere a get then a set.
+-- @treturn boolean|nil true if renewed, false if no longer ours, or nil, err
+function M.renew(store, key, mine, ttl)
+  if type(mine) ~= "string" then return bad("token", "renew needs the token lock returned") end
+  local ok, err = check_ttl(ttl)
+  if ok then ok, err = check_key(key) end
+  if not ok then return nil, err end
+  if store:scripted() then
+    local n, e = store:eval(RENEW_SCRIPT, { key }, { mine, tostring(math.max(1, math.floor(ttl * 1000))) })
+    if n == nil then return nil, e end
+    return tonumber(n) == 1
+  end
+  local held, e = store:get(key)
+  if held == nil and e then return nil, e end
+  if held ~= mine then return false end
+  local done, se = store:set(key, mine, ttl)
+  if not done then return nil, se end
+  return true
+end
+
 ---------------------------------------------------------------------------------------------
 -- open
 ---------------------------------------------------------------------------------------------
