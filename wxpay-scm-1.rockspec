@@ -62,6 +62,7 @@ build = {
       ["wxpay.request"] = "lua/wxpay/request.lua",
       ["wxpay.retry"] = "lua/wxpay/retry.lua",
       ["wxpay.sensitive"] = "lua/wxpay/sensitive.lua",
+      ["wxpay.store.bounded"] = "lua/wxpay/store/bounded.lua",
       ["wxpay.store.budget"] = "lua/wxpay/store/budget.lua",
       ["wxpay.store"] = "lua/wxpay/store/init.lua",
       ["wxpay.store.memory"] = "lua/wxpay/store/memory.lua",

@@ -69,9 +69,9 @@ end
 
 -- Take in the stored answer when it is newer than the one this client holds. Returns true
 -- (taken), false (none, not newer, or refused), or nil, err (store down).
-local function try_stored(st)
+local function try_stored(st, give_up_at)
   local f = st.fleet
-  local blob, err = f.store:get(KEY)
+  local blob, err = f.store:get(KEY, give_up_at and math.max(0.05, give_up_at - st.monotonic()))
   if blob == nil then
     if err then return nil, err end
     return false
@@ -166,7 +166,7 @@ function M.refresh(st, download, opts)
   local beats = can_beat()
   local give_up = opts.give_up_at or (st.monotonic() + download_budget(st) + M.LEASE)
   while true do
-    local taken, err = try_stored(st)
+    local taken, err = try_stored(st, opts.give_up_at)
     if taken then fleet.worked(st); return true end
     local token
     if taken == false then token, err = store.lock(st.fleet.store, LOCK, first_ttl(st, beats)) end

@@ -186,8 +186,10 @@ function M.reserve(store, key, rate, now, max_wait)
   end
   max_wait = math.max(0, max_wait)
   if store:scripted() then
+    -- The store's answer is waited for no longer than the call could wait for its start
+    -- (but 50 ms at least: a call with nothing left is still answered, not counted an outage).
     local r, e = store:eval(M.RESERVE_SCRIPT, { key },
-      { string.format("%.17g", rate), string.format("%.17g", max_wait) })
+      { string.format("%.17g", rate), string.format("%.17g", max_wait) }, math.max(0.05, max_wait))
     if type(r) ~= "table" then return nil, e or unavailable("reserve: bad script answer") end
     return tonumber(r[1]), tonumber(r[2]), tonumber(r[3])
   end

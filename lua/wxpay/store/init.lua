@@ -114,11 +114,12 @@ function Store:key(key)
   return self.prefix .. key
 end
 
---- Value under `key`, nil when absent.
-function Store:get(key)
+--- Value under `key`, nil when absent. `limit` (optional, seconds): the caller has no more
+-- time than this (Redis: the operation ends within it, or within the store's `timeout`).
+function Store:get(key, limit)
   local ok, err = check_key(key)
   if not ok then return nil, err end
-  return guarded(self.driver.get, self.driver, self.prefix .. key)
+  return guarded(self.driver.get, self.driver, self.prefix .. key, limit)
 end
 
 --- Store `value` under `key` for `ttl` seconds.
@@ -233,13 +234,14 @@ function Store:update(key, fn)
   return unpack(res, 4, res.n)
 end
 
---- Run a Redis script on `keys` (prefixed) with `args`; nil, err when the backend has none.
+--- Run a Redis script on `keys` (prefixed) with `args`, within `limit` seconds (optional, as
+-- for `get`); nil, err when the backend has none.
 -- @treturn table|string|number|nil the script's answer, or nil, err
-function Store:eval(script, keys, args)
+function Store:eval(script, keys, args, limit)
   if not self.driver.eval then return nil, M.unavailable("this store runs no scripts") end
   local full = {}
   for i = 1, #keys do full[i] = self.prefix .. keys[i] end
-  return guarded(self.driver.eval, self.driver, script, full, args or {})
+  return guarded(self.driver.eval, self.driver, script, full, args or {}, limit)
 end
 
 --- Whether the store runs Redis scripts (`Store:eval`).
@@ -341,6 +343,7 @@ local function custom_driver(t, opts)
   end
   local d = {}
   for _, op in ipairs(OPS) do d[op] = function(_, ...) return t[op](t, ...) end end
+  function d.get(_, key) return t:get(key) end -- the contract's one argument, not `limit`
   function d.now()
     if t.now then return t:now() end
     local ok, socket = pcall(require, "socket")
