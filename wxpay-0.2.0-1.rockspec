@@ -54,6 +54,7 @@ build = {
       ["wxpay.errors"] = "lua/wxpay/errors.lua",
       ["wxpay.fleet.certs"] = "lua/wxpay/fleet/certs.lua",
       ["wxpay.fleet"] = "lua/wxpay/fleet/init.lua",
+      ["wxpay.fleet.members"] = "lua/wxpay/fleet/members.lua",
       ["wxpay"] = "lua/wxpay/init.lua",
       ["wxpay.json"] = "lua/wxpay/json.lua",
       ["wxpay.keyring"] = "lua/wxpay/keyring.lua",

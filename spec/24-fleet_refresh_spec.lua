@@ -162,4 +162,20 @@ describe("fleet certificate refresh (plain Lua, Redis)", function()
     assert.is_nil(perr)
     assert.truthy(page)
   end)
+
+  it("a store that does not answer: each member paces alone at fallback_qps, not the whole qps", function()
+    local down = {}
+    for _, op in ipairs({ "get", "set", "add", "incr", "delete" }) do
+      down[op] = function() error("connection refused") end
+    end
+    local c, clock = client{ store = down, qps = 50, fallback_qps = 2, logger = function() end }
+    assert.truthy(c.partnerships.page(LIST)) -- the download and one call
+    clock.slept = 0
+    for _ = 1, 4 do assert.truthy(c.partnerships.page(LIST)) end
+    -- 5 starts at 2 a second (1.02 / 2 s apart), not at 50
+    assert.is_true(clock.slept >= 4 * 0.5 - 0.05, "slept " .. clock.slept .. " s")
+    local bad, err = wxpay.new(helpers.config_from(sb, { store = down, qps = 5, fallback_qps = 0 }))
+    assert.is_nil(bad)
+    assert.equal("fallback_qps", err.field)
+  end)
 end)

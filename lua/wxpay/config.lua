@@ -27,6 +27,7 @@ local CONFIG_KEYS = {
   failover_cooldown = true, retry_base_delay = true, retry_max_delay = true,
   retry_after_max = true, sleep = true, now = true, monotonic = true,
   certificate_refresh_interval = true, store = true, qps = true,
+  fallback_qps = true,
 }
 M.KEYS = CONFIG_KEYS
 

@@ -13,6 +13,7 @@
 -- @module wxpay.fleet
 
 local budget = require("wxpay.store.budget")
+local members = require("wxpay.fleet.members")
 local errors = require("wxpay.errors")
 local redact = require("wxpay.redact")
 local store_mod = require("wxpay.store")
@@ -67,6 +68,10 @@ end
 function M.check(config, st)
   local qps, err = check_qps(config.qps)
   if not qps then return nil, err end
+  local fallback = config.fallback_qps
+  if fallback ~= nil and not positive(fallback) then
+    return config_error("fallback_qps", "must be a positive number of starts a second")
+  end
   if config.store == nil and config.qps == nil then return true end
   local s
   s, err = store_mod.open(config.store, {
@@ -78,7 +83,7 @@ function M.check(config, st)
   scoped, err = s:scope(st.mchid)
   if not scoped then return config_error("mchid", tostring(err)) end
   st.fleet = { store = scoped, kind = s.kind, shared = config.store ~= nil,
-    qps = config.qps ~= nil and qps or nil, limiters = {} }
+    qps = config.qps ~= nil and qps or nil, limiters = {}, fallback_qps = fallback, queued_until = {} }
   return true
 end
 
@@ -136,14 +141,20 @@ local function exhausted(wait, max_wait)
     .. "the call has %.3f s left", wait, max_wait) }
 end
 
--- Pace on this client's own limiter (the store is down). Loops: another coroutine may take
--- the slot while this one sleeps.
+-- Pace on this client's own limiter (the store is down) at its fair share of `rate`
+-- (`wxpay.fleet.members`). Its first start comes after the starts this client had already
+-- reserved from the store (they still happen: not doubled). Loops: another coroutine may
+-- take the slot while this one sleeps.
 local function local_start(st, key, rate, max_wait)
   local f = st.fleet
   local lim = f.limiters[key]
-  if not lim or lim.ceiling ~= rate then
-    lim = require("wxpay.concurrent").new_limiter(rate)
+  local share = st.fleet.qps and members.fallback_rate(st, rate) or rate
+  if not lim or lim.ceiling ~= share then
+    lim = require("wxpay.concurrent").new_limiter(share)
     f.limiters[key] = lim
+    -- Spaced from this client's last start through the store, still queued or not.
+    local queued = f.queued_until[key]
+    if queued then lim:start(queued) end
   end
   local give_up = st.monotonic() + max_wait
   for _ = 1, 1000 do
@@ -180,6 +191,9 @@ function M.before_send(st, r, max_wait)
     if wait then
       M.worked(st)
       if wait > max_wait then return exhausted(wait, max_wait) end
+      local now = st.monotonic()
+      f.queued_until[key] = math.max(f.queued_until[key] or 0, now + wait)
+      members.seen(st)
       if wait > 0 then st.sleep(wait) end
       r.budget = { key = key, rate = rate, start = start }
       return true
