@@ -54,6 +54,7 @@ build = {
       ["wxpay.fleet.certs"] = "lua/wxpay/fleet/certs.lua",
       ["wxpay.fleet"] = "lua/wxpay/fleet/init.lua",
       ["wxpay.fleet.members"] = "lua/wxpay/fleet/members.lua",
+      ["wxpay.fleet.priority"] = "lua/wxpay/fleet/priority.lua",
       ["wxpay"] = "lua/wxpay/init.lua",
       ["wxpay.json"] = "lua/wxpay/json.lua",
       ["wxpay.keyring"] = "lua/wxpay/keyring.lua",

@@ -42,6 +42,33 @@ function M.run()
   ngx.say(n, " ", ngx.worker.pid())
 end
 
+-- A campaign: `client.concurrent` with 16 tasks calling until `until` (low priority).
+function M.campaign()
+  local args = ngx.req.get_uri_args()
+  local c, tasks, n = clients[args.variant], {}, 0
+  for i = 1, 16 do
+    tasks[i] = function()
+      repeat
+        c.partnerships.page(LIST)
+        n = n + 1
+        ngx.update_time()
+      until ngx.now() >= tonumber(args["until"])
+    end
+  end
+  c.concurrent(tasks, { concurrency = 16 })
+  ngx.say(n)
+end
+
+-- One site call: whether it worked and how long it took.
+function M.once()
+  local args = ngx.req.get_uri_args()
+  ngx.update_time()
+  local t0 = ngx.now()
+  local page, err = clients[args.variant].partnerships.page(LIST, { deadline = 1.5 })
+  ngx.update_time()
+  ngx.say(cjson.encode({ ok = page ~= nil, err = err and tostring(err) or nil, secs = ngx.now() - t0 }))
+end
+
 return M
 ]=]
 
@@ -67,6 +94,8 @@ http {
     listen {{listen}} reuseport;
     location = /up { return 200 "up"; }
     location /t { content_by_lua_block { require("outage_t").run() } }
+    location /campaign { content_by_lua_block { require("outage_t").campaign() } }
+    location /once { content_by_lua_block { require("outage_t").once() } }
   }
 }
 ]]
@@ -97,6 +126,7 @@ describe("fleet in nginx: Redis dies mid-run", function()
     base.base_url = base.base_url:gsub("^https://127%.0%.0%.1:", "https://localhost:")
     helpers.write(dir .. "/fleet.json", cjson.encode({ config = base, variants = {
       outage = { store = { host = "127.0.0.1", port = srv.port, timeout = 0.5 }, qps = 10 },
+      prio = { store = "redis://127.0.0.1:" .. srv.port .. "/4", qps = 10 },
     } }))
     local conf = CONF:gsub("{{root}}", ROOT):gsub("{{dir}}", dir):gsub("{{ca_file}}", sb.config.ca_file)
     host = nginx.start(conf, "FLEET_CONFIG=" .. helpers.q(dir .. "/fleet.json"))
@@ -113,6 +143,38 @@ describe("fleet in nginx: Redis dies mid-run", function()
     if sb then sb:stop() end
     helpers.cleanup()
     if log then assert.same({}, nginx.bad_log_lines(log)) end
+  end)
+
+  it("a campaign flat out on the same budget: site calls wait about one spacing, the fleet stays at qps", function()
+    sb:control("DELETE", "/requests")
+    assert.equal(200, (nginx.http("GET", host.url .. "/once?variant=prio"))) -- certificates in hand
+    local t_end = socket.gettime() + 5
+    local p = assert(io.popen(nginx.CLEAN_ENV .. "curl -s -m 30 " .. helpers.q(host.url
+      .. "/campaign?variant=prio&until=" .. string.format("%.3f", t_end)) .. " 2>/dev/null"))
+    socket.sleep(1.5) -- the campaign's 16 tasks have the budget to themselves
+    local lat = {}
+    for i = 1, 10 do
+      local status, body = nginx.http("GET", host.url .. "/once?variant=prio")
+      assert.equal(200, status)
+      local r = cjson.decode(body)
+      assert.is_true(r.ok, "site call " .. i .. ": " .. tostring(r.err))
+      lat[#lat + 1] = r.secs
+      socket.sleep(0.25)
+    end
+    local campaign_calls = tonumber(p:read("*a"))
+    p:close()
+    table.sort(lat)
+    local t = {}
+    for _, r in ipairs(sb:requests()) do
+      if r.target:find("^/v3/marketing/partnerships") then t[#t + 1] = r.received_at end
+    end
+    local most = busiest_second(t)
+    print(("\ncampaign at qps = 10: %d campaign calls, site calls median %.3f s, slowest %.3f s; busiest second %d")
+      :format(campaign_calls or -1, lat[5], lat[10], most))
+    assert.is_true((campaign_calls or 0) >= 20, "the campaign got what the site left")
+    -- one spacing (0.102 s) plus the sandbox's answer, with room for a busy machine
+    assert.is_true(lat[10] < 0.6, "slowest site call " .. lat[10] .. " s")
+    assert.is_true(most <= 10, "busiest second " .. most)
   end)
 
   it("qps = 10 over 2 workers: no second over qps + 1 across the switch and after it", function()

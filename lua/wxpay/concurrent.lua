@@ -11,7 +11,8 @@
 -- * `results[i]` holds task i's return values as `table.pack` would; a task that raised
 --   gives `{ n = 2, nil, err }`. Results are in the order of `tasks`.
 -- * `concurrency` (default 16): at most that many tasks run at once, so at most that many
---   requests are in flight.
+--   requests are in flight. `priority` ("low" by default, or "high"): on a shared budget
+--   (config `qps` with a `store`) the tasks' calls yield to ordinary ones (wxpay.fleet.priority).
 -- * `qps` (default none): requests start evenly spaced, never more than `qps` in any
 --   one-second window (so in any calendar second): a bucket with no burst, spaced 1 % wider
 --   than 1/qps so that jitter between our clock and the server's cannot push a 101st start
@@ -431,6 +432,7 @@ function M.attach(st, config)
   -- @treturn table summary
   return function(tasks, opts)
     local n, concurrency, qps, on_progress = M.check_args(tasks, opts)
+    tasks = require("wxpay.fleet.priority").wrap(tasks, require("wxpay.fleet.priority").check(opts and opts.priority))
     if current() or ctx.busy then error("client.concurrent: batches do not nest", 2) end
     if rawget(_G, "ngx") then return openresty(ctx, tasks, n, concurrency, qps, on_progress) end
     if not ctx.transport then

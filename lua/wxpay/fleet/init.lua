@@ -14,6 +14,7 @@
 
 local budget = require("wxpay.store.budget")
 local members = require("wxpay.fleet.members")
+local priority = require("wxpay.fleet.priority")
 local errors = require("wxpay.errors")
 local redact = require("wxpay.redact")
 local store_mod = require("wxpay.store")
@@ -169,6 +170,32 @@ local function local_start(st, key, rate, max_wait)
   return now
 end
 
+-- Reserve a start through the store and sleep until it. A low-priority call (a batch task,
+-- `wxpay.fleet.priority`) takes only a start that is free now, looking again when the next
+-- one is, until it has no time left. Returns true (the call goes on), false, err (it fails:
+-- nothing sent), or nothing when the store failed (the caller paces alone).
+local function shared_start(st, r, key, rate, max_wait)
+  local f = st.fleet
+  local low = priority.low()
+  local give_up = st.monotonic() + max_wait
+  for _ = 1, 100000 do
+    local left = math.max(0, give_up - st.monotonic())
+    local wait, start, _, taken = budget.reserve(f.store, key, rate, nil, left, low)
+    if not wait then M.failed(st, "budget", start); return end
+    M.worked(st)
+    if wait > left then return false, select(2, exhausted(wait, left)) end
+    if taken ~= false then
+      f.queued_until[key] = math.max(f.queued_until[key] or 0, st.monotonic() + wait)
+      members.seen(st)
+      if wait > 0 then st.sleep(wait) end
+      r.budget = { key = key, rate = rate, start = start }
+      return true
+    end
+    st.sleep(math.max(wait, 0.001)) -- low: the next start is not free yet
+  end
+  return false, select(2, exhausted(0, 0))
+end
+
 --- Before one transmission: reserve its start from the shared budget and sleep until then
 -- (the `sleep` hook: it yields under OpenResty and inside `client.concurrent`). A start
 -- further away than `max_wait` is not waited for: the reservation is refused (its slot
@@ -187,18 +214,9 @@ function M.before_send(st, r, max_wait)
   if not key then return true end
   max_wait = math.max(0, math.min(max_wait or budget.MAX_WAIT, budget.MAX_WAIT))
   if M.usable(st) then
-    local wait, start = budget.reserve(f.store, key, rate, nil, max_wait)
-    if wait then
-      M.worked(st)
-      if wait > max_wait then return exhausted(wait, max_wait) end
-      local now = st.monotonic()
-      f.queued_until[key] = math.max(f.queued_until[key] or 0, now + wait)
-      members.seen(st)
-      if wait > 0 then st.sleep(wait) end
-      r.budget = { key = key, rate = rate, start = start }
-      return true
-    end
-    M.failed(st, "budget", start)
+    local done, err = shared_start(st, r, key, rate, max_wait)
+    if done then return true end
+    if done == false then return nil, err end
   end
   local start, err = local_start(st, key, rate, max_wait)
   if not start then return nil, err end
