@@ -178,4 +178,43 @@ describe("fleet certificate refresh (plain Lua, Redis)", function()
     assert.is_nil(bad)
     assert.equal("fallback_qps", err.field)
   end)
+
+  it("two merchants on one store never see each other's certificates, budget or failover state", function()
+    local other_mchid = "1900000999"
+    assert.are_not.equal(mchid, other_mchid)
+    local dead = assert(require("socket").bind("127.0.0.1", 0))
+    local _, port = dead:getsockname()
+    dead:close() -- nothing listens there now
+    local primary = "https://127.0.0.1:" .. port
+    local function tries(list)
+      return function(_, message, fields)
+        if message == "wxpay request" then list[#list + 1] = fields.base_url end
+      end
+    end
+    -- Merchant A: downloads certificates, queues ten seconds of its budget, fails over.
+    local tried_a = {}
+    local a = client{ qps = 1, base_url = primary, backup_url = sb.base_url, failover_cooldown = 60,
+      logger = tries(tried_a) }
+    assert.truthy(a.partnerships.page(LIST))
+    assert.equal(primary, tried_a[1])
+    assert.truthy(s:get("certs"))
+    assert.truthy(s:get("prefer_backup"))
+    for _ = 1, 10 do require("wxpay.store.budget").reserve(s, "qps", 1) end
+    -- Merchant B on the same Redis: its own scope for everything.
+    local b_store = assert(store.open(srv.url, { driver = "socket" })):scope(other_mchid)
+    assert.is_nil(b_store:get("certs"))
+    assert.is_nil(b_store:get("prefer_backup"))
+    local before = downloads(sb)
+    local b_dl = client{ mchid = other_mchid }
+    b_dl.certificates.refresh() -- its own download (whatever the sandbox answers), not A's entry
+    assert.equal(before + 1, downloads(sb))
+    local tried_b = {}
+    local b, clock = client{ mchid = other_mchid, qps = 100, base_url = primary, backup_url = sb.base_url,
+      failover_cooldown = 60, logger = tries(tried_b),
+      platform_certificate_files = sb.config.platform_certificate_files }
+    clock.slept = 0
+    b.partnerships.page(LIST) -- the sandbox may refuse merchant B: its state is what is checked
+    assert.equal(primary, tried_b[1]) -- A's failover preference is not B's
+    assert.is_true(clock.slept < 1, "B waited " .. clock.slept .. " s in A's budget queue")
+  end)
 end)
