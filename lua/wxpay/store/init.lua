@@ -36,8 +36,9 @@
 -- `driver` (Redis: `"resty"` or `"socket"`, default by whether `ngx` is present).
 --
 -- For the certificate download, `lock(store, key, ttl)` / `unlock(store, key, token)` give a
--- lock that expires, so a dead holder blocks the rest for `ttl` at most; the rate budget is
--- in `wxpay.store.budget`.
+-- lock that expires, so a dead holder blocks the rest for `ttl` at most, and
+-- `renew(store, key, token, ttl)` lets a live holder keep a short one (a lease); the rate
+-- budget is in `wxpay.store.budget`.
 --
 -- Wiring it into a client: open once per client (`open(config.store)`; an error is a config
 -- error as is), keep `s:scope(config.mchid)`, and put everything for that merchant under it:
