@@ -148,10 +148,11 @@ local function holder_killed(sb, hosts)
   once(hosts[2], "refresh")
   sb:fault{ fault = "delay", seconds = 20, count = 1, path = "/v3/certificates" }
   socket.sleep(2.2) -- the refresh is due
-  local a = once(hosts[1], "refresh")
+  local a = once(hosts[1], "refresh") -- the call that comes upon the due refresh
   socket.sleep(0.3)
-  os.execute("kill -KILL " .. math.floor(a.pid or 0) .. " 2>/dev/null")
-  local worst, failed = 0, 0
+  -- the holder: the one worker of host 1 (`kill 0` would be this process group)
+  if a.pid then os.execute("kill -KILL " .. math.floor(a.pid) .. " 2>/dev/null") end
+  local worst, failed = a.secs, a.ok and 0 or 1
   for _ = 1, 16 do
     local b = once(hosts[2], "refresh")
     worst = math.max(worst, b.secs)
@@ -241,7 +242,7 @@ function M.run()
   sb:stop()
   os.execute("rm -rf " .. q(dir))
   if not ok then print("fleet attack bench failed: " .. tostring(err)); return r end
-  print(("call latency, refresh holder killed mid-download (16 calls)  slowest %.3f s, %d failed; "
+  print(("call latency, refresh holder killed mid-download (17 calls)  slowest %.3f s, %d failed; "
     .. "goal: no call waits on the refresh"):format(r.killed_worst, r.killed_failed))
   print(("busiest second, Redis killed, 2 workers at qps = 10          %d across the switch, %d after it; "
     .. "goal <= 11"):format(r.outage_busiest, r.outage_after))
