@@ -199,6 +199,8 @@ function M.run()
     print(("store CPU per request (reserve + failover read)          %.1f us = %.2f %% of one "
       .. "RSA-2048 sign (%.1f us); target < 5 %%"):format(r.store * 1e6, 100 * r.store / r.sign, r.sign * 1e6))
   end
+  print()
+  r.hostile = require("bench.fleet_hostile").run()
   return r
 end
 

@@ -83,6 +83,7 @@ local INTERNAL = {
   ["verify.lua"] = true, ["retry.lua"] = true, ["pipeline.lua"] = true, ["redact.lua"] = true,
   -- integral floats as integers before config.lua's checks (docs/config.md)
   ["config_normalise.lua"] = true,
+  ["concurrent_sequential.lua"] = true, -- client.concurrent outside cosocket phases
   -- the `on_request` events and their route templates (docs/observability.md)
   ["observe.lua"] = true, ["api/routes.lua"] = true,
   -- behind the config keys of a rotation and client.reload (docs/rotation.md)

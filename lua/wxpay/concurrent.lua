@@ -11,7 +11,8 @@
 -- * `results[i]` holds task i's return values as `table.pack` would; a task that raised
 --   gives `{ n = 2, nil, err }`. Results are in the order of `tasks`.
 -- * `concurrency` (default 16): at most that many tasks run at once, so at most that many
---   requests are in flight.
+--   requests are in flight. `priority` ("low" by default, or "high"): on a shared budget
+--   (config `qps` with a `store`) the tasks' calls yield to ordinary ones (wxpay.fleet.priority).
 -- * `qps` (default none): requests start evenly spaced, never more than `qps` in any
 --   one-second window (so in any calendar second): a bucket with no burst, spaced 1 % wider
 --   than 1/qps so that jitter between our clock and the server's cannot push a 101st start
@@ -350,26 +351,6 @@ function M.run_task(task)
   return out
 end
 
--- Without a scheduler (OpenResty outside cosocket phases): one task after another, still
--- within qps, sleeping with the client's own (non-blocking there) sleep.
-local function sequential(ctx, tasks, n, qps, on_progress, on_send)
-  local mono = core.monotonic
-  local t0 = mono()
-  local limiter = M.new_limiter(qps)
-  local results = {}
-  local function summary() return { elapsed = mono() - t0, requests = 0, throttled = 0, rate_cuts = 0,
-                                     min_rate = limiter.min_rate, max_in_flight = 1 } end
-  for i = 1, n do
-    local wait = limiter:wait(mono())
-    if wait > 0 then ctx.sleep(wait) end
-    limiter:start(mono())
-    if on_send then on_send(i) end
-    results[i] = M.run_task(tasks[i])
-    if on_progress then on_progress(i, n, summary()) end
-  end
-  return results, summary()
-end
-
 -- Light threads give their summary only at the end: each task reports the count and time.
 local function counted(tasks, n, on_progress, on_send)
   if not (on_progress or on_send) then return tasks end
@@ -393,7 +374,7 @@ local function openresty(ctx, tasks, n, concurrency, qps, on_progress, on_send)
     return require("wxpay.transport.ngx_threads").run(counted(tasks, n, on_progress, on_send),
       { concurrency = concurrency, qps = qps })
   end
-  return sequential(ctx, tasks, n, qps, on_progress, on_send)
+  return require("wxpay.concurrent_sequential").run(M, ctx, tasks, n, qps, on_progress, on_send)
 end
 
 --- Hook `client.concurrent` into a client. Called once by `wxpay.client.new`.
@@ -433,6 +414,8 @@ function M.attach(st, config)
   -- @treturn table summary
   return function(tasks, opts)
     local n, concurrency, qps, on_progress, on_send = M.check_args(tasks, opts)
+    local priority = require("wxpay.fleet.priority")
+    tasks = priority.wrap(tasks, priority.check(opts and opts.priority))
     if current() or ctx.busy then error("client.concurrent: batches do not nest", 2) end
     if rawget(_G, "ngx") then return openresty(ctx, tasks, n, concurrency, qps, on_progress, on_send) end
     if not ctx.transport then

@@ -32,6 +32,7 @@ local CONFIG_KEYS = {
   on_request = true,
   wechatpay_public_keys = true, wechatpay_public_key_files = true, apiv3_key_previous = true,
   apiv3_key_previous_until = true,
+  fallback_qps = true,
 }
 CONFIG_KEYS.apiv2_key = true -- the 发券 signatures (wxpay.api.issue)
 M.KEYS = CONFIG_KEYS

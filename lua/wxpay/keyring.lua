@@ -94,11 +94,12 @@ end
 -- certificates (rate-limited) and verify once more.
 -- @tparam table st
 -- @tparam table msg `{ status?, headers (lower-cased), body, what? }`
--- @return the key id, or nil and a `signature` error
-function M.verify(st, msg)
+-- @tparam[opt] number give_up_at the call's deadline (`monotonic`): the refresh is not
+--   waited for past it
+function M.verify(st, msg, give_up_at)
   local key_id, verr = verify.response(st, msg)
   if not key_id and verr.check == "serial" and may_refresh_for_unknown_serial(st)
-     and M.refresh(st) then
+     and M.refresh(st, { wait = true, give_up_at = give_up_at }) then
     key_id, verr = verify.response(st, msg)
   end
   return key_id, verr
@@ -154,6 +155,13 @@ local function swap_in(st, fresh)
   st.certificates = keep
 end
 
+local function has_valid_download(st, now)
+  for _, c in ipairs(st.certificates) do
+    if c.source == "downloaded" and c.not_after >= now then return true end
+  end
+  return false
+end
+
 -- Check a `/v3/certificates` answer and replace the downloaded set, following
 -- docs/protocol.md#trusting-a-download: decrypt every entry (any failure rejects the whole
 -- answer), check each certificate's serial and validity, verify the answer with the already
@@ -180,6 +188,11 @@ function M.accept(st, resp, stored, sent)
       ring[#ring + 1] = c
     end
   end
+  if #fresh == 0 and (stored or has_valid_download(st, now)) then
+    -- An empty (or all-expired) list never replaces a set that still verifies answers (nor is
+    -- one worth taking from the store).
+    return rejected(st, resp, sent, "decode", "the answer lists no valid certificate; the current set is kept")
+  end
   resp.what = stored and "stored /v3/certificates response" or "/v3/certificates response"
   local view = st
   if stored then
@@ -200,15 +213,22 @@ function M.accept(st, resp, stored, sent)
   return true
 end
 
--- Download /v3/certificates and take it in (`M.accept`). Returns true and the answer, or
--- nil, err.
-local function download_certificates(st)
+-- Download /v3/certificates and take it in (`M.accept`). `opts.give_up_at` (`monotonic`)
+-- bounds it (the waiting call's deadline); `opts.keepalive(seconds)` is called before every
+-- transmission and pause (the fleet lock's lease). Returns true and the answer, or nil, err.
+local function download_certificates(st, opts)
+  opts = opts or {}
   local now_mono = st.monotonic()
   st.next_refresh = now_mono + 60 -- a failure is retried at most once a minute
   st.download_attempted = true
   -- Required here, not at load time: the pipeline needs this module to verify answers.
-  local r = { method = "GET", target = CERTIFICATES_TARGET, raw = true,
+  local r = { method = "GET", target = CERTIFICATES_TARGET, raw = true, keepalive = opts.keepalive,
     headers = { Accept = "application/json", ["User-Agent"] = st.user_agent } }
+  if opts.give_up_at then
+    local left = opts.give_up_at - now_mono
+    if left <= 0 then return nil, errors.new("timeout", "deadline reached before the certificate download") end
+    r.deadline = math.min(st.deadline or left, left)
+  end
   local resp, err = require("wxpay.pipeline").perform(st, r)
   if not resp then
     if err.kind == "api" and err.status == 404 and st.public_key then
@@ -226,29 +246,36 @@ local function download_certificates(st)
 end
 
 -- With a shared store: the fleet's one download (wxpay.fleet.certs), else our own.
-local function shared_or_own(st)
+local function shared_or_own(st, opts)
   if st.fleet and st.fleet.shared then
-    return require("wxpay.fleet.certs").refresh(st, download_certificates)
+    return require("wxpay.fleet.certs").refresh(st, download_certificates, opts)
   end
-  return download_certificates(st)
+  return download_certificates(st, opts)
 end
 
 --- Download the platform certificates now. One download at a time: a caller arriving
 -- while another coroutine (OpenResty, the concurrent transport) is downloading waits for
--- that download's outcome instead of starting a second one. Waiting uses the `sleep` hook,
--- so it yields where that yields.
+-- that download's outcome instead of starting a second one (never past `opts.give_up_at`).
+-- Waiting uses the `sleep` hook, so it yields where that yields.
+-- @tparam table st
+-- @tparam[opt] table opts `give_up_at` (`monotonic` time: the call's deadline), `wait`
+--   (default true: wait for another fleet member's download; false: return at once)
 -- @return true, or nil and an error (the current set is kept)
-function M.refresh(st)
+function M.refresh(st, opts)
+  opts = opts or {}
+  if opts.wait == nil then opts.wait = true end
   if st.refreshing then
+    if not opts.wait then return nil, errors.new("timeout", "a certificate download is in progress") end
     local limit = st.monotonic() + (st.timeout + st.connect_timeout) * (st.max_retries + 2)
-    while st.refreshing and st.monotonic() < limit do st.sleep(0.01) end
+    if opts.give_up_at then limit = math.min(limit, opts.give_up_at) end
+    while st.refreshing and st.monotonic() < limit do st.sleep(math.min(0.01, math.max(0, limit - st.monotonic()))) end
     if st.refreshing then
       return nil, errors.new("timeout", "waited too long for a certificate download in progress")
     end
     return st.refresh_ok, st.refresh_err
   end
   st.refreshing = true
-  local ok, res, err = pcall(shared_or_own, st)
+  local ok, res, err = pcall(shared_or_own, st, opts)
   st.refreshing = false
   if not ok then error(res, 0) end
   if res then err = nil end -- the answer itself stays here
@@ -256,17 +283,40 @@ function M.refresh(st)
   return res, err
 end
 
+-- A due refresh for a client that holds a valid key: never waited for. Under OpenResty a
+-- timer runs it (the call goes on at once); elsewhere it runs here without waiting for
+-- another fleet member's download.
+local function refresh_ahead(st, give_up_at)
+  local ngx = rawget(_G, "ngx")
+  if ngx and ngx.timer and ngx.timer.at then
+    if st.ahead_scheduled then return end
+    local ok, t = pcall(ngx.timer.at, 0, function(premature)
+      st.ahead_scheduled = nil
+      if not premature and not st.refreshing then pcall(M.refresh, st, { wait = true }) end
+    end)
+    if ok and t then st.ahead_scheduled = true; return end
+  end
+  M.refresh(st, { wait = false, give_up_at = give_up_at })
+end
+
 --- Certificates ready before a call: the first download and the periodic refresh
 -- (docs/protocol.md#rotation-and-refresh). With a public key too (combined mode)
 -- certificates are only fetched on an unknown serial, and kept fresh periodically once some
--- were downloaded.
+-- were downloaded. A client that holds a valid key never waits for a due refresh
+-- (`refresh_ahead`); one without waits, never past `give_up_at`.
+-- @tparam table st
+-- @tparam[opt] number give_up_at the call's deadline (`monotonic`)
 -- @return true, or nil and an error
-function M.ensure(st)
+function M.ensure(st, give_up_at)
   M.prune_expired(st)
   if not st.download or (st.public_key and not st.has_downloaded) then return true end
-  -- A download in progress elsewhere is waited for (its certificates may be the first).
-  if not st.refreshing and st.next_refresh and st.monotonic() < st.next_refresh then return true end
-  local ok, err = M.refresh(st)
+  local due = not (st.next_refresh and st.monotonic() < st.next_refresh)
+  if M.request_serial(st) then
+    if due and not st.refreshing then refresh_ahead(st, give_up_at) end
+    return true
+  end
+  if not due and not st.refreshing then return true end
+  local ok, err = M.refresh(st, { give_up_at = give_up_at })
   if not ok and #st.certificates == 0 and not st.public_key then return nil, err end -- nothing to verify with
   return true
 end

@@ -144,6 +144,8 @@ local function send_attempt(st, r, remaining)
   for leg = 1, second and 2 or 1 do
     leg_used = leg
     base = leg == 1 and first or second
+    -- A fleet download lock's lease covers this leg (its budget wait and exchange).
+    if r.keepalive then r.keepalive(2 * r.timeout + r.connect_timeout) end
     if st.fleet then -- the shared rate budget: wait for a start, no longer than the call can
       local left = remaining and remaining - (st.monotonic() - t_start) or r.timeout
       if tr then t = st.monotonic() end
@@ -193,7 +195,7 @@ end
 local function success(st, r, resp, meta)
   if r.verify ~= false then
     local t = r.trace and st.monotonic()
-    local key_id, verr = keyring.verify(st, resp)
+    local key_id, verr = keyring.verify(st, resp, r.give_up_at)
     if t then observe.lap(st, r.trace, "verification", t) end
     if not key_id then
       verr.attempts, verr.idempotency_key = meta.attempts, r.idempotency_key
@@ -240,8 +242,9 @@ end
 -- unverified, for a caller that verifies it itself (the certificate download).
 -- @return data, nil, meta or nil, err
 function M.perform(st, r)
-  local t0 = st.monotonic()
+  local t0 = r.t0 or st.monotonic()
   local deadline = r.deadline or st.deadline
+  if deadline then r.give_up_at = t0 + deadline end
   local max_retries = r.max_retries or st.max_retries
   r.timeout = r.timeout or st.timeout
   r.connect_timeout = r.connect_timeout or st.connect_timeout
@@ -279,12 +282,15 @@ function M.perform(st, r)
       log(st, "warn", "wxpay retry", { attempt = attempt, delay = delay, path = r.target,
         error = tostring(err) }, r.sent)
     end
+    if r.keepalive then r.keepalive(delay + 2 * r.timeout + r.connect_timeout) end
     st.sleep(delay)
   end
 end
 
 local function run(st, r)
-  local ok, err = keyring.ensure(st)
+  r.t0 = st.monotonic() -- the deadline counts from here: a certificate wait is part of it
+  local deadline = r.deadline or st.deadline
+  local ok, err = keyring.ensure(st, deadline and r.t0 + deadline)
   if not ok then return nil, err end
   local serial = r.wechatpay_serial or keyring.request_serial(st)
   if serial then r.headers["Wechatpay-Serial"] = serial end

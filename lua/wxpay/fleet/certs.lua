@@ -5,14 +5,18 @@
 -- fetched, under `certs`, for the refresh interval. It is never trusted as such: a reader
 -- checks it exactly as a fresh download (`wxpay.keyring.accept`: decrypted with the APIv3
 -- key, serials and validity checked, the signature verified), so a forged or damaged entry
--- is refused and downloaded over. The download itself runs under the lock `certs:lock`
--- (an `add` with a TTL a bit over the longest the download can take with this client's
--- timeouts, retries, backoff and Retry-After cap, so a dead holder blocks the others that
--- long at most); the others wait with the `sleep` hook and read its result.
+-- is refused and downloaded over. The download itself runs under the lock `certs:lock`, an
+-- `add` with a short lease (LEASE seconds) that a live holder keeps renewing: under
+-- OpenResty a heartbeat timer, in plain Lua before every transmission and pause of the
+-- download (each renewal covers what comes next); so a holder that dies frees it within
+-- LEASE (plain Lua: one leg). A call that holds a valid key never waits for it (`wait`
+-- unset); one that needs the result (no key yet, an unknown serial) polls with the
+-- `sleep` hook, takes the lock over when the lease runs out, and gives up at its deadline.
 -- A store that fails: this client downloads on its own (`wxpay.fleet.failed` warns once).
 -- @module wxpay.fleet.certs
 
 local budget = require("wxpay.store.budget")
+local errors = require("wxpay.errors")
 local fleet = require("wxpay.fleet")
 local json = require("wxpay.json")
 local keyring = require("wxpay.keyring")
@@ -20,6 +24,9 @@ local redact = require("wxpay.redact")
 local store = require("wxpay.store")
 
 local M = {}
+
+--- Seconds a download lock outlives its holder's last heartbeat.
+M.LEASE = 3
 
 local KEY, LOCK = "certs", "certs:lock"
 local POLL = 0.05 -- seconds between reads while another client downloads
@@ -62,9 +69,9 @@ end
 
 -- Take in the stored answer when it is newer than the one this client holds. Returns true
 -- (taken), false (none, not newer, or refused), or nil, err (store down).
-local function try_stored(st)
+local function try_stored(st, give_up_at)
   local f = st.fleet
-  local blob, err = f.store:get(KEY)
+  local blob, err = f.store:get(KEY, give_up_at and math.max(0.05, give_up_at - st.monotonic()))
   if blob == nil then
     if err then return nil, err end
     return false
@@ -87,43 +94,105 @@ local function try_stored(st)
   return false
 end
 
--- Download while holding the lock, publish a good answer, release the lock.
-local function download_holding(st, download, token)
+-- Whether this holder can keep a short lease alive with a timer (OpenResty, outside
+-- init_by_lua): then the lock lasts LEASE past the last heartbeat, so a holder killed
+-- mid-download (kill -9, a worker crash) frees it within LEASE.
+local function can_beat()
+  local ngx = rawget(_G, "ngx")
+  if not (ngx and ngx.timer and ngx.timer.at) then return false end
+  local ok, phase = pcall(ngx.get_phase)
+  return ok and phase ~= "init"
+end
+
+-- The lock's first TTL: LEASE with a heartbeat; else one leg of the download (a plain Lua
+-- download blocks in libcurl and cannot beat), renewed before every leg and pause.
+local function first_ttl(st, beats)
+  if beats then return M.LEASE end
+  local qps_wait = st.fleet and st.fleet.qps and math.min(st.timeout, budget.MAX_WAIT) or 0
+  return qps_wait + st.timeout + st.connect_timeout + M.LEASE
+end
+
+-- A timer renewing the lock every LEASE/3 until the returned function is called.
+local function heartbeat(st, token)
+  local ngx = rawget(_G, "ngx")
+  local on = true
+  local function beat(premature)
+    if premature or not on then return end
+    store.renew(st.fleet.store, LOCK, token, M.LEASE)
+    if on then ngx.timer.at(M.LEASE / 3, beat) end
+  end
+  local ok, t = pcall(ngx.timer.at, M.LEASE / 3, beat)
+  if not ok or not t then return function() end end
+  return function() on = false end
+end
+
+-- Download while holding the lock (its lease kept alive: a heartbeat timer, else renewed
+-- before every transmission and pause of the download), publish a good answer, release.
+local function download_holding(st, download, token, opts, beats)
   local f = st.fleet
-  local ok, resp = download(st)
-  if ok and type(resp) == "table" then
+  local stop
+  local dl = { give_up_at = opts.give_up_at }
+  if beats then
+    stop = heartbeat(st, token)
+  else
+    dl.keepalive = function(seconds) store.renew(f.store, LOCK, token, seconds + M.LEASE) end
+  end
+  local done, ok, resp = pcall(download, st, dl)
+  if stop then stop() end
+  if done and ok and type(resp) == "table" then
     local blob = encode(st, resp)
     local stored, err = f.store:set(KEY, blob, st.certificate_refresh_interval)
     if stored then f.applied = blob else fleet.failed(st, "certificates", err) end
   end
   store.unlock(f.store, LOCK, token)
+  if not done then error(ok, 0) end
   if not ok then return nil, resp end
   return true
 end
 
 --- Refresh the certificates through the store: take a newer stored answer, else download
--- under the lock (and store it), else wait for the holder and read what it stored.
+-- under the lock (and store it), else (`opts.wait`) wait for the holder and read what it
+-- stored, taking the lock over as soon as a dead holder's lease runs out; without
+-- `opts.wait` (a call that holds a valid key) return at once and look again in a second.
 -- @tparam table st the client state (`st.fleet` shared)
--- @tparam function download this client's own download: true, answer | nil, err
+-- @tparam function download this client's own download(st, { give_up_at, keepalive }):
+--   true, answer | nil, err
+-- @tparam[opt] table opts `wait` (boolean), `give_up_at` (`monotonic` time: never wait
+--   past it; the call's deadline)
 -- @return true, or nil and an error (the current set is kept)
-function M.refresh(st, download)
-  if not fleet.usable(st) then return download(st) end
-  local ttl = download_budget(st) + 1
-  local give_up = st.monotonic() + 2 * ttl
+function M.refresh(st, download, opts)
+  opts = opts or {}
+  if not fleet.usable(st) then return download(st, { give_up_at = opts.give_up_at }) end
+  local beats = can_beat()
+  local give_up = opts.give_up_at or (st.monotonic() + download_budget(st) + M.LEASE)
   while true do
-    local taken, err = try_stored(st)
+    local taken, err = try_stored(st, opts.give_up_at)
     if taken then fleet.worked(st); return true end
     local token
-    if taken == false then token, err = store.lock(st.fleet.store, LOCK, ttl) end
-    if token == nil then fleet.failed(st, "certificates", err); return download(st) end
+    if taken == false then token, err = store.lock(st.fleet.store, LOCK, first_ttl(st, beats)) end
+    if token == nil then
+      fleet.failed(st, "certificates", err)
+      return download(st, { give_up_at = opts.give_up_at })
+    end
     fleet.worked(st)
     if token then
       -- The holder before us may have stored its answer just before we took the lock.
       if try_stored(st) then store.unlock(st.fleet.store, LOCK, token); return true end
-      return download_holding(st, download, token)
+      return download_holding(st, download, token, opts, beats)
     end
-    if st.monotonic() > give_up then return download(st) end
-    st.sleep(POLL)
+    if not opts.wait then
+      st.next_refresh = st.monotonic() + 1 -- the holder's answer is read then
+      return nil, errors.new("timeout", "another fleet member is downloading the certificates")
+    end
+    local left = give_up - st.monotonic()
+    if left <= 0 then
+      if opts.give_up_at then
+        return nil, errors.new("timeout", "the certificate download by another fleet member did not "
+          .. "finish within the call's deadline", { connected = false })
+      end
+      return download(st, {})
+    end
+    st.sleep(math.min(POLL, left))
   end
 end
 

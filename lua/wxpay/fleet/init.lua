@@ -13,6 +13,8 @@
 -- @module wxpay.fleet
 
 local budget = require("wxpay.store.budget")
+local members = require("wxpay.fleet.members")
+local priority = require("wxpay.fleet.priority")
 local errors = require("wxpay.errors")
 local redact = require("wxpay.redact")
 local store_mod = require("wxpay.store")
@@ -67,6 +69,10 @@ end
 function M.check(config, st)
   local qps, err = check_qps(config.qps)
   if not qps then return nil, err end
+  local fallback = config.fallback_qps
+  if fallback ~= nil and not positive(fallback) then
+    return config_error("fallback_qps", "must be a positive number of starts a second")
+  end
   if config.store == nil and config.qps == nil then return true end
   local s
   s, err = store_mod.open(config.store, {
@@ -78,7 +84,7 @@ function M.check(config, st)
   scoped, err = s:scope(st.mchid)
   if not scoped then return config_error("mchid", tostring(err)) end
   st.fleet = { store = scoped, kind = s.kind, shared = config.store ~= nil,
-    qps = config.qps ~= nil and qps or nil, limiters = {} }
+    qps = config.qps ~= nil and qps or nil, limiters = {}, fallback_qps = fallback, queued_until = {} }
   return true
 end
 
@@ -136,14 +142,20 @@ local function exhausted(wait, max_wait)
     .. "the call has %.3f s left", wait, max_wait) }
 end
 
--- Pace on this client's own limiter (the store is down). Loops: another coroutine may take
--- the slot while this one sleeps.
+-- Pace on this client's own limiter (the store is down) at its fair share of `rate`
+-- (`wxpay.fleet.members`). Its first start comes after the starts this client had already
+-- reserved from the store (they still happen: not doubled). Loops: another coroutine may
+-- take the slot while this one sleeps.
 local function local_start(st, key, rate, max_wait)
   local f = st.fleet
   local lim = f.limiters[key]
-  if not lim or lim.ceiling ~= rate then
-    lim = require("wxpay.concurrent").new_limiter(rate)
+  local share = st.fleet.qps and members.fallback_rate(st, rate) or rate
+  if not lim or lim.ceiling ~= share then
+    lim = require("wxpay.concurrent").new_limiter(share)
     f.limiters[key] = lim
+    -- Spaced from this client's last start through the store, still queued or not.
+    local queued = f.queued_until[key]
+    if queued then lim:start(queued) end
   end
   local give_up = st.monotonic() + max_wait
   for _ = 1, 1000 do
@@ -156,6 +168,32 @@ local function local_start(st, key, rate, max_wait)
   local now = st.monotonic()
   lim:start(now)
   return now
+end
+
+-- Reserve a start through the store and sleep until it. A low-priority call (a batch task,
+-- `wxpay.fleet.priority`) takes only a start that is free now, looking again when the next
+-- one is, until it has no time left. Returns true (the call goes on), false, err (it fails:
+-- nothing sent), or nothing when the store failed (the caller paces alone).
+local function shared_start(st, r, key, rate, max_wait)
+  local f = st.fleet
+  local low = priority.low()
+  local give_up = st.monotonic() + max_wait
+  for _ = 1, 100000 do
+    local left = math.max(0, give_up - st.monotonic())
+    local wait, start, _, taken = budget.reserve(f.store, key, rate, nil, left, low)
+    if not wait then M.failed(st, "budget", start); return end
+    M.worked(st)
+    if wait > left then return false, select(2, exhausted(wait, left)) end
+    if taken ~= false then
+      f.queued_until[key] = math.max(f.queued_until[key] or 0, st.monotonic() + wait)
+      members.seen(st)
+      if wait > 0 then st.sleep(wait) end
+      r.budget = { key = key, rate = rate, start = start }
+      return true
+    end
+    st.sleep(math.max(wait, 0.001)) -- low: the next start is not free yet
+  end
+  return false, select(2, exhausted(0, 0))
 end
 
 --- Before one transmission: reserve its start from the shared budget and sleep until then
@@ -176,15 +214,9 @@ function M.before_send(st, r, max_wait)
   if not key then return true end
   max_wait = math.max(0, math.min(max_wait or budget.MAX_WAIT, budget.MAX_WAIT))
   if M.usable(st) then
-    local wait, start = budget.reserve(f.store, key, rate, nil, max_wait)
-    if wait then
-      M.worked(st)
-      if wait > max_wait then return exhausted(wait, max_wait) end
-      if wait > 0 then st.sleep(wait) end
-      r.budget = { key = key, rate = rate, start = start }
-      return true
-    end
-    M.failed(st, "budget", start)
+    local done, err = shared_start(st, r, key, rate, max_wait)
+    if done then return true end
+    if done == false then return nil, err end
   end
   local start, err = local_start(st, key, rate, max_wait)
   if not start then return nil, err end

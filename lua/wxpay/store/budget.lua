@@ -47,6 +47,7 @@ M.MAX_WAIT = 60  -- seconds: the longest wait reserve accepts, whatever the call
 -- `st` fields: tat (next free slot), rate (current), target (configured), cut_at, last_step.
 local ALGO = [[
 local GUARD, MIN_RATE, MAX_WAIT = %s, %s, %s
+local LOW_SLACK = 0.005
 
 -- Damaged state (a bad store entry): fall back to what the configuration says.
 local function mend(st, target, now)
@@ -66,7 +67,7 @@ local function recover(st, now)
   end
 end
 
-local function reserve(st, target, now, max_wait)
+local function reserve(st, target, now, max_wait, low)
   if st.target ~= target then
     local cut = st.rate and st.target and st.rate < st.target
     st.rate = cut and math.min(st.rate, target) or target
@@ -77,9 +78,12 @@ local function reserve(st, target, now, max_wait)
   local start = now
   if st.tat and st.tat > now then start = st.tat end
   -- Too late for this caller: it will not start, so the slot is not taken.
-  if start - now > max_wait then return start - now, start end
+  if start - now > max_wait then return start - now, start, false end
+  -- A low-priority caller takes only a slot that is free now: it never queues ahead of a
+  -- high one (it looks again at `start`).
+  if low and start - now > LOW_SLACK then return start - now, start, false end
   st.tat = start + (1 + GUARD) / st.rate
-  return start - now, start
+  return start - now, start, true
 end
 
 local function throttle(st, started_at, now, target)
@@ -147,9 +151,10 @@ end
 ]]
 
 M.RESERVE_SCRIPT = ALGO .. LOAD .. [[
-local wait, start = reserve(st, tonumber(ARGV[1]), now, tonumber(ARGV[2]))
+local wait, start, taken = reserve(st, tonumber(ARGV[1]), now, tonumber(ARGV[2]), ARGV[3] == 'low')
 save()
-return { string.format('%.17g', wait), string.format('%.17g', start), string.format('%.17g', st.rate) }
+return { string.format('%.17g', wait), string.format('%.17g', start), string.format('%.17g', st.rate),
+         taken and 1 or 0 }
 ]]
 
 M.THROTTLE_SCRIPT = ALGO .. LOAD .. [[
@@ -173,12 +178,17 @@ end
 -- @tparam[opt] number now the caller's clock (default `store:now()`; Redis uses `TIME`)
 -- @tparam[opt] number max_wait the longest wait the caller can afford (default and at most
 --   `MAX_WAIT`)
+-- @tparam[opt] boolean low a low-priority caller: takes the next start only if it is free now
+--   (`wxpay.fleet.priority`); else nothing is reserved and the first result says when to look
+--   again
 -- @treturn number|nil seconds to wait before starting (0: now); more than `max_wait` when
 --   refused (nothing reserved: do not start). Or nil, err (store down: nothing reserved,
 --   fall back to a local limiter)
 -- @treturn number the reserved start, on the store's clock (pass it to `throttle`)
 -- @treturn number the shared rate now in force
-function M.reserve(store, key, rate, now, max_wait)
+-- @treturn boolean whether the start was taken (false when refused: too late, or `low` and
+--   not free now)
+function M.reserve(store, key, rate, now, max_wait, low)
   local ok, err = check_rate(rate, "qps")
   if not ok then return nil, err end
   if type(max_wait) ~= "number" or max_wait ~= max_wait or max_wait > M.MAX_WAIT then
@@ -186,16 +196,19 @@ function M.reserve(store, key, rate, now, max_wait)
   end
   max_wait = math.max(0, max_wait)
   if store:scripted() then
+    -- The store's answer is waited for no longer than the call could wait for its start
+    -- (but 50 ms at least: a call with nothing left is still answered, not counted an outage).
     local r, e = store:eval(M.RESERVE_SCRIPT, { key },
-      { string.format("%.17g", rate), string.format("%.17g", max_wait) })
+      { string.format("%.17g", rate), string.format("%.17g", max_wait), low and "low" or "high" },
+      math.max(0.05, max_wait))
     if type(r) ~= "table" then return nil, e or unavailable("reserve: bad script answer") end
-    return tonumber(r[1]), tonumber(r[2]), tonumber(r[3])
+    return tonumber(r[1]), tonumber(r[2]), tonumber(r[3]), tonumber(r[4]) == 1
   end
   now = now or store:now()
   return store:update(key, function(old)
     local st = decode(old)
-    local wait, start = step_reserve(st, rate, now, max_wait)
-    return encode(st), ttl_for(st, now), wait, start, st.rate
+    local wait, start, taken = step_reserve(st, rate, now, max_wait, low)
+    return encode(st), ttl_for(st, now), wait, start, st.rate, taken
   end)
 end
 

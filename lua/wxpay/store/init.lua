@@ -36,8 +36,9 @@
 -- `driver` (Redis: `"resty"` or `"socket"`, default by whether `ngx` is present).
 --
 -- For the certificate download, `lock(store, key, ttl)` / `unlock(store, key, token)` give a
--- lock that expires, so a dead holder blocks the rest for `ttl` at most; the rate budget is
--- in `wxpay.store.budget`.
+-- lock that expires, so a dead holder blocks the rest for `ttl` at most, and
+-- `renew(store, key, token, ttl)` lets a live holder keep a short one (a lease); the rate
+-- budget is in `wxpay.store.budget`.
 --
 -- Wiring it into a client: open once per client (`open(config.store)`; an error is a config
 -- error as is), keep `s:scope(config.mchid)`, and put everything for that merchant under it:
@@ -114,11 +115,12 @@ function Store:key(key)
   return self.prefix .. key
 end
 
---- Value under `key`, nil when absent.
-function Store:get(key)
+--- Value under `key`, nil when absent. `limit` (optional, seconds): the caller has no more
+-- time than this (Redis: the operation ends within it, or within the store's `timeout`).
+function Store:get(key, limit)
   local ok, err = check_key(key)
   if not ok then return nil, err end
-  return guarded(self.driver.get, self.driver, self.prefix .. key)
+  return guarded(self.driver.get, self.driver, self.prefix .. key, limit)
 end
 
 --- Store `value` under `key` for `ttl` seconds.
@@ -233,13 +235,14 @@ function Store:update(key, fn)
   return unpack(res, 4, res.n)
 end
 
---- Run a Redis script on `keys` (prefixed) with `args`; nil, err when the backend has none.
+--- Run a Redis script on `keys` (prefixed) with `args`, within `limit` seconds (optional, as
+-- for `get`); nil, err when the backend has none.
 -- @treturn table|string|number|nil the script's answer, or nil, err
-function Store:eval(script, keys, args)
+function Store:eval(script, keys, args, limit)
   if not self.driver.eval then return nil, M.unavailable("this store runs no scripts") end
   local full = {}
   for i = 1, #keys do full[i] = self.prefix .. keys[i] end
-  return guarded(self.driver.eval, self.driver, script, full, args or {})
+  return guarded(self.driver.eval, self.driver, script, full, args or {}, limit)
 end
 
 --- Whether the store runs Redis scripts (`Store:eval`).
@@ -294,6 +297,34 @@ function M.unlock(store, key, mine)
   return true
 end
 
+-- Sets KEYS[1]'s TTL to ARGV[2] ms only if it still holds ARGV[1].
+local RENEW_SCRIPT = [[
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+]]
+
+--- Keep the lock `key` for `ttl` more seconds, if `token` still holds it (a holder's
+-- heartbeat: a short TTL renewed while it works, so a dead holder's lock goes soon).
+-- In Redis a compare-and-expire script; elsewhere a get then a set.
+-- @treturn boolean|nil true if renewed, false if no longer ours, or nil, err
+function M.renew(store, key, mine, ttl)
+  if type(mine) ~= "string" then return bad("token", "renew needs the token lock returned") end
+  local ok, err = check_ttl(ttl)
+  if ok then ok, err = check_key(key) end
+  if not ok then return nil, err end
+  if store:scripted() then
+    local n, e = store:eval(RENEW_SCRIPT, { key }, { mine, tostring(math.max(1, math.floor(ttl * 1000))) })
+    if n == nil then return nil, e end
+    return tonumber(n) == 1
+  end
+  local held, e = store:get(key)
+  if held == nil and e then return nil, e end
+  if held ~= mine then return false end
+  local done, se = store:set(key, mine, ttl)
+  if not done then return nil, se end
+  return true
+end
+
 ---------------------------------------------------------------------------------------------
 -- open
 ---------------------------------------------------------------------------------------------
@@ -313,6 +344,7 @@ local function custom_driver(t, opts)
   end
   local d = {}
   for _, op in ipairs(OPS) do d[op] = function(_, ...) return t[op](t, ...) end end
+  function d.get(_, key) return t:get(key) end -- the contract's one argument, not `limit`
   function d.now()
     if t.now then return t:now() end
     local ok, socket = pcall(require, "socket")

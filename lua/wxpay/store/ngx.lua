@@ -3,7 +3,9 @@
 -- Each dict call is atomic across workers; what needs several (the budget, unlock) uses the
 -- store's lock (`add` with a TTL). The clock is `ngx.now()` after `ngx.update_time()`
 -- (milliseconds). TTLs are the dict's (fractions of a second allowed). `incr` gives its TTL
--- to the key it creates (`init_ttl`). A full dict makes `set`/`add` return `nil, err`.
+-- to the key it creates. Writes never evict other keys (`safe_set`, `safe_add`): a full
+-- dict makes `set`/`add`/`incr` return `nil, err` ("no memory"), a store error. Give wxpay a
+-- dict of its own all the same.
 -- This is the backend table `wxpay.store` wraps; use the store's methods, not these.
 -- @module wxpay.store.ngx
 
@@ -38,21 +40,27 @@ function Dict:get(key)
   return tostring(v)
 end
 
+-- Writes never evict: `safe_set` / `safe_add` fail with "no memory" where `set` / `add`
+-- would push out the least recently used keys (the application's own, in a shared dict);
+-- that failure is a store error, like a Redis that cannot answer.
 function Dict:set(key, value, ttl)
-  local ok, err = self.dict:set(key, value, ttl or 0)
+  local ok, err = self.dict:safe_set(key, value, ttl or 0)
   if not ok then return nil, "shared dict " .. self.name .. ": " .. tostring(err) end
   return true
 end
 
 function Dict:add(key, value, ttl)
-  local ok, err = self.dict:add(key, value, ttl or 0)
+  local ok, err = self.dict:safe_add(key, value, ttl or 0)
   if ok then return true end
   if err == "exists" then return false end
   return nil, "shared dict " .. self.name .. ": " .. tostring(err)
 end
 
+-- `incr` with an initial value may evict: the key is created with `safe_add` first.
 function Dict:incr(key, by, ttl)
-  local v, err = self.dict:incr(key, by, 0, ttl or 0)
+  local added, aerr = self.dict:safe_add(key, 0, ttl or 0)
+  if not added and aerr ~= "exists" then return nil, "shared dict " .. self.name .. ": " .. tostring(aerr) end
+  local v, err = self.dict:incr(key, by)
   if not v then return nil, "shared dict " .. self.name .. ": " .. tostring(err) end
   return v
 end

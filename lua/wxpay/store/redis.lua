@@ -9,13 +9,17 @@
 --   5.1-5.3 only; on 5.4 the same file is loaded from Debian's 5.3 directory. One connection,
 --   dropped on any network error and opened again by the next operation.
 --
--- `timeout` (seconds, default 1) bounds connecting and each reply, so a server that is down
--- answers `nil, err` within it. `pool_size` defaults to 32, `keepalive` (idle seconds in the
--- pool) to 60. TTLs are sent as PX (milliseconds, at least 1). The password never appears in
--- errors. Scripts run with EVALSHA (loaded once per server with SCRIPT LOAD; again after
--- NOSCRIPT, i.e. a restart).
+-- `timeout` (seconds, default 1) bounds each operation in total (connect, AUTH, SELECT, the
+-- command, a script load; `wxpay.store.bounded` gives every read only what is left, and
+-- refuses a reply over `MAX_REPLY` bytes), so a server that is down or trickles answers
+-- `nil, err` within it; `get` and `eval` take a shorter `limit` from a caller with less.
+-- `pool_size` defaults to 32, `keepalive` (idle seconds in the pool) to 60. TTLs are sent
+-- as PX (milliseconds, at least 1). The password never appears in errors. Scripts run with
+-- EVALSHA (loaded once per server with SCRIPT LOAD; again after NOSCRIPT, i.e. a restart).
 -- This is the backend table `wxpay.store` wraps; use the store's methods, not these.
 -- @module wxpay.store.redis
+
+local bounded = require("wxpay.store.bounded")
 
 local M = {}
 
@@ -82,6 +86,16 @@ local function px(ttl)
   return tostring(math.max(1, math.floor(ttl * 1000 + 0.5)))
 end
 
+-- Seconds on this host's clock (deadlines); the scripts use Redis TIME instead.
+local function clock()
+  if ngx and ngx.now then
+    if ngx.update_time then ngx.update_time() end
+    return ngx.now()
+  end
+  local ok, socket = pcall(require, "socket")
+  return ok and socket.gettime() or os.time()
+end
+
 local function where(self)
   return "redis " .. self.cfg.host .. ":" .. self.cfg.port
 end
@@ -111,12 +125,19 @@ end
 local Socket = setmetatable({}, { __index = Redis })
 Socket.__index = Socket
 
-function Socket:connection()
-  if self.client then return self.client end
+function Socket:connection(deadline)
+  if self.client then
+    self.client.network.socket:arm(deadline, self.max_reply)
+    return self.client
+  end
   local lib, lerr = load_lua_redis()
   if not lib then return nil, lerr end
-  local ok, c = pcall(lib.connect, { host = self.cfg.host, port = self.cfg.port, timeout = self.cfg.timeout })
+  local left = deadline - clock()
+  if left <= 0 then return nil, where(self) .. ": cannot connect (timeout)" end
+  local ok, c = pcall(lib.connect, { host = self.cfg.host, port = self.cfg.port, timeout = left })
   if not ok then return nil, where(self) .. ": cannot connect" end
+  c.network.socket = bounded.wrap(c.network.socket, clock)
+  c.network.socket:arm(deadline, self.max_reply)
   if self.cfg.password then
     local aok = pcall(c.auth, c, self.cfg.password)
     if not aok then pcall(c.quit, c); return nil, where(self) .. ": AUTH failed" end
@@ -135,9 +156,9 @@ function Socket:drop()
   if c and c.network and c.network.socket then pcall(c.network.socket.close, c.network.socket) end
 end
 
--- Runs command `name` with the arguments; returns the reply, or nil, err.
-function Socket:call(name, ...)
-  local c, err = self:connection()
+-- Runs command `name` with the arguments, ending by `deadline`; returns the reply, or nil, err.
+function Socket:call(deadline, name, ...)
+  local c, err = self:connection(deadline)
   if not c then return nil, err end
   local ok, r = pcall(c[name], c, ...)
   if ok then return r end
@@ -166,12 +187,18 @@ local function load_resty_redis()
   return nil, "resty.redis is not installed (the Debian package lua-nginx-redis)"
 end
 
-function Resty:call(name, ...)
+function Resty:call(deadline, name, ...)
   local lib, lerr = load_resty_redis()
   if not lib then return nil, lerr end
   local red, err = lib:new()
   if not red then return nil, where(self) .. ": " .. tostring(err) end
-  red:set_timeout(self.cfg.timeout * 1000)
+  local left = deadline - clock()
+  if left <= 0 then return nil, where(self) .. ": " .. name .. " failed (timeout)" end
+  red:set_timeout(math.max(1, math.floor(left * 1000)))
+  -- Every read from here on gets only what is left of the operation (bounded.lua).
+  local sock = rawget(red, "_sock")
+  local proxy = sock and bounded.wrap(sock, clock)
+  if proxy then proxy:arm(deadline, self.max_reply); rawset(red, "_sock", proxy) end
   local cfg = self.cfg
   local ok, cerr = red:connect(cfg.host, cfg.port, { pool = self.pool, pool_size = cfg.pool_size })
   if not ok then return nil, where(self) .. ": cannot connect (" .. tostring(cerr) .. ")" end
@@ -190,7 +217,7 @@ function Resty:call(name, ...)
     red:close()
     return nil, where(self) .. ": " .. name .. " failed (" .. tostring(rerr) .. ")"
   end
-  red:set_keepalive(cfg.keepalive * 1000, cfg.pool_size)
+  if proxy and not proxy:clean() then red:close() else red:set_keepalive(cfg.keepalive * 1000, cfg.pool_size) end
   if res == false then return nil, where(self) .. ": " .. tostring(rerr) end -- an error reply
   if res == ngx.null then return nil end
   return res
@@ -205,8 +232,15 @@ local function null(v)
   return ngx ~= nil and v == ngx.null
 end
 
-function Redis:get(key)
-  local v, err = self:call("get", key)
+-- The deadline of one operation: the store's timeout, or less when the caller has less.
+function Redis:deadline(limit)
+  local t = self.cfg.timeout
+  if type(limit) == "number" and limit == limit and limit < t then t = math.max(0, limit) end
+  return clock() + t
+end
+
+function Redis:get(key, limit)
+  local v, err = self:call(self:deadline(limit), "get", key)
   if v == nil and err then return nil, err end
   if null(v) then return nil end
   return v
@@ -215,7 +249,8 @@ end
 function Redis:set(key, value, ttl)
   local ms = px(ttl)
   local ok, err
-  if ms then ok, err = self:call("set", key, value, "PX", ms) else ok, err = self:call("set", key, value) end
+  local d = self:deadline()
+  if ms then ok, err = self:call(d, "set", key, value, "PX", ms) else ok, err = self:call(d, "set", key, value) end
   if ok == nil then return nil, err end
   return true
 end
@@ -224,9 +259,9 @@ function Redis:add(key, value, ttl)
   local ms = px(ttl)
   local ok, err
   if ms then
-    ok, err = self:call("set", key, value, "PX", ms, "NX")
+    ok, err = self:call(self:deadline(), "set", key, value, "PX", ms, "NX")
   else
-    ok, err = self:call("set", key, value, "NX")
+    ok, err = self:call(self:deadline(), "set", key, value, "NX")
   end
   if ok == nil and err then return nil, err end
   return ok ~= nil and not null(ok)
@@ -237,17 +272,13 @@ function Redis:incr(key, by, ttl)
 end
 
 function Redis:delete(key)
-  local ok, err = self:call("del", key)
+  local ok, err = self:call(self:deadline(), "del", key)
   if ok == nil then return nil, err end
   return true
 end
 
 -- Seconds on this host's clock; the scripts use Redis TIME instead.
-function Redis.now()
-  if ngx then ngx.update_time(); return ngx.now() end
-  local ok, socket = pcall(require, "socket")
-  return ok and socket.gettime() or os.time()
-end
+Redis.now = clock
 
 function Redis.sleep(_, s)
   if ngx then ngx.sleep(s); return true end
@@ -258,7 +289,8 @@ function Redis.sleep(_, s)
 end
 
 --- Run `script` (EVALSHA; SCRIPT LOAD first, and again after NOSCRIPT).
-function Redis:eval(script, keys, args)
+function Redis:eval(script, keys, args, limit)
+  local deadline = self:deadline(limit)
   local argv = { #keys }
   for i = 1, #keys do argv[#argv + 1] = keys[i] end
   for i = 1, #args do argv[#argv + 1] = args[i] end
@@ -266,12 +298,12 @@ function Redis:eval(script, keys, args)
   for _ = 1, 2 do
     local sha = self.shas[script]
     if not sha then
-      local s, err = self:call("script", "LOAD", script)
+      local s, err = self:call(deadline, "script", "LOAD", script)
       if not s then return nil, err end
       sha = s
       self.shas[script] = sha
     end
-    local r, err = self:call("evalsha", sha, unpack(argv))
+    local r, err = self:call(deadline, "evalsha", sha, unpack(argv))
     if r ~= nil or not (err and err:find("NOSCRIPT", 1, true)) then return r, err end
     self.shas[script] = nil
   end
@@ -301,7 +333,7 @@ function M.new(cfg, opts)
   if driver ~= "resty" and driver ~= "socket" then
     return config_error("driver", "store driver must be \"resty\" or \"socket\"")
   end
-  return setmetatable({ cfg = checked, shas = {}, pool = pool_name(checked) },
+  return setmetatable({ cfg = checked, shas = {}, pool = pool_name(checked), max_reply = bounded.MAX_REPLY },
     driver == "resty" and Resty or Socket)
 end
 
