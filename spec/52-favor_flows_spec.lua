@@ -178,6 +178,27 @@ describe("use-flow / refund-flow and client.download", function()
     assert.same({}, listing())
   end)
 
+  it("a timeout and a file over max_bytes: errors, nothing left (path or sink)", function()
+    local id = redeemed_stock()
+    local info = assert(client.favor.stocks.use_flow(id))
+    local _, err = client.download(info, { path = dir .. "/big.csv", max_bytes = 10 })
+    assert.equal("network", err.kind)
+    local got = false
+    _, err = client.download(info, { sink = function(c) got = got or c ~= nil; return true end,
+      tmp_dir = dir, max_bytes = 10 })
+    assert.equal("network", err.kind)
+    assert.is_false(got)
+    assert.same({}, listing())
+    sb:configure{ latency = 3 }
+    _, err = client.download(info, { path = dir .. "/slow.csv", timeout = 0.5 })
+    assert.equal("timeout", err.kind)
+    _, err = client.download(info, { sink = function(c) got = got or c ~= nil; return true end,
+      tmp_dir = dir, timeout = 0.5 })
+    assert.equal("timeout", err.kind)
+    assert.is_false(got)
+    assert.same({}, listing())
+  end)
+
   it("refuses bad input without sending", function()
     local before = sb:stats().requests
     local good = { url = "https://127.0.0.1/v3/billdownload/file?token=x", hash_value = string.rep("a", 40) }
@@ -189,6 +210,10 @@ describe("use-flow / refund-flow and client.download", function()
       { good, { path = "p", sink = print }, "opts.path" },
       { good, { path = "p", bogus = 1 }, "opts.bogus" },
       { good, { path = dir .. "/no/such/dir/f" }, "opts.path" },
+      { good, { path = dir .. "/a\0b" }, "opts.path" }, -- the C core would cut it at the NUL
+      { good, { sink = print, tmp_dir = {} }, "opts.tmp_dir" },
+      { good, { sink = print, tmp_dir = "" }, "opts.tmp_dir" },
+      { good, { sink = print, tmp_dir = dir .. "\0x" }, "opts.tmp_dir" },
     }
     for _, c in ipairs(cases) do
       local res, err = client.download(c[1], c[2])

@@ -57,8 +57,12 @@ local function check_opts(opts)
   if (opts.path == nil) == (opts.sink == nil) then
     return nil, invalid("opts.path", "give exactly one of path and sink")
   end
-  if opts.path ~= nil and (type(opts.path) ~= "string" or opts.path == "") then
-    return nil, invalid("opts.path", "must be a file name")
+  -- A NUL byte would cut the name short in the C core: another file than the one named.
+  for _, k in ipairs({ "path", "tmp_dir" }) do
+    local v = opts[k]
+    if v ~= nil and (type(v) ~= "string" or v == "" or v:find("%z")) then
+      return nil, invalid("opts." .. k, k == "path" and "must be a file name" or "must be a directory name")
+    end
   end
   if opts.sink ~= nil and type(opts.sink) ~= "function" then return nil, invalid("opts.sink", "must be a function") end
   for _, k in ipairs({ "timeout", "connect_timeout" }) do
