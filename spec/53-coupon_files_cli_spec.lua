@@ -163,6 +163,21 @@ describe("wxpay busifavor upload-codes", function()
     assert.equal(1400, (pool(stock)))
   end)
 
+  it("waits for no other run: a journal held by another run is refused, nothing sent", function()
+    local stock = upload_stock()
+    local file = codes_file("held.txt", 10)
+    local db = dir .. "/held.db"
+    local holder = assert(require("wxpay.cli.journal").open(db, { lock = true }))
+    local before = sb:stats().requests
+    local out, err, rc = run("busifavor upload-codes " .. stock .. " --file " .. file .. " --journal " .. db)
+    holder:close()
+    assert.equal(1, rc, out .. err)
+    assert.truthy(err:find("in use by another run", 1, true), err)
+    assert.equal(before, sb:stats().requests)
+    out, err, rc = run("busifavor upload-codes " .. stock .. " --file " .. file .. " --journal " .. db)
+    assert.equal(0, rc, out .. err)
+  end)
+
   it("usage errors", function()
     local _, err, rc = run("busifavor upload-codes 123 --file x.txt")
     assert.equal(2, rc)
