@@ -59,6 +59,18 @@ describe("商家券 code calls: request bytes", function()
     assert.equal("/v3/marketing/busifavor/stocks/9/couponcodes/a?delete_request_no=del%3A1", t.calls[4].target)
   end)
 
+  it("list and page take no filters at all (each is optional)", function()
+    local c, t = new_client(ok_json('{"stock_id":"9","total_count":1,"offset":0,"limit":1,"data":[{"code":"a"}]}'))
+    local seen = {}
+    for code in c.busifavor.coupon_codes.list("9") do seen[#seen + 1] = code.code end
+    assert.same({ "a" }, seen)
+    local page = assert(c.busifavor.coupon_codes.page("9"))
+    assert.equal("a", page.data[1].code)
+    assert.equal("/v3/marketing/busifavor/stocks/9/couponcodes?limit=20&offset=0", t.calls[1].target)
+    assert.equal(t.calls[1].target, t.calls[2].target)
+    assert.has_error(function() c.busifavor.coupon_codes.list("9", "x") end)
+  end)
+
   it("associate / disassociate send the four fields and answer the time", function()
     local c, t = new_client(function(_, n)
       return F.response(200, n == 1 and '{"wechatpay_associate_time":"t"}' or '{"wechatpay_disassociate_time":"t"}')
