@@ -116,6 +116,15 @@ describe("商家券 code calls: request bytes", function()
 end)
 
 describe("营销补差: request bytes", function()
+  it("a receipt id of any length reaches the path (none is stated)", function()
+    local c, t = new_client(ok_json('{"subsidy_receipt_id":"x","status":"PAY_RECEIPT_SUCCESS"}'))
+    local long = string.rep("2", 100)
+    assert(c.busifavor.subsidy.pay_receipt(long))
+    assert(c.busifavor.subsidy.return_receipt(long))
+    assert.equal("/v3/marketing/busifavor/subsidy/pay-receipts/" .. long, t.calls[1].target)
+    assert.equal("/v3/marketing/busifavor/subsidy/return-receipts/" .. long, t.calls[2].target)
+  end)
+
   it("pay keeps out_subsidy_no across a 500; lists and queries by id", function()
     local answers = {
       function() return F.response(500, '{"code":"SYSTEM_ERROR","message":"x"}') end,
