@@ -221,5 +221,22 @@ describe("wxpay favor use-flow", function()
     out, err, rc = run("favor refund-flow " .. id .. " --file " .. dir .. "/refund.csv --output csv")
     assert.equal(0, rc, out .. err)
     assert.truthy(h.read(dir .. "/refund.csv"):find("退款单号", 1, true))
+    -- A disk error while the file is written (a file size limit, SIGXFSZ ignored so the
+    -- write fails with EFBIG): an error, and neither the file nor its temporary is left.
+    assert.equal(200, select(2, sb:control("POST", "/favor/flow", { filler_rows = 3000 })))
+    local full = dir .. "/full"
+    assert(os.execute("mkdir -p " .. h.q(full)))
+    local cmd = string.format("ulimit -f 64; trap '' XFSZ; exec %s lua5.4 bin/wxpay --config %s favor use-flow %s "
+      .. "--file %s --output csv", sandbox.CLEAN_ENV, h.q(config_file), id, h.q(full .. "/use.csv"))
+    local p = assert(io.popen("sh -c " .. h.q(cmd) .. " >/dev/null 2>" .. h.q(dir .. "/full.err") .. "; echo $?"))
+    rc = tonumber(p:read("*a"):match("(%d+)%s*$"))
+    p:close()
+    err = h.read(dir .. "/full.err")
+    assert.equal(1, rc, err)
+    assert.truthy(err:find("writing the downloaded file failed", 1, true), err)
+    local lp = io.popen("ls -A " .. h.q(full))
+    assert.equal("", lp:read("*a"))
+    lp:close()
+    sb:control("POST", "/favor/flow", { filler_rows = 0 })
   end)
 end)
