@@ -170,6 +170,22 @@ describe("use-flow / refund-flow and client.download", function()
     assert.equal("HASH_MISMATCH", err.code)
     local _, serr = client.download(info, { sink = function() error("disk full") end, tmp_dir = dir })
     assert.equal("opts.sink", serr.field)
+    -- ltn12's refusals stop it too: nil and an error, or false.
+    local calls = 0
+    _, serr = client.download(info, { sink = function() calls = calls + 1; return nil, "disk full" end,
+      tmp_dir = dir })
+    assert.equal("opts.sink", serr.field)
+    assert.truthy(serr.message:find("disk full", 1, true))
+    assert.equal(1, calls)
+    _, serr = client.download(info, { sink = function() return false end, tmp_dir = dir })
+    assert.equal("opts.sink", serr.field)
+    -- A sink that returns nothing has taken each chunk (a plain callback).
+    local parts, ended = {}, false
+    local res = assert(client.download(info, { sink = function(chunk)
+      if chunk then parts[#parts + 1] = chunk else ended = true end
+    end, tmp_dir = dir }))
+    assert.is_true(ended)
+    assert.equal(res.bytes, #table.concat(parts))
     assert.same({}, listing())
     local _, aerr = client.download({ url = info.url:gsub("token=%w+", "token=nope"), hash_value = info.hash_value },
       { path = dir .. "/x.csv" })

@@ -96,20 +96,25 @@ local function api_error(st, resp)
   })
 end
 
+-- Whether a sink's answer `res, why` stops the download: `false`, or `nil` with an error
+-- (the ltn12 convention). A sink that returns nothing has taken the chunk.
+local function sink_refused(res, why)
+  return res == false or (res == nil and why ~= nil)
+end
+
 -- Feed the verified file at `tmp` to `sink` in chunks, then `sink(nil)`.
 local function drain(tmp, sink)
   local f, ferr = io.open(tmp, "rb")
   if not f then return nil, errors.new("network", "reading the downloaded file failed: " .. tostring(ferr),
     { code = "WRITE_FAILED", retryable = false }) end
-  local ok, res, why = true, true, nil
-  while ok and res do
+  local ok, res, why
+  repeat
     local chunk = f:read(CHUNK)
     ok, res, why = pcall(sink, chunk)
-    if chunk == nil then res = ok or res; break end -- the end call's answer is not needed
-  end
+  until not ok or sink_refused(res, why) or chunk == nil
   f:close()
-  if not ok or not res then
-    return nil, errors.new("invalid_argument", "opts.sink: the sink failed: " .. tostring(ok and why or res),
+  if not ok or sink_refused(res, why) then
+    return nil, errors.new("invalid_argument", "opts.sink: the sink failed: " .. tostring(ok and (why or res) or res),
       { field = "opts.sink" })
   end
   return true
