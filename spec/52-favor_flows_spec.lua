@@ -230,6 +230,9 @@ describe("use-flow / refund-flow and client.download", function()
       { good, { sink = print, tmp_dir = {} }, "opts.tmp_dir" },
       { good, { sink = print, tmp_dir = "" }, "opts.tmp_dir" },
       { good, { sink = print, tmp_dir = dir .. "\0x" }, "opts.tmp_dir" },
+      { good, { path = "p", max_bytes = math.huge }, "opts.max_bytes" }, -- the C core raised
+      { good, { path = "p", max_bytes = 2 ^ 63 }, "opts.max_bytes" },
+      { good, { path = "p", max_bytes = 0 }, "opts.max_bytes" },
     }
     for _, c in ipairs(cases) do
       local res, err = client.download(c[1], c[2])

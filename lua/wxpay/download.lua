@@ -71,9 +71,10 @@ local function check_opts(opts)
       return nil, invalid("opts." .. k, "must be 0 < seconds <= 86400")
     end
   end
-  if opts.max_bytes ~= nil and (type(opts.max_bytes) ~= "number" or opts.max_bytes < 1
-      or math.floor(opts.max_bytes) ~= opts.max_bytes) then
-    return nil, invalid("opts.max_bytes", "must be a positive integer")
+  -- At most 2^53: the C core takes an integer (math.huge and 2^63 made it raise).
+  local mb = opts.max_bytes
+  if mb ~= nil and (type(mb) ~= "number" or mb < 1 or mb > 2 ^ 53 or math.floor(mb) ~= mb) then
+    return nil, invalid("opts.max_bytes", "must be an integer from 1 to 2^53")
   end
   return true
 end
