@@ -217,7 +217,8 @@ describe("wxpay.api.routes", function()
       fixed[path] = {}
       for m in methods:gmatch("(%u+) =") do fixed[path][m] = true end
     end
-    for _, name in ipairs({ "coupons_busifavor", "coupons_favor" }) do
+    for _, name in ipairs({ "coupons_busifavor", "coupons_favor", "coupons_codes", "coupons_subsidy",
+        "coupons_flows" }) do
       for pattern, methods in source(name):gmatch('{ "(%^/v3/[^"]+%$)",([^\n]*)}') do
         local p = { pattern }
         for m in methods:gmatch("(%u+) =") do p[m] = true end

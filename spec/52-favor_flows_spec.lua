@@ -170,11 +170,48 @@ describe("use-flow / refund-flow and client.download", function()
     assert.equal("HASH_MISMATCH", err.code)
     local _, serr = client.download(info, { sink = function() error("disk full") end, tmp_dir = dir })
     assert.equal("opts.sink", serr.field)
+    -- ltn12's refusals stop it too: nil and an error, or false.
+    local calls = 0
+    _, serr = client.download(info, { sink = function() calls = calls + 1; return nil, "disk full" end,
+      tmp_dir = dir })
+    assert.equal("opts.sink", serr.field)
+    assert.truthy(serr.message:find("disk full", 1, true))
+    assert.equal(1, calls)
+    _, serr = client.download(info, { sink = function() return false end, tmp_dir = dir })
+    assert.equal("opts.sink", serr.field)
+    -- A sink that returns nothing has taken each chunk (a plain callback).
+    local parts, ended = {}, false
+    local res = assert(client.download(info, { sink = function(chunk)
+      if chunk then parts[#parts + 1] = chunk else ended = true end
+    end, tmp_dir = dir }))
+    assert.is_true(ended)
+    assert.equal(res.bytes, #table.concat(parts))
     assert.same({}, listing())
     local _, aerr = client.download({ url = info.url:gsub("token=%w+", "token=nope"), hash_value = info.hash_value },
       { path = dir .. "/x.csv" })
     assert.equal("api", aerr.kind)
     assert.equal(404, aerr.status)
+    assert.same({}, listing())
+  end)
+
+  it("a timeout and a file over max_bytes: errors, nothing left (path or sink)", function()
+    local id = redeemed_stock()
+    local info = assert(client.favor.stocks.use_flow(id))
+    local _, err = client.download(info, { path = dir .. "/big.csv", max_bytes = 10 })
+    assert.equal("network", err.kind)
+    local got = false
+    _, err = client.download(info, { sink = function(c) got = got or c ~= nil; return true end,
+      tmp_dir = dir, max_bytes = 10 })
+    assert.equal("network", err.kind)
+    assert.is_false(got)
+    assert.same({}, listing())
+    sb:configure{ latency = 3 }
+    _, err = client.download(info, { path = dir .. "/slow.csv", timeout = 0.5 })
+    assert.equal("timeout", err.kind)
+    _, err = client.download(info, { sink = function(c) got = got or c ~= nil; return true end,
+      tmp_dir = dir, timeout = 0.5 })
+    assert.equal("timeout", err.kind)
+    assert.is_false(got)
     assert.same({}, listing())
   end)
 
@@ -189,6 +226,13 @@ describe("use-flow / refund-flow and client.download", function()
       { good, { path = "p", sink = print }, "opts.path" },
       { good, { path = "p", bogus = 1 }, "opts.bogus" },
       { good, { path = dir .. "/no/such/dir/f" }, "opts.path" },
+      { good, { path = dir .. "/a\0b" }, "opts.path" }, -- the C core would cut it at the NUL
+      { good, { sink = print, tmp_dir = {} }, "opts.tmp_dir" },
+      { good, { sink = print, tmp_dir = "" }, "opts.tmp_dir" },
+      { good, { sink = print, tmp_dir = dir .. "\0x" }, "opts.tmp_dir" },
+      { good, { path = "p", max_bytes = math.huge }, "opts.max_bytes" }, -- the C core raised
+      { good, { path = "p", max_bytes = 2 ^ 63 }, "opts.max_bytes" },
+      { good, { path = "p", max_bytes = 0 }, "opts.max_bytes" },
     }
     for _, c in ipairs(cases) do
       local res, err = client.download(c[1], c[2])

@@ -59,6 +59,18 @@ describe("商家券 code calls: request bytes", function()
     assert.equal("/v3/marketing/busifavor/stocks/9/couponcodes/a?delete_request_no=del%3A1", t.calls[4].target)
   end)
 
+  it("list and page take no filters at all (each is optional)", function()
+    local c, t = new_client(ok_json('{"stock_id":"9","total_count":1,"offset":0,"limit":1,"data":[{"code":"a"}]}'))
+    local seen = {}
+    for code in c.busifavor.coupon_codes.list("9") do seen[#seen + 1] = code.code end
+    assert.same({ "a" }, seen)
+    local page = assert(c.busifavor.coupon_codes.page("9"))
+    assert.equal("a", page.data[1].code)
+    assert.equal("/v3/marketing/busifavor/stocks/9/couponcodes?limit=20&offset=0", t.calls[1].target)
+    assert.equal(t.calls[1].target, t.calls[2].target)
+    assert.has_error(function() c.busifavor.coupon_codes.list("9", "x") end)
+  end)
+
   it("associate / disassociate send the four fields and answer the time", function()
     local c, t = new_client(function(_, n)
       return F.response(200, n == 1 and '{"wechatpay_associate_time":"t"}' or '{"wechatpay_disassociate_time":"t"}')
@@ -104,6 +116,15 @@ describe("商家券 code calls: request bytes", function()
 end)
 
 describe("营销补差: request bytes", function()
+  it("a receipt id of any length reaches the path (none is stated)", function()
+    local c, t = new_client(ok_json('{"subsidy_receipt_id":"x","status":"PAY_RECEIPT_SUCCESS"}'))
+    local long = string.rep("2", 100)
+    assert(c.busifavor.subsidy.pay_receipt(long))
+    assert(c.busifavor.subsidy.return_receipt(long))
+    assert.equal("/v3/marketing/busifavor/subsidy/pay-receipts/" .. long, t.calls[1].target)
+    assert.equal("/v3/marketing/busifavor/subsidy/return-receipts/" .. long, t.calls[2].target)
+  end)
+
   it("pay keeps out_subsidy_no across a 500; lists and queries by id", function()
     local answers = {
       function() return F.response(500, '{"code":"SYSTEM_ERROR","message":"x"}') end,
@@ -172,6 +193,59 @@ describe("代金券 flows and lists: request bytes", function()
       t.calls[3].target)
     assert.has_error(function() c.favor.stocks.items("1", { offset = 501 }) end)
     assert.equal(3, #t.calls)
+  end)
+end)
+
+describe("route labels of the issue-19 calls", function()
+  it("each call's on_request route is its declared template, never an id", function()
+    local routes = {}
+    local t = F.transport(function()
+      return F.response(200, '{"stock_id":"9","status":"S","url":"https://x/f","hash_value":"'
+        .. string.rep("a", 40) .. '","wechatpay_associate_time":"t","wechatpay_disassociate_time":"t",'
+        .. '"data":[],"total_count":0,"offset":0,"limit":1}')
+    end)
+    local cfg = F.config(t)
+    cfg.on_request = function(ev) if ev.phase == "call" then routes[#routes + 1] = ev.route end end
+    local c = assert(wxpay.new(cfg))
+    local link = { stock_id = "9", coupon_code = "C1", out_trade_no = "T1" }
+    local pay = { stock_id = "9", coupon_code = "C1", transaction_id = "42", payer_merchant = MCHID,
+      payee_merchant = MCHID, amount = 1, description = "d" }
+    local B, V = "/v3/marketing/busifavor", "/v3/marketing/favor/stocks/{stock_id}"
+    local cases = {
+      { function() return c.busifavor.coupon_codes.upload("9", { coupon_code_list = { "a" } }) end,
+        B .. "/stocks/{stock_id}/couponcodes" },
+      { function() return c.busifavor.coupon_codes.page("9", {}) end, B .. "/stocks/{stock_id}/couponcodes" },
+      { function() return c.busifavor.coupon_codes.get("9", "C1") end,
+        B .. "/stocks/{stock_id}/couponcodes/{coupon_code}" },
+      { function() return c.busifavor.coupon_codes.delete("9", "C1") end,
+        B .. "/stocks/{stock_id}/couponcodes/{coupon_code}" },
+      { function() return c.busifavor.coupons.associate(link) end, B .. "/coupons/associate" },
+      { function() return c.busifavor.coupons.disassociate(link) end, B .. "/coupons/disassociate" },
+      { function() return c.busifavor.subsidy.pay(pay) end, B .. "/subsidy/pay-receipts" },
+      { function() return c.busifavor.subsidy.pay_receipts{ stock_id = "9", coupon_code = "C1" } end,
+        B .. "/subsidy/pay-receipts" },
+      { function() return c.busifavor.subsidy.pay_receipt("R1") end,
+        B .. "/subsidy/pay-receipts/{subsidy_receipt_id}" },
+      { function()
+          local r = {}
+          for k, v in pairs(pay) do r[k] = v end
+          r.refund_id = "5"
+          return c.busifavor.subsidy.return_pay(r)
+        end, B .. "/subsidy/return-receipts" },
+      { function() return c.busifavor.subsidy.return_receipt("R2") end,
+        B .. "/subsidy/return-receipts/{subsidy_return_receipt_id}" },
+      { function() return c.favor.stocks.use_flow("9") end, V .. "/use-flow" },
+      { function() return c.favor.stocks.refund_flow("9") end, V .. "/refund-flow" },
+      { function() return c.favor.stocks.use_flow_by_day("9", "2024-05-20") end, V .. "/use-flow-by-day" },
+      { function() return c.favor.stocks.refund_flow_by_day("9", "2024-05-20") end, V .. "/refund-flow-by-day" },
+      { function() return c.favor.stocks.merchants_page("9") end, V .. "/merchants" },
+      { function() return c.favor.stocks.items_page("9") end, V .. "/items" },
+    }
+    for i, case in ipairs(cases) do
+      local _, err = case[1]()
+      assert.is_nil(err, "case " .. i)
+      assert.equal(case[2], routes[i], "case " .. i)
+    end
   end)
 end)
 

@@ -57,8 +57,12 @@ local function check_opts(opts)
   if (opts.path == nil) == (opts.sink == nil) then
     return nil, invalid("opts.path", "give exactly one of path and sink")
   end
-  if opts.path ~= nil and (type(opts.path) ~= "string" or opts.path == "") then
-    return nil, invalid("opts.path", "must be a file name")
+  -- A NUL byte would cut the name short in the C core: another file than the one named.
+  for _, k in ipairs({ "path", "tmp_dir" }) do
+    local v = opts[k]
+    if v ~= nil and (type(v) ~= "string" or v == "" or v:find("%z")) then
+      return nil, invalid("opts." .. k, k == "path" and "must be a file name" or "must be a directory name")
+    end
   end
   if opts.sink ~= nil and type(opts.sink) ~= "function" then return nil, invalid("opts.sink", "must be a function") end
   for _, k in ipairs({ "timeout", "connect_timeout" }) do
@@ -67,9 +71,10 @@ local function check_opts(opts)
       return nil, invalid("opts." .. k, "must be 0 < seconds <= 86400")
     end
   end
-  if opts.max_bytes ~= nil and (type(opts.max_bytes) ~= "number" or opts.max_bytes < 1
-      or math.floor(opts.max_bytes) ~= opts.max_bytes) then
-    return nil, invalid("opts.max_bytes", "must be a positive integer")
+  -- At most 2^53: the C core takes an integer (math.huge and 2^63 made it raise).
+  local mb = opts.max_bytes
+  if mb ~= nil and (type(mb) ~= "number" or mb < 1 or mb > 2 ^ 53 or math.floor(mb) ~= mb) then
+    return nil, invalid("opts.max_bytes", "must be an integer from 1 to 2^53")
   end
   return true
 end
@@ -92,20 +97,25 @@ local function api_error(st, resp)
   })
 end
 
+-- Whether a sink's answer `res, why` stops the download: `false`, or `nil` with an error
+-- (the ltn12 convention). A sink that returns nothing has taken the chunk.
+local function sink_refused(res, why)
+  return res == false or (res == nil and why ~= nil)
+end
+
 -- Feed the verified file at `tmp` to `sink` in chunks, then `sink(nil)`.
 local function drain(tmp, sink)
   local f, ferr = io.open(tmp, "rb")
   if not f then return nil, errors.new("network", "reading the downloaded file failed: " .. tostring(ferr),
     { code = "WRITE_FAILED", retryable = false }) end
-  local ok, res, why = true, true, nil
-  while ok and res do
+  local ok, res, why
+  repeat
     local chunk = f:read(CHUNK)
     ok, res, why = pcall(sink, chunk)
-    if chunk == nil then res = ok or res; break end -- the end call's answer is not needed
-  end
+  until not ok or sink_refused(res, why) or chunk == nil
   f:close()
-  if not ok or not res then
-    return nil, errors.new("invalid_argument", "opts.sink: the sink failed: " .. tostring(ok and why or res),
+  if not ok or sink_refused(res, why) then
+    return nil, errors.new("invalid_argument", "opts.sink: the sink failed: " .. tostring(ok and (why or res) or res),
       { field = "opts.sink" })
   end
   return true

@@ -95,14 +95,20 @@ local codes_page, codes_list = calls.pager(codes_query, 2)
 
 --- B9: one page of a stock's uploaded codes (`GET …/stocks/{stock_id}/couponcodes`).
 -- @tparam string stock_id
--- @tparam table filters `status?` (`AVAILABLE`, `DISPATCHED`), `appid?`, `limit?` (20),
---   `offset?` (0, counted in codes)
+-- @tparam[opt] table filters `status?` (`AVAILABLE`, `DISPATCHED`), `appid?`, `limit?` (20),
+--   `offset?` (0, counted in codes); every one optional, so the table may be left out
 -- @treturn table|nil `{ data = { { code, code_status, upload_time, dispatched_time?,
 --   openid?, coupon_code? } }, offset, limit, total_count }`
-M.page = codes_page
+function M.page(api, stock_id, filters)
+  calls.argcheck("page", 2, filters, "table?")
+  return codes_page(api, stock_id, filters or {})
+end
 
 --- B9 as a lazy iterator over every code, one page in memory (raises inside the loop).
-M.list = codes_list
+function M.list(api, stock_id, filters)
+  calls.argcheck("list", 2, filters, "table?")
+  return codes_list(api, stock_id, filters or {})
+end
 
 --- B10: one uploaded code (`GET …/stocks/{stock_id}/couponcodes/{coupon_code}`).
 -- @tparam string stock_id

@@ -20,7 +20,8 @@ local schema = require("wxpay.api.busifavor_schema")
 local M = {}
 
 local BASE = "/v3/marketing/busifavor/subsidy"
-local RECEIPT_ID = f.id(1, 64)
+-- No length is stated for the receipt ids WeChat Pay makes: none is invented.
+local RECEIPT_ID = f.id(1)
 
 local function keyed(api, fname, path, params, opts, fields, name)
   calls.argcheck(fname, 1, params, "table")
@@ -32,9 +33,9 @@ local function keyed(api, fname, path, params, opts, fields, name)
   return data, nil, meta
 end
 
-local function read(api, fname, path, id, opts)
+local function read(api, fname, path, name, id, opts)
   calls.argcheck(fname, 2, opts, "table?")
-  local seg, err = f.segment(id, "receipt_id", RECEIPT_ID, api)
+  local seg, err = f.segment(id, name, RECEIPT_ID, api)
   if not seg then return nil, err end
   local o
   o, err = calls.options(api, opts)
@@ -75,7 +76,7 @@ end
 
 --- B24: one pay receipt (`GET …/subsidy/pay-receipts/{subsidy_receipt_id}`).
 function M.pay_receipt(api, subsidy_receipt_id, opts)
-  return read(api, "pay_receipt", "/pay-receipts", subsidy_receipt_id, opts)
+  return read(api, "pay_receipt", "/pay-receipts", "subsidy_receipt_id", subsidy_receipt_id, opts)
 end
 
 --- B25: return a subsidy (`POST /v3/marketing/busifavor/subsidy/return-receipts`).
@@ -90,7 +91,8 @@ end
 
 --- B26: one return receipt (`GET …/subsidy/return-receipts/{subsidy_return_receipt_id}`).
 function M.return_receipt(api, subsidy_return_receipt_id, opts)
-  return read(api, "return_receipt", "/return-receipts", subsidy_return_receipt_id, opts)
+  return read(api, "return_receipt", "/return-receipts", "subsidy_return_receipt_id",
+    subsidy_return_receipt_id, opts)
 end
 
 return M

@@ -121,7 +121,9 @@ end
 function M.upload_codes(o)
   local f, ferr = io.open(o.file, "rb")
   if not f then o.err:write("wxpay: cannot read ", o.file, ": ", tostring(ferr), "\n"); return 1 end
-  local j, jerr = journal_mod.open(o.journal)
+  -- A run holds the journal's lock like a campaign run: two uploads of one file at once
+  -- would send the same batches side by side.
+  local j, jerr = journal_mod.open(o.journal, { lock = true })
   if not j then f:close(); o.err:write("wxpay: ", jerr, "\n"); return 1 end
   j:exec(SCHEMA)
   local ok, done, why = pcall(upload_all, j, f, o)
