@@ -246,4 +246,18 @@ describe("wxpay.api.routes", function()
     assert.is_nil(routes.match("GET", "/v3/marketing/favor/stocks/987/unknown"))
     assert.is_nil(routes.match("DELETE", "/v3/marketing/favor/stocks/987"))
   end)
+
+  it("支付有礼's routes come from its ENDPOINTS declaration", function()
+    assert.equal("/v3/marketing/paygiftactivity/activities/{activity_id}/merchants/add",
+      routes.match("POST", "/v3/marketing/paygiftactivity/activities/10028001/merchants/add"))
+    assert.equal("/v3/marketing/paygiftactivity/activities/{activity_id}",
+      routes.match("GET", "/v3/marketing/paygiftactivity/activities/10028001"))
+    assert.equal("/v3/marketing/paygiftactivity/activities",
+      routes.match("GET", "/v3/marketing/paygiftactivity/activities?offset=0&limit=10"))
+    local n = 0
+    for _, e in ipairs(routes.all()) do
+      if e[2]:find("/paygiftactivity/", 1, true) then n = n + 1 end
+    end
+    assert.equal(8, n)
+  end)
 end)

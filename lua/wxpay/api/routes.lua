@@ -3,7 +3,7 @@
 -- filled path came from. The `on_request` events and `wxpay.metrics` label a call with its
 -- template, never with an id or a query. spec/30 checks that each template is one of the
 -- sandbox's routes and that every product function's path matches one of them.
--- A new product appends its endpoints here.
+-- A new product appends its endpoints here, or names its module in M.DECLARED.
 -- @module wxpay.api.routes
 
 local M = {}
@@ -74,9 +74,27 @@ end
 -- fixed segment (`coupons/use`) wins over a parameter in the same place.
 local by_method
 
+-- Products that declare each endpoint once in an `ENDPOINTS` table ({ method, template, … })
+-- give their routes from there rather than from M.list.
+M.DECLARED = { "wxpay.api.paygift" }
+
+--- Every route: M.list, then those of the products in M.DECLARED.
+-- @treturn table array of { method, template }
+function M.all()
+  local out = {}
+  for _, e in ipairs(M.list) do out[#out + 1] = e end
+  for _, name in ipairs(M.DECLARED) do
+    local declared = {}
+    for _, e in pairs(require(name).ENDPOINTS) do declared[#declared + 1] = { e[1], e[2] } end
+    table.sort(declared, function(a, b) return a[2] .. a[1] < b[2] .. b[1] end)
+    for _, e in ipairs(declared) do out[#out + 1] = e end
+  end
+  return out
+end
+
 local function compile()
   by_method = {}
-  for _, e in ipairs(M.list) do
+  for _, e in ipairs(M.all()) do
     local t = by_method[e[1]] or {}
     by_method[e[1]] = t
     t[#t + 1] = { M.pattern(e[2]), e[2], #e[2]:gsub("{[%w_]+}", "") }
