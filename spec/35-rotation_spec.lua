@@ -104,6 +104,24 @@ describe("the previous APIv3 key", function()
     assert.equal("decrypt", err.check)
   end)
 
+  it("never appears in an error or a log line, even when a server echoes it", function()
+    local echo = "key " .. fake.APIV3 .. " and " .. NEW_APIV3
+    local t = fake.transport(function()
+      return { status = 400, headers = { ["Request-ID"] = "req-echo" },
+        body = cjson.encode{ code = "PARAM_ERROR", message = echo, detail = { value = echo } } }
+    end)
+    local lines = {}
+    local c = assert(wxpay.new(fake.config(t, { apiv3_key = NEW_APIV3, apiv3_key_previous = fake.APIV3,
+      apiv3_key_previous_until = 2000000000, max_retries = 0,
+      logger = function(_, message, fields) lines[#lines + 1] = message .. " " .. cjson.encode(fields) end })))
+    local _, err = c.request{ method = "POST", path = "/v3/x", body = { a = 1 } }
+    assert.equal("PARAM_ERROR", err.code)
+    local text = tostring(err) .. " " .. tostring(err.message) .. " " .. cjson.encode(err.detail or {})
+      .. " " .. table.concat(lines, "\n")
+    assert.is_nil(text:find(NEW_APIV3, 1, true), text)
+    assert.is_nil(text:find(fake.APIV3, 1, true), text)
+  end)
+
   it("is checked like apiv3_key and needs its end time", function()
     local t = fake.transport(function() end)
     local _, err = wxpay.new(fake.config(t, { apiv3_key_previous = "short", apiv3_key_previous_until = 1 }))
