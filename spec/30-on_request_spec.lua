@@ -206,6 +206,30 @@ describe("on_request", function()
   end)
 end)
 
+describe("calls refused before anything is sent", function()
+  it("have err.elapsed too (product functions, client.request) and fire no event", function()
+    local events = {}
+    local fake = require("spec.support.fake")
+    local t = fake.transport(function() error("nothing is sent") end)
+    local c = assert(wxpay.new(fake.config(t, { on_request = function(ev) events[#events + 1] = ev end })))
+    local refused = {
+      { c.busifavor.stocks.get("") },
+      { c.busifavor.stocks.create({}) },
+      { c.favor.stocks.get("x\n") },
+      { c.partnerships.build({}) },
+      { c.request{ method = "BREW", path = "/v3/x" } },
+    }
+    for i, r in ipairs(refused) do
+      local err = r[2]
+      assert.is_nil(r[1], i)
+      assert.equal("invalid_argument", err.kind, i)
+      assert.is_number(err.elapsed, i)
+      assert.is_true(err.elapsed >= 0, i)
+    end
+    assert.equal(0, #events)
+  end)
+end)
+
 describe("wxpay.api.routes", function()
   it("every declared template is one of the sandbox's routes, with its method", function()
     -- Read from the sandbox's source (it runs on Lua 5.4 only): the fixed paths of
