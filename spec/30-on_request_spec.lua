@@ -230,6 +230,23 @@ describe("calls refused before anything is sent", function()
   end)
 end)
 
+describe("client.request's route label", function()
+  it("a declared endpoint is labelled with its template, not the ids in its path", function()
+    local fake = require("spec.support.fake")
+    local events = {}
+    local t = fake.transport(function() return fake.response(404, '{"code":"NOT_FOUND","message":"x"}') end)
+    local c = assert(wxpay.new(fake.config(t, { max_retries = 0,
+      on_request = function(ev) events[#events + 1] = ev end })))
+    c.request{ method = "GET", path = "/v3/marketing/busifavor/stocks/1234567890", query = { a = "b" } }
+    c.request{ method = "GET", path = "/v3/marketing/favor/stocks/987/use-flow" }
+    c.request{ method = "GET", path = "/v3/unknown/42", route = "/v3/unknown/{n}" }
+    assert.equal(6, #events)
+    assert.equal("/v3/marketing/busifavor/stocks/{stock_id}", events[2].route)
+    assert.equal("/v3/marketing/favor/stocks/{stock_id}/use-flow", events[4].route)
+    assert.equal("/v3/unknown/{n}", events[6].route)
+  end)
+end)
+
 describe("wxpay.api.routes", function()
   it("every declared template is one of the sandbox's routes, with its method", function()
     -- Read from the sandbox's source (it runs on Lua 5.4 only): the fixed paths of
@@ -241,7 +258,8 @@ describe("wxpay.api.routes", function()
       fixed[path] = {}
       for m in methods:gmatch("(%u+) =") do fixed[path][m] = true end
     end
-    for _, name in ipairs({ "coupons_busifavor", "coupons_favor" }) do
+    for _, name in ipairs({ "coupons_busifavor", "coupons_favor", "coupons_codes", "coupons_flows",
+        "coupons_subsidy" }) do
       for pattern, methods in source(name):gmatch('{ "(%^/v3/[^"]+%$)",([^\n]*)}') do
         local p = { pattern }
         for m in methods:gmatch("(%u+) =") do p[m] = true end
@@ -249,6 +267,9 @@ describe("wxpay.api.routes", function()
       end
     end
     assert.is_true(#patterns >= 15)
+    for _, e in pairs(require("wxpay.api.paygift").ENDPOINTS) do -- the sandbox routes paygift from these
+      patterns[#patterns + 1] = { routes.pattern(e[2]), [e[1]] = true }
+    end
     for _, e in ipairs(routes.list) do
       local method, template = e[1], e[2]
       local filled = template:gsub("{[%w_]+}", "X1")
@@ -258,6 +279,28 @@ describe("wxpay.api.routes", function()
       end
       assert(found, method .. " " .. template .. " is not a sandbox route")
     end
+  end)
+
+  it("every product route of the sandbox has a template (a call is never labelled with its ids)", function()
+    local seen = 0
+    local function check(method, filled, from)
+      seen = seen + 1
+      assert(routes.match(method, filled), method .. " " .. filled .. " (" .. from .. ") has no template")
+    end
+    for _, file in ipairs({ "coupons_busifavor", "coupons_favor", "coupons_codes", "coupons_flows",
+        "coupons_subsidy" }) do
+      local src = assert(io.open("lua/wxpay/sandbox/" .. file .. ".lua")):read("*a")
+      for pattern, methods in src:gmatch('{ "%^(/v3/[^"]+)%$",([^\n]*)}') do
+        local filled = pattern:gsub("%(%[%^/%]%+%)", "X1"):gsub("%%%-", "-")
+        if not filled:find("^/v3/billdownload/") then -- a download link, fetched unsigned (client.download)
+          for m in methods:gmatch("(%u+) =") do check(m, filled, file) end
+        end
+      end
+    end
+    for name, e in pairs(require("wxpay.api.paygift").ENDPOINTS) do
+      check(e[1], (e[2]:gsub("{[%w_]+}", "X1")), "paygift." .. name)
+    end
+    assert.is_true(seen >= 40, seen)
   end)
 
   it("a fixed segment wins over a parameter; an unknown path has no template", function()

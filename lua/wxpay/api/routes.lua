@@ -41,7 +41,29 @@ M.list = {
   { "GET", "/v3/marketing/favor/users/{openid}/coupons/{coupon_id}" },
   { "POST", "/v3/marketing/favor/callbacks" },
   { "GET", "/v3/marketing/favor/callbacks" },
+  -- 商家券 pre-stored codes, associate (busifavor codes)
+  { "POST", "/v3/marketing/busifavor/stocks/{stock_id}/couponcodes" },
+  { "GET", "/v3/marketing/busifavor/stocks/{stock_id}/couponcodes" },
+  { "GET", "/v3/marketing/busifavor/stocks/{stock_id}/couponcodes/{coupon_code}" },
+  { "DELETE", "/v3/marketing/busifavor/stocks/{stock_id}/couponcodes/{coupon_code}" },
+  { "POST", "/v3/marketing/busifavor/coupons/associate" },
+  { "POST", "/v3/marketing/busifavor/coupons/disassociate" },
+  -- 营销补差 (busifavor subsidy)
+  { "POST", "/v3/marketing/busifavor/subsidy/pay-receipts" },
+  { "GET", "/v3/marketing/busifavor/subsidy/pay-receipts" },
+  { "GET", "/v3/marketing/busifavor/subsidy/pay-receipts/{subsidy_receipt_id}" },
+  { "POST", "/v3/marketing/busifavor/subsidy/return-receipts" },
+  { "GET", "/v3/marketing/busifavor/subsidy/return-receipts/{subsidy_return_receipt_id}" },
+  -- 代金券 flows, merchants and items (favor flows)
+  { "GET", "/v3/marketing/favor/stocks/{stock_id}/use-flow" },
+  { "GET", "/v3/marketing/favor/stocks/{stock_id}/refund-flow" },
+  { "GET", "/v3/marketing/favor/stocks/{stock_id}/use-flow-by-day" },
+  { "GET", "/v3/marketing/favor/stocks/{stock_id}/refund-flow-by-day" },
+  { "GET", "/v3/marketing/favor/stocks/{stock_id}/merchants" },
+  { "GET", "/v3/marketing/favor/stocks/{stock_id}/items" },
 }
+-- 支付有礼 (paygift): from its endpoint declarations.
+for _, e in pairs(require("wxpay.api.paygift").ENDPOINTS) do M.list[#M.list + 1] = { e[1], e[2] } end
 
 --- The Lua pattern a template matches: literal parts escaped, `{name}` one path segment.
 -- @tparam string template
