@@ -27,12 +27,13 @@ end
 function M.notify()
   ngx.req.read_body()
   local fail = ngx.var.arg_fail == "1"
+  local lease, sleep = tonumber(ngx.var.arg_lease), tonumber(ngx.var.arg_sleep) or 0.3
   local answer, outcome = client.notify.handle(ngx.req.get_headers(), ngx.req.get_body_data() or "",
     function(n)
       ngx.shared.runs:incr(n.id, 1, 0)
-      ngx.sleep(0.3)
+      ngx.sleep(sleep)
       return not fail
-    end)
+    end, lease and { lease = lease } or nil)
   ngx.header["X-Outcome"] = outcome
   ngx.header["X-Worker"] = ngx.worker.pid()
   ngx.status = answer.status
@@ -168,6 +169,26 @@ describe("callbacks handled once in nginx (4 workers, store = ngx:wxpay_store)",
     local second = deliver(dir, server.url .. "/notify", headers, body, 1)[1]
     assert.same({ 204, "handled" }, { second.status, second.outcome })
     assert.equal(2, runs(id))
+  end)
+
+  it("a handler slower than its lease keeps it (renewed): a delivery meanwhile does not run it again", function()
+    local id = "EV-nginx-slow-" .. core.nonce(8)
+    local headers, body = callback(id)
+    -- lease 1 s, the handler takes 2.5 s; the second delivery comes 1.5 s after the first
+    local bf = dir .. "/slow.json"
+    helpers.write(bf, body)
+    local hs = {}
+    for i, h in ipairs(headers) do hs[i] = "-H " .. helpers.q(h) end
+    local one = "curl -s -m 30 -X POST " .. table.concat(hs, " ") .. " --data-binary @" .. helpers.q(bf)
+      .. " -o /dev/null -D - " .. helpers.q(server.url .. "/notify?lease=1&sleep=2.5")
+    local p = assert(io.popen(nginx.CLEAN_ENV .. "sh -c " .. helpers.q("(" .. one .. " > " .. helpers.q(dir
+      .. "/first.txt") .. ") & sleep 1.5; " .. one .. "; wait") .. " 2>/dev/null"))
+    local second = p:read("*a")
+    p:close()
+    local first = helpers.read(dir .. "/first.txt")
+    assert.truthy(first:find("[Xx]%-[Oo]utcome: handled"), first)
+    assert.truthy(second:find("[Xx]%-[Oo]utcome: in_progress") or second:find("[Xx]%-[Oo]utcome: duplicate"), second)
+    assert.equal(1, runs(id))
   end)
 
   it("left no Lua errors in the error log", function()
