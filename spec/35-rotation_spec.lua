@@ -170,6 +170,19 @@ describe("client.reload", function()
     assert.has_error(function() c.reload("nope") end)
   end)
 
+  it("keeps the record of handled callbacks in a memory store (store = \"memory\", or qps alone)", function()
+    local t = fake.transport(function() error("no request") end)
+    for i, extra in ipairs({ { store = "memory" }, { qps = 50 } }) do
+      local c = assert(wxpay.new(fake.config(t, extra)))
+      local h, b = callback(fake.APIV3, "EV-reload-mem-" .. i)
+      assert.equal("handled", select(2, c.notify.handle(h, b, function() return true end)))
+      assert(c.reload(fake.config(t, extra)))
+      local ran = false
+      assert.equal("duplicate", select(2, c.notify.handle(h, b, function() ran = true; return true end)), i)
+      assert.is_false(ran)
+    end
+  end)
+
   it("keeps the record of handled callbacks and picks up a new APIv3 key", function()
     local t = fake.transport(function() error("no request") end)
     local c = assert(wxpay.new(fake.config(t)))
