@@ -230,6 +230,27 @@ describe("calls refused before anything is sent", function()
   end)
 end)
 
+describe("elapsed after the pipeline", function()
+  it("an answer the product refuses (decode) has err.elapsed; an empty partnerships page meta.elapsed", function()
+    local fake = require("spec.support.fake")
+    local answer = { 200, '{"offset":-1}' }
+    local t = fake.transport(function() return fake.response(answer[1], answer[2]) end)
+    local c = assert(wxpay.new(fake.config(t, { max_retries = 0 })))
+    local _, err = c.favor.stocks.start("9856000", { stock_creator_mchid = "1900000001" })
+    assert.equal("decode", err.kind)
+    assert.is_number(err.elapsed)
+    _, err = c.partnerships.page{ authorized_data = { business_type = "FAVOR_STOCK" } }
+    assert.equal("decode", err.kind)
+    assert.is_number(err.elapsed)
+    answer[1], answer[2] = 404, '{"code":"RESOURCE_NOT_EXISTS","message":"none"}'
+    local page, perr, meta = c.partnerships.page{ authorized_data = { business_type = "FAVOR_STOCK" } }
+    assert.is_nil(perr)
+    assert.same({}, page.data)
+    assert.is_true(meta.empty)
+    assert.is_number(meta.elapsed)
+  end)
+end)
+
 describe("client.request's route label", function()
   it("a declared endpoint is labelled with its template, not the ids in its path", function()
     local fake = require("spec.support.fake")
