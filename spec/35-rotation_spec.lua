@@ -52,6 +52,17 @@ describe("several WeChat Pay public keys", function()
     assert.same({ fake.keys().pub_key_id, ID2 }, ids)
   end)
 
+  it("the main key listed again in wechatpay_public_keys shows once in certificates.list", function()
+    local t = fake.transport(function() return signed_by_other(ID2, '{"ok":1}') end)
+    local k = fake.keys()
+    local c = assert(wxpay.new(fake.config(t, { wechatpay_public_keys = { [ID2] = other.pub_pem,
+      [k.pub_key_id:lower()] = k.wechatpay_pub } })))
+    local ids = {}
+    for _, e in ipairs(c.certificates.list()) do if e.source == "public_key" then ids[#ids + 1] = e.serial_no end end
+    table.sort(ids)
+    assert.same({ k.pub_key_id, ID2 }, ids)
+  end)
+
   it("without it the same answer is refused; files and bad entries", function()
     local t = fake.transport(function() return signed_by_other(ID2, '{"ok":1}') end)
     local c = assert(wxpay.new(fake.config(t)))
