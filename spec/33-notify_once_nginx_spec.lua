@@ -226,6 +226,15 @@ describe("examples/openresty: callbacks once and /metrics", function()
     assert.equal(400, tampered.status)
   end)
 
+  it("answers a refused callback (tampered body) with its status and no error in the log", function()
+    local headers, body = callback("EV-example-bad-" .. core.nonce(8))
+    local answers = deliver(dir, server.url .. "/wxpay/notify", headers, (body:gsub("spec", "spek")), 1)
+    assert.equal(1, #answers)
+    assert.is_true(answers[1].status >= 400 and answers[1].status < 500, tostring(answers[1].status))
+    local log = server:log()
+    assert.is_nil(log:find("[error]", 1, true), log)
+  end)
+
   it("serves /metrics in a text promtool accepts", function()
     local status = nginx.http("POST", server.url .. "/admin/partnerships",
       cjson.encode{ appid = "wxmetricsexample", stock_id = "S1" })
