@@ -154,6 +154,39 @@ describe("client.notify.handle across a fleet (real redis-server)", function()
     assert.equal(2, runs)
   end)
 
+  it("under OpenResty the lease is renewed while the handler runs (compare-and-pexpire)", function()
+    local c = new_client{ store = srv.url }
+    local raw = assert(require("wxpay.store").open(srv.url))
+    local id = "EV-renew-" .. core.nonce(6)
+    local key = "wxpay:1900000001:notify:" .. id
+    local h, body = callback(id)
+    -- The light threads of ngx, as far as the renewal uses them: ngx.sleep gives the turn
+    -- back to the handler, which hands it to the thread with `turn()`.
+    local thread, killed
+    local fake_ngx = { sleep = function() coroutine.yield() end, thread = {
+      spawn = function(f) thread = coroutine.create(f); assert(coroutine.resume(thread)); return thread end,
+      kill = function(th) killed = th == thread; return true end } }
+    local function turn() assert(coroutine.resume(thread)) end
+    local pttl_before, pttl_after
+    local function handler()
+      assert(raw:eval("return redis.call('PEXPIRE', KEYS[1], 400)", { key }))
+      pttl_before = tonumber(raw:eval("return redis.call('PTTL', KEYS[1])", { key }))
+      turn() -- the thread's next turn: the lease is ours, so it is extended to `lease` again
+      pttl_after = tonumber(raw:eval("return redis.call('PTTL', KEYS[1])", { key }))
+      return true
+    end
+    _G.ngx = fake_ngx
+    local ok, answer, outcome = pcall(c.notify.handle, h, body, handler, { lease = 100 })
+    _G.ngx = nil
+    assert(ok, answer)
+    assert.equal("handled", outcome, tostring(answer and answer.body))
+    assert.is_true(pttl_before <= 400, tostring(pttl_before))
+    assert.is_true(pttl_after > 50000, tostring(pttl_after))
+    assert.is_true(killed)
+    -- the renewal never overwrote the record
+    assert.equal("done", raw:get(key))
+  end)
+
   it("a merchant's ids are its own: the same id at another mchid is another notification", function()
     local a = new_client{ store = srv.url }
     local other = new_client{ store = srv.url, mchid = "1900000002" }
