@@ -185,6 +185,27 @@ describe("client.notify.handle across a fleet (real redis-server)", function()
     assert.is_true(killed)
     -- the renewal never overwrote the record
     assert.equal("done", raw:get(key))
+
+    -- a handler that never returns does not hold the id for ever: after MAX_HOLD seconds
+    -- the lease is no longer renewed, so a later delivery can run it
+    local clk = clock()
+    local c2 = new_client{ store = srv.url, monotonic = clk.monotonic }
+    local id2 = "EV-renew-cap-" .. core.nonce(6)
+    local key2 = "wxpay:1900000001:notify:" .. id2
+    local h2, body2 = callback(id2)
+    local pttl_capped
+    local function hung()
+      assert(raw:eval("return redis.call('PEXPIRE', KEYS[1], 400)", { key2 }))
+      clk.advance(require("wxpay.notify_once").MAX_HOLD + 1)
+      if coroutine.status(thread) == "suspended" then turn() end
+      pttl_capped = tonumber(raw:eval("return redis.call('PTTL', KEYS[1])", { key2 }))
+      return false
+    end
+    _G.ngx = fake_ngx
+    ok, answer = pcall(c2.notify.handle, h2, body2, hung, { lease = 100 })
+    _G.ngx = nil
+    assert(ok, answer)
+    assert.is_true(pttl_capped <= 400, tostring(pttl_capped))
   end)
 
   it("a merchant's ids are its own: the same id at another mchid is another notification", function()
