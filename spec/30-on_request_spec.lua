@@ -206,6 +206,68 @@ describe("on_request", function()
   end)
 end)
 
+describe("calls refused before anything is sent", function()
+  it("have err.elapsed too (product functions, client.request) and fire no event", function()
+    local events = {}
+    local fake = require("spec.support.fake")
+    local t = fake.transport(function() error("nothing is sent") end)
+    local c = assert(wxpay.new(fake.config(t, { on_request = function(ev) events[#events + 1] = ev end })))
+    local refused = {
+      { c.busifavor.stocks.get("") },
+      { c.busifavor.stocks.create({}) },
+      { c.favor.stocks.get("x\n") },
+      { c.partnerships.build({}) },
+      { c.request{ method = "BREW", path = "/v3/x" } },
+    }
+    for i, r in ipairs(refused) do
+      local err = r[2]
+      assert.is_nil(r[1], i)
+      assert.equal("invalid_argument", err.kind, i)
+      assert.is_number(err.elapsed, i)
+      assert.is_true(err.elapsed >= 0, i)
+    end
+    assert.equal(0, #events)
+  end)
+end)
+
+describe("elapsed after the pipeline", function()
+  it("an answer the product refuses (decode) has err.elapsed; an empty partnerships page meta.elapsed", function()
+    local fake = require("spec.support.fake")
+    local answer = { 200, '{"offset":-1}' }
+    local t = fake.transport(function() return fake.response(answer[1], answer[2]) end)
+    local c = assert(wxpay.new(fake.config(t, { max_retries = 0 })))
+    local _, err = c.favor.stocks.start("9856000", { stock_creator_mchid = "1900000001" })
+    assert.equal("decode", err.kind)
+    assert.is_number(err.elapsed)
+    _, err = c.partnerships.page{ authorized_data = { business_type = "FAVOR_STOCK" } }
+    assert.equal("decode", err.kind)
+    assert.is_number(err.elapsed)
+    answer[1], answer[2] = 404, '{"code":"RESOURCE_NOT_EXISTS","message":"none"}'
+    local page, perr, meta = c.partnerships.page{ authorized_data = { business_type = "FAVOR_STOCK" } }
+    assert.is_nil(perr)
+    assert.same({}, page.data)
+    assert.is_true(meta.empty)
+    assert.is_number(meta.elapsed)
+  end)
+end)
+
+describe("client.request's route label", function()
+  it("a declared endpoint is labelled with its template, not the ids in its path", function()
+    local fake = require("spec.support.fake")
+    local events = {}
+    local t = fake.transport(function() return fake.response(404, '{"code":"NOT_FOUND","message":"x"}') end)
+    local c = assert(wxpay.new(fake.config(t, { max_retries = 0,
+      on_request = function(ev) events[#events + 1] = ev end })))
+    c.request{ method = "GET", path = "/v3/marketing/busifavor/stocks/1234567890", query = { a = "b" } }
+    c.request{ method = "GET", path = "/v3/marketing/favor/stocks/987/use-flow" }
+    c.request{ method = "GET", path = "/v3/unknown/42", route = "/v3/unknown/{n}" }
+    assert.equal(6, #events)
+    assert.equal("/v3/marketing/busifavor/stocks/{stock_id}", events[2].route)
+    assert.equal("/v3/marketing/favor/stocks/{stock_id}/use-flow", events[4].route)
+    assert.equal("/v3/unknown/{n}", events[6].route)
+  end)
+end)
+
 describe("wxpay.api.routes", function()
   it("every declared template is one of the sandbox's routes, with its method", function()
     -- Read from the sandbox's source (it runs on Lua 5.4 only): the fixed paths of
@@ -217,8 +279,8 @@ describe("wxpay.api.routes", function()
       fixed[path] = {}
       for m in methods:gmatch("(%u+) =") do fixed[path][m] = true end
     end
-    for _, name in ipairs({ "coupons_busifavor", "coupons_favor", "coupons_codes", "coupons_subsidy",
-        "coupons_flows" }) do
+    for _, name in ipairs({ "coupons_busifavor", "coupons_favor", "coupons_codes", "coupons_flows",
+        "coupons_subsidy" }) do
       for pattern, methods in source(name):gmatch('{ "(%^/v3/[^"]+%$)",([^\n]*)}') do
         local p = { pattern }
         for m in methods:gmatch("(%u+) =") do p[m] = true end
@@ -226,6 +288,9 @@ describe("wxpay.api.routes", function()
       end
     end
     assert.is_true(#patterns >= 15)
+    for _, e in pairs(require("wxpay.api.paygift").ENDPOINTS) do -- the sandbox routes paygift from these
+      patterns[#patterns + 1] = { routes.pattern(e[2]), [e[1]] = true }
+    end
     for _, e in ipairs(routes.list) do
       local method, template = e[1], e[2]
       local filled = template:gsub("{[%w_]+}", "X1")
@@ -235,6 +300,28 @@ describe("wxpay.api.routes", function()
       end
       assert(found, method .. " " .. template .. " is not a sandbox route")
     end
+  end)
+
+  it("every product route of the sandbox has a template (a call is never labelled with its ids)", function()
+    local seen = 0
+    local function check(method, filled, from)
+      seen = seen + 1
+      assert(routes.match(method, filled), method .. " " .. filled .. " (" .. from .. ") has no template")
+    end
+    for _, file in ipairs({ "coupons_busifavor", "coupons_favor", "coupons_codes", "coupons_flows",
+        "coupons_subsidy" }) do
+      local src = assert(io.open("lua/wxpay/sandbox/" .. file .. ".lua")):read("*a")
+      for pattern, methods in src:gmatch('{ "%^(/v3/[^"]+)%$",([^\n]*)}') do
+        local filled = pattern:gsub("%(%[%^/%]%+%)", "X1"):gsub("%%%-", "-")
+        if not filled:find("^/v3/billdownload/") then -- a download link, fetched unsigned (client.download)
+          for m in methods:gmatch("(%u+) =") do check(m, filled, file) end
+        end
+      end
+    end
+    for name, e in pairs(require("wxpay.api.paygift").ENDPOINTS) do
+      check(e[1], (e[2]:gsub("{[%w_]+}", "X1")), "paygift." .. name)
+    end
+    assert.is_true(seen >= 40, seen)
   end)
 
   it("a fixed segment wins over a parameter; an unknown path has no template", function()
@@ -255,7 +342,7 @@ describe("wxpay.api.routes", function()
     assert.equal("/v3/marketing/paygiftactivity/activities",
       routes.match("GET", "/v3/marketing/paygiftactivity/activities?offset=0&limit=10"))
     local n = 0
-    for _, e in ipairs(routes.all()) do
+    for _, e in ipairs(routes.list) do
       if e[2]:find("/paygiftactivity/", 1, true) then n = n + 1 end
     end
     assert.equal(8, n)

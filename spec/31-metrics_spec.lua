@@ -78,6 +78,46 @@ describe("wxpay.metrics", function()
     assert.truthy(text:find('status="none",error="network"', 1, true), text)
   end)
 
+  it("hostile label values (tab, CR, NUL, invalid UTF-8, quotes) keep every series and pass promtool", function()
+    local m = assert(metrics.new())
+    local hostile = { '/v3/a\tb', '/v3/a\rb\nc', '/v3/a\0b', '/v3/\255\254', '/v3/"\\"' }
+    for _, route in ipairs(hostile) do
+      m.on_request(ev{ phase = "attempt", route = route, status = 500, error_kind = "api", attempt = 1 })
+      m.on_request(ev{ phase = "call", route = route, status = 500, error_kind = "api", attempts = 1,
+        retries = 0, duration = 0.01 })
+    end
+    local text = m.render()
+    assert.is_nil(text:find("[%z\r\t]"), text)
+    local calls, attempts, counts = 0, 0, 0
+    for series, value in pairs(parse(text)) do
+      if series:find("^wxpay_requests_total{") then calls = calls + value end
+      if series:find("^wxpay_attempts_total{") then attempts = attempts + value end
+      if series:find("^wxpay_request_duration_seconds_count{") then counts = counts + value end
+    end
+    assert.equal(#hostile, calls, text)
+    assert.equal(#hostile, attempts, text)
+    assert.equal(#hostile, counts, text)
+    if not have_promtool() then return end
+    local rc, out = promtool(text)
+    assert.equal(0, rc, out .. "\n" .. text)
+  end)
+
+  it("bounds the label sets: past the limit new routes are counted under route=\"other\"", function()
+    local m = assert(metrics.new())
+    for i = 1, metrics.MAX_SERIES + 50 do
+      m.on_request(ev{ phase = "call", route = "/v3/x/" .. i, status = 200, attempts = 1, retries = 0,
+        duration = 0.01 })
+    end
+    local s, routes, total = parse(m.render()), {}, 0
+    for series, value in pairs(s) do
+      local route = series:match('^wxpay_requests_total{.-route="([^"]*)"')
+      if route then routes[#routes + 1] = route; total = total + value end
+    end
+    assert.equal(metrics.MAX_SERIES + 50, total)
+    assert.is_true(#routes <= metrics.MAX_SERIES + 1, #routes)
+    assert.equal(50, s['wxpay_requests_total{mchid="1900000001",method="GET",route="other",status="200",error="none"}'])
+  end)
+
   it("refuses bad options", function()
     local _, err = metrics.new{ buckets = { 1, 0.5 } }
     assert.equal("buckets", err.field)

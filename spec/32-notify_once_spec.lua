@@ -154,6 +154,60 @@ describe("client.notify.handle across a fleet (real redis-server)", function()
     assert.equal(2, runs)
   end)
 
+  it("under OpenResty the lease is renewed while the handler runs (compare-and-pexpire)", function()
+    local c = new_client{ store = srv.url }
+    local raw = assert(require("wxpay.store").open(srv.url))
+    local id = "EV-renew-" .. core.nonce(6)
+    local key = "wxpay:1900000001:notify:" .. id
+    local h, body = callback(id)
+    -- The light threads of ngx, as far as the renewal uses them: ngx.sleep gives the turn
+    -- back to the handler, which hands it to the thread with `turn()`.
+    local thread, killed
+    local fake_ngx = { sleep = function() coroutine.yield() end, thread = {
+      spawn = function(f) thread = coroutine.create(f); assert(coroutine.resume(thread)); return thread end,
+      kill = function(th) killed = th == thread; return true end } }
+    local function turn() assert(coroutine.resume(thread)) end
+    local pttl_before, pttl_after
+    local function handler()
+      assert(raw:eval("return redis.call('PEXPIRE', KEYS[1], 400)", { key }))
+      pttl_before = tonumber(raw:eval("return redis.call('PTTL', KEYS[1])", { key }))
+      turn() -- the thread's next turn: the lease is ours, so it is extended to `lease` again
+      pttl_after = tonumber(raw:eval("return redis.call('PTTL', KEYS[1])", { key }))
+      return true
+    end
+    _G.ngx = fake_ngx
+    local ok, answer, outcome = pcall(c.notify.handle, h, body, handler, { lease = 100 })
+    _G.ngx = nil
+    assert(ok, answer)
+    assert.equal("handled", outcome, tostring(answer and answer.body))
+    assert.is_true(pttl_before <= 400, tostring(pttl_before))
+    assert.is_true(pttl_after > 50000, tostring(pttl_after))
+    assert.is_true(killed)
+    -- the renewal never overwrote the record
+    assert.equal("done", raw:get(key))
+
+    -- a handler that never returns does not hold the id for ever: after MAX_HOLD seconds
+    -- the lease is no longer renewed, so a later delivery can run it
+    local clk = clock()
+    local c2 = new_client{ store = srv.url, monotonic = clk.monotonic }
+    local id2 = "EV-renew-cap-" .. core.nonce(6)
+    local key2 = "wxpay:1900000001:notify:" .. id2
+    local h2, body2 = callback(id2)
+    local pttl_capped
+    local function hung()
+      assert(raw:eval("return redis.call('PEXPIRE', KEYS[1], 400)", { key2 }))
+      clk.advance(require("wxpay.notify_once").MAX_HOLD + 1)
+      if coroutine.status(thread) == "suspended" then turn() end
+      pttl_capped = tonumber(raw:eval("return redis.call('PTTL', KEYS[1])", { key2 }))
+      return false
+    end
+    _G.ngx = fake_ngx
+    ok, answer = pcall(c2.notify.handle, h2, body2, hung, { lease = 100 })
+    _G.ngx = nil
+    assert(ok, answer)
+    assert.is_true(pttl_capped <= 400, tostring(pttl_capped))
+  end)
+
   it("a merchant's ids are its own: the same id at another mchid is another notification", function()
     local a = new_client{ store = srv.url }
     local other = new_client{ store = srv.url, mchid = "1900000002" }

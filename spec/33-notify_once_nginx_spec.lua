@@ -27,12 +27,13 @@ end
 function M.notify()
   ngx.req.read_body()
   local fail = ngx.var.arg_fail == "1"
+  local lease, sleep = tonumber(ngx.var.arg_lease), tonumber(ngx.var.arg_sleep) or 0.3
   local answer, outcome = client.notify.handle(ngx.req.get_headers(), ngx.req.get_body_data() or "",
     function(n)
       ngx.shared.runs:incr(n.id, 1, 0)
-      ngx.sleep(0.3)
+      ngx.sleep(sleep)
       return not fail
-    end)
+    end, lease and { lease = lease } or nil)
   ngx.header["X-Outcome"] = outcome
   ngx.header["X-Worker"] = ngx.worker.pid()
   ngx.status = answer.status
@@ -170,6 +171,32 @@ describe("callbacks handled once in nginx (4 workers, store = ngx:wxpay_store)",
     assert.equal(2, runs(id))
   end)
 
+  it("a handler slower than its lease keeps it (renewed): a delivery meanwhile does not run it again", function()
+    local id = "EV-nginx-slow-" .. core.nonce(8)
+    local headers, body = callback(id)
+    -- lease 2 s (renewed every 0.67 s), the handler takes 4 s; the second delivery comes 3 s
+    -- after the first, when an unrenewed lease would have expired
+    local bf = dir .. "/slow.json"
+    helpers.write(bf, body)
+    local hs = {}
+    for i, h in ipairs(headers) do hs[i] = "-H " .. helpers.q(h) end
+    local one = "curl -s -m 30 -X POST " .. table.concat(hs, " ") .. " --data-binary @" .. helpers.q(bf)
+      .. " -o /dev/null -D - " .. helpers.q(server.url .. "/notify?lease=2&sleep=4")
+    local p = assert(io.popen(nginx.CLEAN_ENV .. "sh -c " .. helpers.q("(" .. one .. " > " .. helpers.q(dir
+      .. "/first.txt") .. ") & sleep 3; " .. one .. "; wait") .. " 2>/dev/null"))
+    local second = p:read("*a")
+    p:close()
+    local outcomes = {}
+    for _, text in ipairs({ helpers.read(dir .. "/first.txt"), second }) do
+      local o = text:match("[Xx]%-[Oo]utcome: (%S+)")
+      outcomes[o or "none"] = (outcomes[o or "none"] or 0) + 1
+    end
+    -- one ran it; the other (whichever came second to nginx) found it held or done
+    assert.equal(1, outcomes.handled, cjson.encode(outcomes))
+    assert.equal(1, (outcomes.in_progress or 0) + (outcomes.duplicate or 0), cjson.encode(outcomes))
+    assert.equal(1, runs(id))
+  end)
+
   it("left no Lua errors in the error log", function()
     local log = server:log()
     assert.is_nil(log:find("[error]", 1, true), log)
@@ -203,6 +230,15 @@ describe("examples/openresty: callbacks once and /metrics", function()
     assert.same({ 204, 204 }, { first.status, second.status })
     local tampered = deliver(dir, server.url .. "/wxpay/notify", headers, body:gsub("spec", "spek"), 1)[1]
     assert.equal(400, tampered.status)
+  end)
+
+  it("answers a refused callback (tampered body) with its status and no error in the log", function()
+    local headers, body = callback("EV-example-bad-" .. core.nonce(8))
+    local answers = deliver(dir, server.url .. "/wxpay/notify", headers, (body:gsub("spec", "spek")), 1)
+    assert.equal(1, #answers)
+    assert.is_true(answers[1].status >= 400 and answers[1].status < 500, tostring(answers[1].status))
+    local log = server:log()
+    assert.is_nil(log:find("[error]", 1, true), log)
   end)
 
   it("serves /metrics in a text promtool accepts", function()

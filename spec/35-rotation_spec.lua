@@ -52,6 +52,17 @@ describe("several WeChat Pay public keys", function()
     assert.same({ fake.keys().pub_key_id, ID2 }, ids)
   end)
 
+  it("the main key listed again in wechatpay_public_keys shows once in certificates.list", function()
+    local t = fake.transport(function() return signed_by_other(ID2, '{"ok":1}') end)
+    local k = fake.keys()
+    local c = assert(wxpay.new(fake.config(t, { wechatpay_public_keys = { [ID2] = other.pub_pem,
+      [k.pub_key_id:lower()] = k.wechatpay_pub } })))
+    local ids = {}
+    for _, e in ipairs(c.certificates.list()) do if e.source == "public_key" then ids[#ids + 1] = e.serial_no end end
+    table.sort(ids)
+    assert.same({ k.pub_key_id, ID2 }, ids)
+  end)
+
   it("without it the same answer is refused; files and bad entries", function()
     local t = fake.transport(function() return signed_by_other(ID2, '{"ok":1}') end)
     local c = assert(wxpay.new(fake.config(t)))
@@ -104,6 +115,24 @@ describe("the previous APIv3 key", function()
     assert.equal("decrypt", err.check)
   end)
 
+  it("never appears in an error or a log line, even when a server echoes it", function()
+    local echo = "key " .. fake.APIV3 .. " and " .. NEW_APIV3
+    local t = fake.transport(function()
+      return { status = 400, headers = { ["Request-ID"] = "req-echo" },
+        body = cjson.encode{ code = "PARAM_ERROR", message = echo, detail = { value = echo } } }
+    end)
+    local lines = {}
+    local c = assert(wxpay.new(fake.config(t, { apiv3_key = NEW_APIV3, apiv3_key_previous = fake.APIV3,
+      apiv3_key_previous_until = 2000000000, max_retries = 0,
+      logger = function(_, message, fields) lines[#lines + 1] = message .. " " .. cjson.encode(fields) end })))
+    local _, err = c.request{ method = "POST", path = "/v3/x", body = { a = 1 } }
+    assert.equal("PARAM_ERROR", err.code)
+    local text = tostring(err) .. " " .. tostring(err.message) .. " " .. cjson.encode(err.detail or {})
+      .. " " .. table.concat(lines, "\n")
+    assert.is_nil(text:find(NEW_APIV3, 1, true), text)
+    assert.is_nil(text:find(fake.APIV3, 1, true), text)
+  end)
+
   it("is checked like apiv3_key and needs its end time", function()
     local t = fake.transport(function() end)
     local _, err = wxpay.new(fake.config(t, { apiv3_key_previous = "short", apiv3_key_previous_until = 1 }))
@@ -150,6 +179,19 @@ describe("client.reload", function()
     assert.equal("1900000009", fields.mchid)
     assert.truthy(tostring(c):find("1900000009", 1, true))
     assert.has_error(function() c.reload("nope") end)
+  end)
+
+  it("keeps the record of handled callbacks in a memory store (store = \"memory\", or qps alone)", function()
+    local t = fake.transport(function() error("no request") end)
+    for i, extra in ipairs({ { store = "memory" }, { qps = 50 } }) do
+      local c = assert(wxpay.new(fake.config(t, extra)))
+      local h, b = callback(fake.APIV3, "EV-reload-mem-" .. i)
+      assert.equal("handled", select(2, c.notify.handle(h, b, function() return true end)))
+      assert(c.reload(fake.config(t, extra)))
+      local ran = false
+      assert.equal("duplicate", select(2, c.notify.handle(h, b, function() ran = true; return true end)), i)
+      assert.is_false(ran)
+    end
   end)
 
   it("keeps the record of handled callbacks and picks up a new APIv3 key", function()

@@ -79,8 +79,10 @@ end
 --- An `invalid_argument` error naming the offending field (nothing was sent).
 -- @tparam string field path such as `partner.appid`
 -- @tparam string reason what is wrong with it
+-- `elapsed` is 0: a call refused on its arguments returns at once, before anything is
+-- sent (every call's error has an `elapsed`, docs/observability.md).
 function M.invalid_argument(field, reason)
-  return M.new("invalid_argument", field .. ": " .. reason, { field = field })
+  return M.new("invalid_argument", field .. ": " .. reason, { field = field, elapsed = 0 })
 end
 
 --- A `config` error naming the offending configuration key.

@@ -68,8 +68,11 @@ end
 function M.list(st)
   M.prune_expired(st)
   local out = {}
-  if st.public_key then out[1] = { serial_no = st.public_key.id, source = "public_key" } end
-  for id in pairs(st.public_keys or {}) do out[#out + 1] = { serial_no = id, source = "public_key" } end
+  local main = st.public_key and st.public_key.id:upper()
+  if main then out[1] = { serial_no = st.public_key.id, source = "public_key" } end
+  for id in pairs(st.public_keys or {}) do
+    if id ~= main then out[#out + 1] = { serial_no = id, source = "public_key" } end -- listed once
+  end
   for _, c in ipairs(st.certificates) do
     out[#out + 1] = { serial_no = c.serial, not_before = c.not_before, not_after = c.not_after,
       source = c.source, decrypted_with = c.decrypted_with }

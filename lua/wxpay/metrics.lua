@@ -42,9 +42,17 @@ local function memory_dict()
   }
 end
 
+-- A label value as the text format wants it: `\`, `"` and newline escaped; other control
+-- characters (a TAB would also split the dict key) and the bytes of invalid UTF-8 (promtool
+-- refuses them) become `?`.
 local function escape(v)
   v = tostring(v)
-  if v:find('[\\"\n]') then v = v:gsub("\\", "\\\\"):gsub('"', '\\"'):gsub("\n", "\\n") end
+  if v:find('[%c\128-\255\\"]') then
+    if v:find("[\128-\255]") and not require("wxpay.request").check_utf8(v) then
+      v = v:gsub("[\128-\255]", "?")
+    end
+    v = v:gsub("\\", "\\\\"):gsub('"', '\\"'):gsub("\n", "\\n"):gsub("%c", "?")
+  end
   return v
 end
 
@@ -56,10 +64,11 @@ end
 
 -- Keys are built once per label set and kept (an event then costs table lookups, not
 -- string building): `m.series[mchid][method][route]` holds the call's keys and, under
--- `outcome[status][error]` / `attempt[status][error][host]`, the others. At most
--- MAX_SERIES label sets are kept; past that (a `client.request` path full of ids) keys
--- are built per event.
-local MAX_SERIES = 2000
+-- `outcome[status][error]` / `attempt[status][error][host]`, the others. A collector takes
+-- at most MAX_SERIES label sets (mchid, method, route); past that (a `client.request` path
+-- full of ids) a new route is counted as `route="other"`, so the series stay bounded.
+M.MAX_SERIES = 2000
+local OTHER = "other"
 
 local function call_keys(m, ls)
   local h = "wxpay_request_duration_seconds"
@@ -77,17 +86,25 @@ local function lookup(t, name, n)
 end
 
 -- The keys of the label set (mchid, method, route).
-local function keys_for(m, ev)
-  local mchid, method, route = ev.mchid or "", ev.method or "", ev.route or ""
+local function cached(m, mchid, method, route)
   local by_mchid = m.series[mchid]
   local by_method = by_mchid and by_mchid[method]
-  local k = by_method and by_method[route]
+  return by_method and by_method[route]
+end
+
+local function keys_for(m, ev)
+  local mchid, method, route = ev.mchid or "", ev.method or "", ev.route or ""
+  local k = cached(m, mchid, method, route)
   if k then return k end
+  if m.sets >= M.MAX_SERIES then
+    route = OTHER
+    k = cached(m, mchid, method, route)
+    if k then return k end
+  end
+  m.sets = m.sets + 1
   k = call_keys(m, 'mchid="' .. escape(mchid) .. '",method="' .. escape(method) .. '",route="'
     .. escape(route) .. '"')
-  if m.n.count < MAX_SERIES then
-    lookup(lookup(m.series, mchid, m.n), method, m.n)[route] = k
-  end
+  lookup(lookup(m.series, mchid, m.n), method, m.n)[route] = k
   return k
 end
 
@@ -266,11 +283,11 @@ function M.new(opts)
   if not check_buckets(buckets) then
     return nil, errors.invalid_argument("buckets", "must be increasing positive finite numbers")
   end
-  local m = { dict = dict, buckets = buckets, series = {}, n = { count = 0 } }
+  local m = { dict = dict, buckets = buckets, series = {}, n = { count = 0 }, sets = 0 }
   return {
     on_request = function(ev) return observe(m, ev) end,
     render = function() return render(m) end,
-    reset = function() dict:flush_all() end,
+    reset = function() dict:flush_all(); m.series, m.sets = {}, 0 end,
   }
 end
 

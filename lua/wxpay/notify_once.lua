@@ -6,8 +6,9 @@
 -- to any worker of any host; the answer follows the durable record:
 --
 -- * the id is taken with an atomic `add` of a lease (`opts.lease` seconds) before the
---   handler runs; a delivery that finds a lease answers a retryable failure (WeChat Pay
---   repeats it later) and does not run the handler;
+--   handler runs, renewed under OpenResty while the handler runs; a delivery that finds a
+--   lease answers a retryable failure (WeChat Pay repeats it later) and does not run the
+--   handler;
 -- * when the handler returns true the id is stored as handled for `opts.keep` seconds
 --   (default 7 days, at least 25 hours) and only then is success (204) answered; a later
 --   delivery of a handled id answers success without running the handler;
@@ -26,6 +27,7 @@ local M = {}
 
 M.LEASE = 60          -- seconds a delivery holds an id while its handler runs
 M.KEEP = 7 * 86400    -- seconds a handled id is remembered
+M.MAX_HOLD = 3600     -- seconds the lease is renewed at most: a hung handler does not hold the id for ever
 local MIN_KEEP = 90000 -- 25 h: longer than WeChat Pay's retry window (15 repeats over about 24 h 4 min)
 local MAX_ID = 256
 local DONE = "done"
@@ -93,9 +95,45 @@ local function take(s, key, lease)
   return "in_progress"
 end
 
--- Run the handler protected. Returns true, or false and what it said.
-local function call(handler, n, meta)
+-- Extends KEYS[1] to ARGV[2] ms only while it still holds ARGV[1] (this delivery's token).
+local RENEW_SCRIPT = [[
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+]]
+
+-- Extend our lease by `lease` seconds if we still hold it; false when it is gone.
+local function renew(s, key, token, lease)
+  if s:scripted() then
+    return tonumber((s:eval(RENEW_SCRIPT, { key }, { token, tostring(math.ceil(lease * 1000)) }))) == 1
+  end
+  if s:get(key) ~= token then return false end -- a shared dict: get then set, not atomic
+  return s:set(key, token, lease) == true
+end
+
+-- Under OpenResty, a light thread renews the lease every third of it while the handler
+-- runs (it waits on I/O, a database write, so the thread gets its turns): a handler slower
+-- than the lease keeps the id and a delivery meanwhile answers "in progress". Not past
+-- MAX_HOLD seconds: a hung handler then lets a later delivery run it. Elsewhere (plain
+-- Lua) nothing renews it: the handler must finish within `lease`.
+local function keep_lease(st, s, key, token, lease)
+  local ngx = rawget(_G, "ngx")
+  if not (ngx and ngx.thread and ngx.sleep) then return nil end
+  local t0 = st.monotonic()
+  local ok, th = pcall(ngx.thread.spawn, function()
+    while true do
+      ngx.sleep(lease / 3)
+      if st.monotonic() - t0 > M.MAX_HOLD or not renew(s, key, token, lease) then return end
+    end
+  end)
+  return ok and th or nil
+end
+
+-- Run the handler protected (its lease kept while it runs). Returns true, or false and
+-- what it said.
+local function call(st, handler, n, meta, s, key, token, lease)
+  local th = keep_lease(st, s, key, token, lease)
   local ok, res, why = pcall(handler, n, meta)
+  if th then pcall(rawget(_G, "ngx").thread.kill, th) end
   if not ok then return false, res end
   if res then return true end
   return false, why
@@ -118,7 +156,7 @@ function M.run(st, n, meta, handler, opts)
   if token == nil then return store_failed(st, err) end
   if token == DONE then return answer(204), "duplicate" end
   if token == "in_progress" then return answer(500, "in progress, try again later"), "in_progress" end
-  local ok, why = call(handler, n, meta)
+  local ok, why = call(st, handler, n, meta, s, key, token, o.lease)
   if not ok then
     store_mod.unlock(s, key, token) -- a failing store leaves the lease to expire
     return answer(500, "handler failed, try again later"), "failed", why

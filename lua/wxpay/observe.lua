@@ -11,13 +11,12 @@ local M = {}
 
 local PHASES = { "budget_wait", "signing", "transfer", "verification" }
 
--- The route label: the caller's `route`, the declared template of a product call, or the
--- path without its query (client.request with no `route`).
+-- The route label: the caller's `route`, else the declared template the path matches (a
+-- product call, or client.request to a declared endpoint), else the path without its query.
 local function route_of(r)
   if r.route then return r.route end
   local path = r.target:match("^[^?]*")
-  if r.product then return routes.match(r.method, path) or path end
-  return path
+  return routes.match(r.method, path) or path
 end
 
 -- The request number of a coupon write (`out_request_no`, …) and its field name.

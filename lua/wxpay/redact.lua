@@ -127,7 +127,7 @@ end
 -- `sent` lists the Authorization values of the request at hand: a server or proxy may
 -- echo one whole, without its scheme, or just the signature.
 --- Remove the client's secrets from a string (anything else is turned into one first).
--- @tparam table st the client state (for its APIv3 and APIv2 keys)
+-- @tparam table st the client state (for its APIv3 keys, current and previous, and APIv2 key)
 -- @param s the text
 -- @tparam[opt] table sent the Authorization values of the request at hand
 -- @treturn string
@@ -136,6 +136,8 @@ local function redact(st, s, sent)
   local c, key, key2 = cache_of(sent), st.apiv3_key, st.apiv2_key
   if key and #s >= #key then s = replace_if_found(s, key) end
   if key2 and #s >= #key2 then s = replace_if_found(s, key2) end
+  local prev = st.apiv3_previous and st.apiv3_previous.key -- during an APIv3 key rotation
+  if prev and #s >= #prev then s = replace_if_found(s, prev) end
   if #s >= c.min then -- a text that cannot hold one derives no needle
     needles_of(c, sent)
     for i = 1, c.n do

@@ -7,7 +7,7 @@
 --
 -- Kept across a reload of the same merchant (`mchid` unchanged): the platform certificates
 -- downloaded so far and their refresh schedule, and the in-memory record of handled
--- callbacks (`client.notify.handle` without a store). Everything else comes from the new
+-- callbacks (`client.notify.handle` without a store, or with a memory `store`). Everything else comes from the new
 -- config. The old HTTP session is closed. docs/rotation.md shows it in use.
 -- @module wxpay.reload
 
@@ -22,6 +22,11 @@ local function carry(old, new)
   if old.mchid ~= new.mchid then return end
   for _, k in ipairs(CARRIED) do
     if new[k] == nil or (k == "expired" and next(new[k]) == nil) then new[k] = old[k] end
+  end
+  -- A memory store (`store = "memory"`, or `qps` alone) lives in the client: the new one
+  -- would start empty, forgetting handled callbacks, the budget and failover state.
+  if new.fleet and old.fleet and new.fleet.kind == "memory" and old.fleet.kind == "memory" then
+    new.fleet.store = old.fleet.store
   end
   if new.download or new.public_key then
     for _, c in ipairs(old.certificates or {}) do

@@ -133,7 +133,7 @@ end
 function M.decode_error(what, meta)
   meta = meta or {}
   return errors.new("decode", what, { status = meta.status, request_id = meta.request_id,
-    attempts = meta.attempts })
+    attempts = meta.attempts, elapsed = meta.elapsed })
 end
 
 --- Require string fields in an answer: returns data, or nil and a `decode` error.

@@ -269,7 +269,7 @@ local function page_numbers(data, meta)
       if type(v) ~= "number" or v ~= v or math.floor(v) ~= v or v < 0 or v > MAX_OFFSET then
         return nil, errors.new("decode", "list page: " .. name .. " is not an integer 0.." .. MAX_OFFSET
           .. " (got " .. tostring(v):sub(1, 40) .. ")", { field = name, status = meta.status,
-          request_id = meta.request_id, attempts = meta.attempts })
+          request_id = meta.request_id, attempts = meta.attempts, elapsed = meta.elapsed })
       end
     end
   end
@@ -297,7 +297,8 @@ end
 -- endpoint is taken as "nothing matches".
 local function empty_page(err, limit, offset)
   return { data = {}, offset = offset, limit = limit, total_count = 0 }, nil,
-    { status = err.status, request_id = err.request_id, attempts = err.attempts, empty = true }
+    { status = err.status, request_id = err.request_id, attempts = err.attempts, elapsed = err.elapsed,
+      empty = true }
 end
 
 local function fetch_page(api, q, limit, offset, o)

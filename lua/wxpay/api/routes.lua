@@ -3,7 +3,7 @@
 -- filled path came from. The `on_request` events and `wxpay.metrics` label a call with its
 -- template, never with an id or a query. spec/30 checks that each template is one of the
 -- sandbox's routes and that every product function's path matches one of them.
--- A new product appends its endpoints here, or names its module in M.DECLARED.
+-- A new product appends its endpoints here.
 -- @module wxpay.api.routes
 
 local M = {}
@@ -41,19 +41,20 @@ M.list = {
   { "GET", "/v3/marketing/favor/users/{openid}/coupons/{coupon_id}" },
   { "POST", "/v3/marketing/favor/callbacks" },
   { "GET", "/v3/marketing/favor/callbacks" },
-  -- 商家券 pre-stored codes, associate, 营销补差 (wxpay.api.busifavor_codes, _subsidy)
+  -- 商家券 pre-stored codes, associate (busifavor codes)
   { "POST", "/v3/marketing/busifavor/stocks/{stock_id}/couponcodes" },
   { "GET", "/v3/marketing/busifavor/stocks/{stock_id}/couponcodes" },
   { "GET", "/v3/marketing/busifavor/stocks/{stock_id}/couponcodes/{coupon_code}" },
   { "DELETE", "/v3/marketing/busifavor/stocks/{stock_id}/couponcodes/{coupon_code}" },
   { "POST", "/v3/marketing/busifavor/coupons/associate" },
   { "POST", "/v3/marketing/busifavor/coupons/disassociate" },
+  -- 营销补差 (busifavor subsidy)
   { "POST", "/v3/marketing/busifavor/subsidy/pay-receipts" },
   { "GET", "/v3/marketing/busifavor/subsidy/pay-receipts" },
   { "GET", "/v3/marketing/busifavor/subsidy/pay-receipts/{subsidy_receipt_id}" },
   { "POST", "/v3/marketing/busifavor/subsidy/return-receipts" },
   { "GET", "/v3/marketing/busifavor/subsidy/return-receipts/{subsidy_return_receipt_id}" },
-  -- 代金券 flow files and lists (wxpay.api.favor_flows)
+  -- 代金券 flows, merchants and items (favor flows)
   { "GET", "/v3/marketing/favor/stocks/{stock_id}/use-flow" },
   { "GET", "/v3/marketing/favor/stocks/{stock_id}/refund-flow" },
   { "GET", "/v3/marketing/favor/stocks/{stock_id}/use-flow-by-day" },
@@ -61,6 +62,8 @@ M.list = {
   { "GET", "/v3/marketing/favor/stocks/{stock_id}/merchants" },
   { "GET", "/v3/marketing/favor/stocks/{stock_id}/items" },
 }
+-- 支付有礼 (paygift): from its endpoint declarations.
+for _, e in pairs(require("wxpay.api.paygift").ENDPOINTS) do M.list[#M.list + 1] = { e[1], e[2] } end
 
 --- The Lua pattern a template matches: literal parts escaped, `{name}` one path segment.
 -- @tparam string template
@@ -74,27 +77,9 @@ end
 -- fixed segment (`coupons/use`) wins over a parameter in the same place.
 local by_method
 
--- Products that declare each endpoint once in an `ENDPOINTS` table ({ method, template, … })
--- give their routes from there rather than from M.list.
-M.DECLARED = { "wxpay.api.paygift" }
-
---- Every route: M.list, then those of the products in M.DECLARED.
--- @treturn table array of { method, template }
-function M.all()
-  local out = {}
-  for _, e in ipairs(M.list) do out[#out + 1] = e end
-  for _, name in ipairs(M.DECLARED) do
-    local declared = {}
-    for _, e in pairs(require(name).ENDPOINTS) do declared[#declared + 1] = { e[1], e[2] } end
-    table.sort(declared, function(a, b) return a[2] .. a[1] < b[2] .. b[1] end)
-    for _, e in ipairs(declared) do out[#out + 1] = e end
-  end
-  return out
-end
-
 local function compile()
   by_method = {}
-  for _, e in ipairs(M.all()) do
+  for _, e in ipairs(M.list) do
     local t = by_method[e[1]] or {}
     by_method[e[1]] = t
     t[#t + 1] = { M.pattern(e[2]), e[2], #e[2]:gsub("{[%w_]+}", "") }
