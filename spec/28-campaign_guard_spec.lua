@@ -147,6 +147,24 @@ describe("wxpay campaign: --max-errors", function()
     assert.equal(30, n)
   end)
 
+  it("sends nothing more once the streak stopped it, not even requests already waiting for --qps", function()
+    local stock = stocks.create(sb, "BUSIFAVOR_STOCK")
+    local p, db = dir .. "/streakq.csv", dir .. "/streakq.db"
+    plan(p, 20, "wxstreakq")
+    -- 16 tasks queue for a --qps 1 slot at once; the streak of 3 is complete after ~3 s
+    local out, err, rc = wxpay("campaign terminate " .. p .. " --stock " .. stock .. " --business-type "
+      .. "BUSIFAVOR_STOCK --journal " .. db .. " --no-progress --concurrency 16 --qps 1 --max-errors 3")
+    assert.equal(1, rc, out .. err)
+    assert.truthy(err:find("stopped after 3 identical errors", 1, true), err)
+    -- the streak, plus at most what was already in flight when its last answer came
+    local sent = #posts("terminate", stock)
+    assert.is_true(sent >= 3 and sent <= 5, "sent " .. sent)
+    local st = status_json(db).campaigns[1]
+    assert.equal(0, st.sending)
+    assert.equal(20, st.pending + st.failed)
+    assert.equal(sent, st.failed)
+  end)
+
   it("is a usage error outside 1..1000000000", function()
     for _, bad in ipairs{ "0", "-1", "1.5", "x" } do
       local out, err, rc = wxpay("campaign run x.csv --stock 1 --business-type FAVOR_STOCK --journal x.db"
