@@ -71,11 +71,11 @@ describe("wxpay partnerships", function()
     for i = 1, 3 do
       local out, err, rc = wxpay(base .. "build" .. ad .. " --appid wxcli00000000000" .. i .. " --output json")
       assert.equal(0, rc, err)
-      local rows = cjson.decode(out)
-      assert.equal(1, #rows)
-      assert.equal("wxcli00000000000" .. i, rows[1].partner_id)
-      assert.equal("ESTABLISHED", rows[1].state)
-      assert.equal("7001", rows[1].stock_id)
+      local rel = cjson.decode(out) -- one relation: one object, not a one-element array
+      assert.is_nil(rel[1])
+      assert.equal("wxcli00000000000" .. i, rel.partner_id)
+      assert.equal("ESTABLISHED", rel.state)
+      assert.equal("7001", rel.stock_id)
     end
     local out, err, rc = wxpay(base .. "list" .. ad)
     assert.equal(0, rc, err)
