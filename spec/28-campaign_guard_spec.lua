@@ -339,3 +339,22 @@ describe("wxpay campaign terminate", function()
     assert.equal(n, ended)
   end)
 end)
+
+describe("wxpay campaign: the journal keeps what the server said", function()
+  it("stores an error message holding NUL (JSON's \\u0000) instead of failing the run", function()
+    local journal = require("wxpay.cli.journal")
+    local db = dir .. "/nul.db"
+    local j = assert(journal.open(db))
+    assert(j:start({ id = "c", stock_id = "1", business_type = "BUSIFAVOR_STOCK", plan = "p.csv" },
+      { { type = "APPID", id = "wxnul000000001", idempotency_key = "k1" } }, 1))
+    local p = j:todo("c")[1]
+    local ok, err = pcall(j.outcome, j, "c", p, { state = "failed", attempts = 1, retryable = false,
+      error_code = "PARAM\0ERROR", error_message = "bad\0value", request_id = "r\0" }, 2)
+    assert.is_true(ok, tostring(err))
+    local row = j:partners("c")[1]
+    j:close()
+    assert.equal("failed", row.state)
+    assert.equal("bad\\0value", row.error_message)
+    assert.equal("PARAM\\0ERROR", row.error_code)
+  end)
+end)
