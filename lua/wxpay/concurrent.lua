@@ -34,10 +34,8 @@
 --   too), with the tasks ended so far, `#tasks` and the summary so far: cheap enough to call
 --   every time; an error it raises ends the batch.
 -- * `on_send(i)` (optional) is called just before a request of task i leaves, after its `qps`
---   slot (each attempt); under OpenResty when task i starts, after its slot. Returning
---   `false` holds that request back: nothing is sent and the call gets a `network` error
---   with `not_sent = true` (code NOT_SENT, not retried); where on_send runs when the task
---   starts, the task does not run and its result is `{ n = 2, nil, err }`.
+--   slot (each attempt); under OpenResty when task i starts, after its slot. `false` from
+--   it holds the request (or the task) back: see `transport.not_sent`.
 --
 -- The second result, `summary`, is `{ elapsed, requests, throttled, rate_cuts, min_rate,
 -- max_in_flight }` (seconds; requests started through the multi interface; 429 answers;
@@ -56,14 +54,6 @@ local TOLERANCE = 0.005 -- a start may come this early, to catch up after a late
 local MIN_RATE = 0.5    -- a cut never goes below one start every two seconds
 
 local function pack(...) return { n = select("#", ...), ... } end
-
--- `on_send` returned false: the request is held back, never sent. The task's call ends with
--- this error (kind "network", code NOT_SENT, `not_sent = true`, not retryable, no failover).
-M.NOT_SENT = "NOT_SENT"
-function M.not_sent()
-  return { kind = "network", code = M.NOT_SENT, message = "not sent: held back by on_send",
-           retryable = false, not_sent = true }
-end
 
 -- Rate limiter: a generic cell rate algorithm (GCRA) with AIMD on 429
 
@@ -281,22 +271,17 @@ function Batch:start_waiting(now)
   while peek(self.waiting) and self.limiter:wait(now) <= 0 do
     local w = shift(self.waiting)
     self.multi = self.multi or self.ctx.transport.multi(self.concurrency)
-    local ok, id, aerr
-    if self.on_send and self.on_send(w.task.i) == false then
-      ok, id, aerr = true, nil, M.NOT_SENT
-    else
-      ok, id, aerr = pcall(self.multi.add, self.multi, w.req)
-    end
+    local held = self.on_send and self.on_send(w.task.i) == false
+    local ok, id, aerr = true, nil, nil
+    if not held then ok, id, aerr = pcall(self.multi.add, self.multi, w.req) end
     if ok and id then
       self.inflight[id] = { task = w.task, started = now }
       self.ninflight, self.started = self.ninflight + 1, self.started + 1
       if self.ninflight > self.max_in_flight then self.max_in_flight = self.ninflight end
       self.limiter:start(now)
-    elseif aerr == M.NOT_SENT then
-      push(self.runnable, { task = w.task, args = pack(nil, M.not_sent()) })
     else
-      push(self.runnable, { task = w.task,
-        args = pack(nil, transport.error("network", tostring(ok and aerr or id), false)) })
+      push(self.runnable, { task = w.task, args = pack(nil, held and transport.not_sent()
+        or transport.error("network", tostring(ok and aerr or id), false)) })
     end
   end
   if self.ninflight > 0 then self:finished(self.multi:perform(0)) end
@@ -380,11 +365,7 @@ local function sequential(ctx, tasks, n, qps, on_progress, on_send)
     local wait = limiter:wait(mono())
     if wait > 0 then ctx.sleep(wait) end
     limiter:start(mono())
-    if on_send and on_send(i) == false then
-      results[i] = { n = 2, nil, M.not_sent() }
-    else
-      results[i] = M.run_task(tasks[i])
-    end
+    results[i] = (on_send and on_send(i) == false) and { n = 2, nil, transport.not_sent() } or M.run_task(tasks[i])
     if on_progress then on_progress(i, n, summary()) end
   end
   return results, summary()
@@ -396,8 +377,7 @@ local function counted(tasks, n, on_progress, on_send)
   local t0, ended, out = core.monotonic(), 0, {}
   for i = 1, n do
     out[i] = function()
-      local r
-      if on_send and on_send(i) == false then r = { n = 2, nil, M.not_sent() } else r = M.run_task(tasks[i]) end
+      local r = (on_send and on_send(i) == false) and { n = 2, nil, transport.not_sent() } or M.run_task(tasks[i])
       ended = ended + 1
       if on_progress then on_progress(ended, n, { elapsed = core.monotonic() - t0 }) end
       if r[1] == nil and r.n == 2 then error(r[2], 0) end
