@@ -217,6 +217,23 @@ describe("wxpay doctor", function()
     never_echoes_secrets(out .. err)
   end)
 
+  it("--output json prints one object; a campaign run refuses --output rather than ignore it", function()
+    local out, err, rc = wxpay("--config " .. config_file .. " doctor --output json")
+    assert.equal(0, rc, out .. err)
+    local d = cjson.decode(out)
+    assert.equal(0, d.problems)
+    assert.equal(config_file, d.config)
+    assert.equal(sb.config.base_url, d.base_url)
+    local seen = {}
+    for _, c in ipairs(d.checks) do seen[c.check] = c.status end
+    assert.equal("ok", seen["signed request"])
+    never_echoes_secrets(out .. err)
+    out, err, rc = wxpay("--config " .. config_file .. " campaign run x.csv --stock 1 --business-type FAVOR_STOCK"
+      .. " --journal x.db --output json")
+    assert.equal(2, rc, out .. err)
+    assert.truthy(err:find("--output is not an option of campaign run", 1, true), err)
+  end)
+
   -- { what is broken, config changes, sandbox config, the FAIL line, words of the advice }
   local other_key
   local cases = {
