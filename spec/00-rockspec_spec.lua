@@ -306,3 +306,19 @@ describe("the README's install commands", function()
     end
   end)
 end)
+
+describe("bin/wxpay from a checkout", function()
+  it("loads the core built for the interpreter running it (build-luajit/ under LuaJIT)", function()
+    local runs = { { "lua5.4", "build/wxpay/core.so" }, { "luajit", "build-luajit/wxpay/core.so" } }
+    local tried = 0
+    for _, r in ipairs(runs) do
+      local found = os.execute("command -v " .. r[1] .. " >/dev/null")
+      if io.open(r[2]) and (found == true or found == 0) then
+        tried = tried + 1
+        local out = h.sh(r[1] .. " bin/wxpay --version 2>&1")
+        assert.truthy(out:match("^wxpay %d"), r[1] .. ": " .. out)
+      end
+    end
+    assert.is_true(tried > 0, "no build to run bin/wxpay with (make, make luajit)")
+  end)
+end)
