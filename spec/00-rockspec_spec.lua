@@ -268,3 +268,57 @@ describe("the wxpay command without the wxpay-sandbox rock", function()
     assert.truthy(err.text:find("luarocks install wxpay-sandbox", 1, true), err.text)
   end)
 end)
+
+-- The README's install blocks, as a new user runs them on a fresh Debian: every package they
+-- name is one `make deps` installs (tools/deps.sh: what CI builds and tests with), a C compiler
+-- among them (luarocks compiles the core and Debian's luarocks does not pull one in), and a
+-- block that installs a rock's commands into a --tree also puts that tree on the PATH.
+describe("the README's install commands", function()
+  local readme = h.read("README.md")
+  local deps = {}
+  for p in h.read("tools/deps.sh"):match('PKGS="([^"]*)"'):gmatch("%S+") do deps[p] = true end
+  local blocks = {}
+  for b in readme:gmatch("```sh\n(.-)```") do
+    b = b:gsub("\\\n", " ")
+    if b:find("luarocks", 1, true) and b:find("apt%-get install") then blocks[#blocks + 1] = b end
+  end
+
+  it("name only packages `make deps` installs, a compiler among them", function()
+    assert.is_true(#blocks >= 2)
+    for _, b in ipairs(blocks) do
+      local pkgs = b:match("apt%-get install([^\n]*)")
+      local compiler = false
+      for p in pkgs:gmatch("%S+") do
+        assert.is_true(deps[p] or p:sub(1, 1) == "-", "README installs " .. p .. ", tools/deps.sh does not")
+        if p == "gcc" or p == "build-essential" then compiler = true end
+      end
+      assert.is_true(compiler, "no C compiler in: " .. pkgs)
+    end
+  end)
+
+  it("put the tree they install the commands into on the PATH", function()
+    for _, b in ipairs(blocks) do
+      for lv in b:gmatch("luarocks (%-%-lua%-version=[%d.]+) %-%-tree %S+ make[^\n]*wxpay%-cli") do
+        local esc = ('eval "$(luarocks ' .. lv .. " --tree "):gsub("%p", "%%%0")
+        assert.truthy(b:find(esc .. "%S+ path%)\""),
+          "no eval \"$(luarocks " .. lv .. " --tree … path)\" in:\n" .. b)
+      end
+    end
+  end)
+end)
+
+describe("bin/wxpay from a checkout", function()
+  it("loads the core built for the interpreter running it (build-luajit/ under LuaJIT)", function()
+    local runs = { { "lua5.4", "build/wxpay/core.so" }, { "luajit", "build-luajit/wxpay/core.so" } }
+    local tried = 0
+    for _, r in ipairs(runs) do
+      local found = os.execute("command -v " .. r[1] .. " >/dev/null")
+      if io.open(r[2]) and (found == true or found == 0) then
+        tried = tried + 1
+        local out = h.sh(r[1] .. " bin/wxpay --version 2>&1")
+        assert.truthy(out:match("^wxpay %d"), r[1] .. ": " .. out)
+      end
+    end
+    assert.is_true(tried > 0, "no build to run bin/wxpay with (make, make luajit)")
+  end)
+end)

@@ -1339,4 +1339,20 @@ describe("usability (issue 21)", function()
       assert.equal("float", math.type(data.rate))
     end
   end)
+
+  it("never makes an exact-looking integer of a number beyond 2^53 (its digits were lost on the way in)", function()
+    -- lua-cjson reads numbers as doubles: 9007199254740993 arrives as ...992. Ids come as
+    -- strings and stay strings, digit for digit.
+    local c = new_client(ok_handler('{"big":9007199254740993,"edge":9007199254740992,'
+      .. '"id":"9007199254740993","neg":-9007199254740993,"ok":9007199254740991}'))
+    local data = assert(c.request{ method = "GET", path = "/v3/x" })
+    assert.equal("9007199254740993", data.id)
+    if math.type then
+      assert.equal("float", math.type(data.big))
+      assert.equal("float", math.type(data.neg))
+      assert.equal("float", math.type(data.edge)) -- 2^53: also what ...993 becomes
+      assert.equal("integer", math.type(data.ok))
+      assert.equal(9007199254740991, data.ok)
+    end
+  end)
 end)

@@ -71,11 +71,11 @@ describe("wxpay partnerships", function()
     for i = 1, 3 do
       local out, err, rc = wxpay(base .. "build" .. ad .. " --appid wxcli00000000000" .. i .. " --output json")
       assert.equal(0, rc, err)
-      local rows = cjson.decode(out)
-      assert.equal(1, #rows)
-      assert.equal("wxcli00000000000" .. i, rows[1].partner_id)
-      assert.equal("ESTABLISHED", rows[1].state)
-      assert.equal("7001", rows[1].stock_id)
+      local rel = cjson.decode(out) -- one relation: one object, not a one-element array
+      assert.is_nil(rel[1])
+      assert.equal("wxcli00000000000" .. i, rel.partner_id)
+      assert.equal("ESTABLISHED", rel.state)
+      assert.equal("7001", rel.stock_id)
     end
     local out, err, rc = wxpay(base .. "list" .. ad)
     assert.equal(0, rc, err)
@@ -215,6 +215,23 @@ describe("wxpay doctor", function()
       assert.truthy(out:find("ok    " .. check, 1, true), check .. " not ok in:\n" .. out)
     end
     never_echoes_secrets(out .. err)
+  end)
+
+  it("--output json prints one object; a campaign run refuses --output rather than ignore it", function()
+    local out, err, rc = wxpay("--config " .. config_file .. " doctor --output json")
+    assert.equal(0, rc, out .. err)
+    local d = cjson.decode(out)
+    assert.equal(0, d.problems)
+    assert.equal(config_file, d.config)
+    assert.equal(sb.config.base_url, d.base_url)
+    local seen = {}
+    for _, c in ipairs(d.checks) do seen[c.check] = c.status end
+    assert.equal("ok", seen["signed request"])
+    never_echoes_secrets(out .. err)
+    out, err, rc = wxpay("--config " .. config_file .. " campaign run x.csv --stock 1 --business-type FAVOR_STOCK"
+      .. " --journal x.db --output json")
+    assert.equal(2, rc, out .. err)
+    assert.truthy(err:find("--output is not an option of campaign run", 1, true), err)
   end)
 
   -- { what is broken, config changes, sandbox config, the FAIL line, words of the advice }

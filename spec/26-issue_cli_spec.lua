@@ -64,7 +64,8 @@ describe("wxpay issue", function()
     local out, err, rc = wxpay("issue h5 --stock " .. stock_id .. " --openid " .. OPENID
       .. " --customize-send-time 2024-05-20T13:29:35+08:00 --output json")
     assert.equal(0, rc, err)
-    local row = cjson.decode(out)[1]
+    local row = cjson.decode(out) -- one URL: one object
+    assert.is_nil(row[1])
     assert.matches("^https://action%.weixin%.qq%.com/busifavor/getcouponinfo%?", row.url)
     assert.matches("%%2B08%%3A00", row.url)
     assert.matches("#wechat_pay&wechat_redirect$", row.url)

@@ -147,6 +147,25 @@ describe("wxpay campaign: --max-errors", function()
     assert.equal(30, n)
   end)
 
+  it("sends nothing more once the streak stopped it, not even requests already waiting for --qps", function()
+    local stock = stocks.create(sb, "BUSIFAVOR_STOCK")
+    local p, db = dir .. "/streakq.csv", dir .. "/streakq.db"
+    plan(p, 20, "wxstreakq")
+    -- 16 tasks queue for a --qps 0.5 slot at once; the streak of 3 is complete after ~4 s (a
+    -- request leaves every 2 s: one more is sent only if an answer takes longer than that)
+    local out, err, rc = wxpay("campaign terminate " .. p .. " --stock " .. stock .. " --business-type "
+      .. "BUSIFAVOR_STOCK --journal " .. db .. " --no-progress --concurrency 16 --qps 0.5 --max-errors 3")
+    assert.equal(1, rc, out .. err)
+    assert.truthy(err:find("stopped after 3 identical errors", 1, true), err)
+    -- the streak, plus at most what was already in flight when its last answer came
+    local sent = #posts("terminate", stock)
+    assert.is_true(sent >= 3 and sent <= 5, "sent " .. sent)
+    local st = status_json(db).campaigns[1]
+    assert.equal(0, st.sending)
+    assert.equal(20, st.pending + st.failed)
+    assert.equal(sent, st.failed)
+  end)
+
   it("is a usage error outside 1..1000000000", function()
     for _, bad in ipairs{ "0", "-1", "1.5", "x" } do
       local out, err, rc = wxpay("campaign run x.csv --stock 1 --business-type FAVOR_STOCK --journal x.db"
@@ -319,5 +338,24 @@ describe("wxpay campaign terminate", function()
       end
     end
     assert.equal(n, ended)
+  end)
+end)
+
+describe("wxpay campaign: the journal keeps what the server said", function()
+  it("stores an error message holding NUL (JSON's \\u0000) instead of failing the run", function()
+    local journal = require("wxpay.cli.journal")
+    local db = dir .. "/nul.db"
+    local j = assert(journal.open(db))
+    assert(j:start({ id = "c", stock_id = "1", business_type = "BUSIFAVOR_STOCK", plan = "p.csv" },
+      { { type = "APPID", id = "wxnul000000001", idempotency_key = "k1" } }, 1))
+    local p = j:todo("c")[1]
+    local ok, err = pcall(j.outcome, j, "c", p, { state = "failed", attempts = 1, retryable = false,
+      error_code = "PARAM\0ERROR", error_message = "bad\0value", request_id = "r\0" }, 2)
+    assert.is_true(ok, tostring(err))
+    local row = j:partners("c")[1]
+    j:close()
+    assert.equal("failed", row.state)
+    assert.equal("bad\\0value", row.error_message)
+    assert.equal("PARAM\\0ERROR", row.error_code)
   end)
 end)

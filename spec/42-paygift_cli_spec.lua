@@ -68,19 +68,23 @@ describe("wxpay paygift", function()
     local file, journal = activity_file("a1"), dir .. "/pg.db"
     local out, err, rc = wxpay("paygift create --output json --journal " .. h.q(journal) .. " " .. h.q(file))
     assert.equal(0, rc, err)
-    local made = cjson.decode(out)[1]
+    local made = cjson.decode(out) -- one activity: one object
+    assert.is_nil(made[1])
     assert.matches("^%d+$", made.activity_id)
     assert.equal(32, #made.out_request_no)
     out, err, rc = wxpay("paygift create --output json --journal " .. h.q(journal) .. " " .. h.q(file))
     assert.equal(0, rc, err)
     assert.matches("already created", err)
     assert.same({ made.activity_id, made.out_request_no },
-      { cjson.decode(out)[1].activity_id, cjson.decode(out)[1].out_request_no })
+      { cjson.decode(out).activity_id, cjson.decode(out).out_request_no })
     assert.equal(1, count_activities())
     out, err, rc = wxpay("paygift get --output csv " .. made.activity_id)
     assert.equal(0, rc, err)
     assert.matches("ONGOING_ACT_STATUS", out)
     assert.matches("五月回馈", out)
+    out, err, rc = wxpay("paygift get --output json " .. made.activity_id)
+    assert.equal(0, rc, err)
+    assert.equal(made.activity_id, cjson.decode(out).activity_id) -- one activity: one object
   end)
 
   it("list filters by a Chinese name", function()
@@ -97,7 +101,7 @@ describe("wxpay paygift", function()
   it("merchants add reports refusals as rows; terminate twice succeeds", function()
     local out, err, rc = wxpay("paygift create --output json " .. h.q(activity_file("a3")))
     assert.equal(0, rc, err)
-    local id = cjson.decode(out)[1].activity_id
+    local id = cjson.decode(out).activity_id
     local journal = dir .. "/m.db"
     out, err, rc = wxpay("paygift merchants add " .. id .. " " .. sb.config.mchid .. ",1800000001 --output csv"
       .. " --journal " .. h.q(journal))
@@ -113,6 +117,9 @@ describe("wxpay paygift", function()
     out, err, rc = wxpay("paygift terminate " .. id .. " --output csv")
     assert.equal(0, rc, err)
     assert.matches(id, out)
+    out, err, rc = wxpay("paygift terminate " .. id .. " --output json")
+    assert.equal(0, rc, err)
+    assert.equal(id, cjson.decode(out).activity_id)
     _, err, rc = wxpay("paygift terminate 99999999")
     assert.equal(1, rc)
     assert.matches("RESOURCE_NOT_EXISTS", err)

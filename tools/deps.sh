@@ -3,7 +3,7 @@
 # Runs apt-get as root (or through sudo); prints the command to run otherwise.
 set -eu
 # prometheus: for its promtool, which checks the text wxpay.metrics renders (spec/31)
-PKGS="build-essential cmake pkg-config libssl-dev openssl libcurl4-openssl-dev curl ca-certificates
+PKGS="build-essential gcc cmake pkg-config libssl-dev openssl libcurl4-openssl-dev curl ca-certificates
 lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev lua-cjson lua-busted lua-check luarocks
 lua-cqueues lua-luaossl lua-socket lua-sec lua-sql-sqlite3 valgrind clang libclang-rt-14-dev
 nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache lua5.1 liblua5.1-0-dev lua5.3 liblua5.3-dev

@@ -35,7 +35,8 @@
 --   too), with the tasks ended so far, `#tasks` and the summary so far: cheap enough to call
 --   every time; an error it raises ends the batch.
 -- * `on_send(i)` (optional) is called just before a request of task i leaves, after its `qps`
---   slot (each attempt); under OpenResty when task i starts, after its slot.
+--   slot (each attempt); under OpenResty when task i starts, after its slot. `false` from
+--   it holds the request (or the task) back: see `transport.not_sent`.
 --
 -- The second result, `summary`, is `{ elapsed, requests, throttled, rate_cuts, min_rate,
 -- max_in_flight }` (seconds; requests started through the multi interface; 429 answers;
@@ -271,16 +272,17 @@ function Batch:start_waiting(now)
   while peek(self.waiting) and self.limiter:wait(now) <= 0 do
     local w = shift(self.waiting)
     self.multi = self.multi or self.ctx.transport.multi(self.concurrency)
-    if self.on_send then self.on_send(w.task.i) end
-    local ok, id, aerr = pcall(self.multi.add, self.multi, w.req)
+    local held = self.on_send and self.on_send(w.task.i) == false
+    local ok, id, aerr = true, nil, nil
+    if not held then ok, id, aerr = pcall(self.multi.add, self.multi, w.req) end
     if ok and id then
       self.inflight[id] = { task = w.task, started = now }
       self.ninflight, self.started = self.ninflight + 1, self.started + 1
       if self.ninflight > self.max_in_flight then self.max_in_flight = self.ninflight end
       self.limiter:start(now)
     else
-      push(self.runnable, { task = w.task,
-        args = pack(nil, transport.error("network", tostring(ok and aerr or id), false)) })
+      push(self.runnable, { task = w.task, args = pack(nil, held and transport.not_sent()
+        or transport.error("network", tostring(ok and aerr or id), false)) })
     end
   end
   if self.ninflight > 0 then self:finished(self.multi:perform(0)) end
@@ -357,8 +359,7 @@ local function counted(tasks, n, on_progress, on_send)
   local t0, ended, out = core.monotonic(), 0, {}
   for i = 1, n do
     out[i] = function()
-      if on_send then on_send(i) end
-      local r = M.run_task(tasks[i])
+      local r = (on_send and on_send(i) == false) and { n = 2, nil, transport.not_sent() } or M.run_task(tasks[i])
       ended = ended + 1
       if on_progress then on_progress(ended, n, { elapsed = core.monotonic() - t0 }) end
       if r[1] == nil and r.n == 2 then error(r[2], 0) end

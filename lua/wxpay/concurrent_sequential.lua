@@ -4,6 +4,7 @@
 -- @module wxpay.concurrent_sequential
 
 local core = require("wxpay.core")
+local transport = require("wxpay.transport")
 
 local M = {}
 
@@ -20,8 +21,8 @@ function M.run(scheduler, ctx, tasks, n, qps, on_progress, on_send)
     local wait = limiter:wait(mono())
     if wait > 0 then ctx.sleep(wait) end
     limiter:start(mono())
-    if on_send then on_send(i) end
-    results[i] = scheduler.run_task(tasks[i])
+    local held = on_send and on_send(i) == false -- the caller stopped: nothing more leaves
+    results[i] = held and { n = 2, nil, transport.not_sent() } or scheduler.run_task(tasks[i])
     if on_progress then on_progress(i, n, summary()) end
   end
   return results, summary()

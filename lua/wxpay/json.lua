@@ -86,9 +86,15 @@ function M.encode(v)
 end
 
 -- lua-cjson reads every number as a float; where the interpreter has integers (5.3+),
--- integral ones become integers (`total_count` is 66, not 66.0). LuaJIT and 5.1 have one
--- number type: nothing to do.
-local tointeger = math.tointeger
+-- integral ones below 2^53 in magnitude become integers (`total_count` is 66, not 66.0).
+-- From 2^53 on a double no longer holds every integer (9007199254740993 arrives as ...992):
+-- such a number stays a float rather than pass for an exact integer. LuaJIT and 5.1 have
+-- one number type: nothing to do.
+local math_tointeger = math.tointeger
+local EXACT = 2 ^ 53
+local tointeger = math_tointeger and function(x)
+  if x > -EXACT and x < EXACT then return math_tointeger(x) end
+end
 
 local function integers(v)
   for k, x in pairs(v) do
@@ -103,7 +109,8 @@ local function integers(v)
 end
 
 --- Decode JSON with the module's private lua-cjson instance. On Lua 5.3+ integral numbers
--- are Lua integers (those beyond 2^63 stay floats).
+-- below 2^53 in magnitude are Lua integers (larger ones, whose digits a double may have
+-- lost, stay floats).
 -- @treturn any value, or `nil` and a reason
 function M.decode(s)
   local ok, v = pcall(json.decode, s)

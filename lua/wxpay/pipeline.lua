@@ -49,7 +49,7 @@ local function transport_error(st, terr, sent, base)
     code = type(terr.code) == "string" and terr.code or nil,
     curl_code = terr.curl_code or (type(terr.code) == "number" and terr.code or nil),
     connected = terr.connected, retryable = terr.retryable ~= false and not mismatch,
-    hint = mismatch and mismatch_hint(base) or nil,
+    hint = mismatch and mismatch_hint(base) or nil, not_sent = terr.not_sent,
   })
 end
 

@@ -113,6 +113,8 @@ local function partner_task(r, p)
     local rel, err, meta = r.client.partnerships[r.action.call]({ partner = partner_of(p),
       authorized_data = r.authorized_data }, { idempotency_key = p.idempotency_key,
       on_request = r.figures.on_request })
+    -- Held back by on_send (the run stopped while it waited for its --qps slot): never sent.
+    if err and err.not_sent then r.ended_ok = r.ended_ok + 1; return "skipped" end
     local outcome = outcome_of(r, partner_of(p), rel, err, meta)
     if p.state == "failed" then r.errors = r.errors - 1 end
     if outcome.state == "failed" then r.errors = r.errors + 1 end
@@ -144,6 +146,7 @@ local function run_tasks(r, o, todo)
   local marked = {}
   local ok, results = pcall(r.client.concurrent, tasks, { concurrency = o.concurrency, qps = o.qps,
     on_send = function(i)
+      if r.stop or core.signal_pending() then return false end -- stopped: send nothing more
       if not marked[i] then marked[i] = true; r.journal:sending(r.campaign, todo[i], core.time()) end
     end,
     on_progress = function(ended)
@@ -157,7 +160,7 @@ local function run_tasks(r, o, todo)
   end
   local interrupted
   for i, res in ipairs(results) do
-    if res[1] == nil and res.n == 2 then
+    if res[1] == nil and res.n == 2 and not (type(res[2]) == "table" and res[2].not_sent) then
       local stop = interruption(res[2])
       if stop then
         interrupted = interrupted or stop

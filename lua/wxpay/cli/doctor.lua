@@ -284,8 +284,22 @@ function M.check_signed(config, add, wxpay)
   client.close()
 end
 
---- Print the checks; returns the exit status (1 if any failed).
-function M.report(results, out)
+--- Print the checks; returns the exit status (1 if any failed). With `format` "json", one
+-- object: `{ config, base_url, checks = [{ check, status, detail, advice }], problems }`
+-- (`head` gives config and base_url).
+function M.report(results, out, format, head)
+  if format == "json" then
+    local checks, failed = setmetatable({}, { __jsontype = "array" }), 0
+    for i, r in ipairs(results) do
+      checks[i] = { check = r.check, status = r.status, detail = r.detail,
+                    advice = r.status ~= "ok" and r.advice or nil }
+      if r.status == "fail" then failed = failed + 1 end
+    end
+    out:write(require("wxpay.cli.output").json({ config = head and head.config, base_url = head and head.base_url,
+      checks = checks, problems = failed }))
+    return failed == 0 and 0 or 1
+  end
+  if head then out:write("checking ", head.config, " against ", head.base_url, "\n") end
   local failed = 0
   for _, r in ipairs(results) do
     local mark = r.status == "ok" and "ok  " or (r.status == "warn" and "WARN" or "FAIL")

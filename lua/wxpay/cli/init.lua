@@ -87,7 +87,7 @@ M.HELP = {
   sandbox [sandbox options]      start the local sandbox (see `wxpay sandbox --help`)
 ]],
   doctor = [[
-  doctor                         check the configuration and say what to fix
+  doctor [--output json]         check the configuration and say what to fix
 ]],
 }
 M.HELP.issue = require("wxpay.cli.issue").HELP
@@ -350,8 +350,8 @@ local function with_config(pos, opts, c)
   local cmd = pos[1]
   if cmd == "doctor" then
     local doctor = require("wxpay.cli.doctor")
-    c.out:write("checking ", c.path, " against ", c.config.base_url or (PRODUCTION .. " (the production API)"), "\n")
-    return doctor.report(doctor.checks(c.config, { wxpay = require("wxpay") }), c.out)
+    return doctor.report(doctor.checks(c.config, { wxpay = require("wxpay") }), c.out, opts.output,
+      { config = c.path, base_url = c.config.base_url or (PRODUCTION .. " (the production API)") })
   end
   local run = (cmd == "campaign" and (pos[2] == "run" or pos[2] == "terminate")) and campaign_run
     or COMMANDS[cmd]
@@ -384,6 +384,10 @@ local function dispatch(argv, out, err, getenv)
   local status = help_or_version(cmd, opts, out)
   if status then return status end
   local uerr = check_options(opts)
+  if not uerr and opts.output and cmd == "campaign" and pos[2] ~= "status" then
+    uerr = "--output is not an option of campaign " .. tostring(pos[2]) .. " (its summary is text): "
+      .. "`wxpay campaign status FILE.db --output json` reports on the journal"
+  end
   if uerr then err:write("wxpay: ", uerr, "\n"); return 2 end
   if cmd == "campaign" and pos[2] == "status" then
     if not pos[3] then err:write("wxpay: campaign status needs the journal file\n"); return 2 end

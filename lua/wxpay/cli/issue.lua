@@ -48,7 +48,7 @@ local function h5(o)
   if o.format == "table" then
     o.out:write(url, "\n")
   else
-    o.out:write(output.render({ { url = url, out_request_no = meta.out_request_no } },
+    o.out:write(output.one({ url = url, out_request_no = meta.out_request_no },
       { "url", "out_request_no" }, o.format))
   end
   return 0

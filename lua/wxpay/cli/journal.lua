@@ -223,12 +223,27 @@ end
 --- Record an outcome.
 -- @tparam table o `state` ("done"|"failed"), `attempts`, `retryable`, `error_code`,
 --   `error_message`, `request_id`, `relation_state`
+-- What a server said (its code, message, request id) is kept, not refused, when it holds
+-- NUL (JSON's \u0000): each NUL is written as the two characters \0.
+local function server_text(s)
+  if type(s) ~= "string" or not s:find("\0", 1, true) then return s end
+  local out, i = {}, 1
+  while true do
+    local j = s:find("\0", i, true)
+    if not j then out[#out + 1] = s:sub(i); break end
+    out[#out + 1] = s:sub(i, j - 1)
+    i = j + 1
+  end
+  return table.concat(out, "\\0")
+end
+
 function Journal:outcome(campaign, p, o, now)
   self:exec(string.format("UPDATE partners SET state = %s, attempts = attempts + %s, retryable = %s, "
     .. "error_code = %s, error_message = %s, request_id = %s, relation_state = %s, updated_at = %s "
     .. "WHERE campaign = %s AND partner_type = %s AND partner_id = %s",
     self:q(o.state), self:q(o.attempts or 0), o.retryable == nil and "NULL" or self:q(o.retryable),
-    self:q(o.error_code), self:q(o.error_message), self:q(o.request_id), self:q(o.relation_state),
+    self:q(server_text(o.error_code)), self:q(server_text(o.error_message)), self:q(server_text(o.request_id)),
+    self:q(server_text(o.relation_state)),
     self:q(now), self:q(campaign), self:q(p.partner_type), self:q(p.partner_id)))
 end
 

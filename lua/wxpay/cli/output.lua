@@ -138,6 +138,15 @@ function M.render(rows, columns, format)
   return M.table(rows, columns)
 end
 
+--- Render one thing (a command that returns one stock, relation, activity, URL): with
+-- "json" one object of `columns` (not a one-element array), else a one-row table or CSV.
+function M.one(row, columns, format)
+  if format ~= "json" then return M.render({ row }, columns, format) end
+  local o = {}
+  for _, c in ipairs(columns) do o[c] = row[c] end
+  return M.json(o)
+end
+
 --- Parse CSV text (RFC 4180: quotes, doubled quotes, CRLF or LF).
 -- @treturn table array of records (arrays of strings), or nil and an error
 function M.parse_csv(text)

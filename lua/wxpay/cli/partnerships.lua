@@ -60,7 +60,7 @@ function M.run(cmd, o)
       rel = { partner = partner, authorized_data = authorized_data, state = "TERMINATED",
               terminate_time = rel.terminate_time }
     end
-    o.out:write(output.render({ row(rel, authorized_data) }, COLUMNS, format))
+    o.out:write(output.one(row(rel, authorized_data), COLUMNS, format))
     return 0
   end
   o.err:write("wxpay: unknown partnerships command: ", tostring(cmd), "\n")

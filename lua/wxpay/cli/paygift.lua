@@ -74,8 +74,8 @@ local function create(pos, o)
   elseif not data then
     return fail(o, err, used or no, "--out-request-no")
   end
-  o.out:write(output.render({ { activity_id = data.activity_id, out_request_no = meta.out_request_no,
-    create_time = data.create_time } }, CREATED, o.format))
+  o.out:write(output.one({ activity_id = data.activity_id, out_request_no = meta.out_request_no,
+    create_time = data.create_time }, CREATED, o.format))
   return 0
 end
 
@@ -103,7 +103,7 @@ local function get(pos, o)
   if not pos[3] then o.err:write("wxpay: paygift get needs ACTIVITY_ID\n"); return 2 end
   local a, err = o.client.paygift.get(pos[3])
   if not a then return fail(o, err) end
-  o.out:write(render(o, { a }, COLUMNS, row))
+  o.out:write(o.format == "json" and output.json(a) or render(o, { a }, COLUMNS, row))
   return 0
 end
 
@@ -139,7 +139,7 @@ local function terminate(pos, o)
   elseif not data then
     return fail(o, err)
   end
-  o.out:write(output.render({ { activity_id = data.activity_id, terminate_time = data.terminate_time } },
+  o.out:write(output.one({ activity_id = data.activity_id, terminate_time = data.terminate_time },
     { "activity_id", "terminate_time" }, o.format))
   return 0
 end

@@ -31,6 +31,13 @@ function M.error(kind, message, connected, curl_code)
     { connected = connected, curl_code = curl_code })
 end
 
+--- The error of a request held back before it left (`client.concurrent`'s `on_send` returned
+-- false): kind "network", code NOT_SENT, `not_sent = true`, not retryable, no failover.
+function M.not_sent()
+  return { kind = "network", code = "NOT_SENT", message = "not sent: held back by on_send",
+           retryable = false, not_sent = true }
+end
+
 --- The error object for a failure the C core reported as `{ kind, message, code, connected }`
 -- (`code` being libcurl's number).
 function M.from_core(err)
