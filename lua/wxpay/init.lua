@@ -13,7 +13,7 @@
 local errors = require("wxpay.errors")
 
 local wxpay = {
-  _VERSION = "0.2.0",
+  _VERSION = "0.3.0",
   errors = errors,
 }
 

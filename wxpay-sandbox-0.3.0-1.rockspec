@@ -1,11 +1,11 @@
 rockspec_format = "3.0"
 package = "wxpay-sandbox"
-version = "0.2.0-1"
--- `make dist` of the tag v0.2.0 makes this archive (one for all three rocks); there is no
+version = "0.3.0-1"
+-- `make dist` of the tag v0.3.0 makes this archive (one for all three rocks); there is no
 -- public repository yet. `luarocks build` this rockspec next to the archive, offline.
 source = {
-  url = "wxpay-0.2.0.tar.gz",
-  dir = "wxpay-0.2.0",
+  url = "wxpay-0.3.0.tar.gz",
+  dir = "wxpay-0.3.0",
 }
 description = {
   summary = "wxpay-sandbox: a local WeChat Pay APIv3 look-alike over HTTPS, for tests",
@@ -19,7 +19,7 @@ it runs the curl command for control requests.
 }
 dependencies = {
   "lua >= 5.3, < 5.5", -- the sandbox uses math.type and math.tointeger
-  "wxpay == 0.2.0",
+  "wxpay == 0.3.0",
   "lua-cjson",
   "cqueues",
   "luaossl",

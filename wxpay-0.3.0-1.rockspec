@@ -1,11 +1,11 @@
 rockspec_format = "3.0"
 package = "wxpay"
-version = "0.2.0-1"
--- `make dist` of the tag v0.2.0 makes this archive (one for all three rocks); there is no
+version = "0.3.0-1"
+-- `make dist` of the tag v0.3.0 makes this archive (one for all three rocks); there is no
 -- public repository yet. `luarocks build` this rockspec next to the archive, offline.
 source = {
-  url = "wxpay-0.2.0.tar.gz",
-  dir = "wxpay-0.2.0",
+  url = "wxpay-0.3.0.tar.gz",
+  dir = "wxpay-0.3.0",
 }
 description = {
   summary = "WeChat Pay APIv3 client for Lua and OpenResty, with a C core (OpenSSL, libcurl)",
