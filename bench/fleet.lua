@@ -102,26 +102,11 @@ local function curl_all(url, n, parallel)
 end
 
 local function busiest_second(sb)
-  local t = {}
-  for _, r in ipairs(sb:requests()) do
-    if r.target:find("^/v3/marketing/partnerships") then t[#t + 1] = r.received_at end
-  end
-  table.sort(t)
-  local most, j = 0, 1
-  for i = 1, #t do
-    while t[i] - t[j] >= 1 do j = j + 1 end
-    most = math.max(most, i - j + 1)
-  end
-  return most, #t
+  local t = fleet_nginx.starts(sb:requests())
+  return fleet_nginx.busiest_second(t), #t
 end
 
-local function downloads(sb)
-  local n = 0
-  for _, r in ipairs(sb:requests()) do
-    if r.target:find("^/v3/certificates") then n = n + 1 end
-  end
-  return n
-end
+local function downloads(sb) return fleet_nginx.downloads(sb:requests()) end
 
 local function start(sb, dir)
   write(dir .. "/fleet_b.lua", HANDLERS)

@@ -74,23 +74,8 @@ local function background(url)
   return assert(io.popen(nginx.CLEAN_ENV .. "curl -s -m 60 " .. q(url) .. " 2>/dev/null"))
 end
 
-local function starts(sb)
-  local t = {}
-  for _, r in ipairs(sb:requests()) do
-    if r.target:find("^/v3/marketing/partnerships") then t[#t + 1] = r.received_at end
-  end
-  table.sort(t)
-  return t
-end
-
-local function busiest_second(t)
-  local most, j = 0, 1
-  for i = 1, #t do
-    while t[i] - t[j] >= 1 do j = j + 1 end
-    most = math.max(most, i - j + 1)
-  end
-  return most
-end
+local function starts(sb) return fleet_nginx.starts(sb:requests()) end
+local busiest_second = fleet_nginx.busiest_second
 
 local function until_arg(secs) return string.format("%.3f", socket.gettime() + secs) end
 

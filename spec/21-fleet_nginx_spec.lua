@@ -58,32 +58,7 @@ local function repeated(urls_of, n)
   return urls
 end
 
-local function downloads(log)
-  local n = 0
-  for _, r in ipairs(log) do
-    if r.target:find("^/v3/certificates") then n = n + 1 end
-  end
-  return n
-end
-
--- Receive times of the API calls (not the downloads), sorted.
-local function start_times(log)
-  local t = {}
-  for _, r in ipairs(log) do
-    if r.target:find("^/v3/marketing/partnerships") then t[#t + 1] = r.received_at end
-  end
-  table.sort(t)
-  return t
-end
-
-local function busiest_second(t)
-  local most, j = 0, 1
-  for i = 1, #t do
-    while t[i] - t[j] >= 1 do j = j + 1 end
-    most = math.max(most, i - j + 1)
-  end
-  return most
-end
+local downloads, start_times, busiest_second = fleet_nginx.downloads, fleet_nginx.starts, fleet_nginx.busiest_second
 
 -- Starts a second over the middle of the run (the first and last half second left out:
 -- workers start and stop at different moments).

@@ -58,15 +58,7 @@ end
 local HOST = { module = "outage_t", workers = 2, http = { "lua_socket_log_errors off;" },
   locations = { { "/t", "run" }, { "/campaign", "campaign" }, { "/once", "once" } } }
 
-local function busiest_second(t)
-  table.sort(t)
-  local most, j = 0, 1
-  for i = 1, #t do
-    while t[i] - t[j] >= 1 do j = j + 1 end
-    most = math.max(most, i - j + 1)
-  end
-  return most
-end
+local busiest_second = fleet_nginx.busiest_second
 
 describe("fleet in nginx: Redis dies mid-run", function()
   local sb, srv, dir, host

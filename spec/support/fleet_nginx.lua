@@ -10,6 +10,7 @@
 -- The handlers module `dir/<module>.lua` is `BODY` after an `init` (run in the master by
 -- init_by_lua: it reads the keys) that makes one client per variant into `clients[name]`:
 -- `dir/fleet.json`'s `config` with the variant's changes over it.
+-- `downloads`, `starts` and `busiest_second` read the sandbox's request log.
 local nginx = require("spec.support.nginx")
 local socket = require("socket")
 local cjson = require("cjson")
@@ -121,6 +122,37 @@ function M.start(conf, dir)
     socket.sleep(0.05)
   end
   return host
+end
+
+--- How many `/v3/certificates` downloads the sandbox's request log `requests` holds.
+function M.downloads(requests)
+  local n = 0
+  for _, r in ipairs(requests) do
+    if r.target:find("^/v3/certificates") then n = n + 1 end
+  end
+  return n
+end
+
+--- The receive times of the API calls (`/v3/marketing/partnerships`, not the downloads) in
+-- the sandbox's request log `requests`, sorted.
+function M.starts(requests)
+  local t = {}
+  for _, r in ipairs(requests) do
+    if r.target:find("^/v3/marketing/partnerships") then t[#t + 1] = r.received_at end
+  end
+  table.sort(t)
+  return t
+end
+
+--- The most times of `t` (seconds; sorted here, in place) within one second.
+function M.busiest_second(t)
+  table.sort(t)
+  local most, j = 0, 1
+  for i = 1, #t do
+    while t[i] - t[j] >= 1 do j = j + 1 end
+    most = math.max(most, i - j + 1)
+  end
+  return most
 end
 
 return M
