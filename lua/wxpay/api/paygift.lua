@@ -133,11 +133,7 @@ function M.get(api, activity_id, opts)
   calls.argcheck("get", 2, opts, "table?")
   local path, o = target_options(api, "get", activity_id, opts)
   if not path then return nil, o end
-  local data, rerr, meta = calls.read(api, path, o)
-  if not data then return nil, rerr, meta end
-  local ok, derr = calls.expect(data, { "activity_id" }, meta)
-  if not ok then return nil, derr end
-  return data, nil, meta
+  return calls.read_one(api, path, o, { "activity_id" })
 end
 
 local LIST_FILTERS = {
