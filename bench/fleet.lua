@@ -12,13 +12,13 @@ if alone then
 end
 
 local cjson = require("cjson")
-local socket = require("socket")
 local nginx = require("spec.support.nginx")
 local sandbox = require("wxpay.sandbox.process")
+local fleet_nginx = require("spec.support.fleet_nginx")
 
 local M = {}
 
-local ROOT = io.popen("pwd"):read("*l")
+local ROOT = fleet_nginx.ROOT
 
 local HANDLERS = [=[
 local cjson = require("cjson.safe")
@@ -79,34 +79,9 @@ end
 return M
 ]=]
 
-local CONF = [[
-load_module /usr/share/nginx/modules/ndk_http_module.so;
-load_module /usr/share/nginx/modules/ngx_http_lua_module.so;
-worker_processes 4;
-pid logs/nginx.pid;
-error_log logs/error.log warn;
-env FLEET_CONFIG;
-events { worker_connections 512; multi_accept on; }
-http {
-  access_log off;
-  client_body_temp_path tmp/body; proxy_temp_path tmp/proxy; fastcgi_temp_path tmp/fastcgi;
-  uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;
-  lua_package_path "{{dir}}/?.lua;{{root}}/lua/?.lua;{{root}}/lua/?/init.lua;;";
-  lua_package_cpath "{{root}}/build-luajit/?.so;;";
-  lua_ssl_trusted_certificate {{ca_file}};
-  lua_ssl_verify_depth 3;
-  lua_shared_dict certs 1m;
-  lua_shared_dict budget 1m;
-  lua_shared_dict cpu 1m;
-  init_by_lua_block { require("fleet_b").init(os.getenv("FLEET_CONFIG")) }
-  server {
-    listen {{listen}} reuseport;
-    location = /up { return 200 "up"; }
-    location /t { content_by_lua_block { require("fleet_b").run() } }
-    location = /cpu { content_by_lua_block { require("fleet_b").cpu() } }
-  }
-}
-]]
+local HOST = { module = "fleet_b", workers = 4, events = "worker_connections 512; multi_accept on;",
+  http = { "lua_shared_dict certs 1m;", "lua_shared_dict budget 1m;", "lua_shared_dict cpu 1m;" },
+  locations = { { "/t", "run" }, { "= /cpu", "cpu" } } }
 
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
@@ -127,42 +102,18 @@ local function curl_all(url, n, parallel)
 end
 
 local function busiest_second(sb)
-  local t = {}
-  for _, r in ipairs(sb:requests()) do
-    if r.target:find("^/v3/marketing/partnerships") then t[#t + 1] = r.received_at end
-  end
-  table.sort(t)
-  local most, j = 0, 1
-  for i = 1, #t do
-    while t[i] - t[j] >= 1 do j = j + 1 end
-    most = math.max(most, i - j + 1)
-  end
-  return most, #t
+  local t = fleet_nginx.starts(sb:requests())
+  return fleet_nginx.busiest_second(t), #t
 end
 
-local function downloads(sb)
-  local n = 0
-  for _, r in ipairs(sb:requests()) do
-    if r.target:find("^/v3/certificates") then n = n + 1 end
-  end
-  return n
-end
+local function downloads(sb) return fleet_nginx.downloads(sb:requests()) end
 
 local function start(sb, dir)
-  local cfg = {}
-  for k, v in pairs(sb.config) do cfg[k] = v end
-  cfg.platform_certificate_files, cfg.wechatpay_public_key_file, cfg.wechatpay_public_key_id = nil, nil, nil
-  cfg.base_url = cfg.base_url:gsub("^https://127%.0%.0%.1:", "https://localhost:")
   write(dir .. "/fleet_b.lua", HANDLERS)
-  write(dir .. "/fleet.json", cjson.encode({ config = cfg, variants = {
+  write(dir .. "/fleet.json", cjson.encode({ config = fleet_nginx.config(sb.config), variants = {
     certs = { store = "ngx:certs" }, qps = { store = "ngx:budget", qps = 20 } } }))
-  local conf = CONF:gsub("{{root}}", ROOT):gsub("{{dir}}", dir):gsub("{{ca_file}}", sb.config.ca_file)
-  local n = nginx.start(conf, "FLEET_CONFIG=" .. q(dir .. "/fleet.json"))
-  for _ = 1, 100 do
-    if nginx.http("GET", n.url .. "/up") == 200 then break end
-    socket.sleep(0.05)
-  end
-  return n
+  HOST.dir, HOST.ca_file = dir, sb.config.ca_file
+  return fleet_nginx.start(fleet_nginx.conf(HOST), dir)
 end
 
 function M.run()

@@ -21,29 +21,14 @@ local socket = require("socket")
 local nginx = require("spec.support.nginx")
 local redis_server = require("spec.support.redis")
 local sandbox = require("wxpay.sandbox.process")
+local fleet_nginx = require("spec.support.fleet_nginx")
 
 local M = {}
 
-local ROOT = io.popen("pwd"):read("*l")
+local ROOT = fleet_nginx.ROOT
 
+-- After fleet_nginx's `init` (clients[variant], LIST).
 local HANDLERS = [=[
-local cjson = require("cjson.safe")
-local wxpay = require("wxpay")
-local M, clients = {}, {}
-local LIST = { authorized_data = { business_type = "BUSIFAVOR_STOCK" } }
-
-function M.init(path)
-  local f = assert(io.open(path))
-  local spec = assert(cjson.decode(f:read("*a")))
-  f:close()
-  for name, changes in pairs(spec.variants) do
-    local cfg = {}
-    for k, v in pairs(spec.config) do cfg[k] = v end
-    for k, v in pairs(changes) do cfg[k] = v end
-    clients[name] = assert(wxpay.new(cfg))
-  end
-end
-
 local function now() ngx.update_time(); return ngx.now() end
 
 function M.once()
@@ -71,45 +56,12 @@ function M.campaign()
   c.concurrent(tasks, { concurrency = 16 })
   ngx.say(n)
 end
-
-return M
 ]=]
 
-local CONF = [[
-load_module /usr/share/nginx/modules/ndk_http_module.so;
-load_module /usr/share/nginx/modules/ngx_http_lua_module.so;
-worker_processes {{workers}};
-pid logs/nginx.pid;
-error_log logs/error.log warn;
-env FLEET_CONFIG;
-events { worker_connections 256; }
-http {
-  access_log off;
-  client_body_temp_path tmp/body; proxy_temp_path tmp/proxy; fastcgi_temp_path tmp/fastcgi;
-  uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;
-  lua_package_path "{{dir}}/?.lua;{{root}}/lua/?.lua;{{root}}/lua/?/init.lua;;";
-  lua_package_cpath "{{root}}/build-luajit/?.so;;";
-  lua_ssl_trusted_certificate {{ca_file}};
-  lua_ssl_verify_depth 3;
-  lua_socket_log_errors off;
-  init_by_lua_block { require("hostile_b").init(os.getenv("FLEET_CONFIG")) }
-  server {
-    listen {{listen}} reuseport;
-    location = /up { return 200 "up"; }
-    location /once { content_by_lua_block { require("hostile_b").once() } }
-    location /drive { content_by_lua_block { require("hostile_b").drive() } }
-    location /campaign { content_by_lua_block { require("hostile_b").campaign() } }
-  }
-}
-]]
+local HOST = { module = "hostile_b", http = { "lua_socket_log_errors off;" },
+  locations = { { "/once", "once" }, { "/drive", "drive" }, { "/campaign", "campaign" } } }
 
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
 
 local function once(host, variant, deadline)
   local status, body = nginx.http("GET", host.url .. "/once?variant=" .. variant
@@ -122,23 +74,8 @@ local function background(url)
   return assert(io.popen(nginx.CLEAN_ENV .. "curl -s -m 60 " .. q(url) .. " 2>/dev/null"))
 end
 
-local function starts(sb)
-  local t = {}
-  for _, r in ipairs(sb:requests()) do
-    if r.target:find("^/v3/marketing/partnerships") then t[#t + 1] = r.received_at end
-  end
-  table.sort(t)
-  return t
-end
-
-local function busiest_second(t)
-  local most, j = 0, 1
-  for i = 1, #t do
-    while t[i] - t[j] >= 1 do j = j + 1 end
-    most = math.max(most, i - j + 1)
-  end
-  return most
-end
+local function starts(sb) return fleet_nginx.starts(sb:requests()) end
+local busiest_second = fleet_nginx.busiest_second
 
 local function until_arg(secs) return string.format("%.3f", socket.gettime() + secs) end
 
@@ -197,14 +134,8 @@ local function campaign(sb, host)
 end
 
 local function start_host(sb, dir, workers)
-  local conf = CONF:gsub("{{root}}", ROOT):gsub("{{dir}}", dir):gsub("{{ca_file}}", sb.config.ca_file)
-    :gsub("{{workers}}", tostring(workers))
-  local n = nginx.start(conf, "FLEET_CONFIG=" .. q(dir .. "/fleet.json"))
-  for _ = 1, 100 do
-    if nginx.http("GET", n.url .. "/up") == 200 then break end
-    socket.sleep(0.05)
-  end
-  return n
+  HOST.dir, HOST.ca_file, HOST.workers = dir, sb.config.ca_file, workers
+  return fleet_nginx.start(fleet_nginx.conf(HOST), dir)
 end
 
 function M.run()
@@ -218,17 +149,12 @@ function M.run()
   local srv, srv2 = redis_server.start(), redis_server.start()
   local dir = os.tmpname()
   os.remove(dir)
-  os.execute("mkdir -p " .. q(dir) .. " && chmod 755 " .. q(dir))
-  local cfg = {}
-  for k, v in pairs(sb.config) do cfg[k] = v end
-  cfg.platform_certificate_files, cfg.wechatpay_public_key_file, cfg.wechatpay_public_key_id = nil, nil, nil
-  cfg.base_url = cfg.base_url:gsub("^https://127%.0%.0%.1:", "https://localhost:")
-  write(dir .. "/hostile_b.lua", HANDLERS)
-  write(dir .. "/fleet.json", cjson.encode({ config = cfg, variants = {
+  os.execute("mkdir -p " .. q(dir))
+  fleet_nginx.write(dir, HOST.module, HANDLERS, fleet_nginx.config(sb.config), {
     refresh = { store = "redis://127.0.0.1:" .. srv.port .. "/3", certificate_refresh_interval = 2 },
     prio = { store = "redis://127.0.0.1:" .. srv.port .. "/4", qps = 10 },
     outage = { store = { host = "127.0.0.1", port = srv2.port, timeout = 0.5 }, qps = 10 },
-  } }))
+  })
   local hosts, r = {}, {}
   local ok, err = pcall(function()
     hosts[1], hosts[2], hosts[3] = start_host(sb, dir, 1), start_host(sb, dir, 1), start_host(sb, dir, 2)

@@ -3,8 +3,8 @@
 -- per-user limits, request-number replay, paging, the COUPON.SEND and COUPON.USE callbacks
 -- (received on 127.0.0.1 and checked with client.notify.parse), and the partnerships rule
 -- for stocks the sandbox never created.
-local wxpay = require("wxpay")
 local sandbox = require("spec.support.sandbox")
+local stocks = require("spec.support.stocks")
 local h = require("spec.helpers")
 local socket = require("socket")
 
@@ -14,10 +14,7 @@ local OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
 local sb, client
 setup(function()
   sb = sandbox.start{ mode = "combined" }
-  local cfg = {}
-  for k, v in pairs(sb.config) do cfg[k] = v end
-  cfg.max_retries = 0
-  client = assert(wxpay.new(cfg))
+  client = stocks.clients(sb)
 end)
 teardown(function()
   if sb then sb:stop() end
@@ -29,9 +26,7 @@ local function call(method, path, body, query)
   return client.request{ method = method, path = path, body = body, query = query }
 end
 
-local function rfc3339(t)
-  return os.date("!%Y-%m-%dT%H:%M:%S+08:00", t + 8 * 3600)
-end
+local rfc3339 = stocks.rfc3339
 
 -- The API error of a failed call.
 local function api_error(status, code, data, err)

@@ -3,33 +3,16 @@
 -- one private redis-server, against the sandbox in download mode (only apiv3_key). Counts
 -- `/v3/certificates` downloads and measures request starts from the sandbox's request log.
 -- The clients are made in the master (init_by_lua: it reads the keys), one per variant.
-local cjson = require("cjson").new()
-local socket = require("socket")
 local nginx = require("spec.support.nginx")
 local redis_server = require("spec.support.redis")
 local sandbox = require("spec.support.sandbox")
 local helpers = require("spec.helpers")
+local fleet_nginx = require("spec.support.fleet_nginx")
 
-local ROOT = io.popen("pwd"):read("*l")
+local ROOT = fleet_nginx.ROOT
 
+-- After fleet_nginx's `init` (clients[variant], LIST).
 local HANDLERS = [=[
-local cjson = require("cjson.safe")
-local wxpay = require("wxpay")
-local M, clients = {}, {}
-local LIST = { authorized_data = { business_type = "BUSIFAVOR_STOCK" } }
-
-function M.init(path)
-  local f = assert(io.open(path))
-  local spec = assert(cjson.decode(f:read("*a")))
-  f:close()
-  for name, changes in pairs(spec.variants) do
-    local cfg = {}
-    for k, v in pairs(spec.config) do cfg[k] = v end
-    for k, v in pairs(changes) do cfg[k] = v end
-    clients[name] = assert(wxpay.new(cfg))
-  end
-end
-
 -- One call (what=once) or calls as fast as they go for `secs` (what=drive).
 function M.run()
   local args = ngx.req.get_uri_args()
@@ -43,36 +26,10 @@ function M.run()
   until ngx.now() >= until_t
   ngx.say(calls, " ", ngx.worker.pid())
 end
-
-return M
 ]=]
 
-local CONF = [[
-load_module /usr/share/nginx/modules/ndk_http_module.so;
-load_module /usr/share/nginx/modules/ngx_http_lua_module.so;
-worker_processes 4;
-pid logs/nginx.pid;
-error_log logs/error.log warn;
-env FLEET_CONFIG;
-events { worker_connections 512; multi_accept on; }
-http {
-  access_log off;
-  client_body_temp_path tmp/body; proxy_temp_path tmp/proxy; fastcgi_temp_path tmp/fastcgi;
-  uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;
-  lua_package_path "{{dir}}/?.lua;{{root}}/lua/?.lua;{{root}}/lua/?/init.lua;;";
-  lua_package_cpath "{{root}}/build-luajit/?.so;;";
-  lua_ssl_trusted_certificate {{ca_file}};
-  lua_ssl_verify_depth 3;
-  lua_shared_dict certs 1m;
-  lua_shared_dict budget 1m;
-  init_by_lua_block { require("fleet_t").init(os.getenv("FLEET_CONFIG")) }
-  server {
-    listen {{listen}} reuseport;
-    location = /up { return 200 "up"; }
-    location /t { content_by_lua_block { require("fleet_t").run() } }
-  }
-}
-]]
+local HOST = { module = "fleet_t", workers = 4, events = "worker_connections 512; multi_accept on;",
+  http = { "lua_shared_dict certs 1m;", "lua_shared_dict budget 1m;" }, locations = { { "/t", "run" } } }
 
 -- `urls`, at most `parallel` at once, through curl: the answers' lines (calls, worker pid).
 local function fetch_all(urls, parallel)
@@ -101,32 +58,7 @@ local function repeated(urls_of, n)
   return urls
 end
 
-local function downloads(log)
-  local n = 0
-  for _, r in ipairs(log) do
-    if r.target:find("^/v3/certificates") then n = n + 1 end
-  end
-  return n
-end
-
--- Receive times of the API calls (not the downloads), sorted.
-local function start_times(log)
-  local t = {}
-  for _, r in ipairs(log) do
-    if r.target:find("^/v3/marketing/partnerships") then t[#t + 1] = r.received_at end
-  end
-  table.sort(t)
-  return t
-end
-
-local function busiest_second(t)
-  local most, j = 0, 1
-  for i = 1, #t do
-    while t[i] - t[j] >= 1 do j = j + 1 end
-    most = math.max(most, i - j + 1)
-  end
-  return most
-end
+local downloads, start_times, busiest_second = fleet_nginx.downloads, fleet_nginx.starts, fleet_nginx.busiest_second
 
 -- Starts a second over the middle of the run (the first and last half second left out:
 -- workers start and stop at different moments).
@@ -149,26 +81,16 @@ describe("a fleet in nginx: 4 workers, and two hosts over Redis", function()
     sb = sandbox.start{ mode = "certificate", empty_list = 200 }
     srv = redis_server.start()
     dir = helpers.tmpdir()
-    os.execute("chmod 755 " .. helpers.q(dir)) -- the workers run as nobody
-    helpers.write(dir .. "/fleet_t.lua", HANDLERS)
-    local base = helpers.config_from(sb, { platform_certificate_files = false,
-      wechatpay_public_key_file = false, wechatpay_public_key_id = false })
-    base.base_url = base.base_url:gsub("^https://127%.0%.0%.1:", "https://localhost:")
     local redis = "redis://127.0.0.1:" .. srv.port
-    helpers.write(dir .. "/fleet.json", cjson.encode({ config = base, variants = {
+    fleet_nginx.write(dir, HOST.module, HANDLERS, fleet_nginx.config(sb.config), {
       dict_certs = { store = "ngx:certs" },
       dict_qps = { store = "ngx:budget", qps = 20 },
       redis_certs = { store = redis .. "/1" },
       redis_qps = { store = redis .. "/2", qps = 20 },
-    } }))
-    local conf = CONF:gsub("{{root}}", ROOT):gsub("{{dir}}", dir):gsub("{{ca_file}}", sb.config.ca_file)
-    for i = 1, 2 do
-      hosts[i] = nginx.start(conf, "FLEET_CONFIG=" .. helpers.q(dir .. "/fleet.json"))
-      for _ = 1, 100 do
-        if nginx.http("GET", hosts[i].url .. "/up") == 200 then break end
-        socket.sleep(0.05)
-      end
-    end
+    })
+    HOST.dir, HOST.ca_file = dir, sb.config.ca_file
+    local conf = fleet_nginx.conf(HOST)
+    for i = 1, 2 do hosts[i] = fleet_nginx.start(conf, dir) end
   end)
 
   teardown(function()

@@ -2,8 +2,8 @@
 -- HTTPS: typed results, refusals that send nothing, the stock and coupon state machines,
 -- replay by request number, retry safety when a create was processed but its answer lost,
 -- and both callbacks received on 127.0.0.1 and read with the typed helpers.
-local wxpay = require("wxpay")
 local sandbox = require("spec.support.sandbox")
+local stocks = require("spec.support.stocks")
 local h = require("spec.helpers")
 
 local APPID = "wxd678efh567hg6787"
@@ -12,13 +12,7 @@ local OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
 local sb, client, retrying
 setup(function()
   sb = sandbox.start{ mode = "combined" }
-  local cfg = {}
-  for k, v in pairs(sb.config) do cfg[k] = v end
-  cfg.max_retries = 0
-  client = assert(wxpay.new(cfg))
-  cfg.max_retries = 2
-  cfg.sleep = function() end -- retries without real back-off waits
-  retrying = assert(wxpay.new(cfg))
+  client, retrying = stocks.clients(sb)
 end)
 teardown(function()
   if sb then sb:stop() end
@@ -26,9 +20,7 @@ teardown(function()
 end)
 before_each(function() sb:reset() end)
 
-local function rfc3339(t)
-  return os.date("!%Y-%m-%dT%H:%M:%S+08:00", t + 8 * 3600)
-end
+local rfc3339 = stocks.rfc3339
 
 local function api_error(status, code, data, err)
   assert.is_nil(data)
@@ -67,21 +59,8 @@ describe("client.busifavor against the sandbox", function()
   local serial = 0
   local function params(over)
     serial = serial + 1
-    local now = os.time()
-    local p = {
-      stock_name = "满100减10元", goods_name = "全场通用", stock_type = "NORMAL",
-      coupon_code_mode = "WECHATPAY_MODE", out_request_no = "bf22-" .. serial,
-      coupon_use_rule = {
-        coupon_available_time = { available_begin_time = rfc3339(now - 60),
-                                  available_end_time = rfc3339(now + 30 * 86400) },
-        fixed_normal_coupon = { discount_amount = 1000, transaction_minimum = 10000 },
-        use_method = "OFF_LINE",
-      },
-      stock_send_rule = { max_coupons = 100, max_coupons_per_user = 2 },
-      notify_config = { notify_appid = APPID },
-    }
-    for k, v in pairs(over or {}) do p[k] = v end
-    return p
+    return stocks.busifavor_params({ out_request_no = "bf22-" .. serial, notify_config = { notify_appid = APPID } },
+      over)
   end
   local function create(over)
     local stock, err = client.busifavor.stocks.create(params(over))

@@ -9,9 +9,7 @@ local cjson = require("cjson").new()
 local sb, dir, config_file
 setup(function()
   sb = sandbox.start{ mode = "combined" }
-  dir = h.tmpdir()
-  config_file = dir .. "/config.json"
-  h.write(config_file, cjson.encode(sb.config))
+  dir, config_file = require("spec.support.cli").configured(sb)
 end)
 teardown(function()
   if sb then sb:stop() end

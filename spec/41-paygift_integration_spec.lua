@@ -3,8 +3,8 @@
 -- (one activity), a Chinese list filter, partial success of add merchants, the prize
 -- checks against the 商家券 store, and a payment over the threshold whose COUPON.SEND
 -- reaches client.notify.parse with attach_info.act_code.
-local wxpay = require("wxpay")
 local sandbox = require("spec.support.sandbox")
+local stocks = require("spec.support.stocks")
 local listener = require("spec.support.listener")
 local h = require("spec.helpers")
 
@@ -15,13 +15,7 @@ local CREATE = "/v3/marketing/paygiftactivity/unique-threshold-activity"
 local sb, client, retrying
 setup(function()
   sb = sandbox.start{ mode = "combined" }
-  local cfg = {}
-  for k, v in pairs(sb.config) do cfg[k] = v end
-  cfg.max_retries = 0
-  client = assert(wxpay.new(cfg))
-  cfg.max_retries = 2
-  cfg.sleep = function() end
-  retrying = assert(wxpay.new(cfg))
+  client, retrying = stocks.clients(sb)
 end)
 teardown(function()
   if sb then sb:stop() end
@@ -29,9 +23,7 @@ teardown(function()
 end)
 before_each(function() sb:reset() end)
 
-local function rfc3339(t)
-  return os.date("!%Y-%m-%dT%H:%M:%S+08:00", t + 8 * 3600)
-end
+local rfc3339 = stocks.rfc3339
 
 local NOW = os.time()
 local serial = 0

@@ -3,8 +3,8 @@
 -- sandbox and succeed there. Also the single-coupon calls of both products over HTTPS:
 -- 商家券 use, query, return and deactivate of a MERCHANT_API code longer than 32
 -- characters, and 代金券 查询单张券.
-local wxpay = require("wxpay")
 local sandbox = require("spec.support.sandbox")
+local stocks = require("spec.support.stocks")
 local h = require("spec.helpers")
 
 local APPID = "wxd678efh567hg6787"
@@ -13,10 +13,7 @@ local OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
 local sb, client
 setup(function()
   sb = sandbox.start{ mode = "combined" }
-  local cfg = {}
-  for k, v in pairs(sb.config) do cfg[k] = v end
-  cfg.max_retries = 0
-  client = assert(wxpay.new(cfg))
+  client = stocks.clients(sb)
 end)
 teardown(function()
   if sb then sb:stop() end
@@ -24,9 +21,7 @@ teardown(function()
 end)
 before_each(function() sb:reset() end)
 
-local function rfc3339(t)
-  return os.date("!%Y-%m-%dT%H:%M:%S+08:00", t + 8 * 3600)
-end
+local rfc3339 = stocks.rfc3339
 
 -- Run fn and assert it succeeded with exactly one request seen by the sandbox.
 local function reaches(fn)
@@ -41,20 +36,7 @@ end
 local serial = 0
 local function busi_params(over)
   serial = serial + 1
-  local now = os.time()
-  local p = {
-    stock_name = "满100减10元", goods_name = "全场通用", stock_type = "NORMAL",
-    coupon_code_mode = "WECHATPAY_MODE", out_request_no = "loose-" .. serial,
-    coupon_use_rule = {
-      coupon_available_time = { available_begin_time = rfc3339(now - 60),
-                                available_end_time = rfc3339(now + 30 * 86400) },
-      fixed_normal_coupon = { discount_amount = 1000, transaction_minimum = 10000 },
-      use_method = "OFF_LINE",
-    },
-    stock_send_rule = { max_coupons = 100, max_coupons_per_user = 2 },
-  }
-  for k, v in pairs(over or {}) do p[k] = v end
-  return p
+  return stocks.busifavor_params({ out_request_no = "loose-" .. serial }, over)
 end
 
 describe("formerly refused 商家券 shapes reach the sandbox", function()

@@ -1,8 +1,8 @@
 -- 商家券 pre-stored codes (upload, list, query, delete), issuing from the uploaded pool,
 -- associate / disassociate and 营销补差, through the typed calls over HTTPS against the
 -- sandbox; and the refusals that send nothing.
-local wxpay = require("wxpay")
 local sandbox = require("spec.support.sandbox")
+local stocks = require("spec.support.stocks")
 local h = require("spec.helpers")
 
 local APPID = "wxd678efh567hg6787"
@@ -11,13 +11,7 @@ local OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
 local sb, client, retrying
 setup(function()
   sb = sandbox.start{ mode = "combined" }
-  local cfg = {}
-  for k, v in pairs(sb.config) do cfg[k] = v end
-  cfg.max_retries = 0
-  client = assert(wxpay.new(cfg))
-  cfg.max_retries = 2
-  cfg.sleep = function() end
-  retrying = assert(wxpay.new(cfg))
+  client, retrying = stocks.clients(sb)
 end)
 teardown(function()
   if sb then sb:stop() end
@@ -25,9 +19,7 @@ teardown(function()
 end)
 before_each(function() sb:reset() end)
 
-local function rfc3339(t)
-  return os.date("!%Y-%m-%dT%H:%M:%S+08:00", t + 8 * 3600)
-end
+local rfc3339 = stocks.rfc3339
 
 local serial = 0
 local function create(mode, max)

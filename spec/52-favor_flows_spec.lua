@@ -3,9 +3,9 @@
 -- file, trusting it by its hash: a corrupted or cut download is an error and leaves no
 -- file. The row parser, the merchants / items iterators, and a large file downloaded with
 -- flat memory.
-local wxpay = require("wxpay")
 local flow = require("wxpay.flow")
 local sandbox = require("spec.support.sandbox")
+local stocks = require("spec.support.stocks")
 local h = require("spec.helpers")
 
 local APPID = "wxd678efh567hg6787"
@@ -14,10 +14,7 @@ local OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
 local sb, client, dir
 setup(function()
   sb = sandbox.start{ mode = "combined" }
-  local cfg = {}
-  for k, v in pairs(sb.config) do cfg[k] = v end
-  cfg.max_retries = 0
-  client = assert(wxpay.new(cfg))
+  client = stocks.clients(sb)
   dir = os.tmpname()
   os.remove(dir)
   assert(os.execute("mkdir -m 700 " .. dir))
@@ -29,9 +26,7 @@ teardown(function()
 end)
 before_each(function() sb:reset() end)
 
-local function rfc3339(t)
-  return os.date("!%Y-%m-%dT%H:%M:%S+08:00", t + 8 * 3600)
-end
+local rfc3339 = stocks.rfc3339
 
 local function read(path)
   local f = io.open(path, "rb")

@@ -10,27 +10,12 @@ local sandbox = require("spec.support.sandbox")
 local helpers = require("spec.helpers")
 local store = require("wxpay.store")
 local bad_redis = require("spec.support.bad_redis")
+local fleet_nginx = require("spec.support.fleet_nginx")
 
-local ROOT = io.popen("pwd"):read("*l")
+local ROOT = fleet_nginx.ROOT
 
+-- After fleet_nginx's `init` (clients[variant], LIST).
 local HANDLERS = [=[
-local cjson = require("cjson.safe")
-local wxpay = require("wxpay")
-local M, clients = {}, {}
-local LIST = { authorized_data = { business_type = "BUSIFAVOR_STOCK" } }
-
-function M.init(path)
-  local f = assert(io.open(path))
-  local spec = assert(cjson.decode(f:read("*a")))
-  f:close()
-  for name, changes in pairs(spec.variants) do
-    local cfg = {}
-    for k, v in pairs(spec.config) do cfg[k] = v end
-    for k, v in pairs(changes) do cfg[k] = v end
-    clients[name] = assert(wxpay.new(cfg))
-  end
-end
-
 -- One call: whether it worked, how long it took, which worker.
 function M.run()
   local args = ngx.req.get_uri_args()
@@ -67,36 +52,10 @@ local bad_redis = require("spec.support.bad_redis")
   ngx.update_time()
   ngx.say(cjson.encode({ ok = v ~= nil, err = err and tostring(err) or nil, secs = ngx.now() - t0 }))
 end
-
-return M
 ]=]
 
-local CONF = [[
-load_module /usr/share/nginx/modules/ndk_http_module.so;
-load_module /usr/share/nginx/modules/ngx_http_lua_module.so;
-worker_processes 1;
-pid logs/nginx.pid;
-error_log logs/error.log warn;
-env FLEET_CONFIG;
-events { worker_connections 256; }
-http {
-  access_log off;
-  client_body_temp_path tmp/body; proxy_temp_path tmp/proxy; fastcgi_temp_path tmp/fastcgi;
-  uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;
-  lua_package_path "{{dir}}/?.lua;{{root}}/lua/?.lua;{{root}}/lua/?/init.lua;;";
-  lua_package_cpath "{{root}}/build-luajit/?.so;;";
-  lua_ssl_trusted_certificate {{ca_file}};
-  lua_ssl_verify_depth 3;
-  lua_shared_dict small 64k;
-  init_by_lua_block { require("refresh_t").init(os.getenv("FLEET_CONFIG")) }
-  server {
-    listen {{listen}} reuseport;
-    location = /up { return 200 "up"; }
-    location /t { content_by_lua_block { require("refresh_t").run() } }
-    location /store { content_by_lua_block { require("refresh_t").store() } }
-  }
-}
-]]
+local HOST = { module = "refresh_t", http = { "lua_shared_dict small 64k;" },
+  locations = { { "/t", "run" }, { "/store", "store" } } }
 
 describe("fleet in nginx: a refresh holder killed mid-download; store bounds", function()
   local sb, srv, dir, hosts, shared = nil, nil, nil, {}, nil
@@ -109,25 +68,15 @@ describe("fleet in nginx: a refresh holder killed mid-download; store bounds", f
     srv = redis_server.start()
     trickle, huge = bad_redis.start("trickle"), bad_redis.start("huge")
     dir = helpers.tmpdir()
-    os.execute("chmod 755 " .. helpers.q(dir)) -- the workers run as nobody
-    helpers.write(dir .. "/refresh_t.lua", HANDLERS)
-    local base = helpers.config_from(sb, { platform_certificate_files = false,
-      wechatpay_public_key_file = false, wechatpay_public_key_id = false })
-    base.base_url = base.base_url:gsub("^https://127%.0%.0%.1:", "https://localhost:")
     local url = "redis://127.0.0.1:" .. srv.port .. "/3"
-    shared = assert(store.open(url, { driver = "socket" })):scope(base.mchid)
-    helpers.write(dir .. "/fleet.json", cjson.encode({ config = base, variants = {
+    shared = assert(store.open(url, { driver = "socket" })):scope(sb.config.mchid)
+    fleet_nginx.write(dir, HOST.module, HANDLERS, fleet_nginx.config(sb.config), {
       refresh = { store = url, certificate_refresh_interval = 2 },
       trickle = { store = { host = "127.0.0.1", port = trickle.port, timeout = 1 }, qps = 20, deadline = 2 },
-    } }))
-    local conf = CONF:gsub("{{root}}", ROOT):gsub("{{dir}}", dir):gsub("{{ca_file}}", sb.config.ca_file)
-    for i = 1, 2 do
-      hosts[i] = nginx.start(conf, "FLEET_CONFIG=" .. helpers.q(dir .. "/fleet.json"))
-      for _ = 1, 100 do
-        if nginx.http("GET", hosts[i].url .. "/up") == 200 then break end
-        socket.sleep(0.05)
-      end
-    end
+    })
+    HOST.dir, HOST.ca_file = dir, sb.config.ca_file
+    local conf = fleet_nginx.conf(HOST)
+    for i = 1, 2 do hosts[i] = fleet_nginx.start(conf, dir) end
   end)
 
   teardown(function()

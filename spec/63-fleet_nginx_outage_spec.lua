@@ -8,27 +8,12 @@ local nginx = require("spec.support.nginx")
 local redis_server = require("spec.support.redis")
 local sandbox = require("spec.support.sandbox")
 local helpers = require("spec.helpers")
+local fleet_nginx = require("spec.support.fleet_nginx")
 
-local ROOT = io.popen("pwd"):read("*l")
+local ROOT = fleet_nginx.ROOT
 
+-- After fleet_nginx's `init` (clients[variant], LIST).
 local HANDLERS = [=[
-local cjson = require("cjson.safe")
-local wxpay = require("wxpay")
-local M, clients = {}, {}
-local LIST = { authorized_data = { business_type = "BUSIFAVOR_STOCK" } }
-
-function M.init(path)
-  local f = assert(io.open(path))
-  local spec = assert(cjson.decode(f:read("*a")))
-  f:close()
-  for name, changes in pairs(spec.variants) do
-    local cfg = {}
-    for k, v in pairs(spec.config) do cfg[k] = v end
-    for k, v in pairs(changes) do cfg[k] = v end
-    clients[name] = assert(wxpay.new(cfg))
-  end
-end
-
 -- Calls as fast as they go until the Unix time `until` (an error answer is not a failure
 -- here: a refused start still counts as not sent).
 function M.run()
@@ -68,47 +53,12 @@ function M.once()
   ngx.update_time()
   ngx.say(cjson.encode({ ok = page ~= nil, err = err and tostring(err) or nil, secs = ngx.now() - t0 }))
 end
-
-return M
 ]=]
 
-local CONF = [[
-load_module /usr/share/nginx/modules/ndk_http_module.so;
-load_module /usr/share/nginx/modules/ngx_http_lua_module.so;
-worker_processes 2;
-pid logs/nginx.pid;
-error_log logs/error.log warn;
-env FLEET_CONFIG;
-events { worker_connections 256; }
-http {
-  access_log off;
-  client_body_temp_path tmp/body; proxy_temp_path tmp/proxy; fastcgi_temp_path tmp/fastcgi;
-  uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;
-  lua_package_path "{{dir}}/?.lua;{{root}}/lua/?.lua;{{root}}/lua/?/init.lua;;";
-  lua_package_cpath "{{root}}/build-luajit/?.so;;";
-  lua_ssl_trusted_certificate {{ca_file}};
-  lua_ssl_verify_depth 3;
-  lua_socket_log_errors off;
-  init_by_lua_block { require("outage_t").init(os.getenv("FLEET_CONFIG")) }
-  server {
-    listen {{listen}} reuseport;
-    location = /up { return 200 "up"; }
-    location /t { content_by_lua_block { require("outage_t").run() } }
-    location /campaign { content_by_lua_block { require("outage_t").campaign() } }
-    location /once { content_by_lua_block { require("outage_t").once() } }
-  }
-}
-]]
+local HOST = { module = "outage_t", workers = 2, http = { "lua_socket_log_errors off;" },
+  locations = { { "/t", "run" }, { "/campaign", "campaign" }, { "/once", "once" } } }
 
-local function busiest_second(t)
-  table.sort(t)
-  local most, j = 0, 1
-  for i = 1, #t do
-    while t[i] - t[j] >= 1 do j = j + 1 end
-    most = math.max(most, i - j + 1)
-  end
-  return most
-end
+local busiest_second = fleet_nginx.busiest_second
 
 describe("fleet in nginx: Redis dies mid-run", function()
   local sb, srv, dir, host
@@ -119,21 +69,12 @@ describe("fleet in nginx: Redis dies mid-run", function()
     sb = sandbox.start{ mode = "certificate", empty_list = 200 }
     srv = redis_server.start()
     dir = helpers.tmpdir()
-    os.execute("chmod 755 " .. helpers.q(dir))
-    helpers.write(dir .. "/outage_t.lua", HANDLERS)
-    local base = helpers.config_from(sb, { platform_certificate_files = false,
-      wechatpay_public_key_file = false, wechatpay_public_key_id = false })
-    base.base_url = base.base_url:gsub("^https://127%.0%.0%.1:", "https://localhost:")
-    helpers.write(dir .. "/fleet.json", cjson.encode({ config = base, variants = {
+    fleet_nginx.write(dir, HOST.module, HANDLERS, fleet_nginx.config(sb.config), {
       outage = { store = { host = "127.0.0.1", port = srv.port, timeout = 0.5 }, qps = 10 },
       prio = { store = "redis://127.0.0.1:" .. srv.port .. "/4", qps = 10 },
-    } }))
-    local conf = CONF:gsub("{{root}}", ROOT):gsub("{{dir}}", dir):gsub("{{ca_file}}", sb.config.ca_file)
-    host = nginx.start(conf, "FLEET_CONFIG=" .. helpers.q(dir .. "/fleet.json"))
-    for _ = 1, 100 do
-      if nginx.http("GET", host.url .. "/up") == 200 then break end
-      socket.sleep(0.05)
-    end
+    })
+    HOST.dir, HOST.ca_file = dir, sb.config.ca_file
+    host = fleet_nginx.start(fleet_nginx.conf(HOST), dir)
   end)
 
   teardown(function()

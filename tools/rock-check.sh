@@ -9,14 +9,7 @@ src=$(pwd)
 tree="$src/${1:-build/rocktree}"
 ver=5.4
 away=$(mktemp -d)
-# luarocks compiles in the checkout: what it leaves there goes, also when a step fails.
-cleanup() {
-  rm -rf "$away"
-  rm -rf "$src/build/rock"
-  rm -f "$src"/csrc/*.o "$src/wxpay/core.so"
-  if [ -d "$src/wxpay" ]; then rmdir "$src/wxpay"; fi
-}
-trap cleanup EXIT
+. "$src/tools/rock-cleanup.sh"
 
 rocks() { luarocks --lua-version=$ver --tree "$tree" "$@"; }
 outside() { (cd "$away" && eval "$(rocks path)" && "$@"); }

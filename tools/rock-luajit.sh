@@ -9,13 +9,7 @@ cd "$(dirname "$0")/.."
 src=$(pwd)
 tree="$src/${1:-build/rocktree-luajit}"
 away=$(mktemp -d)
-cleanup() {
-  rm -rf "$away"
-  rm -rf "$src/build/rock"
-  rm -f "$src"/csrc/*.o "$src/wxpay/core.so"
-  if [ -d "$src/wxpay" ]; then rmdir "$src/wxpay"; fi
-}
-trap cleanup EXIT
+. "$src/tools/rock-cleanup.sh"
 fail() { echo "rock-luajit: $*" >&2; exit 1; }
 
 # Debian's luarocks knows Lua 5.1 as lua5.1: this config makes LuaJIT the tree's interpreter

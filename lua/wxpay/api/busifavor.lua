@@ -72,11 +72,7 @@ function M.get_stock(api, stock_id, opts)
   local o
   o, err = calls.options(api, opts)
   if not o then return nil, err end
-  local data, rerr, meta = calls.read(api, target, o)
-  if not data then return nil, rerr, meta end
-  local ok, derr = calls.expect(data, { "stock_id" }, meta)
-  if not ok then return nil, derr end
-  return data, nil, meta
+  return calls.read_one(api, target, o, { "stock_id" })
 end
 
 --- B3: modify a stock's information (`PATCH …/stocks/{stock_id}`, answers 204).

@@ -129,6 +129,16 @@ function M.read(api, target, opts)
   return api.send(request("GET", target, nil, opts or {}))
 end
 
+--- A GET of one object whose answer must hold the string fields `names`: data, nil, meta; or
+-- nil, err (and meta when the call itself failed).
+function M.read_one(api, target, opts, names)
+  local data, err, meta = M.read(api, target, opts)
+  if not data then return nil, err, meta end
+  local ok, derr = M.expect(data, names, meta)
+  if not ok then return nil, derr end
+  return data, nil, meta
+end
+
 --- A `decode` error for a signed answer that lacks what the call promises.
 function M.decode_error(what, meta)
   meta = meta or {}

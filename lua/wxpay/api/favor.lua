@@ -111,11 +111,7 @@ function M.get_stock(api, stock_id, opts)
   local id, creator, o = stock_and_creator(api, stock_id, opts)
   if not id then return nil, creator end
   local target = calls.target(api, BASE .. "/stocks/" .. id, { { "stock_creator_mchid", creator } })
-  local data, err, meta = calls.read(api, target, o)
-  if not data then return nil, err, meta end
-  local ok, derr = calls.expect(data, { "stock_id" }, meta)
-  if not ok then return nil, derr end
-  return data, nil, meta
+  return calls.read_one(api, target, o, { "stock_id" })
 end
 
 local STOCK_FILTERS = {

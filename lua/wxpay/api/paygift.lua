@@ -53,6 +53,16 @@ local function target(api, name, activity_id)
   return (path:gsub("{activity_id}", (id:gsub("%%", "%%%%"))))
 end
 
+-- The path and checked options of the call `name` on one activity (nil, err when either is bad).
+local function target_options(api, name, activity_id, opts)
+  local path, err = target(api, name, activity_id)
+  if not path then return nil, err end
+  local o
+  o, err = calls.options(api, opts)
+  if not o then return nil, err end
+  return path, o
+end
+
 -- A copy of `t` (one level).
 local function copy(t)
   local c = {}
@@ -121,16 +131,9 @@ end
 -- @treturn table|nil the activity (`activity_status`, `activity_base_info`, …)
 function M.get(api, activity_id, opts)
   calls.argcheck("get", 2, opts, "table?")
-  local path, err = target(api, "get", activity_id)
-  if not path then return nil, err end
-  local o
-  o, err = calls.options(api, opts)
-  if not o then return nil, err end
-  local data, rerr, meta = calls.read(api, path, o)
-  if not data then return nil, rerr, meta end
-  local ok, derr = calls.expect(data, { "activity_id" }, meta)
-  if not ok then return nil, derr end
-  return data, nil, meta
+  local path, o = target_options(api, "get", activity_id, opts)
+  if not path then return nil, o end
+  return calls.read_one(api, path, o, { "activity_id" })
 end
 
 local LIST_FILTERS = {
@@ -210,11 +213,8 @@ M.goods = optional_filters(goods_iter)
 -- @treturn table|nil `{ activity_id, terminate_time }`
 function M.terminate(api, activity_id, opts)
   calls.argcheck("terminate", 2, opts, "table?")
-  local path, err = target(api, "terminate", activity_id)
-  if not path then return nil, err end
-  local o
-  o, err = calls.options(api, opts)
-  if not o then return nil, err end
+  local path, o = target_options(api, "terminate", activity_id, opts)
+  if not path then return nil, o end
   local data, werr, meta = calls.write(api, M.ENDPOINTS.terminate[1], path, nil, o, {})
   if data then return data, nil, meta end
   if werr.kind ~= "api" or werr.status ~= 400 then return nil, werr, meta end

@@ -176,17 +176,7 @@ end
 -- body, cs, handle, or nil and the answer to send (an error, or the stored replay).
 local function keyed_write(state, req, auth, captures, check, op, number)
   local stock, e = own_stock(state, auth, captures[1])
-  if not stock then return nil, e end
-  local body
-  body, e = common.body(req)
-  if not body then return nil, e end
-  local c = common.checker(body)
-  check(c, stock, body)
-  if c:error() then return nil, c:error() end
-  local cs = common.state(state.store)
-  local answer, handle = common.replay(cs, { auth.mchid, op, stock.id, body[number] }, body, "批次已存在")
-  if answer then return nil, answer end
-  return stock, body, cs, handle
+  return common.keyed_write(state, req, auth, stock, e, check, { op = op, number = number, reused = "批次已存在" })
 end
 
 --- B3 `PATCH /v3/marketing/busifavor/stocks/{stock_id}` (204 on success).

@@ -227,6 +227,25 @@ function M.remember(cs, handle, resp)
   return resp
 end
 
+--- The start of a keyed write on `obj`, one of the caller's stocks or activities (`obj, e` as
+-- the caller's lookup returned them): the body, checked by `check(c, obj, body)`, and the
+-- replay state of its request number `w.number` (key: mchid, `w.op`, obj.id, the number;
+-- `w.reused`, the answer's message when the number comes again with another body).
+-- @treturn table|nil obj, then body, cs, handle; or nil and the answer to send (an error, or the stored replay)
+function M.keyed_write(state, req, auth, obj, e, check, w)
+  if not obj then return nil, e end
+  local body
+  body, e = M.body(req)
+  if not body then return nil, e end
+  local c = M.checker(body)
+  check(c, obj, body)
+  if c:error() then return nil, c:error() end
+  local cs = M.state(state.store)
+  local answer, handle = M.replay(cs, { auth.mchid, w.op, obj.id, body[w.number] }, body, w.reused)
+  if answer then return nil, answer end
+  return obj, body, cs, handle
+end
+
 --- `offset` (a page index) and `limit` from query parameters, or nil and a PARAM_ERROR.
 function M.paging(params, default_limit, max_limit)
   local c = M.checker({}, "", "query")

@@ -93,13 +93,18 @@ function M.list(state, req)
   return common.ok{ data = #data > 0 and data or nil, total_count = #data }
 end
 
---- B24 `GET …/subsidy/pay-receipts/{subsidy_receipt_id}`.
-function M.get(state, _, auth, captures)
-  local _, b = book(state)
-  local r = b.pay[util.percent_decode(captures[1])]
-  if not r or r.payer_merchant ~= auth.mchid then return err(404, "RESOURCE_NOT_EXISTS", "补差付款单不存在") end
-  return common.ok(receipt(r))
+-- The handler that reads one receipt of `b[kind]` by the id in the path; `missing`, the 404 message.
+local function getter(kind, missing)
+  return function(state, _, auth, captures)
+    local _, b = book(state)
+    local r = b[kind][util.percent_decode(captures[1])]
+    if not r or r.payer_merchant ~= auth.mchid then return err(404, "RESOURCE_NOT_EXISTS", missing) end
+    return common.ok(receipt(r))
+  end
 end
+
+--- B24 `GET …/subsidy/pay-receipts/{subsidy_receipt_id}`.
+M.get = getter("pay", "补差付款单不存在")
 
 -- The pay receipt a return refers to: the latest of its coupon (or nil).
 local function paid(b, body)
@@ -146,12 +151,7 @@ function M.give_back(state, req, auth)
 end
 
 --- B26 `GET …/subsidy/return-receipts/{subsidy_return_receipt_id}`.
-function M.get_return(state, _, auth, captures)
-  local _, b = book(state)
-  local r = b.returns[util.percent_decode(captures[1])]
-  if not r or r.payer_merchant ~= auth.mchid then return err(404, "RESOURCE_NOT_EXISTS", "补差回退单不存在") end
-  return common.ok(receipt(r))
-end
+M.get_return = getter("returns", "补差回退单不存在")
 
 M.routes = {
   { "^/v3/marketing/busifavor/subsidy/pay%-receipts$", POST = M.pay, GET = M.list },

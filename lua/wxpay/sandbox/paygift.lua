@@ -269,18 +269,13 @@ end
 -- G7/G8: the checked body, replay state and the activity, or nil and the answer.
 local function merchants_write(state, req, auth, captures, op, number)
   local act, e = own(state, auth, captures[1])
-  if not act then return nil, e end
-  local body
-  body, e = common.body(req)
-  if not body then return nil, e end
-  local c = common.checker(body)
-  check_merchants(c, true)
-  -- delete_request_no has the request-number charset; add_request_no has no stated charset.
-  if number == "add_request_no" then c:string(number, 1, 128, true) else c:request_no(number, 128) end
-  if c:error() then return nil, c:error() end
-  local cs = select(2, M.product(state))
-  local answer, handle = common.replay(cs, { auth.mchid, op, act.id, body[number] }, body, "请求单号已使用")
-  if answer then return nil, answer end
+  local body, cs, handle
+  act, body, cs, handle = common.keyed_write(state, req, auth, act, e, function(c)
+    check_merchants(c, true)
+    -- delete_request_no has the request-number charset; add_request_no has no stated charset.
+    if number == "add_request_no" then c:string(number, 1, 128, true) else c:request_no(number, 128) end
+  end, { op = op, number = number, reused = "请求单号已使用" })
+  if not act then return nil, body end
   local status = M.status(act, util.now())
   if status == "TERMINATE_ACT_STATUS" or status == "OVER_TIME_ACT_STATUS" then
     return nil, err(400, "INVALID_REQUEST", "活动已结束")
