@@ -6,8 +6,8 @@
 -- clocks agree to a few seconds, a member counted twice only lowers the share). A member
 -- that reserved a start counts itself once per window (`incr` of `members:<window>`) and
 -- reads the count at most once a second; its estimate is the larger of the current window's
--- count and the last it read for the previous window. Cost: one store operation a second
--- per busy member.
+-- count and the previous window's final count (read once when its window begins). Cost: one
+-- store operation a second per busy member, and one more every WINDOW seconds.
 -- @module wxpay.fleet.members
 
 local M = {}
@@ -27,7 +27,13 @@ function M.seen(st)
   local key = "members:" .. string.format("%d", w)
   local n, err
   if f.members_window ~= w then
-    f.members_prev = (f.members_window == w - 1) and f.members_cur or nil
+    -- The previous window's final count, read from the store: what this member last read of
+    -- it may be its own early `incr` (1), and the first `incr` of a new window is 1 too, so
+    -- remembering alone could leave a member believing it paces alone for a second or two.
+    local prev, perr = f.store:get("members:" .. string.format("%d", w - 1))
+    if perr then return perr end
+    local own = (f.members_window == w - 1) and f.members_cur or nil
+    f.members_prev = math.max(tonumber(prev or "") or 0, own or 0)
     n, err = f.store:incr(key, 1, 3 * M.WINDOW)
     if n then f.members_window = w end
   else
