@@ -101,8 +101,6 @@ end
 ]]
 ALGO = ALGO:format(M.GUARD, M.MIN_RATE, M.MAX_WAIT)
 
-local FIELDS = { "tat", "rate", "target", "cut_at", "last_step" }
-
 local algo = assert((loadstring or load)(ALGO .. "\nreturn reserve, throttle", "=budget")) -- luacheck: ignore 113
 local step_reserve, step_throttle = algo()
 
@@ -110,22 +108,19 @@ local function num(x)
   return x and string.format("%.17g", x) or ""
 end
 
+-- The state as stored: tat, rate, target, cut_at and last_step, comma-separated, empty for
+-- nil. Read with one match, written with one concatenation (the memory store runs this per
+-- request).
 local function decode(s)
-  local st = {}
-  if s then
-    local i = 0
-    for part in (s .. ","):gmatch("([^,]*),") do
-      i = i + 1
-      if FIELDS[i] then st[FIELDS[i]] = tonumber(part) end
-    end
-  end
-  return st
+  if not s then return {} end
+  local tat, rate, target, cut_at, last_step = s:match("^([^,]*),?([^,]*),?([^,]*),?([^,]*),?([^,]*)")
+  return { tat = tonumber(tat), rate = tonumber(rate), target = tonumber(target),
+           cut_at = tonumber(cut_at), last_step = tonumber(last_step) }
 end
 
 local function encode(st)
-  local out = {}
-  for i, f in ipairs(FIELDS) do out[i] = num(st[f]) end
-  return table.concat(out, ",")
+  return num(st.tat) .. "," .. num(st.rate) .. "," .. num(st.target) .. "," .. num(st.cut_at) .. ","
+    .. num(st.last_step)
 end
 
 local function ttl_for(st, now)

@@ -98,12 +98,19 @@ local function check_value(value)
   return true
 end
 
+-- What `guarded` returns for pcall's results (no table: the rate budget runs this per request).
+local function settled(ok, first, ...)
+  if not ok then return nil, M.unavailable(first) end
+  if first == nil and select("#", ...) > 0 then
+    local e = ...
+    if e ~= nil and type(e) ~= "table" then return nil, M.unavailable(e) end
+  end
+  return first, ...
+end
+
 -- Runs a driver function; a raise or a non-wxpay error string becomes nil, err.
 local function guarded(fn, ...)
-  local r = pack(pcall(fn, ...))
-  if not r[1] then return nil, M.unavailable(r[2]) end
-  if r[2] == nil and r[3] ~= nil and type(r[3]) ~= "table" then return nil, M.unavailable(r[3]) end
-  return unpack(r, 2, r.n)
+  return settled(pcall(fn, ...))
 end
 
 local function new_store(driver, prefix, kind)

@@ -49,7 +49,13 @@ end
 function Memory:put(key, value, ttl)
   self.writes = self.writes + 1
   if self.writes % SWEEP_EVERY == 0 then self:sweep() end
-  self.data[key] = { value = value, expires = (ttl and ttl > 0) and self.clock() + ttl or nil }
+  local expires = (ttl and ttl > 0) and self.clock() + ttl or nil
+  local e = self.data[key]
+  if e then -- rewritten in place: a budget's key is written on every request
+    e.value, e.expires = value, expires
+  else
+    self.data[key] = { value = value, expires = expires }
+  end
 end
 
 function Memory:get(key)
@@ -87,16 +93,16 @@ function Memory:delete(key)
   return true
 end
 
+-- Stores what `update`'s function returned and passes on the rest (no table, no closure).
+local function updated(self, key, new, ttl, ...)
+  if new ~= nil then self:put(key, new, ttl) end
+  return ...
+end
+
 -- Nothing else runs between the read and the write: no lock needed.
 function Memory:update(key, fn)
   local e = self:entry(key)
-  local res = { n = 0 }
-  local function collect(new, ttl, ...)
-    if new ~= nil then self:put(key, new, ttl) end
-    res = { n = select("#", ...), ... }
-  end
-  collect(fn(e and e.value or nil))
-  return (table.unpack or unpack)(res, 1, res.n) -- luacheck: ignore 143
+  return updated(self, key, fn(e and e.value or nil))
 end
 
 -- Compare-and-delete for unlock.
