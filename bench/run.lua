@@ -3,7 +3,7 @@ package.path = "lua/?.lua;lua/?/init.lua;./?.lua;" .. package.path
 package.cpath = "build/?.so;" .. package.cpath
 
 local sections = { "bench.core" }
-for _, extra in ipairs({ "bench.client", "bench.floor", "bench.openresty", "bench.reliability",
+for _, extra in ipairs({ "bench.client", "bench.floor", "bench.instructions", "bench.openresty", "bench.reliability",
                          "bench.campaign", "bench.scale", "bench.store", "bench.fleet", "bench.download",
                          "bench.metrics" }) do
   local f = io.open(extra:gsub("%.", "/") .. ".lua")
