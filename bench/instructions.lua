@@ -34,13 +34,15 @@ local CASES = {
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
--- The instructions callgrind counted for a command, or nil, its output.
+-- The instructions callgrind counted for a command that succeeded, or nil, its output
+-- (valgrind exits with the command's status).
 local function count(cmd)
-  local p = assert(io.popen("valgrind --tool=callgrind --callgrind-out-file=/dev/null " .. cmd .. " 2>&1"))
+  local p = assert(io.popen("valgrind --tool=callgrind --callgrind-out-file=/dev/null " .. cmd
+    .. " 2>&1; echo \"exit=$?\""))
   local out = p:read("*a")
   p:close()
   local n = out:match("Collected : (%d+)")
-  if not n then return nil, out end
+  if not n or not out:match("\nexit=0\n$") then return nil, out:sub(-800) end
   return tonumber(n)
 end
 
