@@ -1355,4 +1355,17 @@ describe("usability (issue 21)", function()
       assert.equal(9007199254740991, data.ok)
     end
   end)
+
+  it("encodes strings byte for byte: short escapes, \\u00xx for the other control bytes, the rest as is", function()
+    local encode = require("wxpay.client").encode_json
+    assert.equal('{"s":"a\\"b\\\\c\\b\\f\\n\\r\\t"}', encode{ s = 'a"b\\c\b\f\n\r\t' })
+    assert.equal('{"s":"\\u0000\\u0001\\u001f\\u007f /~"}', encode{ s = "\0\1\31\127 /~" })
+    local utf8 = "\228\184\173\230\150\135 caf\195\169" -- 中文 café
+    assert.equal('{"s":"' .. utf8 .. '"}', encode{ s = utf8 })
+    -- Every byte below 128 round-trips through a JSON decoder.
+    local all = {}
+    for b = 0, 127 do all[#all + 1] = string.char(b) end
+    all = table.concat(all)
+    assert.equal(all, require("cjson").decode(encode{ s = all }).s)
+  end)
 end)

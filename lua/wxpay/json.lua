@@ -9,13 +9,17 @@ local M = {}
 
 local json = cjson.new() -- private instance: global cjson switches stay untouched
 
+-- The escape of each byte `[%c"\\]` matches (the control bytes 0-31 and 127, the quote and the
+-- backslash), built once: gsub looks them up.
 local JSON_ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
   ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
+for b = 0, 127 do
+  local c = string.char(b)
+  if c:find("%c") and not JSON_ESCAPES[c] then JSON_ESCAPES[c] = string.format("\\u%04x", b) end
+end
 
 local function json_string(s)
-  return '"' .. s:gsub('[%c"\\]', function(c)
-    return JSON_ESCAPES[c] or string.format("\\u%04x", c:byte())
-  end) .. '"'
+  return '"' .. s:gsub('[%c"\\]', JSON_ESCAPES) .. '"'
 end
 
 local function json_value(v, depth, out)
