@@ -4,9 +4,10 @@
 -- The client then makes the same call (certificate mode, keep-alive) without a logger, with a
 -- no-op logger, with a logger writing lines, and with a `qps` budget on the memory store.
 -- Five alternating rounds in one run (BENCH_ROUNDS); CPU (user + system) per request and the
--- ratios, each round, their median and the best round's: on a shared machine noise only adds
--- time, so the least CPU a case took is the steadiest estimate of its cost, and the goals are
--- read on it. Prints figures; asserts nothing. `lua5.4 bench/floor.lua` runs it alone.
+-- ratios, each round, their median, and each case's best round (not always the same round
+-- for two cases): on a shared machine noise only adds time, so the least CPU a case took is
+-- the steadiest estimate of its cost, and the goals are read best to best. Prints figures;
+-- asserts nothing. `lua5.4 bench/floor.lua` runs it alone.
 local alone = arg and arg[0] and arg[0]:match("bench/floor%.lua$")
 if alone then
   package.path = "lua/?.lua;lua/?/init.lua;./?.lua;" .. package.path
@@ -146,7 +147,7 @@ local function report(rounds)
   end
 end
 
---- Runs the benchmark; returns the best round's figures (seconds of CPU per request).
+--- Runs the benchmark; returns each case's best round (seconds of CPU per request).
 function M.run(opts)
   opts = opts or {}
   local n = tonumber(os.getenv("BENCH_REQUESTS")) or 500

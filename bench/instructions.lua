@@ -56,7 +56,11 @@ local function per_request(command_for)
   return (many - few) / (MANY - FEW)
 end
 
+-- The interpreter running this file (the children use the same one).
 local function interpreter()
+  local i = -1
+  while arg and arg[i - 1] do i = i - 1 end -- arg[-1] is usually it; past any options
+  if arg and arg[i] then return q(arg[i]) end
   if jit then return "luajit" end
   return "lua" .. _VERSION:match("%d+%.%d+")
 end
@@ -77,11 +81,11 @@ local function child(config_file, case, n)
   devnull:close()
 end
 
--- The sandbox's config as JSON (strings and lists only) in a temporary file.
+-- The sandbox's config as JSON (its functions left out) in a temporary file.
 local function config_file(cfg)
   local plain = {}
   for k, v in pairs(cfg) do
-    if type(v) == "string" or type(v) == "number" or type(v) == "table" then plain[k] = v end
+    if type(v) ~= "function" and type(v) ~= "userdata" then plain[k] = v end
   end
   local path = os.tmpname()
   local f = assert(io.open(path, "w"))
@@ -116,9 +120,10 @@ function M.run()
   local exe, why = floor.build_floor()
   if not exe then print("instructions per request: skipped, " .. why); return {} end
   local sb = require("wxpay.sandbox.process").start{ mode = "certificate" }
-  local path = config_file(sb.config)
+  local path
   local r = {}
   local ok, err = pcall(function()
+    path = config_file(sb.config)
     sb:control("POST", "/seed", floor.SEED)
     local target = floor.PATH .. "?" .. assert(request.build_query(floor.QUERY))
     print(("== instructions per request under callgrind (%s, certificate mode, keep-alive; %d vs %d "
@@ -131,7 +136,7 @@ function M.run()
     end
     report(r)
   end)
-  os.remove(path)
+  if path then os.remove(path) end
   sb:stop()
   if not ok then print("instructions benchmark failed: " .. tostring(err)); return {} end
   return r

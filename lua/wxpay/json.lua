@@ -9,8 +9,9 @@ local M = {}
 
 local json = cjson.new() -- private instance: global cjson switches stay untouched
 
--- The escape of each byte `[%c"\\]` matches (the control bytes 0-31 and 127, the quote and the
--- backslash), built once: gsub looks them up.
+-- The escapes, built once for gsub to look up: the quote, the backslash and the ASCII control
+-- bytes (`%c`: 0-31 and 127). A byte >= 128 that a non-C locale calls a control byte has no
+-- entry and is kept as is (it is part of a UTF-8 character).
 local JSON_ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
   ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
 for b = 0, 127 do

@@ -113,6 +113,7 @@ end
 -- request).
 local function decode(s)
   if not s then return {} end
+  if type(s) ~= "string" and type(s) ~= "number" then error("budget state is not a string", 0) end
   local tat, rate, target, cut_at, last_step = tostring(s):match("^([^,]*),?([^,]*),?([^,]*),?([^,]*),?([^,]*)")
   return { tat = tonumber(tat), rate = tonumber(rate), target = tonumber(target),
            cut_at = tonumber(cut_at), last_step = tonumber(last_step) }

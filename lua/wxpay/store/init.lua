@@ -98,14 +98,13 @@ local function check_value(value)
   return true
 end
 
--- What `guarded` returns for pcall's results (no table: the rate budget runs this per request).
-local function settled(ok, first, ...)
-  if not ok then return nil, M.unavailable(first) end
-  if first == nil and select("#", ...) > 0 then
-    local e = ...
-    if e ~= nil and type(e) ~= "table" then return nil, M.unavailable(e) end
-  end
-  return first, ...
+-- What `guarded` returns for pcall's results, as many as the driver returned (no table: the
+-- rate budget runs this per request).
+local function settled(ok, ...)
+  if not ok then return nil, M.unavailable((...)) end
+  local first, e = ...
+  if first == nil and e ~= nil and type(e) ~= "table" then return nil, M.unavailable(e) end
+  return ...
 end
 
 -- Runs a driver function; a raise or a non-wxpay error string becomes nil, err.
