@@ -40,10 +40,13 @@ local function build_floor()
   return exe
 end
 
+--- `s` quoted for the shell.
+local function shell_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
 --- The floor program's command line for `n` timed requests of `target` (shell-quoted).
 local function floor_command(exe, cfg, target, n)
   local cert = cfg.platform_certificate_files[1]
-  local q = function(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+  local q = shell_quote
   return table.concat({ exe, q(cfg.base_url), q(target), q(cfg.mchid), q(cfg.serial_no),
     q(cfg.private_key_file), q(cert), q(cfg.ca_file), tostring(n) }, " ")
 end
@@ -71,6 +74,17 @@ local function line_logger(f)
     for k, v in pairs(fields or {}) do parts[#parts + 1] = tostring(k) .. "=" .. tostring(v) end
     f:write(table.concat(parts, " "), "\n")
   end
+end
+
+--- The client's config for one case: `plain` (the config as is), `noop` (a logger that does
+-- nothing), `lines` (a logger writing lines to file `log`), `qps` (a budget on the memory
+-- store that never waits), `metrics` (the `wxpay.metrics` hook).
+local function case_config(cfg, case, log)
+  if case == "noop" then return copy(cfg, { logger = function() end }) end
+  if case == "lines" then return copy(cfg, { logger = line_logger(log) }) end
+  if case == "qps" then return copy(cfg, { qps = 1e6 }) end
+  if case == "metrics" then return copy(cfg, { on_request = assert(require("wxpay.metrics").new()).on_request }) end
+  return cfg
 end
 
 local function client_cpu(config, q, n)
@@ -108,10 +122,7 @@ local CASES = {
 local function round(exe, sb, target, q, n, devnull)
   local cfg = sb.config
   local r = { floor = floor_cpu(exe, cfg, target, n) }
-  r.plain = client_cpu(cfg, q, n)
-  r.noop = client_cpu(copy(cfg, { logger = function() end }), q, n)
-  r.lines = client_cpu(copy(cfg, { logger = line_logger(devnull) }), q, n)
-  r.qps = client_cpu(copy(cfg, { qps = 1e6 }), q, n)
+  for _, c in ipairs(CASES) do r[c[2]] = client_cpu(case_config(cfg, c[2], devnull), q, n) end
   return r
 end
 
@@ -175,7 +186,8 @@ function M.run(opts)
   return r
 end
 
-M.build_floor, M.floor_command, M.line_logger = build_floor, floor_command, line_logger
+M.build_floor, M.floor_command, M.case_config = build_floor, floor_command, case_config
+M.shell_quote = shell_quote
 M.QUERY = QUERY
 
 if alone then M.run() end

@@ -32,7 +32,7 @@ local CASES = {
   { "metrics (on_request hook)", "metrics", 1.05 },
 }
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local q = floor.shell_quote
 
 -- The instructions callgrind counted for a command that succeeded, or nil, its output
 -- (valgrind exits with the command's status).
@@ -71,11 +71,7 @@ local function child(config_file, case, n)
   local cfg = cjson.decode(f:read("*a"))
   f:close()
   local devnull = assert(io.open("/dev/null", "w"))
-  if case == "noop" then cfg.logger = function() end end
-  if case == "lines" then cfg.logger = floor.line_logger(devnull) end
-  if case == "qps" then cfg.qps = 1e6 end
-  if case == "metrics" then cfg.on_request = assert(require("wxpay.metrics").new()).on_request end
-  local client = assert(require("wxpay").new(cfg))
+  local client = assert(require("wxpay").new(floor.case_config(cfg, case, devnull)))
   for _ = 1, 20 + n do assert(client.partnerships.page(floor.QUERY)) end
   client.close()
   devnull:close()
